@@ -1,0 +1,17 @@
+# stripe_sync: PGXS build
+MODULE_big = stripe_sync
+OBJS = src/stripe_sync.o src/http.o src/json_page.o src/options.o \
+       src/catalog.o src/catalog_data.o src/fdw.o src/admin.o
+EXTENSION = stripe_sync
+DATA = sql/stripe_sync--0.1.sql
+PGFILEDESC = "stripe_sync - Stripe in PostgreSQL"
+
+PG_CPPFLAGS = -I$(srcdir)/src
+# FDW and fmgr callbacks have fixed signatures (-Wno-unused-parameter), and
+# PG_TRY's own _do_rethrow trips -Wclobbered; our variables are volatile.
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-clobbered
+SHLIB_LINK = -lcurl -ljson-c
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,549 @@
+/*-------------------------------------------------------------------------
+ * http.c
+ *		Requests to Stripe's API over libcurl: one keep-alive handle per
+ *		backend, interruptible waits, retries with backoff and jitter, and
+ *		Stripe's errors turned into ERRORs that never show the API key.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+#include <json-c/json.h>
+
+#include "common/pg_prng.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "stripe_sync.h"
+
+#define MAX_BODY_BYTES		(256 * 1024 * 1024)
+#define MAX_RETRY_WAIT_MS	60000
+#define POLL_INTERVAL_MS	100
+
+/* Response under construction; filled by libcurl callbacks, which must not ereport. */
+typedef struct HttpBuffer
+{
+	MemoryContext cxt;
+	char	   *data;
+	size_t		len;
+	size_t		cap;
+	bool		oom;
+	char		request_id[64];
+	char		retry_after[32];
+	char		should_retry[8];
+} HttpBuffer;
+
+static CURL *stripe_easy = NULL;
+static CURLM *stripe_multi = NULL;
+
+static void
+ensure_curl(void)
+{
+	if (stripe_easy != NULL)
+		return;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not initialize libcurl")));
+	stripe_multi = curl_multi_init();
+	stripe_easy = curl_easy_init();
+	if (stripe_multi == NULL || stripe_easy == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("could not create a libcurl handle")));
+}
+
+static size_t
+write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	HttpBuffer *buf = (HttpBuffer *) userdata;
+	size_t		n = size * nmemb;
+
+	if (buf->len + n + 1 > buf->cap)
+	{
+		size_t		newcap = Max(buf->cap * 2, buf->len + n + 1);
+		char	   *newdata;
+
+		if (newcap > MAX_BODY_BYTES)
+		{
+			buf->oom = true;
+			return 0;
+		}
+		/* no ereport inside libcurl: ask for memory without throwing */
+		newdata = MemoryContextAllocExtended(buf->cxt, newcap,
+											 MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
+		if (newdata == NULL)
+		{
+			buf->oom = true;
+			return 0;
+		}
+		if (buf->len > 0)
+			memcpy(newdata, buf->data, buf->len);
+		if (buf->data)
+			pfree(buf->data);
+		buf->data = newdata;
+		buf->cap = newcap;
+	}
+	memcpy(buf->data + buf->len, ptr, n);
+	buf->len += n;
+	buf->data[buf->len] = '\0';
+	return n;
+}
+
+static void
+copy_header(char *dst, size_t dstlen, const char *val, size_t vallen)
+{
+	while (vallen > 0 && (val[vallen - 1] == '\r' || val[vallen - 1] == '\n' ||
+						  val[vallen - 1] == ' '))
+		vallen--;
+	while (vallen > 0 && *val == ' ')
+		val++, vallen--;
+	if (vallen >= dstlen)
+		vallen = dstlen - 1;
+	memcpy(dst, val, vallen);
+	dst[vallen] = '\0';
+}
+
+static size_t
+header_cb(char *ptr, size_t size, size_t nitems, void *userdata)
+{
+	HttpBuffer *buf = (HttpBuffer *) userdata;
+	size_t		n = size * nitems;
+	static const struct
+	{
+		const char *name;
+		size_t		off;
+		size_t		len;
+	}			wanted[] =
+	{
+		{"request-id:", offsetof(HttpBuffer, request_id), sizeof(((HttpBuffer *) 0)->request_id)},
+		{"retry-after:", offsetof(HttpBuffer, retry_after), sizeof(((HttpBuffer *) 0)->retry_after)},
+		{"stripe-should-retry:", offsetof(HttpBuffer, should_retry), sizeof(((HttpBuffer *) 0)->should_retry)},
+	};
+
+	for (size_t i = 0; i < lengthof(wanted); i++)
+	{
+		size_t		nl = strlen(wanted[i].name);
+
+		if (n > nl && pg_strncasecmp(ptr, wanted[i].name, nl) == 0)
+			copy_header((char *) buf + wanted[i].off, wanted[i].len,
+						ptr + nl, n - nl);
+	}
+	return n;
+}
+
+/*
+ * Runs the transfer through the multi interface so that we can wake up every
+ * POLL_INTERVAL_MS and honour query cancel, statement_timeout and SIGTERM.
+ */
+static CURLcode
+perform_interruptible(void)
+{
+	volatile CURLcode result = CURLE_OK;
+	volatile bool added = false;
+
+	PG_TRY();
+	{
+		int			running = 1;
+
+		if (curl_multi_add_handle(stripe_multi, stripe_easy) != CURLM_OK)
+			elog(ERROR, "curl_multi_add_handle failed");
+		added = true;
+		while (running)
+		{
+			CURLMcode	mc = curl_multi_perform(stripe_multi, &running);
+
+			if (mc != CURLM_OK)
+				elog(ERROR, "curl_multi_perform failed: %s", curl_multi_strerror(mc));
+			if (!running)
+				break;
+			mc = curl_multi_poll(stripe_multi, NULL, 0, POLL_INTERVAL_MS, NULL);
+			if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
+				elog(ERROR, "curl_multi_poll failed: %s", curl_multi_strerror(mc));
+			CHECK_FOR_INTERRUPTS();
+		}
+		for (;;)
+		{
+			int			left;
+			CURLMsg    *msg = curl_multi_info_read(stripe_multi, &left);
+
+			if (msg == NULL)
+				break;
+			if (msg->msg == CURLMSG_DONE)
+				result = msg->data.result;
+		}
+	}
+	PG_FINALLY();
+	{
+		/* an aborted transfer's connection is closed by libcurl here */
+		if (added)
+			curl_multi_remove_handle(stripe_multi, stripe_easy);
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/*
+ * Replaces anything that looks like a Stripe key ("sk_live_…", "rk_test_…",
+ * a masked "sk_test_****abcd") with a marker, in place.
+ */
+void
+stripe_scrub_secrets(char *msg)
+{
+	char	   *p = msg;
+
+	while ((p = strpbrk(p, "srpSRP")) != NULL)
+	{
+		char	   *q;
+
+		if ((p == msg || !isalnum((unsigned char) p[-1])) &&
+			(pg_strncasecmp(p, "sk_", 3) == 0 || pg_strncasecmp(p, "rk_", 3) == 0 ||
+			 pg_strncasecmp(p, "pk_", 3) == 0))
+		{
+			q = p;
+			while (*q && (isalnum((unsigned char) *q) || *q == '_' || *q == '*'))
+				q++;
+			if (q - p > 3)
+			{
+				static const char marker[] = "[redacted]";
+				size_t		mlen = Min(strlen(marker), (size_t) (q - p));
+
+				memcpy(p, marker, mlen);
+				memmove(p + mlen, q, strlen(q) + 1);
+				p += mlen;
+				continue;
+			}
+		}
+		p++;
+	}
+}
+
+char *
+stripe_urlencode(const char *s)
+{
+	StringInfoData out;
+
+	initStringInfo(&out);
+	for (; *s; s++)
+	{
+		unsigned char c = (unsigned char) *s;
+
+		if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')
+			appendStringInfoChar(&out, c);
+		else
+			appendStringInfo(&out, "%%%02X", c);
+	}
+	return out.data;
+}
+
+/* Waits ms milliseconds, waking for interrupts. */
+static void
+interruptible_sleep(long ms)
+{
+	TimestampTz end = GetCurrentTimestamp() + ms * 1000L;
+
+	for (;;)
+	{
+		long		left = (long) ((end - GetCurrentTimestamp()) / 1000);
+
+		CHECK_FOR_INTERRUPTS();
+		if (left <= 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Min(left, 1000), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+static long
+backoff_ms(int attempt, const char *retry_after)
+{
+	double		cap = (double) stripe_retry_base_delay * (1 << Min(attempt, 16));
+	long		ms;
+
+	cap = Min(cap, (double) MAX_RETRY_WAIT_MS);
+	/* "equal jitter": half fixed, half random, so retries spread but still back off */
+	ms = (long) (cap / 2 + pg_prng_double(&pg_global_prng_state) * cap / 2);
+	if (retry_after && retry_after[0])
+	{
+		char	   *end;
+		double		secs = strtod(retry_after, &end);
+
+		if (end != retry_after && secs >= 0)
+			ms = Max(ms, (long) Min(secs * 1000.0, (double) MAX_RETRY_WAIT_MS));
+	}
+	return ms;
+}
+
+/* SQLSTATE for a Stripe HTTP status */
+static int
+status_errcode(long status)
+{
+	switch (status)
+	{
+		case 401:
+			return ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION;
+		case 403:
+			return ERRCODE_INSUFFICIENT_PRIVILEGE;
+		case 404:
+			return ERRCODE_FDW_TABLE_NOT_FOUND;
+		case 400:
+		case 402:
+		case 409:
+		case 422:
+			return ERRCODE_INVALID_PARAMETER_VALUE;
+		case 429:
+			return ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
+		default:
+			return ERRCODE_FDW_ERROR;
+	}
+}
+
+/* Reports a non-2xx answer from Stripe; does not return. */
+static void
+report_stripe_error(StripeConn *conn, const char *method, const char *path,
+					long status, HttpBuffer *buf, int attempts)
+{
+	char	   *volatile message = NULL;
+	char	   *volatile type = NULL;
+	char	   *volatile code = NULL;
+	char	   *volatile param = NULL;
+	json_object *volatile root = NULL;
+	const char *hint;
+
+	if (buf->data && buf->len > 0)
+		root = json_tokener_parse(buf->data);
+	PG_TRY();
+	{
+		json_object *err;
+
+		if (root && json_object_object_get_ex(root, "error", &err))
+		{
+			json_object *v;
+
+			if (json_object_object_get_ex(err, "message", &v))
+				message = pstrdup(json_object_get_string(v));
+			if (json_object_object_get_ex(err, "type", &v))
+				type = pstrdup(json_object_get_string(v));
+			if (json_object_object_get_ex(err, "code", &v))
+				code = pstrdup(json_object_get_string(v));
+			if (json_object_object_get_ex(err, "param", &v))
+				param = pstrdup(json_object_get_string(v));
+		}
+	}
+	PG_FINALLY();
+	{
+		if (root)
+			json_object_put(root);
+	}
+	PG_END_TRY();
+
+	if (status == 401)
+	{
+		/* Stripe echoes part of a wrong key: say nothing of what it said */
+		message = pstrdup("Stripe did not accept the API key.");
+		hint = psprintf("Check the api_key option of the user mapping for server \"%s\".",
+						conn->server_name);
+	}
+	else if (status == 403)
+		hint = "The API key lacks a permission this request needs: use a key with read access to this object.";
+	else if (status == 429)
+		hint = "Stripe kept rate-limiting the request: lower stripe_sync.requests_per_second or raise stripe_sync.max_retries.";
+	else if (status >= 500)
+		hint = "Stripe had a server error; the request was retried up to stripe_sync.max_retries times.";
+	else if (status == 404)
+		hint = "Check the foreign table's object option: it must name a Stripe list path such as customers or checkout/sessions.";
+	else
+		hint = NULL;
+
+	if (message == NULL)
+		message = buf->len > 0 ? pnstrdup(buf->data, Min(buf->len, 300)) : pstrdup("(empty response)");
+	stripe_scrub_secrets(message);
+
+	ereport(ERROR,
+			(errcode(status_errcode(status)),
+			 errmsg("Stripe request %s %s failed with HTTP %ld%s%s%s",
+					method, path, status,
+					type ? " (" : "", type ? type : "", type ? ")" : ""),
+			 errdetail("%s%s%s%s%s Request-Id: %s.%s",
+					   message,
+					   code ? " Code: " : "", code ? code : "",
+					   param ? " Param: " : "", param ? param : "",
+					   buf->request_id[0] ? buf->request_id : "none",
+					   attempts > 1 ? psprintf(" Attempts: %d.", attempts) : ""),
+			 hint ? errhint("%s", hint) : 0));
+}
+
+/*
+ * Sends one request to Stripe, retrying what Stripe says is retryable.
+ *
+ * path is relative to the server's api_url ("/v1/charges?limit=100").  On
+ * success resp holds the 2xx answer, its body allocated in the caller's
+ * memory context.  Returns false only for a 404 when allow_404 is set.
+ * Everything else that is not a success is an ERROR.
+ */
+bool
+stripe_request(StripeConn *conn, const char *method, const char *path,
+			   const char *form_body, const char *idempotency_key,
+			   bool allow_404, StripeBodyCheck check, void *check_arg,
+			   StripeResponse *resp, StripeStats *stats)
+{
+	char	   *url = psprintf("%s%s", conn->api_url, path);
+	int			attempt;
+	char		errbuf[CURL_ERROR_SIZE];
+
+	ensure_curl();
+
+	for (attempt = 0;; attempt++)
+	{
+		HttpBuffer	buf;
+		struct curl_slist *volatile headers = NULL;
+		volatile CURLcode rc = CURLE_OK;
+		long		status = 0;
+		const char *why = NULL;
+		bool		retryable;
+
+		memset(&buf, 0, sizeof(buf));
+		buf.cxt = CurrentMemoryContext;
+		errbuf[0] = '\0';
+
+		PG_TRY();
+		{
+			char	   *h;
+
+			/* the key only ever lives in this header */
+			h = psprintf("Authorization: Bearer %s", conn->api_key);
+			headers = curl_slist_append(headers, h);
+			explicit_bzero(h, strlen(h));
+			pfree(h);
+			h = psprintf("Stripe-Version: %s", conn->api_version);
+			headers = curl_slist_append(headers, h);
+			if (conn->account)
+				headers = curl_slist_append(headers, psprintf("Stripe-Account: %s", conn->account));
+			if (idempotency_key)
+				headers = curl_slist_append(headers, psprintf("Idempotency-Key: %s", idempotency_key));
+			headers = curl_slist_append(headers, "Expect:");
+			if (headers == NULL)
+				ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+
+			curl_easy_setopt(stripe_easy, CURLOPT_URL, url);
+			curl_easy_setopt(stripe_easy, CURLOPT_HTTPHEADER, headers);
+			curl_easy_setopt(stripe_easy, CURLOPT_USERAGENT, "stripe_sync/0.1");
+			curl_easy_setopt(stripe_easy, CURLOPT_PROTOCOLS_STR, "http,https");
+			curl_easy_setopt(stripe_easy, CURLOPT_SSL_VERIFYPEER, 1L);
+			curl_easy_setopt(stripe_easy, CURLOPT_SSL_VERIFYHOST, 2L);
+			curl_easy_setopt(stripe_easy, CURLOPT_NOSIGNAL, 1L);
+			curl_easy_setopt(stripe_easy, CURLOPT_FOLLOWLOCATION, 0L);
+			curl_easy_setopt(stripe_easy, CURLOPT_ACCEPT_ENCODING, "");
+			curl_easy_setopt(stripe_easy, CURLOPT_TCP_KEEPALIVE, 1L);
+			curl_easy_setopt(stripe_easy, CURLOPT_TIMEOUT_MS, (long) stripe_http_timeout * 1000L);
+			curl_easy_setopt(stripe_easy, CURLOPT_CONNECTTIMEOUT_MS,
+							 (long) Min(stripe_http_timeout, 10) * 1000L);
+			curl_easy_setopt(stripe_easy, CURLOPT_WRITEFUNCTION, write_cb);
+			curl_easy_setopt(stripe_easy, CURLOPT_WRITEDATA, &buf);
+			curl_easy_setopt(stripe_easy, CURLOPT_HEADERFUNCTION, header_cb);
+			curl_easy_setopt(stripe_easy, CURLOPT_HEADERDATA, &buf);
+			curl_easy_setopt(stripe_easy, CURLOPT_ERRORBUFFER, errbuf);
+			if (strcmp(method, "GET") == 0)
+			{
+				curl_easy_setopt(stripe_easy, CURLOPT_CUSTOMREQUEST, NULL);
+				curl_easy_setopt(stripe_easy, CURLOPT_HTTPGET, 1L);
+			}
+			else if (strcmp(method, "POST") == 0)
+			{
+				curl_easy_setopt(stripe_easy, CURLOPT_CUSTOMREQUEST, NULL);
+				curl_easy_setopt(stripe_easy, CURLOPT_POSTFIELDSIZE, (long) (form_body ? strlen(form_body) : 0));
+				curl_easy_setopt(stripe_easy, CURLOPT_COPYPOSTFIELDS, form_body ? form_body : "");
+			}
+			else
+			{
+				curl_easy_setopt(stripe_easy, CURLOPT_HTTPGET, 1L);
+				curl_easy_setopt(stripe_easy, CURLOPT_CUSTOMREQUEST, method);
+			}
+
+			if (stats)
+				stats->requests++;
+			rc = perform_interruptible();
+		}
+		PG_FINALLY();
+		{
+			curl_easy_setopt(stripe_easy, CURLOPT_HTTPHEADER, NULL);
+			curl_slist_free_all(headers);
+		}
+		PG_END_TRY();
+
+		if (stats)
+			stats->bytes += buf.len;
+		if (rc == CURLE_OK)
+			curl_easy_getinfo(stripe_easy, CURLINFO_RESPONSE_CODE, &status);
+
+		if (rc != CURLE_OK)
+		{
+			why = buf.oom ? "response too large or out of memory" :
+				(errbuf[0] ? errbuf : curl_easy_strerror(rc));
+			retryable = !buf.oom &&
+				(rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_COULDNT_CONNECT ||
+				 rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
+				 rc == CURLE_GOT_NOTHING || rc == CURLE_PARTIAL_FILE ||
+				 rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_SSL_CONNECT_ERROR ||
+				 rc == CURLE_HTTP2 || rc == CURLE_HTTP2_STREAM ||
+				 rc == CURLE_BAD_CONTENT_ENCODING);
+		}
+		else if (status >= 200 && status < 300)
+		{
+			resp->status = status;
+			resp->body = buf.data ? buf.data : pstrdup("");
+			resp->len = buf.len;
+			if (check == NULL || check(resp, check_arg, &why))
+				return true;
+			retryable = true;	/* malformed or truncated JSON */
+		}
+		else if (status == 404 && allow_404)
+		{
+			resp->status = status;
+			resp->body = buf.data;
+			resp->len = buf.len;
+			return false;
+		}
+		else
+		{
+			retryable = (status == 408 || status == 409 || status == 429 || status >= 500);
+			if (pg_strcasecmp(buf.should_retry, "false") == 0)
+				retryable = false;
+			else if (pg_strcasecmp(buf.should_retry, "true") == 0)
+				retryable = true;
+		}
+
+		if (retryable && attempt < stripe_max_retries)
+		{
+			long		ms = backoff_ms(attempt, buf.retry_after);
+
+			if (stats)
+				stats->retries++;
+			ereport(DEBUG1,
+					(errmsg("retrying Stripe request %s %s in %ld ms: %s",
+							method, path, ms,
+							why ? why : psprintf("HTTP %ld", status))));
+			if (buf.data)
+				pfree(buf.data);
+			interruptible_sleep(ms);
+			continue;
+		}
+
+		if (status != 0 && why == NULL)
+			report_stripe_error(conn, method, path, status, &buf, attempt + 1);
+
+		stripe_scrub_secrets(errbuf);
+		ereport(ERROR,
+				(errcode(rc != CURLE_OK ? ERRCODE_CONNECTION_FAILURE : ERRCODE_FDW_INVALID_DATA_TYPE),
+				 errmsg("Stripe request %s %s failed after %d attempt%s",
+						method, path, attempt + 1, attempt == 0 ? "" : "s"),
+				 errdetail("%s", why),
+				 errhint("Check that %s is reachable; stripe_sync.max_retries and stripe_sync.http_timeout control retries and timeouts.",
+						 conn->api_url)));
+	}
+}

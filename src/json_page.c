@@ -1,0 +1,352 @@
+/*-------------------------------------------------------------------------
+ * json_page.c
+ *		The hot path: one pass of PostgreSQL's JSON parser over a Stripe list
+ *		page (or a single object) that records, for each object, its text span
+ *		and the spans of the top-level fields the scan wants.  Nothing is
+ *		converted here; values and attrs are built later only when needed.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
+
+#include "stripe_sync.h"
+
+typedef struct FieldEntry
+{
+	const char *name;
+	int			len;
+	int			slot;
+} FieldEntry;
+
+struct StripeFieldSet
+{
+	FieldEntry *entries;
+	int			n;
+	int			cap;
+	int			nslots;
+};
+
+typedef struct ParseState
+{
+	JsonLexContext *lex;
+	StripeFieldSet *fs;
+	StripePage *page;
+	bool		is_list;
+	int			field_level;	/* lex_level of an object's top-level fields */
+	bool		in_data;		/* inside the list's "data" array */
+	bool		saw_data;		/* the list had a "data" array */
+	StripeRow  *row;			/* object being read, or NULL */
+	int			cur_slot;		/* slot of the field being read, or -1 */
+	bool		cur_deleted;	/* the field being read is "deleted" */
+	int			rows_cap;
+} ParseState;
+
+StripeFieldSet *
+stripe_fieldset_create(int nslots)
+{
+	StripeFieldSet *fs = palloc0(sizeof(StripeFieldSet));
+
+	fs->nslots = nslots;
+	fs->cap = 8;
+	fs->entries = palloc(sizeof(FieldEntry) * fs->cap);
+	return fs;
+}
+
+/*
+ * Asks for a field in the given slot; returns the slot that will hold it,
+ * an earlier one when the field was already asked for.
+ */
+int
+stripe_fieldset_add(StripeFieldSet *fs, const char *name, int slot)
+{
+	for (int i = 0; i < fs->n; i++)
+		if (strcmp(fs->entries[i].name, name) == 0)
+			return fs->entries[i].slot;
+	if (fs->n == fs->cap)
+	{
+		fs->cap *= 2;
+		fs->entries = repalloc(fs->entries, sizeof(FieldEntry) * fs->cap);
+	}
+	fs->entries[fs->n].name = pstrdup(name);
+	fs->entries[fs->n].len = strlen(name);
+	fs->entries[fs->n].slot = slot;
+	fs->n++;
+	return slot;
+}
+
+static int
+entry_cmp(const void *a, const void *b)
+{
+	const FieldEntry *x = a;
+	const FieldEntry *y = b;
+	int			c = memcmp(x->name, y->name, Min(x->len, y->len));
+
+	return c != 0 ? c : x->len - y->len;
+}
+
+void
+stripe_fieldset_finish(StripeFieldSet *fs)
+{
+	qsort(fs->entries, fs->n, sizeof(FieldEntry), entry_cmp);
+}
+
+static int
+fieldset_lookup(StripeFieldSet *fs, const char *name, int len)
+{
+	FieldEntry	key = {name, len, 0};
+	FieldEntry *hit;
+
+	hit = bsearch(&key, fs->entries, fs->n, sizeof(FieldEntry), entry_cmp);
+	return hit ? hit->slot : -1;
+}
+
+/*
+ * The name of the field whose value is the current token.  The lexer runs
+ * without de-escaping (much faster), so take the name's raw text back from
+ * the input: it is the string just before the ':' that precedes the value.
+ * Returns false for names with escapes, which no Stripe field has.
+ */
+static bool
+current_field_name(JsonLexContext *lex, const char **name, int *len)
+{
+	const char *p = lex->prev_token_terminator - 1;	/* the ':' */
+	const char *end;
+
+	p--;
+	while (p > lex->input && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p--;
+	if (p <= lex->input || *p != '"')
+		return false;
+	end = p;
+	p--;
+	while (p >= lex->input && *p != '"')
+	{
+		if (*p == '\\')
+			return false;
+		p--;
+	}
+	if (p < lex->input)
+		return false;
+	*name = p + 1;
+	*len = end - (p + 1);
+	return true;
+}
+
+static void
+begin_row(ParseState *st)
+{
+	StripePage *page = st->page;
+
+	if (page->nrows == st->rows_cap)
+	{
+		st->rows_cap = st->rows_cap ? st->rows_cap * 2 : STRIPE_PAGE_SIZE;
+		page->rows = page->rows ? repalloc(page->rows, sizeof(StripeRow) * st->rows_cap)
+			: palloc(sizeof(StripeRow) * st->rows_cap);
+	}
+	st->row = &page->rows[page->nrows];
+	st->row->object.start = st->lex->token_start;
+	st->row->object.len = 0;
+	st->row->fields = palloc0(sizeof(StripeSpan) * Max(st->fs->nslots, 1));
+	st->row->deleted = false;
+}
+
+static void
+end_row(ParseState *st)
+{
+	st->row->object.len = st->lex->prev_token_terminator - st->row->object.start;
+	st->page->nrows++;
+	st->row = NULL;
+}
+
+static void
+ps_object_field_start(void *state, char *fname, bool isnull)
+{
+	ParseState *st = state;
+	JsonLexContext *lex = st->lex;
+	const char *name;
+	int			len;
+
+	if (lex->lex_level == st->field_level && st->row != NULL)
+	{
+		st->cur_slot = -1;
+		st->cur_deleted = false;
+		if (!current_field_name(lex, &name, &len))
+			return;
+		st->cur_slot = fieldset_lookup(st->fs, name, len);
+		if (st->cur_slot >= 0)
+			st->row->fields[st->cur_slot].start = lex->token_start;
+		if (len == 7 && memcmp(name, "deleted", 7) == 0 &&
+			lex->token_type == JSON_TOKEN_TRUE)
+			st->row->deleted = true;
+	}
+	else if (st->is_list && lex->lex_level == 1)
+	{
+		if (!current_field_name(lex, &name, &len))
+			return;
+		if (len == 4 && memcmp(name, "data", 4) == 0)
+			st->in_data = st->saw_data = (lex->token_type == JSON_TOKEN_ARRAY_START);
+		else if (len == 8 && memcmp(name, "has_more", 8) == 0)
+			st->page->has_more = (lex->token_type == JSON_TOKEN_TRUE);
+	}
+}
+
+static void
+ps_object_field_end(void *state, char *fname, bool isnull)
+{
+	ParseState *st = state;
+	JsonLexContext *lex = st->lex;
+
+	if (lex->lex_level == st->field_level && st->row != NULL)
+	{
+		if (st->cur_slot >= 0)
+		{
+			StripeSpan *span = &st->row->fields[st->cur_slot];
+
+			span->len = lex->prev_token_terminator - span->start;
+		}
+		st->cur_slot = -1;
+	}
+	else if (st->is_list && lex->lex_level == 1)
+		st->in_data = false;
+}
+
+static void
+ps_array_element_start(void *state, bool isnull)
+{
+	ParseState *st = state;
+
+	if (st->is_list && st->in_data && st->lex->lex_level == 2 &&
+		st->lex->token_type == JSON_TOKEN_OBJECT_START)
+		begin_row(st);
+}
+
+static void
+ps_array_element_end(void *state, bool isnull)
+{
+	ParseState *st = state;
+
+	if (st->is_list && st->in_data && st->lex->lex_level == 2 && st->row != NULL)
+		end_row(st);
+}
+
+/* single-object documents: the root object is the row */
+static void
+ps_object_start(void *state)
+{
+	ParseState *st = state;
+
+	if (!st->is_list && st->lex->lex_level == 0)
+		begin_row(st);
+}
+
+static void
+ps_object_end(void *state)
+{
+	ParseState *st = state;
+
+	if (!st->is_list && st->lex->lex_level == 0 && st->row != NULL)
+		end_row(st);
+}
+
+/*
+ * Parses json[0..len) (NUL-terminated) into page.  Allocates in the current
+ * memory context; the spans point into json.  Returns false with *why set
+ * when the document is not valid JSON of the expected shape.
+ */
+bool
+stripe_parse_page(char *json, size_t len, bool is_list, StripeFieldSet *fs,
+				  StripePage *page, const char **why)
+{
+	JsonLexContext *lex;
+	JsonSemAction sem;
+	ParseState	st;
+	JsonParseErrorType err;
+
+	memset(page, 0, sizeof(StripePage));
+	if (len == 0)
+	{
+		*why = "empty response body";
+		return false;
+	}
+	/* don't de-escape strings while lexing: that is most of the cost */
+	lex = makeJsonLexContextCstringLen(json, len, PG_UTF8, false);
+
+	memset(&st, 0, sizeof(st));
+	st.lex = lex;
+	st.fs = fs;
+	st.page = page;
+	st.is_list = is_list;
+	st.field_level = is_list ? 3 : 1;
+	st.cur_slot = -1;
+
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &st;
+	sem.object_field_start = ps_object_field_start;
+	sem.object_field_end = ps_object_field_end;
+	if (is_list)
+	{
+		sem.array_element_start = ps_array_element_start;
+		sem.array_element_end = ps_array_element_end;
+	}
+	else
+	{
+		sem.object_start = ps_object_start;
+		sem.object_end = ps_object_end;
+	}
+
+	err = pg_parse_json(lex, &sem);
+	if (err != JSON_SUCCESS)
+	{
+		*why = psprintf("malformed JSON from Stripe: %s", json_errdetail(err, lex));
+		return false;
+	}
+	if (!is_list && page->nrows != 1)
+	{
+		*why = "Stripe's answer is not a JSON object";
+		return false;
+	}
+	if (is_list && !st.saw_data)
+	{
+		*why = "Stripe's answer is not a list";
+		return false;
+	}
+	return true;
+}
+
+bool
+stripe_span_is_null(StripeSpan *span)
+{
+	return span->start == NULL || (span->len == 4 && memcmp(span->start, "null", 4) == 0);
+}
+
+/*
+ * The text of a value: strings de-escaped, other scalars and structures as
+ * their JSON text.  Palloc'd, NUL-terminated.
+ */
+char *
+stripe_span_text(StripeSpan *span)
+{
+	if (span->len >= 2 && span->start[0] == '"')
+	{
+		if (memchr(span->start, '\\', span->len) == NULL)
+			return pnstrdup(span->start + 1, span->len - 2);
+		else
+		{
+			JsonLexContext *lex;
+			JsonParseErrorType err;
+
+			lex = makeJsonLexContextCstringLen(span->start, span->len,
+											   GetDatabaseEncoding(), true);
+			err = json_lex(lex);
+			if (err != JSON_SUCCESS)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+						 errmsg("invalid JSON string from Stripe: %s",
+								json_errdetail(err, lex))));
+			return pstrdup(lex->strval->data);
+		}
+	}
+	return pnstrdup(span->start, span->len);
+}

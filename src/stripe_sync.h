@@ -1,0 +1,149 @@
+/*-------------------------------------------------------------------------
+ * stripe_sync.h
+ *		Declarations shared by the stripe_sync extension's source files.
+ *-------------------------------------------------------------------------
+ */
+#ifndef STRIPE_SYNC_H
+#define STRIPE_SYNC_H
+
+#include "postgres.h"
+
+#include "nodes/pg_list.h"
+
+#define STRIPE_DEFAULT_API_URL		"https://api.stripe.com"
+#define STRIPE_DEFAULT_API_VERSION	"2026-10-28.endive"
+#define STRIPE_PAGE_SIZE			100
+
+/* GUCs (stripe_sync.c) */
+extern int	stripe_requests_per_second;
+extern int	stripe_max_concurrent_requests;
+extern int	stripe_http_timeout;		/* seconds */
+extern int	stripe_max_retries;
+extern int	stripe_retry_base_delay;	/* milliseconds */
+extern int	stripe_outbox_batch_size;
+extern char *stripe_outbox_retention;
+extern int	stripe_naptime;				/* seconds */
+extern char *stripe_database;
+
+/* ---- catalogue (catalog.c, catalog_data.c) ---- */
+
+typedef enum StripeColType
+{
+	STRIPE_COL_TEXT,
+	STRIPE_COL_INT8,
+	STRIPE_COL_BOOL,
+	STRIPE_COL_TIMESTAMPTZ,
+	STRIPE_COL_NUMERIC,
+	STRIPE_COL_JSONB
+} StripeColType;
+
+/* StripeColumn.flags: how Stripe's list endpoint can filter on the field */
+#define STRIPE_FILTER_EQ		0x01	/* field=value */
+#define STRIPE_FILTER_RANGE		0x02	/* field[gt|gte|lt|lte]=unix time */
+
+typedef struct StripeColumn
+{
+	const char *name;
+	StripeColType type;
+	int			flags;
+} StripeColumn;
+
+typedef struct StripeObjectDef
+{
+	const char *table;			/* foreign/local table name */
+	const char *path;			/* list path under /v1/ */
+	const char *object;			/* Stripe's "object" value */
+	const StripeColumn *columns;
+	int			ncolumns;
+} StripeObjectDef;
+
+extern const StripeObjectDef stripe_objects[];
+extern const int stripe_nobjects;
+
+extern const StripeObjectDef *stripe_object_by_path(const char *path);
+extern const StripeObjectDef *stripe_object_by_table(const char *table);
+extern const StripeColumn *stripe_object_column(const StripeObjectDef *def,
+												const char *name);
+extern const char *stripe_coltype_sql(StripeColType type);
+extern char *stripe_object_table_names(void);
+
+/* ---- connection options (options.c) ---- */
+
+typedef struct StripeConn
+{
+	char	   *api_url;		/* without trailing slash */
+	char	   *api_version;
+	char	   *account;		/* Stripe-Account header, or NULL */
+	char	   *api_key;		/* secret: never printed */
+	char	   *server_name;
+} StripeConn;
+
+extern StripeConn *stripe_conn_for_server(Oid serverid, Oid userid);
+extern bool stripe_valid_url(const char *url);
+
+/* ---- HTTP (http.c) ---- */
+
+typedef struct StripeStats
+{
+	int64		requests;
+	int64		retries;
+	int64		pages;
+	int64		bytes;
+} StripeStats;
+
+typedef struct StripeResponse
+{
+	long		status;
+	char	   *body;			/* NUL-terminated, in the caller's context */
+	size_t		len;
+} StripeResponse;
+
+/*
+ * Checks a 2xx body inside the retry loop; returns false (with *why set) when
+ * the body is malformed, which makes the request count as failed and retried.
+ */
+typedef bool (*StripeBodyCheck) (StripeResponse *resp, void *arg, const char **why);
+
+extern bool stripe_request(StripeConn *conn, const char *method,
+						   const char *path, const char *form_body,
+						   const char *idempotency_key, bool allow_404,
+						   StripeBodyCheck check, void *check_arg,
+						   StripeResponse *resp, StripeStats *stats);
+extern char *stripe_urlencode(const char *s);
+extern void stripe_scrub_secrets(char *msg);
+
+/* ---- JSON pages (json_page.c) ---- */
+
+/* A raw JSON value inside a response body. */
+typedef struct StripeSpan
+{
+	char	   *start;			/* NULL when the field is absent */
+	int			len;
+} StripeSpan;
+
+typedef struct StripeRow
+{
+	StripeSpan	object;			/* the whole object */
+	StripeSpan *fields;			/* one per wanted field slot */
+	bool		deleted;		/* {"deleted": true} */
+} StripeRow;
+
+typedef struct StripeFieldSet StripeFieldSet;
+
+typedef struct StripePage
+{
+	StripeRow  *rows;
+	int			nrows;
+	bool		has_more;
+} StripePage;
+
+extern StripeFieldSet *stripe_fieldset_create(int nslots);
+extern int	stripe_fieldset_add(StripeFieldSet *fs, const char *name, int slot);
+extern void stripe_fieldset_finish(StripeFieldSet *fs);
+extern bool stripe_parse_page(char *json, size_t len, bool is_list,
+							  StripeFieldSet *fs, StripePage *page,
+							  const char **why);
+extern char *stripe_span_text(StripeSpan *span);
+extern bool stripe_span_is_null(StripeSpan *span);
+
+#endif							/* STRIPE_SYNC_H */

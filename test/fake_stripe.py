@@ -1,0 +1,1754 @@
+#!/usr/bin/env python3
+"""Fake Stripe API server for stripe_sync's tests and benchmarks (stdlib only).
+
+Seeds deterministic objects shaped like Stripe's own fixtures
+(../shared/stripe/fixtures3.json) and serves them the way api.stripe.com does:
+bearer/basic auth, list pagination and filters, retrieve, create/update/delete
+with events and idempotency keys.  /_control/* (no auth, JSON) lets tests inject
+faults, read the request log, add latency or a rate limit, reseed, and change
+objects directly.
+
+    python3 test/fake_stripe.py --port 0 --port-file /tmp/x.port \
+        [--host 127.0.0.1] [--fixtures PATH] [--counts charges=100000,...] \
+        [--api-key sk_test_fake] [--seed 1]
+
+Performance notes: objects are kept only as compact JSON bytes plus the few
+values list filters need (a parsed charge costs ~16 KB of Python objects, its
+JSON ~3 KB), so 100k charges fit easily; list pages are built by slicing a
+pre-sorted list of those bytes and joining them.
+"""
+
+import argparse
+import base64
+import bisect
+import collections
+import hashlib
+import heapq
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
+
+API_VERSION = "2026-10-28.endive"
+BASE_CREATED = 1700000000
+ACCOUNT_ID = "acct_fake000000000"
+ACCOUNT_NAME = "Fake Stripe Account"
+CURRENCIES = ("usd", "eur", "jpy", "kwd")
+CHARGE_STATUSES = ("succeeded", "failed", "pending")
+PI_STATUSES = ("succeeded", "requires_payment_method", "canceled", "processing")
+INVOICE_STATUSES = ("draft", "open", "paid", "void", "uncollectible")
+SUB_STATUSES = ("active", "past_due", "canceled", "trialing", "incomplete",
+                "unpaid", "paused", "incomplete_expired")
+# Stripe's subscription list hides these unless a status filter is given.
+SUB_HIDDEN = frozenset(("canceled", "incomplete_expired"))
+COLLECTION_METHODS = ("charge_automatically", "send_invoice")
+DEFAULT_COUNTS = {"customers": 30, "charges": 60, "invoices": 30, "payment_intents": 40,
+                  "refunds": 15, "subscriptions": 24, "products": 5, "prices": 10,
+                  "coupons": 0, "events": 40}
+
+# Fields that clients may never set; "id" is allowed where Stripe allows it.
+READ_ONLY = frozenset(("id", "object", "created", "livemode", "deleted", "status", "updated"))
+# Form values decoded as numbers / booleans (everything else stays a string).
+INT_FIELDS = frozenset(("amount", "unit_amount", "quantity", "balance", "amount_off",
+                        "duration_in_months", "max_redemptions", "redeem_by", "trial_end",
+                        "trial_period_days", "interval_count", "cancel_at", "days_until_due",
+                        "billing_cycle_anchor", "next_invoice_sequence"))
+FLOAT_FIELDS = frozenset(("percent_off",))
+BOOL_FIELDS = frozenset(("active", "shippable", "cancel_at_period_end", "deleted"))
+
+JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# Placeholder spliced out of an event envelope so that data.object can be the
+# object's already-serialized bytes (no re-parse / re-dump per event).
+OBJ_PLACEHOLDER = "\x00object\x00"
+OBJ_PLACEHOLDER_JSON = JSON_ENCODER.encode(OBJ_PLACEHOLDER).encode()
+
+
+def dumps(value):
+    return JSON_ENCODER.encode(value).encode("utf-8")
+
+
+# ASCII order (0-9 < A-Z < a-z): fixed-width encodings sort like the numbers.
+B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def b62(n, width):
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 62)
+        out.append(B62[r])
+    return "".join(reversed(out))
+
+
+def hashed_id(prefix, *parts, width=14):
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=12).digest()
+    return prefix + b62(int.from_bytes(digest, "big"), width)
+
+
+def seeded_created(i):
+    """Index 0 is the oldest; pairs share a timestamp to exercise tie ordering."""
+    return BASE_CREATED + (i // 2) * 3600
+
+
+class ApiError(Exception):
+    """A Stripe-style error response."""
+
+    def __init__(self, status, message, type="invalid_request_error", code=None, param=None,
+                 headers=None):
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.code, self.param, self.headers = code, param, headers or {}
+
+    def body(self, request_id):
+        err = {}
+        if self.code:
+            err["code"] = self.code
+            err["doc_url"] = "https://stripe.com/docs/error-codes/" + self.code
+        err["message"] = self.message
+        if self.param:
+            err["param"] = self.param
+        err["request_log_url"] = "https://dashboard.stripe.com/test/logs/" + request_id
+        err["type"] = self.type
+        return dumps({"error": err})
+
+
+def no_such(obj_name, oid, param="id", status=404):
+    return ApiError(status, f"No such {obj_name}: '{oid}'", code="resource_missing", param=param)
+
+
+def unknown_param(name):
+    return ApiError(400, "Received unknown parameter: " + name, code="parameter_unknown",
+                    param=name)
+
+
+def parse_int(text, param):
+    try:
+        return int(text)
+    except ValueError:
+        raise ApiError(400, "Invalid integer: " + text, code="parameter_invalid_integer",
+                       param=param) from None
+
+
+# --------------------------------------------------------------------------- kinds
+
+class Filter:
+    """A list filter: `extract(obj)` gives the values an object is indexed under."""
+
+    def __init__(self, extract, array=False, boolean=False, choices=None, wildcard=False):
+        self.extract, self.array, self.boolean = extract, array, boolean
+        self.choices, self.wildcard = choices, wildcard
+
+
+def field(name):
+    return lambda obj: (obj.get(name),)
+
+
+def subscription_prices(obj):
+    return [(item.get("price") or {}).get("id") for item in (obj.get("items") or {}).get("data", [])]
+
+
+class Kind:
+    def __init__(self, path, obj, prefix, filters, writable=False, deletable=False,
+                 updatable=None, create_params=None, event_prefix=None, id_width=14):
+        self.path, self.obj, self.prefix = path, obj, prefix
+        self.filters = filters
+        self.writable, self.deletable = writable, deletable
+        self.updatable = updatable          # None: every non-read-only template field
+        self.create_params = create_params  # None: every non-read-only template field
+        self.event_prefix = event_prefix or obj
+        self.id_width = id_width
+        self.url = ("/v1/" + path).encode()
+
+
+KINDS = {k.path: k for k in (
+    Kind("customers", "customer", "cus_", {"email": Filter(field("email"))},
+         writable=True, deletable=True),
+    Kind("charges", "charge", "ch_", {"customer": Filter(field("customer")),
+                                      "payment_intent": Filter(field("payment_intent")),
+                                      "transfer_group": Filter(field("transfer_group"))}),
+    Kind("invoices", "invoice", "in_", {
+        "customer": Filter(field("customer")),
+        "status": Filter(field("status"), choices=INVOICE_STATUSES),
+        "subscription": Filter(field("subscription")),
+        "collection_method": Filter(field("collection_method"), choices=COLLECTION_METHODS)}),
+    Kind("payment_intents", "payment_intent", "pi_", {"customer": Filter(field("customer"))}),
+    Kind("refunds", "refund", "re_", {"charge": Filter(field("charge")),
+                                      "payment_intent": Filter(field("payment_intent"))},
+         writable=True, updatable={"metadata"},
+         create_params={"charge", "payment_intent", "amount", "reason", "metadata"}),
+    Kind("subscriptions", "subscription", "sub_", {
+        "customer": Filter(field("customer")),
+        "price": Filter(subscription_prices),
+        # "all" and "ended" are handled by the list code, not the index.
+        "status": Filter(field("status"), choices=SUB_STATUSES + ("all", "ended")),
+        "collection_method": Filter(field("collection_method"), choices=COLLECTION_METHODS)},
+         writable=True, deletable=True, event_prefix="customer.subscription"),
+    Kind("products", "product", "prod_", {"active": Filter(field("active"), boolean=True),
+                                          "shippable": Filter(field("shippable"), boolean=True),
+                                          "url": Filter(field("url")),
+                                          "ids": Filter(field("id"), array=True)},
+         writable=True, deletable=True),
+    Kind("prices", "price", "price_", {
+        "active": Filter(field("active"), boolean=True),
+        "currency": Filter(field("currency")),
+        "product": Filter(field("product")),
+        "type": Filter(field("type"), choices=("one_time", "recurring")),
+        "lookup_keys": Filter(field("lookup_key"), array=True)},
+         writable=True, updatable={"active", "metadata", "nickname", "lookup_key", "tax_behavior"}),
+    Kind("coupons", "coupon", "", {}, writable=True, deletable=True,
+         updatable={"name", "metadata"}, id_width=8),
+    Kind("events", "event", "evt_", {
+        "type": Filter(field("type"), wildcard=True),
+        "types": Filter(field("type"), array=True),
+        "delivery_success": Filter(lambda e: (e.get("pending_webhooks", 0) == 0,), boolean=True)}),
+)}
+
+
+def filter_key(value):
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return str(value)
+
+
+class Record:
+    """One stored object: its JSON bytes plus the values its list filters use."""
+    __slots__ = ("id", "created", "blob", "keys")
+
+    def __init__(self, kind, obj):
+        self.id, self.created = obj["id"], obj["created"]
+        self.blob = dumps(obj)
+        self.keys = {name: tuple(dict.fromkeys(filter_key(v) for v in f.extract(obj)
+                                               if v is not None))
+                     for name, f in kind.filters.items()}
+
+    def obj(self):
+        return json.loads(self.blob)
+
+
+class Collection:
+    """Live objects of one kind, sorted lazily newest first (created desc, id desc)."""
+
+    def __init__(self):
+        self.records = {}
+        self.deleted = set()
+        self._dirty = True
+        self._indexes = {}
+
+    def put(self, rec):
+        old = self.records.get(rec.id)
+        self.records[rec.id] = rec
+        if old is not None and not self._dirty and old.created == rec.created:
+            # In-place update: the order is unchanged, patch it instead of re-sorting.
+            i = self.pos[rec.id]
+            self.order[i] = rec
+            self.blobs[i] = rec.blob
+            if old.keys != rec.keys:
+                self._indexes.clear()
+        else:
+            self._dirty = True
+
+    def remove(self, oid):
+        del self.records[oid]
+        self.deleted.add(oid)
+        self._dirty = True
+
+    def sort(self):
+        if self._dirty:
+            self.order = sorted(self.records.values(), key=lambda r: (r.created, r.id),
+                                reverse=True)
+            self.blobs = [r.blob for r in self.order]
+            # Ascending, so bisect can find created ranges.
+            self.neg_created = [-r.created for r in self.order]
+            self.pos = {r.id: i for i, r in enumerate(self.order)}
+            self._indexes = {}
+            self._dirty = False
+
+    def index(self, name):
+        """filter value -> ascending positions in self.order (call after sort())."""
+        idx = self._indexes.get(name)
+        if idx is None:
+            idx = {}
+            for i, rec in enumerate(self.order):
+                for key in rec.keys[name]:
+                    idx.setdefault(key, []).append(i)
+            self._indexes[name] = idx
+        return idx
+
+
+def intersect(a, b):
+    """Sorted intersection of two sorted position lists."""
+    if len(a) > len(b):
+        a, b = b, a
+    out = []
+    for p in a:
+        i = bisect.bisect_left(b, p)
+        if i < len(b) and b[i] == p:
+            out.append(p)
+    return out
+
+
+def deep_merge(dst, src):
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            deep_merge(dst[k], v)
+        else:
+            dst[k] = v
+    return dst
+
+
+# --------------------------------------------------------------------------- store
+
+class Store:
+    """All data.  Every method expects the caller to hold `self.lock`."""
+
+    def __init__(self, fixtures):
+        self.lock = threading.Lock()
+        res = fixtures["resources"]
+        # Templates are kept as JSON text: json.loads is a faster deep copy than copy.deepcopy.
+        self.templates = {k.path: json.dumps(res[k.obj]) for k in KINDS.values()}
+        self.template_keys = {k.path: set(res[k.obj]) for k in KINDS.values()}
+        self.item_template = json.dumps(res["subscription"]["items"]["data"][0])
+        self.line_template = json.dumps(res["invoice"]["lines"]["data"][0])
+        account = res["account"]
+        account["id"] = ACCOUNT_ID
+        account["business_profile"]["name"] = ACCOUNT_NAME
+        account["settings"]["dashboard"]["display_name"] = ACCOUNT_NAME
+        account["external_accounts"]["url"] = f"/v1/accounts/{ACCOUNT_ID}/external_accounts"
+        self.account = account
+        self.seed_value = 1
+        self.counter = itertools.count()
+
+    def template(self, kind):
+        return json.loads(self.templates[kind.path])
+
+    # ---- ids, events
+
+    def new_id(self, kind):
+        coll = self.colls[kind.path]
+        while True:
+            oid = hashed_id(kind.prefix, self.seed_value, kind.path, "new", next(self.counter),
+                            width=kind.id_width)
+            if oid not in coll.records and oid not in coll.deleted:
+                return oid
+
+    def put(self, kind, obj):
+        self.colls[kind.path].put(Record(kind, obj))
+
+    def emit(self, type_, obj_blob, previous=None, request=None, created=None):
+        """Append an event whose data.object is `obj_blob`; ids increase with each event."""
+        if created is None:
+            created = max(int(time.time()), self.last_event_created)
+        self.last_event_created = max(self.last_event_created, created)
+        self.event_seq += 1
+        # A sequence number leads the id (b62 sorts like numbers), so among events with the
+        # same `created`, id order is creation order, as with Stripe's time-based ids.
+        eid = ("evt_" + b62(62 ** 5 + self.event_seq, 6)
+               + hashed_id("", self.seed_value, "evt", self.event_seq, width=8))
+        data = {"object": OBJ_PLACEHOLDER}
+        if previous is not None:
+            data["previous_attributes"] = previous
+        env = {"id": eid, "object": "event", "api_version": API_VERSION, "created": created,
+               "data": data, "livemode": False, "pending_webhooks": 0,
+               "request": request or {"id": None, "idempotency_key": None}, "type": type_}
+        head, tail = dumps(env).split(OBJ_PLACEHOLDER_JSON, 1)
+        rec = Record(KINDS["events"], env)
+        rec.blob = head + obj_blob + tail
+        self.colls["events"].put(rec)
+        return eid
+
+    @staticmethod
+    def created_events(kind, obj):
+        if kind.obj == "charge":
+            return ["charge." + obj.get("status", "succeeded")]
+        types = [kind.event_prefix + ".created"]
+        if kind.obj == "payment_intent" and obj.get("status") == "succeeded":
+            types.append("payment_intent.succeeded")
+        return types
+
+    @staticmethod
+    def updated_events(kind, old_status, new_status):
+        types = [kind.event_prefix + ".updated"]
+        if old_status == new_status:
+            return types
+        extra = {
+            "invoice": {"open": "invoice.finalized", "paid": "invoice.paid",
+                        "void": "invoice.voided", "uncollectible": "invoice.marked_uncollectible"},
+            "charge": {s: "charge." + s for s in CHARGE_STATUSES},
+            "payment_intent": {"succeeded": "payment_intent.succeeded",
+                               "canceled": "payment_intent.canceled",
+                               "processing": "payment_intent.processing",
+                               "requires_payment_method": "payment_intent.payment_failed"},
+            "subscription": {"paused": "customer.subscription.paused"},
+        }.get(kind.obj, {})
+        if new_status in extra:
+            types.append(extra[new_status])
+        elif kind.obj == "subscription" and old_status == "paused":
+            types.append("customer.subscription.resumed")
+        return types
+
+    # ---- seeding
+
+    def reseed(self, counts, seed):
+        self.colls = {path: Collection() for path in KINDS}
+        self.idempotency = {}
+        self.last_event_created = 0
+        self.event_seq = 0
+        self.seed_value = seed
+        Seeder(self, counts, seed).run()
+
+    # ---- reads
+
+    def list_page(self, kind, limit, gte, lte, filters, starting_after, ending_before):
+        """One list page as JSON bytes.  `filters`: [(name, keys_of(index) -> keys)]."""
+        coll = self.colls[kind.path]
+        coll.sort()
+        lo, hi = 0, len(coll.order)
+        if gte is not None:
+            hi = bisect.bisect_right(coll.neg_created, -gte)
+        if lte is not None:
+            lo = bisect.bisect_left(coll.neg_created, -lte)
+        for param, cursor in (("starting_after", starting_after), ("ending_before", ending_before)):
+            if cursor is not None:
+                p = coll.pos.get(cursor)
+                if p is None:
+                    raise no_such(kind.obj, cursor, param, status=400)
+                if param == "starting_after":
+                    lo = max(lo, p + 1)
+                else:
+                    hi = min(hi, p)
+        cands = None
+        for name, keys_of in filters:
+            idx = coll.index(name)
+            lists = [idx[k] for k in keys_of(idx) if k in idx]
+            pos = lists[0] if len(lists) == 1 else sorted(set(itertools.chain.from_iterable(lists)))
+            cands = pos if cands is None else intersect(cands, pos)
+        if cands is None:
+            if ending_before is not None:
+                a, b = max(lo, hi - limit), hi
+                more = a > lo
+            else:
+                a, b = lo, min(hi, lo + limit)
+                more = b < hi
+            blobs = coll.blobs[a:b] if a < b else []
+        else:
+            i0, i1 = bisect.bisect_left(cands, lo), bisect.bisect_left(cands, hi)
+            if ending_before is not None:
+                a, b = max(i0, i1 - limit), i1
+                more = a > i0
+            else:
+                a, b = i0, min(i1, i0 + limit)
+                more = b < i1
+            blobs = [coll.blobs[p] for p in cands[a:b]]
+        return b"".join((b'{"object":"list","data":[', b",".join(blobs), b'],"has_more":',
+                         b"true" if more else b"false", b',"url":"', kind.url, b'"}'))
+
+    def retrieve(self, kind, oid):
+        coll = self.colls[kind.path]
+        rec = coll.records.get(oid)
+        if rec is not None:
+            return rec.blob
+        if oid in coll.deleted:
+            return dumps({"id": oid, "object": kind.obj, "deleted": True})
+        raise no_such(kind.obj, oid)
+
+    def get(self, kind, oid, param="id", status=404):
+        rec = self.colls[kind.path].records.get(oid)
+        if rec is None:
+            raise no_such(kind.obj, oid, param, status)
+        return rec.obj()
+
+    def live(self, kind):
+        coll = self.colls[kind.path]
+        coll.sort()
+        return coll.blobs
+
+    # ---- generic mutations (used by the API writes and /_control)
+
+    def create(self, kind, obj, request=None):
+        self.put(kind, obj)
+        blob = self.colls[kind.path].records[obj["id"]].blob
+        for t in self.created_events(kind, obj):
+            self.emit(t, blob, request=request)
+        return blob
+
+    def replace(self, kind, old, new, previous, request=None):
+        """Store `new` (an updated copy of `old`) and emit its events if anything changed."""
+        self.put(kind, new)
+        blob = self.colls[kind.path].records[new["id"]].blob
+        if previous:
+            for t in self.updated_events(kind, old.get("status"), new.get("status")):
+                self.emit(t, blob, previous=previous, request=request)
+        return blob
+
+    def delete(self, kind, oid, request=None):
+        """Delete (subscriptions: cancel).  Returns the response body."""
+        obj = self.get(kind, oid)
+        if kind.obj == "subscription":
+            now = int(time.time())
+            new = dict(obj, status="canceled", canceled_at=now, ended_at=now,
+                       cancel_at_period_end=False)
+            self.put(kind, new)
+            blob = self.colls[kind.path].records[oid].blob
+            self.emit("customer.subscription.deleted", blob,
+                      previous={"status": obj["status"], "canceled_at": obj.get("canceled_at"),
+                                "ended_at": obj.get("ended_at")}, request=request)
+            return blob
+        blob = self.colls[kind.path].records[oid].blob
+        self.colls[kind.path].remove(oid)
+        self.emit(kind.event_prefix + ".deleted", blob, request=request)
+        return dumps({"id": oid, "object": kind.obj, "deleted": True})
+
+
+class Seeder:
+    """Deterministic seed data; all links are computed from indexes."""
+
+    def __init__(self, store, counts, seed):
+        self.store, self.counts, self.seed = store, counts, seed
+        self.ids = {}
+        for path, kind in KINDS.items():
+            if path != "events":
+                self.ids[path] = self._ids(kind, counts.get(path, 0))
+
+    def _ids(self, kind, n):
+        used, out = set(), []
+        for i in range(n):
+            attempt = 0
+            while True:
+                oid = hashed_id(kind.prefix, self.seed, kind.path, i, attempt, width=kind.id_width)
+                if oid not in used:
+                    break
+                attempt += 1
+            used.add(oid)
+            out.append(oid)
+        return out
+
+    def n(self, path):
+        return len(self.ids[path])
+
+    def base(self, path, i):
+        kind = KINDS[path]
+        obj = self.store.template(kind)
+        obj.update(id=self.ids[path][i], object=kind.obj, created=seeded_created(i),
+                   livemode=False, metadata={})
+        return obj
+
+    # Formulas shared by several types.
+    def customer_of_charge(self, i):
+        """Charge i and payment intent i belong to the same customer (None = guest)."""
+        ncust = self.n("customers")
+        return None if (i % 10 == 9 or not ncust) else i % ncust
+
+    @staticmethod
+    def customer_email(i):
+        return None if i % 7 == 6 else f"user{i}@example.com"
+
+    @staticmethod
+    def charge_amount(i):
+        return 100 + 37 * i
+
+    @staticmethod
+    def charge_captured(i):
+        return CHARGE_STATUSES[i % 3] == "succeeded" and i % 9 != 6
+
+    def ref(self, path, i):
+        return None if i is None else self.ids[path][i]
+
+    def run(self):
+        put = self.store.put
+        for path, build in (("products", self.product), ("prices", self.price),
+                            ("customers", self.customer), ("payment_intents", self.payment_intent),
+                            ("coupons", self.coupon)):
+            kind = KINDS[path]
+            for i in range(self.n(path)):
+                put(kind, build(i))
+        self.charges_and_refunds()
+        self.subscriptions_and_invoices()
+        self.events()
+
+    def product(self, i):
+        o = self.base("products", i)
+        o.update(name=f"Product {i}", description=f"Description of product {i}",
+                 active=i % 5 != 4, shippable=i % 2 == 0, updated=o["created"],
+                 url=f"https://example.com/products/{i}", package_dimensions=None,
+                 default_price=self.ref("prices", i) if i < self.n("prices") else None)
+        return o
+
+    def price(self, i):
+        o = self.base("prices", i)
+        nprod = self.n("products")
+        amount = 500 + 250 * i
+        recurring = i % 2 == 0
+        o.update(product=self.ref("products", i % nprod) if nprod else None,
+                 active=i % 4 != 3, currency=CURRENCIES[i % 4], unit_amount=amount,
+                 unit_amount_decimal=str(amount), nickname=f"Price {i}",
+                 lookup_key=f"lookup_{i}" if i % 2 == 0 else None,
+                 type="recurring" if recurring else "one_time", transform_quantity=None,
+                 custom_unit_amount=None)
+        if not recurring:
+            o["recurring"] = None
+        return o
+
+    def customer(self, i):
+        o = self.base("customers", i)
+        o.update(email=self.customer_email(i), name=f"Customer {i}", discount=None,
+                 invoice_prefix=o["id"][4:12].upper(), currency=CURRENCIES[i % 4])
+        return o
+
+    def payment_intent(self, i):
+        o = self.base("payment_intents", i)
+        status = PI_STATUSES[i % 4]
+        amount = self.charge_amount(i)
+        o.update(customer=self.ref("customers", self.customer_of_charge(i)), amount=amount,
+                 currency=CURRENCIES[i % 4], status=status,
+                 amount_received=amount if status == "succeeded" else 0,
+                 client_secret=f"{o['id']}_secret_{o['id'][3:]}",
+                 canceled_at=o["created"] + 60 if status == "canceled" else None,
+                 cancellation_reason="abandoned" if status == "canceled" else None,
+                 last_payment_error=None, next_action=None,
+                 processing={"type": "card"} if status == "processing" else None,
+                 latest_charge=self.ref("charges", i) if i < self.n("charges") else None,
+                 description=f"Payment {i}")
+        return o
+
+    def coupon(self, i):
+        o = self.base("coupons", i)
+        percent = i % 2 == 0
+        o.update(name=f"Coupon {i}", percent_off=10.0 + i if percent else None,
+                 amount_off=None if percent else 500 + 100 * i,
+                 currency=None if percent else "usd", duration="forever",
+                 duration_in_months=None, redeem_by=None)
+        return o
+
+    def charges_and_refunds(self):
+        nch, nref = self.n("charges"), self.n("refunds")
+        # Each refund points at a captured charge, spread over the charges' history;
+        # a charge's amount_refunded is the sum of its refunds.
+        captured = [i for i in range(nch) if self.charge_captured(i)]
+        target = {}
+        if captured:
+            stride = max(1, len(captured) // max(nref, 1))
+            for k in range(nref):
+                target[k] = captured[(k * stride) % len(captured)]
+        per_charge = collections.Counter(target.values())
+        refund_amount, refunded = {}, collections.Counter()
+        for k, j in target.items():
+            amount = self.charge_amount(j)
+            m = per_charge[j]
+            refund_amount[k] = amount // (m + 1) if m > 1 else (amount if k % 2 == 0 else amount // 2)
+            refunded[j] += refund_amount[k]
+
+        kind = KINDS["charges"]
+        for i in range(nch):
+            self.store.put(kind, self.charge(i, refunded[i]))
+        kind = KINDS["refunds"]
+        for k in range(nref):
+            self.store.put(kind, self.refund(k, target.get(k), refund_amount.get(k, 100)))
+
+    def charge(self, i, amount_refunded):
+        o = self.base("charges", i)
+        status = CHARGE_STATUSES[i % 3]
+        amount = self.charge_amount(i)
+        captured = self.charge_captured(i)
+        cust = self.customer_of_charge(i)
+        email = f"guest{i}@example.com" if cust is None else self.customer_email(cust)
+        o["billing_details"]["email"] = email
+        o["billing_details"]["name"] = f"Customer {cust}" if cust is not None else f"Guest {i}"
+        o["refunds"]["url"] = f"/v1/charges/{o['id']}/refunds"
+        o["outcome"].update(type="authorized" if status == "succeeded" else
+                            "issuer_declined" if status == "failed" else "manual_review",
+                            seller_message="Payment complete." if status == "succeeded" else None)
+        o.update(customer=self.ref("customers", cust), amount=amount, currency=CURRENCIES[i % 4],
+                 status=status, paid=status == "succeeded", captured=captured,
+                 amount_captured=amount if captured else 0, amount_refunded=amount_refunded,
+                 refunded=amount_refunded == amount,
+                 payment_intent=self.ref("payment_intents", i) if i < self.n("payment_intents") else None,
+                 balance_transaction="txn_" + o["id"][3:] if status == "succeeded" else None,
+                 failure_code="card_declined" if status == "failed" else None,
+                 failure_message="Your card was declined." if status == "failed" else None,
+                 transfer_group=f"group_{i // 5}" if i % 5 == 0 else None,
+                 receipt_email=email, description=f"Charge {i}",
+                 receipt_url=f"https://pay.stripe.com/receipts/fake/{o['id']}")
+        return o
+
+    def refund(self, k, charge_index, amount):
+        o = self.base("refunds", k)
+        ch = charge_index
+        o.update(charge=self.ref("charges", ch), amount=amount,
+                 payment_intent=(self.ref("payment_intents", ch)
+                                 if ch is not None and ch < self.n("payment_intents") else None),
+                 customer=self.ref("customers", self.customer_of_charge(ch)) if ch is not None else None,
+                 currency=CURRENCIES[ch % 4] if ch is not None else "usd",
+                 status="pending" if k % 5 == 4 else "succeeded",
+                 reason="requested_by_customer" if k % 3 == 0 else None)
+        return o
+
+    def subscriptions_and_invoices(self):
+        nsub, ninv, ncust = self.n("subscriptions"), self.n("invoices"), self.n("customers")
+        # invoice i belongs to subscription i % nsub, except every third is one-off.
+        inv_sub = {i: i % nsub for i in range(ninv) if nsub and i % 3 != 2}
+        latest_invoice = {}
+        for i, s in inv_sub.items():
+            latest_invoice[s] = i
+        prices = [self.store.colls["prices"].records[pid].obj() for pid in self.ids["prices"]]
+        recurring = [p for p in prices if p["type"] == "recurring"] or prices
+        kind = KINDS["subscriptions"]
+        for s in range(nsub):
+            self.store.put(kind, self.subscription(s, s % ncust if ncust else None,
+                                                   recurring[s % len(recurring)] if recurring else None,
+                                                   latest_invoice.get(s)))
+        kind = KINDS["invoices"]
+        for i in range(ninv):
+            s = inv_sub.get(i)
+            cust = (s % ncust if s is not None else i % ncust) if ncust else None
+            self.store.put(kind, self.invoice(i, s, cust))
+
+    def subscription(self, s, cust, price, latest_invoice):
+        o = self.base("subscriptions", s)
+        created = o["created"]
+        status = SUB_STATUSES[s % 8]
+        ended = status in SUB_HIDDEN
+        send_invoice = s % 4 == 3
+        o["items"] = {"object": "list", "has_more": False, "total_count": 1,
+                      "url": f"/v1/subscription_items?subscription={o['id']}",
+                      "data": [subscription_item(self.store, o["id"], price, 1, created,
+                                                 hashed_id("si_", self.seed, o["id"], 0))]
+                      if price else []}
+        o.update(customer=self.ref("customers", cust), status=status,
+                 currency=price["currency"] if price else "usd",
+                 start_date=created, billing_cycle_anchor=created,
+                 billing_cycle_anchor_config=None, cancel_at=None, cancel_at_period_end=False,
+                 canceled_at=created + 86400 if ended else None,
+                 ended_at=created + 86400 if ended else None,
+                 trial_start=created if status == "trialing" else None,
+                 trial_end=created + 14 * 86400 if status == "trialing" else None,
+                 collection_method=COLLECTION_METHODS[1 if send_invoice else 0],
+                 days_until_due=30 if send_invoice else None,
+                 latest_invoice=self.ref("invoices", latest_invoice),
+                 next_pending_invoice_item_invoice=None, pause_collection=None,
+                 pending_invoice_item_interval=None, pending_update=None, transfer_data=None,
+                 description=f"Subscription {s}")
+        return o
+
+    def invoice(self, i, sub, cust):
+        o = self.base("invoices", i)
+        created = o["created"]
+        status = INVOICE_STATUSES[i % 5]
+        send_invoice = i % 3 == 1
+        total = 1000 + 125 * i
+        paid = total if status == "paid" else 0
+        sub_id = self.ref("subscriptions", sub)
+        currency = CURRENCIES[i % 4]
+        line = json.loads(self.store.line_template)
+        line.update(id=hashed_id("il_", self.seed, o["id"]), invoice=o["id"], amount=total,
+                    currency=currency, subscription=sub_id, subtotal=total, parent=None,
+                    description=f"Invoice {i} item", period={"start": created, "end": created})
+        o["lines"] = {"object": "list", "has_more": False, "total_count": 1, "data": [line],
+                      "url": f"/v1/invoices/{o['id']}/lines"}
+        finalized = status != "draft"
+        o["status_transitions"] = {
+            "finalized_at": created + 3600 if finalized else None,
+            "paid_at": created + 7200 if status == "paid" else None,
+            "voided_at": created + 7200 if status == "void" else None,
+            "marked_uncollectible_at": created + 7200 if status == "uncollectible" else None}
+        o.update(customer=self.ref("customers", cust),
+                 customer_email=self.customer_email(cust) if cust is not None else None,
+                 customer_name=f"Customer {cust}" if cust is not None else None,
+                 subscription=sub_id, status=status,
+                 collection_method=COLLECTION_METHODS[1 if send_invoice else 0],
+                 currency=currency, total=total, subtotal=total, subtotal_excluding_tax=total,
+                 total_excluding_tax=total, amount_due=total, amount_paid=paid,
+                 amount_remaining=total - paid, amount_overpaid=0, attempted=status == "paid",
+                 attempt_count=1 if status == "paid" else 0, auto_advance=status == "draft",
+                 billing_reason="subscription_create" if sub_id else "manual",
+                 number=f"{o['id'][3:11].upper()}-{i:04d}" if finalized else None,
+                 due_date=created + 30 * 86400 if send_invoice else None,
+                 effective_at=created + 3600 if finalized else None,
+                 period_start=created, period_end=created, webhooks_delivered_at=created,
+                 next_payment_attempt=None, last_finalization_error=None, from_invoice=None,
+                 shipping_cost=None,
+                 parent=({"type": "subscription_details", "quote_details": None,
+                          "subscription_details": {"metadata": {}, "subscription": sub_id}}
+                         if sub_id else None),
+                 hosted_invoice_url=f"https://invoice.stripe.com/i/fake/{o['id']}" if finalized else None)
+        return o
+
+    def events(self):
+        """One creation event for each of the most recent seeded objects."""
+        wanted = self.counts.get("events", 0)
+        if not wanted:
+            return
+        cands = [(rec.created, rec.id, kind, rec)
+                 for path, kind in KINDS.items() if path != "events"
+                 for rec in self.store.colls[path].records.values()]
+        newest = heapq.nlargest(wanted, cands, key=lambda c: (c[0], c[1]))
+        for created, _, kind, rec in reversed(newest):
+            obj_status = json.loads(rec.blob).get("status") if kind.obj == "charge" else None
+            type_ = "charge." + obj_status if obj_status else kind.event_prefix + ".created"
+            self.store.emit(type_, rec.blob, created=created)
+
+
+def subscription_item(store, sub_id, price, quantity, created, item_id):
+    item = json.loads(store.item_template)
+    item.update(id=item_id, created=created, price=price, quantity=quantity, metadata={},
+                subscription=sub_id, discounts=[], tax_rates=[], billing_thresholds=None,
+                current_period_start=created, current_period_end=created + 30 * 86400)
+    recurring = price.get("recurring") or {}
+    item["plan"].update(id=price["id"], active=price["active"], amount=price["unit_amount"],
+                        amount_decimal=price.get("unit_amount_decimal"), created=price["created"],
+                        currency=price["currency"], livemode=False, metadata={},
+                        product=price["product"], billing_scheme="per_unit",
+                        interval=recurring.get("interval", "month"),
+                        interval_count=recurring.get("interval_count", 1), transform_usage=None)
+    return item
+
+
+# --------------------------------------------------------------------------- form bodies
+
+KEY_RE = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+SUBKEY_RE = re.compile(r"\[([^\[\]]*)\]")
+
+
+def decode_form(body):
+    """`a[b][0][c]=v&list[]=x` -> nested dicts/lists of strings (like Stripe's parser)."""
+    root = {}
+    for key, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+        m = KEY_RE.match(key)
+        if not m:
+            raise ApiError(400, f"Invalid parameter name: {key}", code="parameter_unknown",
+                           param=key)
+        segs = [m.group(1)] + SUBKEY_RE.findall(m.group(2))
+        node = root
+        for seg in segs[:-1]:
+            seg = seg or str(len(node))
+            if not isinstance(node.get(seg), dict):
+                node[seg] = {}
+            node = node[seg]
+        node[segs[-1] or str(len(node))] = value
+    return listify(root)
+
+
+def listify(node):
+    """Dicts keyed 0..n (outside metadata) become lists."""
+    for k, v in node.items():
+        if isinstance(v, dict) and k != "metadata":
+            node[k] = listify(v)
+    if node and all(k.isdigit() for k in node):
+        return [node[k] for k in sorted(node, key=int)]
+    return node
+
+
+def coerce(value, key, param):
+    """Decode numbers and booleans of known fields; "" stays (it means unset)."""
+    if isinstance(value, dict):
+        if key == "metadata":
+            return value
+        return {k: coerce(v, k, f"{param}[{k}]") for k, v in value.items()}
+    if isinstance(value, list):
+        return [coerce(v, key, f"{param}[{i}]") for i, v in enumerate(value)]
+    if value == "":
+        return value
+    if key in INT_FIELDS:
+        return parse_int(value, param)
+    if key in FLOAT_FIELDS:
+        try:
+            return float(value)
+        except ValueError:
+            raise ApiError(400, "Invalid decimal: " + value, code="parameter_invalid_decimal",
+                           param=param) from None
+    if key in BOOL_FIELDS:
+        if value not in ("true", "false"):
+            raise ApiError(400, "Invalid boolean: " + value, code="parameter_invalid_boolean",
+                           param=param)
+        return value == "true"
+    return value
+
+
+def write_params(body):
+    params = decode_form(body)
+    params.pop("expand", None)
+    return {k: coerce(v, k, k) for k, v in params.items()}
+
+
+def apply_update(obj, params):
+    """Stripe update semantics: replace top-level fields ("" unsets), merge metadata
+    ("" removes a key).  Returns previous_attributes of what changed."""
+    prev = {}
+    for k, v in params.items():
+        if k == "metadata":
+            old = obj.get("metadata") or {}
+            new = {} if v == "" else dict(old)
+            if isinstance(v, dict):
+                for mk, mv in v.items():
+                    if mv == "":
+                        new.pop(mk, None)
+                    else:
+                        new[mk] = mv
+            changed = {mk: old.get(mk) for mk in sorted(set(old) | set(new))
+                       if old.get(mk) != new.get(mk)}
+            if changed:
+                prev["metadata"] = changed
+                obj["metadata"] = new
+        else:
+            v = None if v == "" else v
+            if obj.get(k) != v:
+                prev[k] = obj.get(k)
+                obj[k] = v
+    return prev
+
+
+def require(params, name):
+    if params.get(name) in (None, ""):
+        raise ApiError(400, f"Missing required param: {name}.", code="parameter_missing",
+                       param=name)
+    return params[name]
+
+
+# --------------------------------------------------------------------------- API writes
+
+class Writes:
+    """POST/DELETE /v1 handlers.  Called with the store lock held."""
+
+    def __init__(self, store):
+        self.store = store
+
+    @staticmethod
+    def check_params(params, allowed):
+        for k in params:
+            if k not in allowed:
+                raise unknown_param(k)
+
+    def create_allowed(self, kind):
+        if kind.create_params is not None:
+            return kind.create_params
+        allowed = self.store.template_keys[kind.path] - READ_ONLY
+        if kind.obj in ("product", "coupon"):
+            allowed = allowed | {"id"}
+        if kind.obj == "subscription":
+            allowed = allowed | {"trial_period_days"}
+        return allowed
+
+    def fresh(self, kind, params):
+        """Template copy with id/created set; `params` may name the id (products, coupons)."""
+        obj = self.store.template(kind)
+        oid = params.pop("id", None)
+        if oid is not None:
+            coll = self.store.colls[kind.path]
+            if oid in coll.records or oid in coll.deleted:
+                raise ApiError(400, f"{kind.obj.capitalize()} already exists.",
+                               code="resource_already_exists", param="id")
+        obj.update(id=oid or self.store.new_id(kind), object=kind.obj,
+                   created=int(time.time()), livemode=False, metadata={})
+        return obj
+
+    def create(self, kind, params, request):
+        self.check_params(params, self.create_allowed(kind))
+        build = getattr(self, "create_" + kind.obj)
+        return self.store.create(kind, build(kind, params, request), request)
+
+    def create_customer(self, kind, params, request):
+        obj = self.fresh(kind, params)
+        obj.update(email=None, name=None, discount=None, currency=None,
+                   invoice_prefix=obj["id"][4:12].upper())
+        apply_update(obj, params)
+        return obj
+
+    def create_product(self, kind, params, request):
+        require(params, "name")
+        obj = self.fresh(kind, params)
+        obj.update(description=None, default_price=None, package_dimensions=None,
+                   active=True, updated=obj["created"])
+        apply_update(obj, params)
+        return obj
+
+    def create_price(self, kind, params, request):
+        require(params, "currency")
+        product = require(params, "product")
+        self.store.get(KINDS["products"], product, "product", 400)
+        require(params, "unit_amount")
+        obj = self.fresh(kind, params)
+        recurring = params.pop("recurring", None)
+        if isinstance(recurring, dict):
+            obj["recurring"].update(recurring)
+            obj["type"] = "recurring"
+        else:
+            obj.update(recurring=None, type="one_time")
+        obj.update(custom_unit_amount=None, transform_quantity=None, nickname=None,
+                   lookup_key=None, active=True)
+        apply_update(obj, params)
+        obj["unit_amount_decimal"] = str(obj["unit_amount"])
+        return obj
+
+    def create_coupon(self, kind, params, request):
+        if params.get("percent_off") in (None, "") and params.get("amount_off") in (None, ""):
+            raise ApiError(400, "Must provide either percent_off or amount_off.",
+                           code="parameter_missing", param="percent_off")
+        if params.get("amount_off") not in (None, ""):
+            require(params, "currency")
+        obj = self.fresh(kind, params)
+        obj.update(name=None, percent_off=None, amount_off=None, currency=None,
+                   duration="once", duration_in_months=None, redeem_by=None,
+                   max_redemptions=None, times_redeemed=0, valid=True)
+        apply_update(obj, params)
+        return obj
+
+    def create_subscription(self, kind, params, request):
+        customer = require(params, "customer")
+        self.store.get(KINDS["customers"], customer, "customer", 400)
+        items = require(params, "items")
+        if not isinstance(items, list):
+            raise ApiError(400, "Invalid array", code="parameter_invalid_array", param="items")
+        trial_days = params.pop("trial_period_days", None)
+        obj = self.fresh(kind, params)
+        now = obj["created"]
+        params["items"] = self.sub_items(obj, [], params.pop("items"))
+        trial_end = params.pop("trial_end", None) or (now + trial_days * 86400 if trial_days else None)
+        first_price = params["items"]["data"][0]["price"]
+        obj.update(status="trialing" if trial_end else "active", start_date=now,
+                   billing_cycle_anchor=trial_end or now, billing_cycle_anchor_config=None,
+                   cancel_at=None, canceled_at=None, ended_at=None, cancel_at_period_end=False,
+                   trial_start=now if trial_end else None, trial_end=trial_end,
+                   currency=first_price["currency"], latest_invoice=None, pending_update=None,
+                   pause_collection=None, next_pending_invoice_item_invoice=None,
+                   pending_invoice_item_interval=None, transfer_data=None)
+        apply_update(obj, params)
+        return obj
+
+    def sub_items(self, sub, current, changes):
+        """Apply `items[n][id|price|quantity|deleted]` to the current item list."""
+        items = {it["id"]: it for it in current}
+        for n, change in enumerate(changes):
+            param = f"items[{n}]"
+            if not isinstance(change, dict):
+                raise ApiError(400, "Invalid hash", code="parameter_invalid_hash", param=param)
+            item_id = change.get("id")
+            if item_id is not None and item_id not in items:
+                raise no_such("subscription_item", item_id, param + "[id]", 400)
+            if change.get("deleted"):
+                items.pop(item_id, None)
+                continue
+            price_id = change.get("price")
+            price = (self.store.get(KINDS["prices"], price_id, param + "[price]", 400)
+                     if price_id else None)
+            quantity = change.get("quantity", 1)
+            if item_id is None:
+                if price is None:
+                    require({}, param + "[price]")
+                new_id = hashed_id("si_", self.store.seed_value, sub["id"], next(self.store.counter))
+                items[new_id] = subscription_item(self.store, sub["id"], price, quantity,
+                                                  int(time.time()), new_id)
+            else:
+                item = items[item_id]
+                if price is not None:
+                    item = subscription_item(self.store, sub["id"], price,
+                                             change.get("quantity", item["quantity"]),
+                                             item["created"], item_id)
+                elif "quantity" in change:
+                    item["quantity"] = quantity
+                items[item_id] = item
+        return {"object": "list", "data": list(items.values()), "has_more": False,
+                "total_count": len(items), "url": f"/v1/subscription_items?subscription={sub['id']}"}
+
+    def create_refund(self, kind, params, request):
+        charges = KINDS["charges"]
+        if params.get("charge"):
+            charge = self.store.get(charges, params["charge"], "charge", 400)
+        elif params.get("payment_intent"):
+            pi = params["payment_intent"]
+            self.store.get(KINDS["payment_intents"], pi, "payment_intent", 400)
+            found = [r for r in self.store.colls["charges"].records.values()
+                     if r.keys["payment_intent"] == (pi,)]
+            if not found:
+                raise ApiError(400, f"This PaymentIntent ({pi}) does not have a successful charge "
+                               "to refund.", code="charge_not_refundable", param="payment_intent")
+            charge = max(found, key=lambda r: (r.created, r.id)).obj()
+        else:
+            require(params, "charge")
+        remaining = charge["amount"] - charge["amount_refunded"]
+        if charge["status"] != "succeeded":
+            raise ApiError(400, f"Charge {charge['id']} has not succeeded and cannot be refunded.",
+                           code="charge_not_refundable", param="charge")
+        if remaining <= 0:
+            raise ApiError(400, f"Charge {charge['id']} has already been refunded.",
+                           code="charge_already_refunded")
+        amount = params.pop("amount", None) or remaining
+        if amount > remaining:
+            raise ApiError(400, f"Refund amount ({amount}) is greater than unrefunded amount on "
+                           f"charge ({remaining})", param="amount")
+        obj = self.fresh(kind, params)
+        obj.update(charge=charge["id"], payment_intent=charge.get("payment_intent"),
+                   customer=charge.get("customer"), currency=charge["currency"], amount=amount,
+                   status="succeeded", balance_transaction="txn_" + obj["id"][3:])
+        params.pop("charge", None)
+        params.pop("payment_intent", None)
+        apply_update(obj, params)
+        new_charge = dict(charge)
+        prev = apply_update(new_charge, {"amount_refunded": charge["amount_refunded"] + amount,
+                                         "refunded": charge["amount_refunded"] + amount == charge["amount"]})
+        self.store.put(charges, new_charge)
+        self.store.emit("charge.refunded", self.store.colls["charges"].records[charge["id"]].blob,
+                        previous=prev, request=request)
+        return obj
+
+    def update(self, kind, oid, params, request):
+        old = self.store.get(kind, oid)
+        allowed = kind.updatable or (self.store.template_keys[kind.path] - READ_ONLY)
+        self.check_params(params, allowed)
+        new = self.store.get(kind, oid)
+        if kind.obj == "subscription" and "items" in params:
+            if not isinstance(params["items"], list):
+                raise ApiError(400, "Invalid array", code="parameter_invalid_array", param="items")
+            params["items"] = self.sub_items(new, new["items"]["data"], params["items"])
+        prev = apply_update(new, params)
+        if prev and kind.obj == "product":
+            new["updated"] = int(time.time())
+        return self.store.replace(kind, old, new, prev, request)
+
+    def delete(self, kind, oid, request):
+        store = self.store
+        obj = store.get(kind, oid)
+        if kind.obj == "subscription" and obj["status"] in SUB_HIDDEN:
+            raise ApiError(400, "This subscription has already been canceled.", param="id")
+        if kind.obj == "product":
+            if any(r.keys["product"] == (oid,) for r in store.colls["prices"].records.values()):
+                raise ApiError(400, "This product cannot be deleted because it has one or more "
+                               "user-created prices.", code="product_has_prices")
+        if kind.obj == "customer":
+            # Like Stripe: deleting a customer cancels its subscriptions at once.
+            subs = KINDS["subscriptions"]
+            for rec in list(store.colls["subscriptions"].records.values()):
+                if rec.keys["customer"] == (oid,) and rec.keys["status"][0] not in SUB_HIDDEN:
+                    store.delete(subs, rec.id, request)
+        return store.delete(kind, oid, request)
+
+
+# --------------------------------------------------------------------------- faults, log
+
+FAULT_KINDS = ("429", "500", "503", "status", "401", "delay", "drop", "reset", "truncate",
+               "malformed", "empty")
+
+
+class Faults:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.queue = []
+
+    def add(self, spec):
+        kind = str(spec.get("kind"))
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}")
+        fault = {"kind": kind, "count": int(spec.get("count", 1)), "path": spec.get("path")}
+        if fault["count"] < 1:
+            raise ValueError("count must be >= 1")
+        if kind == "status":
+            fault["status"] = int(spec["status"])
+            if not 100 <= fault["status"] <= 599:
+                raise ValueError("status must be an HTTP status code")
+        if kind == "delay":
+            fault["delay"] = float(spec["delay"])
+        for key in ("retry_after", "should_retry"):
+            if spec.get(key) is not None:
+                fault[key] = spec[key]
+        with self.lock:
+            self.queue.append(fault)
+        return fault
+
+    def take(self, raw_path):
+        """The first pending fault matching this request (its count is used up)."""
+        if not self.queue:
+            return None
+        with self.lock:
+            for i, fault in enumerate(self.queue):
+                if not fault["path"] or raw_path.startswith(fault["path"]):
+                    fault["count"] -= 1
+                    if fault["count"] == 0:
+                        del self.queue[i]
+                    return dict(fault)
+        return None
+
+    def pending(self):
+        with self.lock:
+            return [dict(f) for f in self.queue]
+
+    def clear(self):
+        with self.lock:
+            self.queue.clear()
+
+
+LOG_FIELDS = ("method", "path", "status", "stripe_version", "stripe_account", "idempotency_key",
+              "authorized", "fault", "time")
+
+
+class RequestLog:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.clear()
+
+    def clear(self):
+        with self.lock:
+            self.entries = []
+            self.rate_limited = 0
+
+    def add(self, entry, rate_limited):
+        with self.lock:
+            self.entries.append(entry)
+            self.rate_limited += rate_limited
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.entries), self.rate_limited
+
+
+class RateLimiter:
+    """Sliding one-second window over all /v1 requests that were let through."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.rate = 0
+        self.window = collections.deque()
+
+    def allow(self):
+        if not self.rate:
+            return True
+        now = time.monotonic()
+        with self.lock:
+            while self.window and self.window[0] <= now - 1.0:
+                self.window.popleft()
+            if len(self.window) >= self.rate:
+                return False
+            self.window.append(now)
+            return True
+
+
+# --------------------------------------------------------------------------- HTTP
+
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 402: "Request Failed",
+           403: "Forbidden", 404: "Not Found", 409: "Conflict", 429: "Too Many Requests",
+           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+           504: "Gateway Timeout"}
+KEY_PREFIX_RE = re.compile(r"^[a-z]{2,4}_(?:test|live)_")
+
+
+def send(handler, status, body, headers=(), truncate=False):
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
+             "Content-Type: application/json", f"Content-Length: {len(body)}"]
+    lines.extend(f"{k}: {v}" for k, v in headers)
+    if truncate:
+        # Promise the whole body, deliver half of it, then hang up.
+        body = body[:len(body) // 2]
+        handler.close_connection = True
+    if handler.close_connection:
+        lines.append("Connection: close")
+    handler.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+
+class App:
+    def __init__(self, fixtures, counts, seed, api_key):
+        self.store = Store(fixtures)
+        self.writes = Writes(self.store)
+        self.store.reseed(counts, seed)
+        self.api_keys = {api_key}
+        self.latency_ms = 0.0
+        self.faults = Faults()
+        self.log = RequestLog()
+        self.limiter = RateLimiter()
+        self.req_prefix = "req_" + b62(int.from_bytes(os.urandom(5), "big"), 6)
+        self.req_counter = itertools.count(1)
+
+    def handle(self, h):
+        length = h.headers.get("Content-Length")
+        body = h.rfile.read(int(length)) if length and length.isdigit() else b""
+        path = h.path.split("?", 1)[0]
+        if path == "/_control" or path.startswith("/_control/"):
+            self.control(h, h.command, path, body)
+        else:
+            self.api(h, body)
+
+    # ---- /v1
+
+    def auth_error(self, headers, force=False):
+        """None if the request carries a valid key, else the 401 ApiError."""
+        value = headers.get("Authorization") or ""
+        scheme, _, cred = value.partition(" ")
+        key = None
+        if scheme.lower() == "bearer":
+            key = cred.strip()
+        elif scheme.lower() == "basic":
+            try:
+                key = base64.b64decode(cred.strip()).decode("utf-8").split(":", 1)[0]
+            except ValueError:
+                key = cred.strip()
+        if not key:
+            return ApiError(401, "You did not provide an API key. You need to provide your API "
+                            "key in the Authorization header, using Bearer auth (e.g. "
+                            "'Authorization: Bearer YOUR_SECRET_KEY').")
+        if key in self.api_keys and not force:
+            return None
+        m = KEY_PREFIX_RE.match(key)
+        masked = (m.group(0) if m else "") + "****" + key[-4:]
+        return ApiError(401, "Invalid API Key provided: " + masked)
+
+    def api(self, h, body):
+        started = time.time()
+        hdrs = h.headers
+        raw_path = h.path
+        rid = f"{self.req_prefix}{b62(next(self.req_counter), 8)}"
+        version = hdrs.get("Stripe-Version")
+        fault = self.faults.take(raw_path)
+        kind = fault["kind"] if fault else None
+        auth = self.auth_error(hdrs)
+
+        def record(status, rate_limited=0):
+            # Logged before the response goes out, so a client that has its answer
+            # always finds its request in the log.
+            self.log.add((h.command, raw_path, status, version, hdrs.get("Stripe-Account"),
+                          hdrs.get("Idempotency-Key"), auth is None, kind, started), rate_limited)
+
+        if kind in ("drop", "reset"):
+            record(None)
+            h.close_connection = True
+            if kind == "reset":
+                h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                h.server.to_reset.add(h.connection)
+            return
+        headers = [("Request-Id", rid), ("Stripe-Version", version or API_VERSION)]
+        if fault:
+            if "retry_after" in fault:
+                headers.append(("Retry-After", fault["retry_after"]))
+            if "should_retry" in fault:
+                headers.append(("Stripe-Should-Retry",
+                                "true" if fault["should_retry"] in (True, "true") else "false"))
+        rate_limited = 0
+        try:
+            if kind in ("429", "500", "503", "status", "401"):
+                raise self.fault_error(kind, fault, hdrs)
+            if not self.limiter.allow():
+                rate_limited = 1
+                raise ApiError(429, "Request rate limit exceeded. Learn more about rate limits "
+                               "here https://stripe.com/docs/rate-limits.", code="rate_limit",
+                               headers={"Retry-After": "1"})
+            if auth is not None:
+                raise auth
+            status, out, extra = self.route(h, raw_path, body, rid)
+            headers.extend(extra)
+        except ApiError as e:
+            status, out = e.status, e.body(rid)
+            headers.extend(e.headers.items())
+        except Exception:  # a bug here: say so like Stripe would, and show it on stderr
+            traceback.print_exc()
+            status, out = 500, ApiError(500, "An unknown error occurred", "api_error").body(rid)
+        if kind == "delay":
+            time.sleep(fault["delay"])
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000.0)
+        if kind == "malformed":
+            status, out = 200, out[:len(out) // 2]
+        elif kind == "empty":
+            status, out = 200, b""
+        record(status, rate_limited)
+        send(h, status, out, headers, truncate=kind == "truncate")
+
+    def fault_error(self, kind, fault, hdrs):
+        if kind == "401":
+            return self.auth_error(hdrs, force=True)
+        if kind == "429":
+            return ApiError(429, "Request rate limit exceeded. Learn more about rate limits here "
+                            "https://stripe.com/docs/rate-limits.", code="rate_limit")
+        status = fault["status"] if kind == "status" else int(kind)
+        return ApiError(status, "An unknown error occurred", "api_error")
+
+    def route(self, h, raw_path, body, rid):
+        """-> (status, body, extra headers) or raises ApiError."""
+        method = h.command
+        path, _, query = raw_path.partition("?")
+        parts = path[4:].split("/") if path.startswith("/v1/") else []
+        kind = KINDS.get(parts[0]) if parts else None
+        if parts == ["account"] and method == "GET":
+            self.check_retrieve_params(query)
+            with self.store.lock:
+                account = dict(self.store.account)
+            account["id"] = h.headers.get("Stripe-Account") or ACCOUNT_ID
+            return 200, dumps(account), []
+        if kind is None or len(parts) > 2 or (len(parts) == 2 and not parts[1]):
+            raise self.unrecognized(method, path)
+        if method == "GET":
+            if len(parts) == 1:
+                args = self.list_args(kind, query)
+                with self.store.lock:
+                    return 200, self.store.list_page(kind, *args), []
+            self.check_retrieve_params(query)
+            with self.store.lock:
+                return 200, self.store.retrieve(kind, parts[1]), []
+        if method == "POST" and kind.writable:
+            params = write_params(body)
+            if len(parts) == 1:
+                op = lambda req: self.writes.create(kind, params, req)
+            else:
+                op = lambda req: self.writes.update(kind, parts[1], params, req)
+            return self.idempotent(h, method, path, body, rid, op)
+        if method == "DELETE" and len(parts) == 2:
+            if kind.obj == "price":
+                raise ApiError(400, "Prices cannot be deleted through the API; archive the price "
+                               "by setting `active` to false instead.", param="id")
+            if kind.deletable:
+                write_params(body)  # only expand[] is meaningful; reject malformed bodies
+                return self.idempotent(h, method, path, body, rid,
+                                       lambda req: self.writes.delete(kind, parts[1], req))
+        raise self.unrecognized(method, path)
+
+    @staticmethod
+    def unrecognized(method, path):
+        return ApiError(404, f"Unrecognized request URL ({method}: {path}). Please see "
+                        "https://stripe.com/docs or we can help at https://support.stripe.com/.")
+
+    def idempotent(self, h, method, path, body, rid, op):
+        """Run a write once per Idempotency-Key; replay its stored response afterwards.
+        Only successful results are stored: a request that failed validation (or a
+        fault answered for it) may be retried with the same key, as on Stripe."""
+        key = h.headers.get("Idempotency-Key")
+        extra = [("Idempotency-Key", key)] if key else []
+        store = self.store
+        with store.lock:
+            if key:
+                saved = store.idempotency.get(key)
+                if saved is not None:
+                    if saved[0] != (method, path, body):
+                        raise ApiError(400, "Keys for idempotent requests can only be used with "
+                                       "the same parameters they were first used with. Try using "
+                                       f"a key other than '{key}' if you meant to execute a "
+                                       "different request.", type="idempotency_error")
+                    return saved[1], saved[2], extra + [("Idempotent-Replayed", "true")]
+            out = op({"id": rid, "idempotency_key": key})
+            if key:
+                store.idempotency[key] = ((method, path, body), 200, out)
+        return 200, out, extra
+
+    @staticmethod
+    def check_retrieve_params(query):
+        for key, _ in parse_qsl(query, keep_blank_values=True):
+            if not (key == "expand" or key.startswith("expand[")):
+                raise unknown_param(key)
+
+    def list_args(self, kind, query):
+        limit, gte, lte = 10, None, None
+        cursors = {"starting_after": None, "ending_before": None}
+        wanted = {}  # filter name -> accepted values, or ("prefix", p) for wildcards
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            m = re.fullmatch(r"([^\[\]]+)(?:\[([^\[\]]*)\])?", key)
+            if not m:
+                raise unknown_param(key)
+            name, sub = m.group(1), m.group(2)
+            if name == "expand" and (sub is None or sub == "" or sub.isdigit()):
+                continue
+            f = kind.filters.get(name)
+            known = name in ("limit", "starting_after", "ending_before", "created") or f is not None
+            if not known or (sub is not None and name != "created" and not (f and f.array)):
+                raise unknown_param(key)
+            if value == "":
+                raise ApiError(400, f"You passed an empty string for '{key}'. We assume empty "
+                               "values are an attempt to unset a parameter; however "
+                               f"'{key}' cannot be unset. You should remove '{key}' from "
+                               "your request or supply a non-empty value.",
+                               code="parameter_invalid_empty", param=key)
+            if name == "limit":
+                limit = parse_int(value, "limit")
+                if limit < 1:
+                    raise ApiError(400, "This value must be greater than or equal to 1.",
+                                   code="parameter_invalid_integer", param="limit")
+                if limit > 100:
+                    raise ApiError(400, "This value must be less than or equal to 100.",
+                                   code="parameter_invalid_integer", param="limit")
+            elif name in cursors:
+                cursors[name] = value
+            elif name == "created":
+                if sub not in (None, "gt", "gte", "lt", "lte"):
+                    raise unknown_param(key)
+                t = parse_int(value, key)
+                low = {None: t, "gte": t, "gt": t + 1}.get(sub)
+                high = {None: t, "lte": t, "lt": t - 1}.get(sub)
+                if low is not None:
+                    gte = low if gte is None else max(gte, low)
+                if high is not None:
+                    lte = high if lte is None else min(lte, high)
+            elif f.array:
+                if sub is None:
+                    raise ApiError(400, "Invalid array", code="parameter_invalid_array",
+                                   param=name)
+                wanted.setdefault(name, set()).add(value)
+            else:
+                if f.boolean and value not in ("true", "false"):
+                    raise ApiError(400, "Invalid boolean: " + value,
+                                   code="parameter_invalid_boolean", param=name)
+                if f.choices and value not in f.choices:
+                    raise ApiError(400, f"Invalid {name}: must be one of "
+                                   f"{', '.join(f.choices)}", code="parameter_invalid_string",
+                                   param=name)
+                wanted[name] = (("prefix", value[:-1]) if f.wildcard and value.endswith("*")
+                                else {value})
+        if cursors["starting_after"] and cursors["ending_before"]:
+            raise ApiError(400, "You may only specify one of these parameters: ending_before, "
+                           "starting_after.", param="ending_before")
+        if kind.obj == "subscription":
+            status = wanted.get("status")
+            if status is None:
+                wanted["status"] = ("exclude", SUB_HIDDEN)
+            elif status == {"all"}:
+                del wanted["status"]
+            elif status == {"ended"}:
+                wanted["status"] = set(SUB_HIDDEN)
+        filters = [(name, self.key_selector(sel)) for name, sel in wanted.items()]
+        return limit, gte, lte, filters, cursors["starting_after"], cursors["ending_before"]
+
+    @staticmethod
+    def key_selector(sel):
+        """-> function(index) giving the index keys a filter accepts."""
+        if isinstance(sel, set):
+            return lambda idx: sel
+        how, arg = sel
+        if how == "prefix":
+            return lambda idx: [k for k in idx if k.startswith(arg)]
+        return lambda idx: [k for k in idx if k not in arg]
+
+    # ---- /_control
+
+    def control(self, h, method, path, body):
+        try:
+            data = json.loads(body) if body.strip() else {}
+            status, out = self.control_route(method, path.split("/")[2:], data)
+        except ApiError as e:
+            status, out = e.status, {"error": e.message}
+        except (ValueError, TypeError, KeyError) as e:
+            msg = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+            status, out = 400, {"error": msg}
+        except Exception as e:  # a bug: answer anyway, and show it on stderr
+            traceback.print_exc()
+            status, out = 500, {"error": repr(e)}
+        send(h, status, out if isinstance(out, RawJSON) else dumps(out))
+
+    def control_route(self, method, parts, data):
+        store = self.store
+        route = (method, parts[0] if parts else "", len(parts))
+        if route == ("POST", "faults", 1):
+            return 200, {"fault": self.faults.add(data), "faults": self.faults.pending()}
+        if route == ("GET", "faults", 1):
+            return 200, {"faults": self.faults.pending()}
+        if route == ("DELETE", "faults", 1):
+            self.faults.clear()
+            return 200, {"faults": []}
+        if route == ("GET", "requests", 1):
+            entries, _ = self.log.snapshot()
+            return 200, {"requests": [dict(zip(LOG_FIELDS, e)) for e in entries]}
+        if route == ("DELETE", "requests", 1):
+            self.log.clear()
+            return 200, {"requests": []}
+        if route == ("GET", "stats", 1):
+            entries, rate_limited = self.log.snapshot()
+            return 200, {"requests": len(entries), "rate_limited": rate_limited}
+        if route[0] in ("GET", "POST") and route[1:] == ("config", 1):
+            if method == "POST":
+                self.configure(data)
+            return 200, {"latency_ms": self.latency_ms, "rate_limit": self.limiter.rate,
+                         "api_keys": sorted(self.api_keys)}
+        if route == ("POST", "reseed", 1):
+            counts = self.parse_counts(data.get("counts", {}), only=bool(data.get("only")))
+            with store.lock:
+                store.reseed(counts, int(data.get("seed", store.seed_value)))
+                sizes = {p: len(c.records) for p, c in store.colls.items()}
+            self.log.clear()
+            return 200, {"counts": sizes}
+        if route == ("POST", "events", 1):
+            return 200, self.control_event(data)
+        if route[1] == "objects" and len(parts) in (2, 3):
+            kind = KINDS.get(parts[1])
+            if kind is None:
+                return 404, {"error": f"unknown type {parts[1]!r}"}
+            if method == "GET" and len(parts) == 2:
+                with store.lock:
+                    blobs = store.live(kind)
+                    return 200, RawJSON(b'{"data":[' + b",".join(blobs) + b"]}")
+            if kind.obj == "event":
+                return 400, {"error": "use /_control/events to add events"}
+            if not isinstance(data, dict):
+                raise ValueError("body must be a JSON object")
+            with store.lock:
+                if method == "POST" and len(parts) == 2:
+                    return 200, RawJSON(self.control_create(kind, data))
+                if method == "POST":
+                    return 200, RawJSON(self.control_update(kind, parts[2], data))
+                if method == "DELETE" and len(parts) == 3:
+                    return 200, RawJSON(store.delete(kind, parts[2]))
+        return 404, {"error": f"unknown control endpoint {method} /_control/{'/'.join(parts)}"}
+
+    def configure(self, data):
+        if "latency_ms" in data:
+            latency = float(data["latency_ms"])
+            if latency < 0:
+                raise ValueError("latency_ms must be >= 0")
+            self.latency_ms = latency
+        if "rate_limit" in data:
+            rate = int(data["rate_limit"])
+            if rate < 0:
+                raise ValueError("rate_limit must be >= 0")
+            self.limiter.rate = rate
+        if "api_keys" in data:
+            keys = data["api_keys"]
+            if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+                raise ValueError("api_keys must be a list of non-empty strings")
+            self.api_keys = set(keys)
+
+    @staticmethod
+    def parse_counts(counts, only=False):
+        out = {} if only else dict(DEFAULT_COUNTS)
+        for name, n in counts.items():
+            if name not in KINDS:
+                raise ValueError(f"unknown type {name!r} (one of {', '.join(KINDS)})")
+            n = int(n)
+            if n < 0:
+                raise ValueError(f"count for {name} must be >= 0")
+            out[name] = n
+        return out
+
+    def control_create(self, kind, fields):
+        store = self.store
+        obj = store.template(kind)
+        obj.update(object=kind.obj, livemode=False)
+        deep_merge(obj, fields)
+        obj["id"] = fields.get("id") or store.new_id(kind)
+        obj["created"] = int(fields.get("created") or time.time())
+        coll = store.colls[kind.path]
+        if obj["id"] in coll.records:
+            raise ApiError(400, f"{kind.obj} {obj['id']} already exists")
+        coll.deleted.discard(obj["id"])
+        return store.create(kind, obj)
+
+    def control_update(self, kind, oid, fields):
+        store = self.store
+        old = store.get(kind, oid)
+        fields = {k: v for k, v in fields.items() if k not in ("id", "object")}
+        new = deep_merge(store.get(kind, oid), fields)
+        prev = {k: old.get(k) for k in fields if old.get(k) != new.get(k)}
+        return store.replace(kind, old, new, prev)
+
+    def control_event(self, data):
+        type_, obj = data["type"], data["object"]
+        if not isinstance(type_, str) or not isinstance(obj, dict):
+            raise ValueError("type must be a string and object a JSON object")
+        created = data.get("created")
+        with self.store.lock:
+            eid = self.store.emit(type_, dumps(obj), previous=data.get("previous_attributes"),
+                                  created=None if created is None else int(created))
+            return RawJSON(self.store.colls["events"].records[eid].blob)
+
+
+class RawJSON(bytes):
+    """Already-serialized JSON passed through the control responses unchanged."""
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        # Small responses on a keep-alive connection must not wait for delayed ACKs.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        self.server.app.handle(self)
+
+    do_POST = do_DELETE = do_GET
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address, app):
+        self.app = app
+        self.to_reset = set()  # sockets to close with RST (SO_LINGER 0, no FIN first)
+        super().__init__(address, Handler)
+
+    def shutdown_request(self, request):
+        if request in self.to_reset:
+            self.to_reset.discard(request)
+            request.close()  # the handler's files are closed by now: this really closes it
+            return
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            traceback.print_exc()
+
+
+# --------------------------------------------------------------------------- main
+
+def default_fixtures():
+    here = os.path.dirname(os.path.abspath(__file__))
+    for rel in ("../../shared/stripe/fixtures3.json", "../shared/stripe/fixtures3.json"):
+        path = os.path.normpath(os.path.join(here, rel))
+        if os.path.exists(path):
+            return path
+    return os.path.normpath(os.path.join(here, "../../shared/stripe/fixtures3.json"))
+
+
+def parse_counts_arg(text):
+    counts = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, n = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected TYPE=N, got {part!r}")
+        counts[name.strip()] = n.strip()
+    try:
+        return App.parse_counts(counts)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Fake Stripe API server for tests.")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    ap.add_argument("--port-file", help="write the bound port here (atomically)")
+    ap.add_argument("--fixtures", default=default_fixtures())
+    ap.add_argument("--counts", type=parse_counts_arg, default=dict(DEFAULT_COUNTS),
+                    help="e.g. customers=1050,charges=100000 (others keep their defaults)")
+    ap.add_argument("--api-key", default="sk_test_fake")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    with open(args.fixtures, encoding="utf-8") as f:
+        fixtures = json.load(f)
+    app = App(fixtures, args.counts, args.seed, args.api_key)
+    server = Server((args.host, args.port), app)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              daemon=True)
+    thread.start()
+    if args.port_file:
+        tmp = f"{args.port_file}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{server.server_address[1]}\n")
+        os.replace(tmp, args.port_file)
+    while not stop.wait(1.0):
+        pass
+    server.shutdown()
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

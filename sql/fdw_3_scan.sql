@@ -1,0 +1,119 @@
+-- Scans of the core objects against the fake Stripe
+\getenv fake_url FAKE_STRIPE_URL
+\set SHOW_CONTEXT never
+SET timezone = 'UTC';
+
+-- 1,050 customers stream in 11 pages of at most 100
+SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
+SELECT count(*), count(DISTINCT id), min(created) < max(created) AS spread FROM stripe.customers;
+SELECT * FROM fake_requests();
+
+-- typed columns equal the object's own JSON, for every column of every core table
+CREATE FUNCTION typed_mismatches(tab regclass) RETURNS TABLE (col name, mismatches bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+  a record;
+  n bigint;
+  conv text;
+BEGIN
+  FOR a IN SELECT attname, atttypid::regtype::text AS t FROM pg_attribute
+            WHERE attrelid = tab AND attnum > 0 AND attname <> 'attrs' AND NOT attisdropped LOOP
+    conv := CASE a.t
+      WHEN 'timestamp with time zone' THEN format('to_timestamp((attrs->>%L)::bigint)', a.attname)
+      WHEN 'jsonb' THEN format('(attrs->%L)', a.attname)
+      ELSE format('(attrs->>%L)::%s', a.attname, a.t) END;
+    EXECUTE format('SELECT count(*) FROM %s WHERE %I IS DISTINCT FROM %s AND attrs->%L <> %L::jsonb',
+                   tab, a.attname, conv, a.attname, 'null') INTO n;
+    IF n > 0 THEN col := a.attname; mismatches := n; RETURN NEXT; END IF;
+  END LOOP;
+END $$;
+SELECT t, m.* FROM unnest(ARRAY['stripe.customers', 'stripe.charges', 'stripe.invoices',
+  'stripe.payment_intents', 'stripe.refunds', 'stripe.subscriptions', 'stripe.events']::regclass[]) t,
+  typed_mismatches(t) m;
+-- and equal Stripe's own example objects wherever the fake kept the example's value
+\getenv fixtures STRIPE_FIXTURES
+CREATE TEMP TABLE fx AS
+  SELECT key AS res, value AS obj FROM jsonb_each(pg_read_file(:'fixtures')::jsonb->'resources');
+CREATE FUNCTION fixture_check(tab regclass, res text, OUT compared int, OUT different int)
+LANGUAGE plpgsql AS $$
+DECLARE
+  a record;
+  fobj jsonb := (SELECT obj FROM fx WHERE fx.res = fixture_check.res);
+  rid text;
+  kept boolean;
+  equal boolean;
+  conv text;
+BEGIN
+  compared := 0; different := 0;
+  EXECUTE format('SELECT id FROM %s LIMIT 1', tab) INTO rid;
+  FOR a IN SELECT attname, atttypid::regtype::text AS t FROM pg_attribute
+            WHERE attrelid = tab AND attnum > 0 AND attname NOT IN ('attrs', 'id') LOOP
+    CONTINUE WHEN fobj->a.attname IS NULL OR fobj->a.attname = 'null'::jsonb;
+    conv := CASE a.t
+      WHEN 'timestamp with time zone' THEN format('to_timestamp(($2->>%L)::bigint)', a.attname)
+      WHEN 'jsonb' THEN format('($2->%L)', a.attname)
+      ELSE format('($2->>%L)::%s', a.attname, a.t) END;
+    EXECUTE format('SELECT attrs->%L = $2->%L, %I IS NOT DISTINCT FROM %s FROM %s WHERE id = $1',
+                   a.attname, a.attname, a.attname, conv, tab)
+      INTO kept, equal USING rid, fobj;
+    CONTINUE WHEN NOT kept;     -- the fake varies this field
+    compared := compared + 1;
+    IF NOT equal THEN different := different + 1; END IF;
+  END LOOP;
+END $$;
+SELECT t, c.compared, c.different
+  FROM (VALUES ('stripe.customers', 'customer'), ('stripe.charges', 'charge'),
+               ('stripe.invoices', 'invoice'), ('stripe.payment_intents', 'payment_intent'),
+               ('stripe.refunds', 'refund'), ('stripe.subscriptions', 'subscription'),
+               ('stripe.events', 'event')) v(t, res),
+       fixture_check(t::regclass, res) c;
+SELECT count(*) FROM stripe.customers WHERE id IS NULL OR created IS NULL OR attrs IS NULL;
+SELECT pg_typeof(created), pg_typeof(amount), pg_typeof(paid), pg_typeof(outcome)
+  FROM stripe.charges LIMIT 1;
+
+-- rows arrive newest first
+SELECT bool_and(ok) AS newest_first FROM (
+  SELECT created <= lag(created) OVER () OR lag(created) OVER () IS NULL AS ok FROM stripe.charges) s;
+
+-- id = const is one retrieve; a missing id is no row, not an error
+SELECT id AS some_customer FROM stripe.customers ORDER BY created, id LIMIT 1 \gset
+SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
+SELECT id = :'some_customer' AS same, email IS NOT NULL OR email IS NULL AS has_email
+  FROM stripe.customers WHERE id = :'some_customer';
+SELECT * FROM stripe.customers WHERE id = 'cus_doesnotexist';
+SELECT count(*) FROM fake_requests() r WHERE r LIKE 'GET /v1/customers/%';
+SELECT * FROM fake_requests() r WHERE r NOT LIKE 'GET /v1/customers/cus_%';
+EXPLAIN (COSTS OFF) SELECT * FROM stripe.customers WHERE id = 'cus_x';
+-- a prepared statement pushes its parameter too
+PREPARE one(text) AS SELECT count(*) FROM stripe.customers WHERE id = $1;
+EXECUTE one(:'some_customer');
+EXECUTE one('cus_nope');
+EXPLAIN (COSTS OFF) EXECUTE one('cus_x');
+DEALLOCATE one;
+
+-- list filters and created ranges go to Stripe, and are rechecked here
+SELECT customer AS a_customer FROM stripe.charges WHERE customer IS NOT NULL LIMIT 1 \gset
+EXPLAIN (COSTS OFF) SELECT id FROM stripe.charges WHERE customer = 'cus_x' AND created >= '2023-11-15 00:00:00+00' AND created < '2023-11-16 00:00:00.5+00';
+SELECT (SELECT count(*) FROM stripe.charges WHERE customer = :'a_customer') =
+       (SELECT count(*) FROM (SELECT * FROM stripe.charges OFFSET 0) s WHERE customer = :'a_customer') AS same_result;
+SELECT (SELECT count(*) FROM stripe.charges WHERE created > '2023-11-15 10:00:00+00') =
+       (SELECT count(*) FROM (SELECT * FROM stripe.charges OFFSET 0) s WHERE created > '2023-11-15 10:00:00+00') AS same_result;
+SELECT count(*) FROM stripe.charges WHERE created = '2023-11-15 10:00:00.5+00';
+EXPLAIN (COSTS OFF) SELECT count(*) FROM stripe.charges WHERE created = '2023-11-15 10:00:00.5+00';
+
+-- subscriptions list every status unless one is asked for
+SELECT status, count(*) FROM stripe.subscriptions GROUP BY status ORDER BY status;
+EXPLAIN (COSTS OFF) SELECT id FROM stripe.subscriptions;
+EXPLAIN (COSTS OFF) SELECT id FROM stripe.subscriptions WHERE status = 'canceled';
+SELECT count(*) FROM stripe.subscriptions WHERE status = 'canceled';
+
+-- EXPLAIN ANALYZE counts requests and pages
+EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT count(*) FROM stripe.customers;
+
+-- a generic table for any list path, and a user-defined subset of columns
+CREATE FOREIGN TABLE stripe.my_charges (amount bigint, cents text OPTIONS (field 'amount'), id text, attrs jsonb)
+  SERVER stripe OPTIONS (object 'charges');
+SELECT count(*) FROM stripe.my_charges WHERE amount::text = cents AND attrs->>'id' = id;
+CREATE FOREIGN TABLE stripe.events_generic (id text, created timestamptz, attrs jsonb)
+  SERVER stripe OPTIONS (object 'events');
+SELECT count(*) = (SELECT count(*) FROM stripe.events) AS same FROM stripe.events_generic;

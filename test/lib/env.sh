@@ -1,0 +1,84 @@
+# Shared by the main-job command and the benchmarks: a scratch PostgreSQL
+# cluster with stripe_sync preloaded and the fake Stripe, both on free loopback
+# ports, run as an unprivileged user when invoked as root.  Source it, then
+# call env_setup; everything started is stopped on exit.
+set -uo pipefail
+
+ENV_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+ENV_SHARED=${STRIPE_SHARED:-$ENV_ROOT/../shared}
+PGBIN=/usr/lib/postgresql/15/bin
+RUNAS=stripe_test
+
+env_log() { printf '== %s\n' "$*" >&2; }
+
+# install packages, build and install the extension (root only)
+env_build() {
+  if [ "$(id -u)" -eq 0 ]; then
+    local need=()
+    for pkg in postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev libjson-c-dev curl python3 make gcc; do
+      dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+    done
+    if [ ${#need[@]} -gt 0 ]; then
+      env_log "installing ${need[*]}"
+      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+    make -C "$ENV_ROOT" -s >/dev/null && make -C "$ENV_ROOT" -s install >/dev/null || { echo "build failed" >&2; exit 1; }
+    id "$RUNAS" >/dev/null 2>&1 || useradd --system --create-home --shell /bin/bash "$RUNAS"
+  fi
+}
+
+as_runner() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u "$RUNAS" -- env HOME="$ENV_DIR" "$@"; else "$@"; fi
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+env_cleanup() {
+  [ -n "${ENV_PGDATA:-}" ] && [ -f "$ENV_PGDATA/postmaster.pid" ] && as_runner "$PGBIN/pg_ctl" -D "$ENV_PGDATA" -m immediate stop >/dev/null 2>&1
+  [ -n "${ENV_FAKE_PID:-}" ] && kill "$ENV_FAKE_PID" 2>/dev/null && wait "$ENV_FAKE_PID" 2>/dev/null
+  [ -n "${ENV_DIR:-}" ] && [ -z "${KEEP_TMP:-}" ] && rm -rf "$ENV_DIR"
+}
+
+# env_setup "<fake --counts>" "<extra postgresql.conf lines>"
+env_setup() {
+  local counts=$1 conf=${2:-}
+  ENV_DIR=$(mktemp -d /tmp/stripe_sync_env.XXXXXX)
+  trap env_cleanup EXIT
+  [ "$(id -u)" -eq 0 ] && chown "$RUNAS" "$ENV_DIR"
+  if [ -n "${STRIPE_API_KEY:-}" ]; then
+    ENV_API_URL=https://api.stripe.com
+    ENV_API_KEY=$STRIPE_API_KEY
+  else
+    cp "$ENV_ROOT/test/fake_stripe.py" "$ENV_SHARED/stripe/fixtures3.json" "$ENV_DIR/"
+    [ "$(id -u)" -eq 0 ] && chown "$RUNAS" "$ENV_DIR"/*
+    env_log "starting the fake Stripe ($counts)"
+    python3 "$ENV_DIR/fake_stripe.py" --port 0 --port-file "$ENV_DIR/fake.port" \
+      --fixtures "$ENV_DIR/fixtures3.json" ${counts:+--counts "$counts"} &
+    ENV_FAKE_PID=$!
+    for _ in $(seq 600); do [ -s "$ENV_DIR/fake.port" ] && break; sleep 0.1; done
+    [ -s "$ENV_DIR/fake.port" ] || { echo "the fake Stripe did not start" >&2; exit 1; }
+    ENV_API_URL="http://127.0.0.1:$(cat "$ENV_DIR/fake.port")"
+    ENV_API_KEY=sk_test_fake
+  fi
+  ENV_PGDATA=$ENV_DIR/pgdata
+  ENV_PGPORT=$(free_port)
+  env_log "starting PostgreSQL on port $ENV_PGPORT"
+  as_runner "$PGBIN/initdb" -D "$ENV_PGDATA" -A trust -U postgres >/dev/null || exit 1
+  cat >> "$ENV_PGDATA/postgresql.conf" <<CONF
+port = $ENV_PGPORT
+listen_addresses = ''
+unix_socket_directories = '$ENV_DIR'
+shared_preload_libraries = 'stripe_sync'
+$conf
+CONF
+  as_runner "$PGBIN/pg_ctl" -D "$ENV_PGDATA" -l "$ENV_DIR/postgres.log" -w start >/dev/null || { cat "$ENV_DIR/postgres.log"; exit 1; }
+  env_psql -q <<SQL
+CREATE EXTENSION stripe_sync;
+CREATE SERVER stripe FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url '$ENV_API_URL');
+CREATE USER MAPPING FOR CURRENT_USER SERVER stripe OPTIONS (api_key '$ENV_API_KEY');
+CREATE SCHEMA stripe;
+IMPORT FOREIGN SCHEMA stripe FROM SERVER stripe INTO stripe;
+SQL
+}
+
+env_psql() { as_runner "$PGBIN/psql" -X -h "$ENV_DIR" -p "$ENV_PGPORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }

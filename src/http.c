@@ -35,6 +35,7 @@ typedef struct HttpBuffer
 	char		request_id[64];
 	char		retry_after[32];
 	char		should_retry[8];
+	char		content_length[24];
 } HttpBuffer;
 
 static CURL *stripe_easy = NULL;
@@ -67,6 +68,15 @@ write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 	{
 		size_t		newcap = Max(buf->cap * 2, buf->len + n + 1);
 		char	   *newdata;
+
+		/* size the buffer once from Content-Length rather than doubling */
+		if (buf->cap == 0 && buf->content_length[0])
+		{
+			size_t		cl = strtoul(buf->content_length, NULL, 10);
+
+			if (cl + 1 > newcap && cl < MAX_BODY_BYTES)
+				newcap = cl + 1;
+		}
 
 		if (newcap > MAX_BODY_BYTES)
 		{
@@ -123,6 +133,7 @@ header_cb(char *ptr, size_t size, size_t nitems, void *userdata)
 		{"request-id:", offsetof(HttpBuffer, request_id), sizeof(((HttpBuffer *) 0)->request_id)},
 		{"retry-after:", offsetof(HttpBuffer, retry_after), sizeof(((HttpBuffer *) 0)->retry_after)},
 		{"stripe-should-retry:", offsetof(HttpBuffer, should_retry), sizeof(((HttpBuffer *) 0)->should_retry)},
+		{"content-length:", offsetof(HttpBuffer, content_length), sizeof(((HttpBuffer *) 0)->content_length)},
 	};
 
 	for (size_t i = 0; i < lengthof(wanted); i++)
@@ -369,13 +380,13 @@ report_stripe_error(StripeConn *conn, const char *method, const char *path,
 			 errmsg("Stripe request %s %s failed with HTTP %ld%s%s%s",
 					method, path, status,
 					type ? " (" : "", type ? type : "", type ? ")" : ""),
-			 errdetail("%s%s%s%s%s Request-Id: %s.%s",
+			 errdetail("%s%s%s%s%s%s",
 					   message,
 					   code ? " Code: " : "", code ? code : "",
 					   param ? " Param: " : "", param ? param : "",
-					   buf->request_id[0] ? buf->request_id : "none",
 					   attempts > 1 ? psprintf(" Attempts: %d.", attempts) : ""),
-			 hint ? errhint("%s", hint) : 0));
+			 hint ? errhint("%s", hint) : 0,
+			 buf->request_id[0] ? errcontext("Stripe request id %s", buf->request_id) : 0));
 }
 
 /*
@@ -543,7 +554,9 @@ stripe_request(StripeConn *conn, const char *method, const char *path,
 				 errmsg("Stripe request %s %s failed after %d attempt%s",
 						method, path, attempt + 1, attempt == 0 ? "" : "s"),
 				 errdetail("%s", why),
-				 errhint("Check that %s is reachable; stripe_sync.max_retries and stripe_sync.http_timeout control retries and timeouts.",
-						 conn->api_url)));
+				 rc != CURLE_OK
+				 ? errhint("Check that the api_url of server \"%s\" is reachable; stripe_sync.http_timeout and stripe_sync.max_retries set the patience.",
+						   conn->server_name)
+				 : errhint("Stripe's answer was not the JSON expected; stripe_sync.max_retries sets how often it is asked again.")));
 	}
 }

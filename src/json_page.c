@@ -20,12 +20,15 @@ typedef struct FieldEntry
 	int			slot;
 } FieldEntry;
 
+#define MAX_FILTER_LEN 64
+
 struct StripeFieldSet
 {
 	FieldEntry *entries;
 	int			n;
 	int			cap;
 	int			nslots;
+	bool		has_len[MAX_FILTER_LEN];	/* a wanted name has this length */
 };
 
 typedef struct ParseState
@@ -73,6 +76,8 @@ stripe_fieldset_add(StripeFieldSet *fs, const char *name, int slot)
 	fs->entries[fs->n].len = strlen(name);
 	fs->entries[fs->n].slot = slot;
 	fs->n++;
+	if (strlen(name) < MAX_FILTER_LEN)
+		fs->has_len[strlen(name)] = true;
 	return slot;
 }
 
@@ -98,6 +103,9 @@ fieldset_lookup(StripeFieldSet *fs, const char *name, int len)
 	FieldEntry	key = {name, len, 0};
 	FieldEntry *hit;
 
+	/* most fields of an object are not wanted: reject them by length first */
+	if (len < MAX_FILTER_LEN && !fs->has_len[len])
+		return -1;
 	hit = bsearch(&key, fs->entries, fs->n, sizeof(FieldEntry), entry_cmp);
 	return hit ? hit->slot : -1;
 }

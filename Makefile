@@ -1,7 +1,8 @@
 # stripe_sync: PGXS build
 MODULE_big = stripe_sync
-OBJS = src/stripe_sync.o src/http.o src/json_page.o src/options.o \
-       src/catalog.o src/catalog_data.o src/fdw.o src/admin.o
+OBJS = src/stripe_sync.o src/http.o src/json_page.o src/options.o src/rowconv.o \
+       src/catalog.o src/catalog_data.o src/fdw.o src/modify.o src/admin.o \
+       src/ratelimit.o
 EXTENSION = stripe_sync
 DATA = sql/stripe_sync--0.1.sql
 PGFILEDESC = "stripe_sync - Stripe in PostgreSQL"

@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  * fdw.c
  *		The stripe_sync foreign data wrapper: planning with pushdown of the
- *		quals Stripe can answer, a page-at-a-time scan, EXPLAIN, and
- *		IMPORT FOREIGN SCHEMA.
+ *		quals Stripe can answer (ids, list filters, created ranges), Stripe's
+ *		newest-first order, LIMIT, parameterized paths for joins, a
+ *		page-at-a-time scan, EXPLAIN, and IMPORT FOREIGN SCHEMA.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -22,14 +23,16 @@
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "optimizer/clauses.h"
+#include "optimizer/cost.h"
 #include "optimizer/optimizer.h"
 #include "optimizer/pathnode.h"
+#include "optimizer/paths.h"
 #include "optimizer/planmain.h"
 #include "optimizer/restrictinfo.h"
 #include "parser/parsetree.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
-#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -43,6 +46,7 @@ PG_FUNCTION_INFO_V1(stripe_fdw_handler);
 typedef enum PushKind
 {
 	PUSH_ID,					/* id = v: retrieve */
+	PUSH_ID_ANY,				/* id = ANY(array): one retrieve each */
 	PUSH_EQ,					/* field = v: list filter */
 	PUSH_CREATED_GT,
 	PUSH_CREATED_GE,
@@ -51,15 +55,21 @@ typedef enum PushKind
 	PUSH_CREATED_EQ
 } PushKind;
 
+/* Row guesses: Stripe gives no counts, and most accounts are large. */
+#define ROWS_LIST		10000.0
+#define ROWS_RANGE		1000.0
+#define ROWS_FILTERED	100.0
+/* A request costs about as much as reading a thousand rows locally. */
+#define COST_REQUEST	1000.0
+
 /* Planner state kept in baserel->fdw_private */
 typedef struct StripeRelInfo
 {
 	char	   *path;			/* list path under /v1/ */
 	const StripeObjectDef *def; /* NULL for generic tables */
-	List	   *push_kinds;		/* Integer PushKind per pushed qual */
-	List	   *push_keys;		/* String Stripe parameter name */
-	List	   *push_exprs;		/* the value expressions */
-	bool		has_id;
+	AttrNumber	created_attno;	/* timestamptz column reading "created", or 0 */
+	bool		all_pushed;		/* every base qual goes to Stripe */
+	bool		has_id;			/* a base qual is id = or id = ANY */
 } StripeRelInfo;
 
 /* fdw_private of the ForeignScan plan */
@@ -68,10 +78,9 @@ enum
 	FdwPrivPath,
 	FdwPrivKinds,
 	FdwPrivKeys,
-	FdwPrivAttrs
+	FdwPrivAttrs,
+	FdwPrivFirstLimit
 };
-
-#define ATTRS_SLOT	(-2)
 
 typedef struct StripeScanState
 {
@@ -81,63 +90,26 @@ typedef struct StripeScanState
 	List	   *push_keys;
 	List	   *push_states;	/* ExprState per pushed value */
 	List	   *push_exprs;
+	int			first_limit;	/* limit= of the first page (LIMIT pushdown) */
 
-	int			natts;
-	int		   *att_slot;		/* field slot per attribute, ATTRS_SLOT, or -1 */
-	Oid		   *att_type;
-	FmgrInfo   *att_in;
-	Oid		   *att_ioparam;
-	int32	   *att_typmod;
-	StripeFieldSet *fs;
-	int			id_slot;
+	StripeRowConv *rc;
 
 	MemoryContext page_cxt;
 	StripePage	page;
 	int			next_row;
+	int			pages_done;
 	bool		started;
 	bool		done;
 	bool		retrieve;
-	char	   *base_path;		/* request without the page cursor */
+	List	   *retrieve_paths; /* retrieves still to send */
+	char	   *base_path;		/* "/v1/<object>" */
+	char	   *query_rest;		/* "&filter=…" after limit= */
 	char	   *first_request;	/* for EXPLAIN ANALYZE */
 	char		last_id[256];
 	StripeStats stats;
 } StripeScanState;
 
 /* ---------- helpers ---------- */
-
-/* The Stripe field a column reads: its "field" option, else its name. */
-static char *
-column_field(Oid relid, AttrNumber attno)
-{
-	List	   *options = GetForeignColumnOptions(relid, attno);
-	ListCell   *lc;
-
-	foreach(lc, options)
-	{
-		DefElem    *def = lfirst(lc);
-
-		if (strcmp(def->defname, "field") == 0)
-			return defGetString(def);
-	}
-	return get_attname(relid, attno, false);
-}
-
-static char *
-table_object_path(Oid relid)
-{
-	ForeignTable *ft = GetForeignTable(relid);
-	ListCell   *lc;
-
-	foreach(lc, ft->options)
-	{
-		DefElem    *def = lfirst(lc);
-
-		if (strcmp(def->defname, "object") == 0)
-			return defGetString(def);
-	}
-	/* like postgres_fdw's table_name, default to the table's own name */
-	return get_rel_name(relid);
-}
 
 /* unix seconds, floor or ceiling, of a finite timestamptz */
 static int64
@@ -156,83 +128,120 @@ ts_to_unix(TimestampTz ts, bool ceiling)
 	return s;
 }
 
+static Node *
+strip_relabel(Node *n)
+{
+	n = strip_implicit_coercions(n);
+	while (n && IsA(n, RelabelType))
+		n = (Node *) ((RelabelType *) n)->arg;
+	return n;
+}
+
+/* Is node a Var of this relation (a real column)? */
+static bool
+is_rel_var(Node *n, RelOptInfo *baserel)
+{
+	n = strip_relabel(n);
+	return n && IsA(n, Var) && ((Var *) n)->varno == (int) baserel->relid &&
+		((Var *) n)->varlevelsup == 0 && ((Var *) n)->varattno > 0;
+}
+
+/* A value Stripe can be sent: nothing of this relation, nothing volatile. */
+static bool
+is_pushable_value(PlannerInfo *root, RelOptInfo *baserel, Expr *val)
+{
+	return !bms_is_member(baserel->relid, pull_varnos(root, (Node *) val)) &&
+		!contain_volatile_functions((Node *) val) &&
+		!contain_subplans((Node *) val);
+}
+
 /*
- * Can this qual go to Stripe?  Recognizes "col op value" and "value op col"
- * where value holds no Var and nothing volatile.
+ * Can this clause go to Stripe?  Recognizes "col op value", "value op col"
+ * and "id = ANY(array)".  Values may reference other relations: in a
+ * parameterized path they become parameters.
  */
 static bool
-classify_qual(PlannerInfo *root, RelOptInfo *baserel, StripeRelInfo *info,
-			  Oid relid, Expr *clause)
+classify_clause(PlannerInfo *root, RelOptInfo *baserel, Oid relid,
+				const StripeObjectDef *def, Expr *clause,
+				PushKind *kind, char **key, Expr **value)
 {
-	OpExpr	   *op;
-	Node	   *left,
-			   *right;
 	Var		   *var;
 	Expr	   *val;
 	char	   *opname;
 	char	   *field;
 	bool		commuted = false;
 	const StripeColumn *col;
-	PushKind	kind;
+	Oid			opno;
+	Oid			inputcollid;
 
-	if (!IsA(clause, OpExpr))
-		return false;
-	op = (OpExpr *) clause;
-	if (list_length(op->args) != 2)
-		return false;
-	left = strip_implicit_coercions(linitial(op->args));
-	right = strip_implicit_coercions(lsecond(op->args));
-	if (IsA(left, RelabelType))
-		left = (Node *) ((RelabelType *) left)->arg;
-	if (IsA(right, RelabelType))
-		right = (Node *) ((RelabelType *) right)->arg;
-
-	if (IsA(left, Var) && ((Var *) left)->varno == (int) baserel->relid &&
-		((Var *) left)->varlevelsup == 0)
+	if (IsA(clause, ScalarArrayOpExpr))
 	{
-		var = (Var *) left;
-		val = (Expr *) lsecond(op->args);
+		ScalarArrayOpExpr *saop = (ScalarArrayOpExpr *) clause;
+
+		if (!saop->useOr || !is_rel_var(linitial(saop->args), baserel))
+			return false;
+		var = (Var *) strip_relabel(linitial(saop->args));
+		val = lsecond(saop->args);
+		opno = saop->opno;
+		inputcollid = saop->inputcollid;
 	}
-	else if (IsA(right, Var) && ((Var *) right)->varno == (int) baserel->relid &&
-			 ((Var *) right)->varlevelsup == 0)
+	else if (IsA(clause, OpExpr) && list_length(((OpExpr *) clause)->args) == 2)
 	{
-		var = (Var *) right;
-		val = (Expr *) linitial(op->args);
-		commuted = true;
+		OpExpr	   *op = (OpExpr *) clause;
+
+		if (is_rel_var(linitial(op->args), baserel))
+		{
+			var = (Var *) strip_relabel(linitial(op->args));
+			val = lsecond(op->args);
+		}
+		else if (is_rel_var(lsecond(op->args), baserel))
+		{
+			var = (Var *) strip_relabel(lsecond(op->args));
+			val = linitial(op->args);
+			commuted = true;
+		}
+		else
+			return false;
+		opno = op->opno;
+		inputcollid = op->inputcollid;
 	}
 	else
 		return false;
 
-	if (var->varattno <= 0 || contain_var_clause((Node *) val) ||
-		contain_volatile_functions((Node *) val) ||
-		contain_subplans((Node *) val))
+	if (!is_pushable_value(root, baserel, val))
 		return false;
 	/* a case-insensitive collation would make Stripe's exact match differ */
-	if (OidIsValid(op->inputcollid) && !get_collation_isdeterministic(op->inputcollid))
+	if (OidIsValid(inputcollid) && !get_collation_isdeterministic(inputcollid))
 		return false;
-
-	opname = get_opname(op->opno);
+	opname = get_opname(opno);
 	if (opname == NULL)
 		return false;
-	field = column_field(relid, var->varattno);
+	field = stripe_column_field(relid, var->varattno);
+	col = stripe_object_column(def, field);
 
-	if (strcmp(field, "id") == 0 && strcmp(opname, "=") == 0 &&
-		(var->vartype == TEXTOID || var->vartype == VARCHAROID))
-		kind = PUSH_ID;
-	else if ((col = stripe_object_column(info->def, field)) != NULL &&
-			 (col->flags & STRIPE_FILTER_RANGE) &&
+	if (IsA(clause, ScalarArrayOpExpr))
+	{
+		if (strcmp(field, "id") != 0 || strcmp(opname, "=") != 0 ||
+			(var->vartype != TEXTOID && var->vartype != VARCHAROID))
+			return false;
+		*kind = PUSH_ID_ANY;
+	}
+	else if (strcmp(field, "id") == 0 && strcmp(opname, "=") == 0 &&
+			 (var->vartype == TEXTOID || var->vartype == VARCHAROID))
+		*kind = PUSH_ID;
+	else if (col != NULL && (col->flags & STRIPE_FILTER_RANGE) &&
 			 var->vartype == TIMESTAMPTZOID && exprType((Node *) val) == TIMESTAMPTZOID)
 	{
 		if (strcmp(opname, "=") == 0)
-			kind = PUSH_CREATED_EQ;
+			*kind = PUSH_CREATED_EQ;
 		else if (strcmp(opname, "<") == 0)
-			kind = commuted ? PUSH_CREATED_GT : PUSH_CREATED_LT;
+			*kind = commuted ? PUSH_CREATED_GT : PUSH_CREATED_LT;
 		else if (strcmp(opname, "<=") == 0)
-			kind = commuted ? PUSH_CREATED_GE : PUSH_CREATED_LE;
+			*kind = commuted ? PUSH_CREATED_GE : PUSH_CREATED_LE;
 		else if (strcmp(opname, ">") == 0)
-			kind = commuted ? PUSH_CREATED_LT : PUSH_CREATED_GT;
+			*kind = commuted ? PUSH_CREATED_LT : PUSH_CREATED_GT;
 		else if (strcmp(opname, ">=") == 0)
-			kind = commuted ? PUSH_CREATED_LE : PUSH_CREATED_GE;
+			*kind = commuted ? PUSH_CREATED_LE : PUSH_CREATED_GE;
 		else
 			return false;
 	}
@@ -240,15 +249,12 @@ classify_qual(PlannerInfo *root, RelOptInfo *baserel, StripeRelInfo *info,
 			 strcmp(opname, "=") == 0 &&
 			 (var->vartype == TEXTOID || var->vartype == VARCHAROID ||
 			  var->vartype == BOOLOID))
-		kind = PUSH_EQ;
+		*kind = PUSH_EQ;
 	else
 		return false;
 
-	info->push_kinds = lappend_int(info->push_kinds, kind);
-	info->push_keys = lappend(info->push_keys, makeString(pstrdup(field)));
-	info->push_exprs = lappend(info->push_exprs, val);
-	if (kind == PUSH_ID)
-		info->has_id = true;
+	*key = field;
+	*value = val;
 	return true;
 }
 
@@ -259,35 +265,206 @@ stripeGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntable
 {
 	StripeRelInfo *info = palloc0(sizeof(StripeRelInfo));
 	ListCell   *lc;
-	bool		filtered = false;
+	bool		eq = false,
+				range = false;
+	double		ids = 0;
+	Relation	rel;
 
-	info->path = table_object_path(foreigntableid);
+	info->path = stripe_table_object_path(foreigntableid);
 	info->def = stripe_object_by_path(info->path);
+	info->all_pushed = true;
+
+	rel = table_open(foreigntableid, NoLock);
+	for (int i = 0; i < RelationGetDescr(rel)->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), i);
+
+		if (!att->attisdropped && att->atttypid == TIMESTAMPTZOID &&
+			strcmp(stripe_column_field(foreigntableid, i + 1), "created") == 0)
+			info->created_attno = i + 1;
+	}
+	table_close(rel, NoLock);
+
 	foreach(lc, baserel->baserestrictinfo)
 	{
 		RestrictInfo *ri = lfirst(lc);
+		PushKind	kind;
+		char	   *key;
+		Expr	   *val;
 
-		if (classify_qual(root, baserel, info, foreigntableid, ri->clause))
-			filtered = true;
+		if (!classify_clause(root, baserel, foreigntableid, info->def, ri->clause,
+							 &kind, &key, &val))
+		{
+			info->all_pushed = false;
+			continue;
+		}
+		if (kind == PUSH_ID)
+			ids = 1;
+		else if (kind == PUSH_ID_ANY)
+		{
+			Node	   *arr = strip_relabel((Node *) val);
+
+			ids = (IsA(arr, Const) && !((Const *) arr)->constisnull)
+				? ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(((Const *) arr)->constvalue)),
+								 ARR_DIMS(DatumGetArrayTypeP(((Const *) arr)->constvalue)))
+				: 10;
+		}
+		else if (kind == PUSH_EQ)
+			eq = true;
+		else
+			range = true;
 	}
+	if (ids > 0)
+		info->has_id = true;
 	baserel->fdw_private = info;
-	/* a guess: Stripe gives no counts; one retrieve is one row */
-	baserel->tuples = 1000;
-	baserel->rows = info->has_id ? 1 : (filtered ? 100 : 1000);
+	baserel->tuples = ROWS_LIST;
+	baserel->rows = ids > 0 ? ids : eq ? ROWS_FILTERED : range ? ROWS_RANGE : ROWS_LIST;
+}
+
+/* requests a scan of this many rows makes */
+static double
+scan_requests(double rows, bool by_id)
+{
+	return by_id ? Max(rows, 1) : Max(ceil(rows / STRIPE_PAGE_SIZE), 1);
+}
+
+/* ORDER BY created DESC, which Stripe's lists already are */
+static List *
+stripe_order_pathkeys(PlannerInfo *root, RelOptInfo *baserel, StripeRelInfo *info)
+{
+	PathKey    *pk;
+	ListCell   *lc;
+
+	if (info->created_attno == 0 || info->has_id || list_length(root->query_pathkeys) != 1)
+		return NIL;
+	pk = linitial(root->query_pathkeys);
+	if (pk->pk_strategy != BTGreaterStrategyNumber || pk->pk_eclass->ec_has_volatile)
+		return NIL;
+	foreach(lc, pk->pk_eclass->ec_members)
+	{
+		EquivalenceMember *em = lfirst(lc);
+		Node	   *e = strip_relabel((Node *) em->em_expr);
+
+		if (IsA(e, Var) && ((Var *) e)->varno == (int) baserel->relid &&
+			((Var *) e)->varattno == info->created_attno)
+			return root->query_pathkeys;
+	}
+	return NIL;
+}
+
+/* ec_member_matches callback: a member that is this relation's column attno */
+static bool
+ec_member_is_column(PlannerInfo *root, RelOptInfo *rel, EquivalenceClass *ec,
+					EquivalenceMember *em, void *arg)
+{
+	Node	   *e = strip_relabel((Node *) em->em_expr);
+
+	return IsA(e, Var) && ((Var *) e)->varno == (int) rel->relid &&
+		((Var *) e)->varattno == *(AttrNumber *) arg;
+}
+
+/*
+ * Parameterized paths for joins: "t.x = this.id" retrieves one object per
+ * outer row; "this.customer = c.id" lists with a filter per outer row.
+ */
+static void
+add_parameterized_paths(PlannerInfo *root, RelOptInfo *baserel, Oid relid,
+						StripeRelInfo *info)
+{
+	List	   *candidates = NIL;
+	ListCell   *lc;
+	Relation	rel = table_open(relid, NoLock);
+
+	/* clauses the planner already holds as join clauses ... */
+	foreach(lc, baserel->joininfo)
+		candidates = lappend(candidates, lfirst(lc));
+	/* ... and those implied by equivalence classes (a.id = b.x) */
+	for (AttrNumber a = 1; a <= RelationGetDescr(rel)->natts; a++)
+	{
+		char	   *field;
+		const StripeColumn *col;
+
+		if (TupleDescAttr(RelationGetDescr(rel), a - 1)->attisdropped)
+			continue;
+		field = stripe_column_field(relid, a);
+		col = stripe_object_column(info->def, field);
+		if (strcmp(field, "id") != 0 && (col == NULL || !(col->flags & STRIPE_FILTER_EQ)))
+			continue;
+		candidates = list_concat(candidates,
+								 generate_implied_equalities_for_column(root, baserel,
+																		ec_member_is_column,
+																		&a,
+																		baserel->lateral_referencers));
+	}
+	table_close(rel, NoLock);
+
+	foreach(lc, candidates)
+	{
+		RestrictInfo *ri = lfirst(lc);
+		PushKind	kind;
+		char	   *key;
+		Expr	   *val;
+		Relids		required_outer;
+		ParamPathInfo *ppi;
+		double		rows;
+		double		requests;
+
+		if (!join_clause_is_movable_to(ri, baserel) ||
+			!classify_clause(root, baserel, relid, info->def, ri->clause, &kind, &key, &val) ||
+			(kind != PUSH_ID && kind != PUSH_EQ))
+			continue;
+		required_outer = bms_union(bms_difference(ri->clause_relids, baserel->relids),
+								   baserel->lateral_relids);
+		if (bms_is_empty(required_outer))
+			continue;
+		ppi = get_baserel_parampathinfo(root, baserel, required_outer);
+		rows = kind == PUSH_ID ? 1 : Max(Min(ppi->ppi_rows, ROWS_FILTERED), 1);
+		requests = scan_requests(rows, kind == PUSH_ID);
+		add_path(baserel, (Path *)
+				 create_foreignscan_path(root, baserel, NULL, rows,
+										 COST_REQUEST / 10,
+										 COST_REQUEST / 10 + requests * COST_REQUEST +
+										 rows * cpu_tuple_cost * 10,
+										 NIL, required_outer, NULL, NIL));
+	}
 }
 
 static void
 stripeGetForeignPaths(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
 {
 	StripeRelInfo *info = baserel->fdw_private;
-	double		requests = info->has_id ? 1 : ceil(baserel->rows / STRIPE_PAGE_SIZE);
-	/* a request costs about as much as reading thousands of rows */
-	Cost		startup = 100.0;
-	Cost		total = startup + requests * 1000.0 + baserel->rows * cpu_tuple_cost * 10;
+	double		rows = baserel->rows;
+	double		requests = scan_requests(rows, info->has_id);
+	Cost		startup = COST_REQUEST / 10;
+	Cost		total = startup + requests * COST_REQUEST + rows * cpu_tuple_cost * 10;
+	List	   *pathkeys = stripe_order_pathkeys(root, baserel, info);
+	int			first_limit = 0;
+
+	/*
+	 * LIMIT n: ask for only n objects on the first page when Stripe's answer
+	 * goes straight to the Limit node: every qual pushed, no join, and no
+	 * sort other than Stripe's own order.  Later pages (if the scan is asked
+	 * for more) are full pages, so a LIMIT never truncates a result.
+	 */
+	if (root->limit_tuples > 0 && root->limit_tuples < STRIPE_PAGE_SIZE &&
+		info->all_pushed && !info->has_id &&
+		bms_membership(root->all_baserels) == BMS_SINGLETON &&
+		(root->query_pathkeys == NIL || pathkeys != NIL))
+	{
+		first_limit = (int) root->limit_tuples;
+		total = startup + COST_REQUEST + root->limit_tuples * cpu_tuple_cost * 10;
+	}
 
 	add_path(baserel, (Path *)
-			 create_foreignscan_path(root, baserel, NULL, baserel->rows,
-									 startup, total, NIL, NULL, NULL, NIL));
+			 create_foreignscan_path(root, baserel, NULL, rows, startup, total,
+									 pathkeys, NULL, NULL,
+									 list_make1(makeInteger(first_limit))));
+	if (pathkeys != NIL)
+		add_path(baserel, (Path *)
+				 create_foreignscan_path(root, baserel, NULL, rows, startup, total + 1,
+										 NIL, NULL, NULL,
+										 list_make1(makeInteger(first_limit))));
+	add_parameterized_paths(root, baserel, foreigntableid, info);
 }
 
 static ForeignScan *
@@ -298,25 +475,48 @@ stripeGetForeignPlan(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid,
 	StripeRelInfo *info = baserel->fdw_private;
 	Bitmapset  *attrs = NULL;
 	List	   *attr_list = NIL;
+	List	   *kinds = NIL,
+			   *keys = NIL,
+			   *exprs = NIL;
 	ListCell   *lc;
 	int			x;
+	int			first_limit = 0;
 
-	/* every qual is also checked here: pushdown never changes a result */
-	scan_clauses = extract_actual_clauses(scan_clauses, false);
+	/* what goes to Stripe, join clauses of a parameterized path included */
+	foreach(lc, scan_clauses)
+	{
+		RestrictInfo *ri = lfirst(lc);
+		PushKind	kind;
+		char	   *key;
+		Expr	   *val;
+
+		if (classify_clause(root, baserel, foreigntableid, info->def, ri->clause,
+							&kind, &key, &val))
+		{
+			kinds = lappend_int(kinds, kind);
+			keys = lappend(keys, makeString(key));
+			exprs = lappend(exprs, val);
+		}
+	}
 
 	/* columns the query reads, so the scan converts only those */
 	pull_varattnos((Node *) baserel->reltarget->exprs, baserel->relid, &attrs);
-	foreach(lc, baserel->baserestrictinfo)
+	foreach(lc, scan_clauses)
 		pull_varattnos((Node *) ((RestrictInfo *) lfirst(lc))->clause,
 					   baserel->relid, &attrs);
 	x = -1;
 	while ((x = bms_next_member(attrs, x)) >= 0)
 		attr_list = lappend_int(attr_list, x + FirstLowInvalidHeapAttributeNumber);
 
-	return make_foreignscan(tlist, scan_clauses, baserel->relid,
-							info->push_exprs,
-							list_make4(makeString(info->path), info->push_kinds,
-									   info->push_keys, attr_list),
+	if (best_path->fdw_private != NIL)
+		first_limit = intVal(linitial(best_path->fdw_private));
+
+	/* every qual is also checked here: pushdown never changes a result */
+	scan_clauses = extract_actual_clauses(scan_clauses, false);
+
+	return make_foreignscan(tlist, scan_clauses, baserel->relid, exprs,
+							list_make5(makeString(info->path), kinds, keys, attr_list,
+									   makeInteger(first_limit)),
 							NIL, NIL, outer_plan);
 }
 
@@ -336,26 +536,45 @@ typedef struct PushValue
 static char *
 datum_param_text(Datum value, Oid type)
 {
+	Oid			out;
+	bool		isvarlena;
+
 	if (type == BOOLOID)
 		return DatumGetBool(value) ? "true" : "false";
 	if (type == TEXTOID || type == VARCHAROID)
 		return TextDatumGetCString(value);
-	{
-		Oid			out;
-		bool		isvarlena;
+	getTypeOutputInfo(type, &out, &isvarlena);
+	return OidOutputFunctionCall(out, value);
+}
 
-		getTypeOutputInfo(type, &out, &isvarlena);
-		return OidOutputFunctionCall(out, value);
-	}
+/* A request plan: retrieves, or a list with its filters. */
+typedef struct RequestPlan
+{
+	bool		retrieve;
+	List	   *retrieve_paths; /* "/v1/customers/cus_…" each */
+	char	   *base_path;		/* "/v1/customers" */
+	char	   *query_rest;		/* "&customer=…&created%5Bgte%5D=…" */
+} RequestPlan;
+
+static void
+add_retrieve(RequestPlan *rp, const char *path, const char *id)
+{
+	char	   *p = psprintf("/v1/%s/%s", path, id);
+	ListCell   *lc;
+
+	foreach(lc, rp->retrieve_paths)
+		if (strcmp(lfirst(lc), p) == 0)
+			return;				/* id IN ('a', 'a') is one retrieve */
+	rp->retrieve_paths = lappend(rp->retrieve_paths, p);
 }
 
 /*
- * Builds the request for the scan from the pushed values.  Returns NULL when
- * the quals cannot match anything (a NULL value, an empty created range), in
- * which case no request is needed.  *retrieve tells if it is a retrieve by id.
+ * Builds the requests for the scan from the pushed values.  Returns false
+ * when the quals cannot match anything (a NULL value, an empty created range),
+ * in which case no request is needed.
  */
-static char *
-build_request(const char *path, PushValue *vals, int nvals, bool *retrieve)
+static bool
+build_request(const char *path, PushValue *vals, int nvals, RequestPlan *rp)
 {
 	StringInfoData buf;
 	int64		lower = PG_INT64_MIN,
@@ -368,28 +587,52 @@ build_request(const char *path, PushValue *vals, int nvals, bool *retrieve)
 	List	   *keys_done = NIL;
 	int			i;
 
-	*retrieve = false;
-	initStringInfo(&buf);
+	memset(rp, 0, sizeof(RequestPlan));
+	rp->base_path = psprintf("/v1/%s", path);
 
-	for (i = 0; i < nvals; i++)
-	{
-		if (vals[i].known && vals[i].isnull)
-			return NULL;		/* col = NULL is never true */
-		if (vals[i].kind == PUSH_ID)
-		{
-			appendStringInfo(&buf, "/v1/%s/%s", path,
-							 vals[i].known ? stripe_urlencode(datum_param_text(vals[i].value, vals[i].type))
-							 : psprintf("$%d", vals[i].paramno));
-			*retrieve = true;
-			return buf.data;
-		}
-	}
-
-	appendStringInfo(&buf, "/v1/%s?limit=%d", path, STRIPE_PAGE_SIZE);
+	/* a retrieve by id wins over everything else: the recheck does the rest */
 	for (i = 0; i < nvals; i++)
 	{
 		PushValue  *v = &vals[i];
 
+		if (v->kind != PUSH_ID && v->kind != PUSH_ID_ANY)
+			continue;
+		if (v->known && v->isnull)
+			return false;		/* id = NULL is never true */
+		rp->retrieve = true;
+		if (!v->known)
+			add_retrieve(rp, path, psprintf("$%d", v->paramno));
+		else if (v->kind == PUSH_ID)
+			add_retrieve(rp, path, stripe_urlencode(datum_param_text(v->value, v->type)));
+		else
+		{
+			ArrayType  *arr = DatumGetArrayTypeP(v->value);
+			Datum	   *elems;
+			bool	   *nulls;
+			int			n;
+			int16		typlen;
+			bool		typbyval;
+			char		typalign;
+
+			get_typlenbyvalalign(ARR_ELEMTYPE(arr), &typlen, &typbyval, &typalign);
+			deconstruct_array(arr, ARR_ELEMTYPE(arr), typlen, typbyval, typalign,
+							  &elems, &nulls, &n);
+			for (int e = 0; e < n; e++)
+				if (!nulls[e])
+					add_retrieve(rp, path,
+								 stripe_urlencode(datum_param_text(elems[e], ARR_ELEMTYPE(arr))));
+		}
+		/* several id quals: the first decides, the recheck keeps the rest honest */
+		return rp->retrieve_paths != NIL;
+	}
+
+	initStringInfo(&buf);
+	for (i = 0; i < nvals; i++)
+	{
+		PushValue  *v = &vals[i];
+
+		if (v->known && v->isnull)
+			return false;		/* col = NULL is never true */
 		if (v->kind == PUSH_EQ)
 		{
 			ListCell   *lc;
@@ -453,7 +696,7 @@ build_request(const char *path, PushValue *vals, int nvals, bool *retrieve)
 		}
 	}
 	if (have_lower && have_upper && lower > upper)
-		return NULL;
+		return false;
 	if (have_lower && have_upper && lower == upper)
 		appendStringInfo(&buf, "&created=" INT64_FORMAT, lower);
 	else
@@ -470,6 +713,39 @@ build_request(const char *path, PushValue *vals, int nvals, bool *retrieve)
 	/* Stripe hides canceled subscriptions unless asked for all statuses */
 	if (strcmp(path, "subscriptions") == 0 && !status_given)
 		appendStringInfoString(&buf, "&status=all");
+	rp->query_rest = buf.data;
+	return true;
+}
+
+static char *
+list_request(const char *base, int limit, const char *rest, const char *cursor)
+{
+	return psprintf("%s?limit=%d%s%s%s", base, limit, rest,
+					cursor ? "&starting_after=" : "", cursor ? cursor : "");
+}
+
+/* the request line(s) for EXPLAIN */
+static char *
+describe_requests(RequestPlan *rp, int first_limit)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	int			n = 0;
+
+	if (!rp->retrieve)
+		return psprintf("GET %s", list_request(rp->base_path,
+											   first_limit > 0 ? first_limit : STRIPE_PAGE_SIZE,
+											   rp->query_rest, NULL));
+	initStringInfo(&buf);
+	foreach(lc, rp->retrieve_paths)
+	{
+		if (n++ == 5)
+		{
+			appendStringInfo(&buf, ", … (%d in all)", list_length(rp->retrieve_paths));
+			break;
+		}
+		appendStringInfo(&buf, "%sGET %s", n > 1 ? ", " : "", (char *) lfirst(lc));
+	}
 	return buf.data;
 }
 
@@ -482,12 +758,11 @@ stripeBeginForeignScan(ForeignScanState *node, int eflags)
 	EState	   *estate = node->ss.ps.state;
 	StripeScanState *st = palloc0(sizeof(StripeScanState));
 	Relation	rel = node->ss.ss_currentRelation;
-	TupleDesc	tupdesc = RelationGetDescr(rel);
-	Oid			relid = RelationGetRelid(rel);
-	ForeignTable *ft = GetForeignTable(relid);
+	ForeignTable *ft = GetForeignTable(RelationGetRelid(rel));
 	Oid			userid;
 	List	   *attr_list;
 	ListCell   *lc;
+	Bitmapset  *wanted = NULL;
 	bool		whole_row = false;
 
 	node->fdw_state = st;
@@ -495,6 +770,7 @@ stripeBeginForeignScan(ForeignScanState *node, int eflags)
 	st->push_kinds = list_nth(fsplan->fdw_private, FdwPrivKinds);
 	st->push_keys = list_nth(fsplan->fdw_private, FdwPrivKeys);
 	attr_list = list_nth(fsplan->fdw_private, FdwPrivAttrs);
+	st->first_limit = intVal(list_nth(fsplan->fdw_private, FdwPrivFirstLimit));
 	st->push_exprs = fsplan->fdw_exprs;
 
 	if (eflags & EXEC_FLAG_EXPLAIN_ONLY)
@@ -509,47 +785,14 @@ stripeBeginForeignScan(ForeignScanState *node, int eflags)
 	st->conn = stripe_conn_for_server(ft->serverid, userid);
 	st->push_states = ExecInitExprList(fsplan->fdw_exprs, (PlanState *) node);
 
-	st->natts = tupdesc->natts;
-	st->att_slot = palloc(sizeof(int) * st->natts);
-	st->att_type = palloc(sizeof(Oid) * st->natts);
-	st->att_in = palloc0(sizeof(FmgrInfo) * st->natts);
-	st->att_ioparam = palloc(sizeof(Oid) * st->natts);
-	st->att_typmod = palloc(sizeof(int32) * st->natts);
-	st->fs = stripe_fieldset_create(st->natts + 1);
-
 	foreach(lc, attr_list)
-		if (lfirst_int(lc) == 0)
-			whole_row = true;
-
-	for (int i = 0; i < st->natts; i++)
 	{
-		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
-		bool		wanted = whole_row;
-		char	   *field;
-		Oid			infunc;
-
-		st->att_slot[i] = -1;
-		if (att->attisdropped)
-			continue;
-		foreach(lc, attr_list)
-			if (lfirst_int(lc) == i + 1)
-				wanted = true;
-		if (!wanted)
-			continue;
-		st->att_type[i] = att->atttypid;
-		st->att_typmod[i] = att->atttypmod;
-		getTypeInputInfo(att->atttypid, &infunc, &st->att_ioparam[i]);
-		fmgr_info(infunc, &st->att_in[i]);
-		field = column_field(relid, i + 1);
-		if (strcmp(NameStr(att->attname), "attrs") == 0 &&
-			GetForeignColumnOptions(relid, i + 1) == NIL)
-			st->att_slot[i] = ATTRS_SLOT;
+		if (lfirst_int(lc) == 0)
+			whole_row = true;	/* a whole-row reference reads every column */
 		else
-			st->att_slot[i] = stripe_fieldset_add(st->fs, field, i);
+			wanted = bms_add_member(wanted, lfirst_int(lc));
 	}
-	/* the page cursor needs every object's id, whether or not a column reads it */
-	st->id_slot = stripe_fieldset_add(st->fs, "id", st->natts);
-	stripe_fieldset_finish(st->fs);
+	st->rc = stripe_rowconv_create(rel, whole_row, wanted);
 	st->page_cxt = AllocSetContextCreate(estate->es_query_cxt, "stripe_sync page",
 										 ALLOCSET_DEFAULT_SIZES);
 }
@@ -596,11 +839,11 @@ check_page(StripeResponse *resp, void *arg, const char **why)
 {
 	StripeScanState *st = arg;
 
-	return stripe_parse_page(resp->body, resp->len, !st->retrieve, st->fs,
+	return stripe_parse_page(resp->body, resp->len, !st->retrieve, st->rc->fs,
 							 &st->page, why);
 }
 
-/* Fetches the next page (or the retrieved object) into st->page. */
+/* Fetches the next page (or the next retrieved object) into st->page. */
 static void
 fetch_page(StripeScanState *st)
 {
@@ -609,39 +852,43 @@ fetch_page(StripeScanState *st)
 	MemoryContext old;
 	bool		found;
 
-	if (st->retrieve || st->last_id[0] == '\0')
-		path = st->base_path;
-	else
-		path = psprintf("%s&starting_after=%s", st->base_path, st->last_id);
-
 	MemoryContextReset(st->page_cxt);
 	old = MemoryContextSwitchTo(st->page_cxt);
-	path = pstrdup(path);
+	if (st->retrieve)
+	{
+		path = linitial(st->retrieve_paths);
+		st->retrieve_paths = list_delete_first(st->retrieve_paths);
+	}
+	else
+		path = list_request(st->base_path,
+							st->pages_done == 0 && st->first_limit > 0 ? st->first_limit : STRIPE_PAGE_SIZE,
+							st->query_rest, st->last_id[0] ? st->last_id : NULL);
 	found = stripe_request(st->conn, "GET", path, NULL, NULL, st->retrieve,
 						   check_page, st, &resp, &st->stats);
 	MemoryContextSwitchTo(old);
 	st->stats.pages++;
+	st->pages_done++;
 	st->next_row = 0;
-	if (!found)
+	if (st->retrieve)
 	{
-		/* 404 on a retrieve: no such object, no row */
-		memset(&st->page, 0, sizeof(StripePage));
-		st->done = true;
+		if (!found)
+			memset(&st->page, 0, sizeof(StripePage));	/* 404: no such object */
+		st->done = (st->retrieve_paths == NIL);
 		return;
 	}
-	if (st->retrieve || !st->page.has_more || st->page.nrows == 0)
+	if (!st->page.has_more || st->page.nrows == 0)
 		st->done = true;
 	else
 	{
 		StripeRow  *last = &st->page.rows[st->page.nrows - 1];
 		char	   *id;
 
-		if (stripe_span_is_null(&last->fields[st->id_slot]))
+		if (stripe_span_is_null(&last->fields[st->rc->id_slot]))
 			ereport(ERROR,
 					(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
 					 errmsg("Stripe list page for %s has an object without an id", st->path)));
 		old = MemoryContextSwitchTo(st->page_cxt);
-		id = stripe_urlencode(stripe_span_text(&last->fields[st->id_slot]));
+		id = stripe_urlencode(stripe_span_text(&last->fields[st->rc->id_slot]));
 		MemoryContextSwitchTo(old);
 		if (strlen(id) >= sizeof(st->last_id))
 			ereport(ERROR,
@@ -649,53 +896,6 @@ fetch_page(StripeScanState *st)
 					 errmsg("Stripe object id is too long: \"%.40s…\"", id)));
 		strcpy(st->last_id, id);
 	}
-}
-
-/* JSON value → datum of the column's type */
-static Datum
-convert_value(StripeScanState *st, int att, StripeSpan *span)
-{
-	Oid			type = st->att_type[att];
-	char		c = span->start[0];
-	Datum		d;
-	char		saved;
-
-	switch (type)
-	{
-		case JSONBOID:
-		case JSONOID:
-			/* parse in place: the body is ours, terminate the span for a moment */
-			saved = span->start[span->len];
-			span->start[span->len] = '\0';
-			d = InputFunctionCall(&st->att_in[att], span->start,
-								  st->att_ioparam[att], st->att_typmod[att]);
-			span->start[span->len] = saved;
-			return d;
-		case TEXTOID:
-			return PointerGetDatum(cstring_to_text(stripe_span_text(span)));
-		case INT8OID:
-			if (c != '"' && memchr(span->start, '.', span->len) == NULL &&
-				memchr(span->start, 'e', span->len) == NULL &&
-				memchr(span->start, 'E', span->len) == NULL)
-				return Int64GetDatum(pg_strtoint64(stripe_span_text(span)));
-			break;
-		case BOOLOID:
-			if (c == 't' || c == 'f')
-				return BoolGetDatum(c == 't');
-			break;
-		case TIMESTAMPTZOID:
-			if (c == '-' || (c >= '0' && c <= '9'))
-			{
-				int64		secs = pg_strtoint64(stripe_span_text(span));
-
-				return TimestampTzGetDatum(time_t_to_timestamptz((pg_time_t) secs));
-			}
-			break;
-		default:
-			break;
-	}
-	return InputFunctionCall(&st->att_in[att], stripe_span_text(span),
-							 st->att_ioparam[att], st->att_typmod[att]);
 }
 
 static TupleTableSlot *
@@ -711,21 +911,22 @@ stripeIterateForeignScan(ForeignScanState *node)
 		int			nvals;
 		PushValue  *vals = evaluate_pushed(node, st, false, &nvals);
 		MemoryContext old = MemoryContextSwitchTo(node->ss.ps.state->es_query_cxt);
+		RequestPlan rp;
 
 		st->started = true;
 		st->last_id[0] = '\0';
-		st->base_path = build_request(st->path, vals, nvals, &st->retrieve);
-		if (st->first_request == NULL && st->base_path)
-			st->first_request = pstrdup(st->base_path);
-		MemoryContextSwitchTo(old);
-		if (st->base_path == NULL)
-			return slot;		/* quals that match nothing: no request */
-		st->done = false;
 		st->page.nrows = 0;
 		st->next_row = 0;
+		st->pages_done = 0;
+		st->done = !build_request(st->path, vals, nvals, &rp);
+		st->retrieve = rp.retrieve;
+		st->retrieve_paths = rp.retrieve_paths;
+		st->base_path = rp.base_path;
+		st->query_rest = rp.query_rest;
+		if (st->first_request == NULL && !st->done)
+			st->first_request = describe_requests(&rp, st->first_limit);
+		MemoryContextSwitchTo(old);
 	}
-	else if (st->base_path == NULL)
-		return slot;
 
 	for (;;)
 	{
@@ -741,24 +942,7 @@ stripeIterateForeignScan(ForeignScanState *node)
 		CHECK_FOR_INTERRUPTS();
 		fetch_page(st);
 	}
-
-	for (int i = 0; i < st->natts; i++)
-	{
-		int			s = st->att_slot[i];
-
-		slot->tts_isnull[i] = true;
-		if (s == ATTRS_SLOT)
-		{
-			slot->tts_values[i] = convert_value(st, i, &row->object);
-			slot->tts_isnull[i] = false;
-		}
-		else if (s >= 0 && !stripe_span_is_null(&row->fields[s]))
-		{
-			slot->tts_values[i] = convert_value(st, i, &row->fields[s]);
-			slot->tts_isnull[i] = false;
-		}
-	}
-	ExecStoreVirtualTuple(slot);
+	stripe_row_to_slot(st->rc, row, slot);
 	return slot;
 }
 
@@ -786,19 +970,20 @@ static void
 stripeExplainForeignScan(ForeignScanState *node, ExplainState *es)
 {
 	StripeScanState *st = node->fdw_state;
-	int			nvals;
-	PushValue  *vals;
-	bool		retrieve;
-	char	   *req;
+	char	   *req = NULL;
 
 	if (es->analyze && st->first_request)
 		req = st->first_request;
 	else
 	{
-		vals = evaluate_pushed(node, st, true, &nvals);
-		req = build_request(st->path, vals, nvals, &retrieve);
+		int			nvals;
+		PushValue  *vals = evaluate_pushed(node, st, true, &nvals);
+		RequestPlan rp;
+
+		if (build_request(st->path, vals, nvals, &rp))
+			req = describe_requests(&rp, st->first_limit);
 	}
-	ExplainPropertyText("Stripe Request", req ? psprintf("GET %s", req) : "none (quals match nothing)", es);
+	ExplainPropertyText("Stripe Request", req ? req : "none (quals match nothing)", es);
 	if (es->analyze)
 	{
 		ExplainPropertyInteger("Stripe Requests", NULL, st->stats.requests, es);
@@ -880,5 +1065,6 @@ stripe_fdw_handler(PG_FUNCTION_ARGS)
 	routine->EndForeignScan = stripeEndForeignScan;
 	routine->ExplainForeignScan = stripeExplainForeignScan;
 	routine->ImportForeignSchema = stripeImportForeignSchema;
+	stripe_fdw_set_modify_routines(routine);
 	PG_RETURN_POINTER(routine);
 }

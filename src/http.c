@@ -476,6 +476,7 @@ stripe_request(StripeConn *conn, const char *method, const char *path,
 				curl_easy_setopt(stripe_easy, CURLOPT_CUSTOMREQUEST, method);
 			}
 
+			stripe_ratelimit_wait(conn);
 			if (stats)
 				stats->requests++;
 			rc = perform_interruptible();

@@ -6,6 +6,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "stripe_sync.h"
@@ -29,7 +30,7 @@ _PG_init(void)
 {
 	DefineCustomIntVariable("stripe_sync.requests_per_second",
 							"Requests per second allowed to each Stripe account.",
-							"A token bucket shared by all backends and workers when the library is preloaded.",
+							"Shared by all backends and workers when the library is preloaded; otherwise each backend has its own budget.",
 							&stripe_requests_per_second, 20, 1, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("stripe_sync.max_concurrent_requests",
@@ -67,11 +68,22 @@ _PG_init(void)
 							NULL,
 							&stripe_naptime, 1, 1, 3600,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomStringVariable("stripe_sync.database",
-							   "Database the background workers connect to.",
-							   NULL,
-							   &stripe_database, "postgres",
-							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
+	/*
+	 * PostgreSQL refuses PGC_POSTMASTER parameters (FATAL) from a library
+	 * loaded after startup, and shared memory can be reserved only while
+	 * shared_preload_libraries loads.  Both belong to the preloaded library;
+	 * loaded later, by the FDW alone, each backend limits its own requests.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+	{
+		DefineCustomStringVariable("stripe_sync.database",
+								   "Database the background workers connect to.",
+								   NULL,
+								   &stripe_database, "postgres",
+								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+		stripe_ratelimit_shmem_init();
+	}
 
 	MarkGUCPrefixReserved("stripe_sync");
 }

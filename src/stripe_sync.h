@@ -8,7 +8,12 @@
 
 #include "postgres.h"
 
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "foreign/fdwapi.h"
+#include "nodes/bitmapset.h"
 #include "nodes/pg_list.h"
+#include "utils/relcache.h"
 
 #define STRIPE_DEFAULT_API_URL		"https://api.stripe.com"
 #define STRIPE_DEFAULT_API_VERSION	"2026-10-28.endive"
@@ -112,6 +117,11 @@ extern bool stripe_request(StripeConn *conn, const char *method,
 extern char *stripe_urlencode(const char *s);
 extern void stripe_scrub_secrets(char *msg);
 
+/* ---- rate limiter (ratelimit.c) ---- */
+
+extern void stripe_ratelimit_shmem_init(void);
+extern void stripe_ratelimit_wait(const StripeConn *conn);
+
 /* ---- JSON pages (json_page.c) ---- */
 
 /* A raw JSON value inside a response body. */
@@ -145,5 +155,29 @@ extern bool stripe_parse_page(char *json, size_t len, bool is_list,
 							  const char **why);
 extern char *stripe_span_text(StripeSpan *span);
 extern bool stripe_span_is_null(StripeSpan *span);
+
+/* ---- row conversion (rowconv.c) ---- */
+
+#define STRIPE_ATTRS_SLOT	(-2)	/* the column holds the whole object */
+
+typedef struct StripeRowConv
+{
+	int			natts;
+	int		   *att_slot;		/* field slot per attribute, STRIPE_ATTRS_SLOT, or -1 */
+	Oid		   *att_type;
+	FmgrInfo   *att_in;
+	Oid		   *att_ioparam;
+	int32	   *att_typmod;
+	StripeFieldSet *fs;
+	int			id_slot;
+} StripeRowConv;
+
+extern char *stripe_column_field(Oid relid, AttrNumber attno);
+extern char *stripe_table_object_path(Oid relid);
+extern StripeRowConv *stripe_rowconv_create(Relation rel, bool all, Bitmapset *wanted);
+extern void stripe_row_to_slot(StripeRowConv *rc, StripeRow *row, TupleTableSlot *slot);
+
+/* ---- writes (modify.c) ---- */
+extern void stripe_fdw_set_modify_routines(FdwRoutine *routine);
 
 #endif							/* STRIPE_SYNC_H */

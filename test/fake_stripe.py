@@ -1155,7 +1155,7 @@ class Faults:
                 raise ValueError("status must be an HTTP status code")
         if kind == "delay":
             fault["delay"] = float(spec["delay"])
-        for key in ("retry_after", "should_retry"):
+        for key in ("retry_after", "should_retry", "after"):
             if spec.get(key) is not None:
                 fault[key] = spec[key]
         with self.lock:
@@ -1329,7 +1329,9 @@ class App:
                                 "true" if fault["should_retry"] in (True, "true") else "false"))
         rate_limited = 0
         try:
-            if kind in ("429", "500", "503", "status", "401"):
+            # "after": the request is carried out, then its answer is lost to the error
+            failing = kind in ("429", "500", "503", "status", "401")
+            if failing and not fault.get("after"):
                 raise self.fault_error(kind, fault, hdrs)
             if not self.limiter.allow():
                 rate_limited = 1
@@ -1339,6 +1341,8 @@ class App:
             if auth is not None:
                 raise auth
             status, out, extra = self.route(h, raw_path, body, rid)
+            if failing:
+                raise self.fault_error(kind, fault, hdrs)
             headers.extend(extra)
         except ApiError as e:
             status, out = e.status, e.body(rid)

@@ -69,6 +69,7 @@ sub new_node
 	$node->append_conf('postgresql.conf',
 		"shared_preload_libraries = 'stripe_sync'\n"
 		  . "stripe_sync.retry_base_delay = 20\n"
+		  . "stripe_sync.requests_per_second = 10000\n"
 		  . ($conf // ''));
 	$node->start;
 	my $url = $fake->{url};

@@ -1,0 +1,60 @@
+-- Writes: INSERT / UPDATE / DELETE with RETURNING, nested parameters,
+-- idempotent retries, and Stripe's own message for bad input
+\getenv fake_url FAKE_STRIPE_URL
+\set SHOW_CONTEXT never
+SET timezone = 'UTC';
+SET stripe_sync.retry_base_delay = '10ms';
+IMPORT FOREIGN SCHEMA stripe LIMIT TO (products, prices, coupons) FROM SERVER stripe INTO stripe;
+
+EXPLAIN (COSTS OFF) INSERT INTO stripe.customers (email, name) VALUES ('a@b.c', 'A');
+
+SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
+INSERT INTO stripe.customers (email, name, metadata)
+  VALUES ('new@example.com', 'New Customer', '{"plan": "gold", "tier": {"level": 2}}')
+  RETURNING id LIKE 'cus_%' AS has_id, email, name, metadata, created IS NOT NULL AS has_created;
+SELECT r->>'method' AS method, r->>'path' AS path, r->>'idempotency_key' LIKE 'stripe_sync-%' AS keyed
+  FROM jsonb_array_elements(fake('GET', '/_control/requests')->'requests') r;
+SELECT id AS new_id FROM stripe.customers WHERE email = 'new@example.com' \gset
+SELECT name, metadata FROM stripe.customers WHERE id = :'new_id';
+
+-- UPDATE sends only the columns set; NULL unsets
+UPDATE stripe.customers SET name = 'Renamed', metadata = '{"plan": "platinum"}'
+  WHERE id = :'new_id' RETURNING name, metadata->>'plan' AS plan, email;
+UPDATE stripe.customers SET description = 'vip' WHERE email = 'new@example.com' RETURNING description;
+UPDATE stripe.customers SET description = NULL WHERE id = :'new_id' RETURNING description IS NULL AS unset;
+-- an id that is not there updates nothing
+UPDATE stripe.customers SET name = 'x' WHERE id = 'cus_missing';
+
+-- the first attempt is carried out but its answer is lost: the retry reuses the
+-- Idempotency-Key, so Stripe (here the fake) creates exactly one product
+SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
+SELECT fake('POST', '/_control/faults', '{"kind": "500", "count": 1, "path": "/v1/products", "after": true}') IS NOT NULL AS injected;
+INSERT INTO stripe.products (name, active) VALUES ('Retried product', true) RETURNING name, active;
+SELECT count(*) AS attempts, count(DISTINCT r->>'idempotency_key') AS keys
+  FROM jsonb_array_elements(fake('GET', '/_control/requests')->'requests') r WHERE r->>'method' = 'POST';
+SELECT count(*) AS products_named_so FROM stripe.products WHERE name = 'Retried product';
+
+-- prices and nested parameters (recurring[interval])
+SELECT id AS prod FROM stripe.products WHERE name = 'Retried product' \gset
+INSERT INTO stripe.prices (product, currency, unit_amount, recurring)
+  VALUES (:'prod', 'usd', 1500, '{"interval": "month"}')
+  RETURNING product = :'prod' AS same_product, unit_amount, recurring->>'interval' AS every;
+-- prices cannot be deleted in Stripe: archive them
+DELETE FROM stripe.prices WHERE product = :'prod';
+
+-- bad input: Stripe's message is the detail
+INSERT INTO stripe.prices (currency) VALUES ('usd');
+\echo :LAST_ERROR_SQLSTATE
+
+-- DELETE, with RETURNING of Stripe's answer
+DELETE FROM stripe.customers WHERE id = :'new_id' RETURNING id = :'new_id' AS deleted_it;
+SELECT count(*) FROM stripe.customers WHERE id = :'new_id';
+DELETE FROM stripe.customers WHERE id = :'new_id';
+
+-- subscriptions: DELETE cancels
+SELECT id AS sub FROM stripe.subscriptions WHERE status = 'active' LIMIT 1 \gset
+DELETE FROM stripe.subscriptions WHERE id = :'sub' RETURNING status;
+SELECT status FROM stripe.subscriptions WHERE id = :'sub';
+
+-- objects Stripe does not let us change
+INSERT INTO stripe.charges (amount) VALUES (100);

@@ -86,6 +86,18 @@ check_account(StripeResponse *resp, void *arg, const char **why)
 	return ok;
 }
 
+/* The id of the account behind a connection: one GET /v1/account. */
+char *
+stripe_fetch_account_id(StripeConn *conn, StripeStats *stats)
+{
+	AccountInfo info = {0};
+	StripeResponse resp;
+
+	stripe_request(conn, "GET", "/v1/account", NULL, NULL, false,
+				   check_account, &info, &resp, stats);
+	return info.id;
+}
+
 /*
  * stripe_sync.test_connection(server name) → (account_id, account_name, api_version)
  * One GET /v1/account with the caller's user mapping.

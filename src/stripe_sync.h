@@ -53,6 +53,19 @@ typedef struct StripeColumn
 	int			flags;
 } StripeColumn;
 
+/* StripeObjectDef.rows_from: what one row of the table is */
+typedef enum StripeRowsFrom
+{
+	STRIPE_ROWS_LIST = 0,		/* one object of a list endpoint */
+	STRIPE_ROWS_ARRAYS			/* one element of a top-level array of a single
+								 * object (balance: one row per kind and
+								 * currency); the array's name is the "kind" */
+} StripeRowsFrom;
+
+/*
+ * The fields after ncolumns are zero for ordinary objects, so that the
+ * generated catalogue names only what is special.
+ */
 typedef struct StripeObjectDef
 {
 	const char *table;			/* foreign/local table name */
@@ -60,6 +73,19 @@ typedef struct StripeObjectDef
 	const char *object;			/* Stripe's "object" value */
 	const StripeColumn *columns;
 	int			ncolumns;
+	StripeRowsFrom rows_from;
+	bool		no_retrieve;	/* Stripe has no GET /v1/<path>/<id> */
+
+	/*
+	 * Objects Stripe lists only under a parent: the list needs this filter
+	 * (setup_attempts: setup_intent).  With parent_path the value goes into
+	 * the path instead, /v1/<parent_path>/<value>/<path> (payment_methods:
+	 * /v1/customers/cus_…/payment_methods).  required_example is the parent
+	 * id's prefix, for hints ("cus_").
+	 */
+	const char *required_filter;
+	const char *parent_path;
+	const char *required_example;
 } StripeObjectDef;
 
 extern const StripeObjectDef stripe_objects[];
@@ -150,6 +176,7 @@ typedef struct StripePage
 extern StripeFieldSet *stripe_fieldset_create(int nslots);
 extern int	stripe_fieldset_add(StripeFieldSet *fs, const char *name, int slot);
 extern void stripe_fieldset_finish(StripeFieldSet *fs);
+extern void stripe_fieldset_rows_from_arrays(StripeFieldSet *fs, int kind_slot);
 extern bool stripe_parse_page(char *json, size_t len, bool is_list,
 							  StripeFieldSet *fs, StripePage *page,
 							  const char **why);
@@ -176,6 +203,21 @@ extern char *stripe_column_field(Oid relid, AttrNumber attno);
 extern char *stripe_table_object_path(Oid relid);
 extern StripeRowConv *stripe_rowconv_create(Relation rel, bool all, Bitmapset *wanted);
 extern void stripe_row_to_slot(StripeRowConv *rc, StripeRow *row, TupleTableSlot *slot);
+
+/* ---- sync engine (sync.c) ---- */
+
+/*
+ * Runs one sync of a source.  With own_transactions (background workers), it
+ * must be called outside any transaction: it commits each page with its
+ * cursor, and records a failure in stripe_sync.status instead of throwing.
+ * Without it (sync_now), everything happens in the caller's transaction.
+ */
+extern void stripe_sync_run(const char *source, bool own_transactions);
+
+/* admin.c */
+extern char *stripe_fetch_account_id(StripeConn *conn, StripeStats *stats);
+
+/* ---- background workers (worker.c) ---- */
 
 /* ---- writes (modify.c) ---- */
 extern void stripe_fdw_set_modify_routines(FdwRoutine *routine);

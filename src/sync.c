@@ -1,0 +1,937 @@
+/*-------------------------------------------------------------------------
+ * sync.c
+ *		The sync engine: a source's objects copied into local tables, first by
+ *		a backfill of every object (resumable from the last committed page),
+ *		then incrementally from /v1/events since a cursor.
+ *
+ * Every local row carries observed_at: when Stripe's state was seen (the
+ * fetch time of a backfill page, or the event's time).  An upsert only wins
+ * over a row observed no later, so an older state never overwrites a newer
+ * one, whatever order pages and events arrive in; and it writes nothing when
+ * the object did not change.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "foreign/foreign.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "stripe_sync.h"
+
+PG_FUNCTION_INFO_V1(stripe_sync_now);
+PG_FUNCTION_INFO_V1(stripe_catalog_columns);
+
+/* events older than Stripe keeps (30 days), with a day's margin */
+#define EVENT_RETENTION_SECS	(29 * 86400)
+/* re-read this much before the cursor; applied ids are dropped */
+#define EVENT_OVERLAP_SECS		300
+#define ADVISORY_CLASS			0x53545250	/* "STRP" */
+
+typedef struct SourceInfo
+{
+	char	   *name;
+	Oid			serverid;
+	char	   *target_schema;
+	List	   *objects;		/* text */
+	bool		has_sync_from;
+	int64		sync_from;		/* unix seconds */
+	bool		has_cursor;
+	int64		events_cursor;
+	char	   *account_id;
+	int64		run_id;
+} SourceInfo;
+
+/* One local table being written */
+typedef struct LocalTable
+{
+	const StripeObjectDef *def;
+	char	   *qualified;		/* "schema"."table" */
+	StripeRowConv *rc;
+	TupleDesc	tupdesc;
+	TupleTableSlot *slot;
+	SPIPlanPtr	upsert;
+	Oid		   *argtypes;
+	int			created_slot;	/* field slot of "created", or -1 */
+	int			att_account,
+				att_synced,
+				att_observed,
+				att_deleted;
+	int64		rows;
+	int64		pages;
+} LocalTable;
+
+typedef struct SyncRun
+{
+	SourceInfo	src;
+	StripeConn *conn;
+	bool		own;
+	MemoryContext cxt;			/* lives across the run's transactions */
+	List	   *tables;			/* LocalTable */
+	StripeStats stats;
+	int64		events_applied;
+	TimestampTz started;
+} SyncRun;
+
+/* ---------- transactions ---------- */
+
+static void
+begin_xact(SyncRun *run)
+{
+	if (run->own)
+	{
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+	}
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+/* Commits what the page wrote (workers only; sync_now keeps one transaction). */
+static void
+commit_xact(SyncRun *run)
+{
+	SPI_finish();
+	if (run->own)
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+}
+
+static void
+page_boundary(SyncRun *run)
+{
+	if (!run->own)
+	{
+		CommandCounterIncrement();
+		return;
+	}
+	commit_xact(run);
+	CHECK_FOR_INTERRUPTS();
+	begin_xact(run);
+}
+
+static void
+spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+
+	if (rc < 0)
+		elog(ERROR, "SPI failed (%d): %s", rc, sql);
+}
+
+static void
+state_update(SyncRun *run, const char *object, const char *set_clause, const char *text_arg)
+{
+	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', text_arg ? ' ' : 'n'};
+
+	values[0] = CStringGetTextDatum(run->src.name);
+	values[1] = CStringGetTextDatum(object);
+	values[2] = text_arg ? CStringGetTextDatum(text_arg) : (Datum) 0;
+	spi_exec(psprintf("UPDATE stripe_sync.object_state SET %s WHERE source = $1 AND object = $2",
+					  set_clause), 3, types, values, nulls);
+}
+
+static int64
+now_unix(void)
+{
+	return (int64) timestamptz_to_time_t(GetCurrentTimestamp());
+}
+
+/* ---------- source and tables ---------- */
+
+static bool
+load_source(SyncRun *run, const char *name)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(name)};
+	HeapTuple	tup;
+	TupleDesc	td;
+	bool		isnull;
+	Datum		d;
+	MemoryContext old;
+	ArrayType  *arr;
+	Datum	   *elems;
+	int			n;
+
+	spi_exec("SELECT s.server::text, s.target_schema::text, s.objects, "
+			 "extract(epoch FROM s.sync_from)::bigint, s.events_cursor, s.account_id, "
+			 "pg_has_role(s.owner, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
+			 "FROM stripe_sync.sources s WHERE s.name = $1",
+			 1, types, values, NULL);
+	if (SPI_processed == 0)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	td = SPI_tuptable->tupdesc;
+	if (!DatumGetBool(SPI_getbinval(tup, td, 7, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to sync source \"%s\"", name),
+				 errhint("A source syncs as its owner; run it as that role.")));
+
+	old = MemoryContextSwitchTo(run->cxt);
+	run->src.name = pstrdup(name);
+	run->src.serverid = GetForeignServerByName(SPI_getvalue(tup, td, 1), false)->serverid;
+	run->src.target_schema = pstrdup(SPI_getvalue(tup, td, 2));
+	arr = DatumGetArrayTypeP(SPI_getbinval(tup, td, 3, &isnull));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
+	run->src.objects = NIL;
+	for (int i = 0; i < n; i++)
+		run->src.objects = lappend(run->src.objects, TextDatumGetCString(elems[i]));
+	d = SPI_getbinval(tup, td, 4, &isnull);
+	run->src.has_sync_from = !isnull;
+	run->src.sync_from = isnull ? 0 : DatumGetInt64(d);
+	d = SPI_getbinval(tup, td, 5, &isnull);
+	run->src.has_cursor = !isnull;
+	run->src.events_cursor = isnull ? 0 : DatumGetInt64(d);
+	run->src.account_id = SPI_getvalue(tup, td, 6) ? pstrdup(SPI_getvalue(tup, td, 6)) : NULL;
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+static int
+attno_of(TupleDesc td, const char *name)
+{
+	for (int i = 0; i < td->natts; i++)
+		if (strcmp(NameStr(TupleDescAttr(td, i)->attname), name) == 0)
+			return i;
+	elog(ERROR, "local table has no column \"%s\"", name);
+	return -1;
+}
+
+/* Opens the local table of an object and prepares its upsert. */
+static LocalTable *
+open_local_table(SyncRun *run, const char *object)
+{
+	LocalTable *lt;
+	Oid			nsp = get_namespace_oid(run->src.target_schema, false);
+	Oid			relid = get_relname_relid(object, nsp);
+	Relation	rel;
+	MemoryContext old;
+	StringInfoData sql,
+				cols,
+				vals,
+				sets;
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("local table %s.%s of source \"%s\" does not exist",
+						run->src.target_schema, object, run->src.name),
+				 errhint("alter_source(objects => …) creates the tables it needs.")));
+	old = MemoryContextSwitchTo(run->cxt);
+	lt = palloc0(sizeof(LocalTable));
+	lt->def = stripe_object_by_table(object);
+	lt->qualified = psprintf("%s.%s", quote_identifier(run->src.target_schema),
+							 quote_identifier(object));
+	rel = table_open(relid, AccessShareLock);
+	lt->tupdesc = CreateTupleDescCopy(RelationGetDescr(rel));
+	lt->rc = stripe_rowconv_create(rel, true, NULL);
+	table_close(rel, AccessShareLock);
+	lt->slot = MakeSingleTupleTableSlot(lt->tupdesc, &TTSOpsVirtual);
+	lt->created_slot = -1;
+	for (int i = 0; i < lt->tupdesc->natts; i++)
+		if (strcmp(NameStr(TupleDescAttr(lt->tupdesc, i)->attname), "created") == 0)
+			lt->created_slot = lt->rc->att_slot[i];
+	lt->att_account = attno_of(lt->tupdesc, "account_id");
+	lt->att_synced = attno_of(lt->tupdesc, "synced_at");
+	lt->att_observed = attno_of(lt->tupdesc, "observed_at");
+	lt->att_deleted = attno_of(lt->tupdesc, "deleted_at");
+	lt->argtypes = palloc(sizeof(Oid) * lt->tupdesc->natts);
+
+	initStringInfo(&sql);
+	initStringInfo(&cols);
+	initStringInfo(&vals);
+	initStringInfo(&sets);
+	for (int i = 0; i < lt->tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(lt->tupdesc, i);
+		const char *c = quote_identifier(NameStr(att->attname));
+
+		lt->argtypes[i] = att->atttypid;
+		if (att->attisdropped)
+		{
+			lt->argtypes[i] = INT4OID;
+			continue;
+		}
+		appendStringInfo(&cols, "%s%s", cols.len ? ", " : "", c);
+		appendStringInfo(&vals, "%s$%d", vals.len ? ", " : "", i + 1);
+		if (strcmp(NameStr(att->attname), "id") != 0)
+			appendStringInfo(&sets, "%s%s = EXCLUDED.%s", sets.len ? ", " : "", c, c);
+	}
+	/* newer-or-equal observations win, and only when something changed */
+	appendStringInfo(&sql,
+					 "INSERT INTO %s AS t (%s) VALUES (%s) ON CONFLICT (id) DO UPDATE SET %s "
+					 "WHERE t.observed_at <= EXCLUDED.observed_at AND "
+					 "(t.attrs IS DISTINCT FROM EXCLUDED.attrs OR t.deleted_at IS DISTINCT FROM EXCLUDED.deleted_at)",
+					 lt->qualified, cols.data, vals.data, sets.data);
+	MemoryContextSwitchTo(old);
+	lt->upsert = SPI_prepare(sql.data, lt->tupdesc->natts, lt->argtypes);
+	if (lt->upsert == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", sql.data);
+	SPI_keepplan(lt->upsert);
+	run->tables = lappend(run->tables, lt);
+	return lt;
+}
+
+static LocalTable *
+table_for_object_type(SyncRun *run, const char *object_type)
+{
+	ListCell   *lc;
+
+	foreach(lc, run->tables)
+	{
+		LocalTable *lt = lfirst(lc);
+
+		if (lt->def && strcmp(lt->def->object, object_type) == 0)
+			return lt;
+	}
+	return NULL;
+}
+
+/* Writes one object; returns true when a row was inserted or changed. */
+static bool
+upsert_row(SyncRun *run, LocalTable *lt, StripeRow *row, TimestampTz observed,
+		   TimestampTz deleted_at)
+{
+	TupleTableSlot *slot = lt->slot;
+	int			natts = lt->tupdesc->natts;
+	char	   *nulls = palloc(natts);
+
+	stripe_row_to_slot(lt->rc, row, slot);
+	slot->tts_values[lt->att_account] = run->src.account_id
+		? CStringGetTextDatum(run->src.account_id) : (Datum) 0;
+	slot->tts_isnull[lt->att_account] = run->src.account_id == NULL;
+	slot->tts_values[lt->att_synced] = TimestampTzGetDatum(GetCurrentTimestamp());
+	slot->tts_isnull[lt->att_synced] = false;
+	slot->tts_values[lt->att_observed] = TimestampTzGetDatum(observed);
+	slot->tts_isnull[lt->att_observed] = false;
+	slot->tts_values[lt->att_deleted] = TimestampTzGetDatum(deleted_at);
+	slot->tts_isnull[lt->att_deleted] = deleted_at == 0;
+	for (int i = 0; i < natts; i++)
+		nulls[i] = slot->tts_isnull[i] ? 'n' : ' ';
+	if (SPI_execute_plan(lt->upsert, slot->tts_values, nulls, false, 0) < 0)
+		elog(ERROR, "upsert into %s failed", lt->qualified);
+	return SPI_processed > 0;
+}
+
+/* ---------- backfill ---------- */
+
+typedef struct PageCheck
+{
+	StripeFieldSet *fs;
+	StripePage *page;
+	bool		is_list;
+} PageCheck;
+
+static bool
+check_page(StripeResponse *resp, void *arg, const char **why)
+{
+	PageCheck  *pc = arg;
+
+	return stripe_parse_page(resp->body, resp->len, pc->is_list, pc->fs, pc->page, why);
+}
+
+static void
+backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor)
+{
+	MemoryContext page_cxt = AllocSetContextCreate(run->cxt, "stripe_sync backfill page",
+												   ALLOCSET_DEFAULT_SIZES);
+	int64		rows = 0;
+	int64		pages = 0;
+	TimestampTz t0 = GetCurrentTimestamp();
+	char		last_id[256];
+
+	last_id[0] = '\0';
+	if (cursor)
+		strlcpy(last_id, cursor, sizeof(last_id));
+	state_update(run, object, "state = 'backfilling', last_error = NULL", NULL);
+
+	for (;;)
+	{
+		StripePage	page;
+		PageCheck	pc = {lt->rc->fs, &page, true};
+		StripeResponse resp;
+		StringInfoData path;
+		MemoryContext old;
+		TimestampTz fetched;
+		int64		changed = 0;
+
+		MemoryContextReset(page_cxt);
+		old = MemoryContextSwitchTo(page_cxt);
+		initStringInfo(&path);
+		appendStringInfo(&path, "/v1/%s?limit=%d", lt->def->path, STRIPE_PAGE_SIZE);
+		if (run->src.has_sync_from)
+			appendStringInfo(&path, "&created%%5Bgte%%5D=" INT64_FORMAT, run->src.sync_from);
+		if (strcmp(lt->def->path, "subscriptions") == 0)
+			appendStringInfoString(&path, "&status=all");
+		if (last_id[0])
+			appendStringInfo(&path, "&starting_after=%s", stripe_urlencode(last_id));
+		/* the state Stripe gave is at least as new as the moment we asked */
+		fetched = GetCurrentTimestamp();
+		stripe_request(run->conn, "GET", path.data, NULL, NULL, false,
+					   check_page, &pc, &resp, &run->stats);
+		for (int i = 0; i < page.nrows; i++)
+			if (upsert_row(run, lt, &page.rows[i], fetched, 0))
+				changed++;
+		if (page.nrows > 0)
+			strlcpy(last_id, stripe_span_text(&page.rows[page.nrows - 1].fields[lt->rc->id_slot]),
+					sizeof(last_id));
+		MemoryContextSwitchTo(old);
+
+		rows += changed;
+		pages++;
+		lt->rows += changed;
+		lt->pages++;
+		/* the page's rows and the cursor that skips them commit together */
+		state_update(run, object,
+					 psprintf("rows = rows + " INT64_FORMAT ", requests = requests + 1, %s",
+							  changed, page.has_more ? "backfill_cursor = $3"
+							  : "backfill_done = true, backfill_cursor = NULL, state = 'synced'"),
+					 page.has_more ? last_id : NULL);
+		page_boundary(run);
+		if (pages % 20 == 0 || !page.has_more)
+		{
+			double		secs = (double) (GetCurrentTimestamp() - t0) / USECS_PER_SEC;
+
+			ereport(run->own ? DEBUG1 : NOTICE,
+					(errmsg("%s: backfill of %s: " INT64_FORMAT " rows in " INT64_FORMAT " pages, %.0f rows/s%s",
+							run->src.name, object, rows, pages,
+							secs > 0 ? rows / secs : 0.0,
+							page.has_more ? "" : " (done)")));
+		}
+		if (!page.has_more)
+			break;
+	}
+	MemoryContextDelete(page_cxt);
+}
+
+/* ---------- incremental from events ---------- */
+
+typedef struct EventRef
+{
+	char	   *id;
+	int64		created;
+	char	   *type;
+	char	   *object_json;	/* data.object, NUL-terminated copy */
+	int			object_len;
+} EventRef;
+
+static int
+event_cmp(const void *a, const void *b)
+{
+	const EventRef *x = a;
+	const EventRef *y = b;
+
+	/* oldest first; within a second, Stripe's list order reversed (kept by index) */
+	if (x->created != y->created)
+		return x->created < y->created ? -1 : 1;
+	return 0;
+}
+
+static void
+load_applied(SyncRun *run, int64 since, HTAB *seen)
+{
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		values[2] = {CStringGetTextDatum(run->src.name), Int64GetDatum(since)};
+
+	spi_exec("SELECT event_id FROM stripe_sync.applied_events WHERE source = $1 AND created >= $2",
+			 2, types, values, NULL);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char		key[NAMEDATALEN * 2] = {0};
+
+		strlcpy(key, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1), sizeof(key));
+		hash_search(seen, key, HASH_ENTER, NULL);
+	}
+}
+
+static void
+sync_events(SyncRun *run)
+{
+	MemoryContext ev_cxt = AllocSetContextCreate(run->cxt, "stripe_sync events",
+												 ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(ev_cxt);
+	StripeFieldSet *efs = stripe_fieldset_create(4);
+	StripeFieldSet *dfs = stripe_fieldset_create(1);
+	StripeFieldSet *ofs = stripe_fieldset_create(1);
+	int64		since = run->src.events_cursor - EVENT_OVERLAP_SECS;
+	List	   *events = NIL;
+	char		last_id[256] = "";
+	EventRef   *arr;
+	int			n;
+	int64		cursor = run->src.events_cursor;
+	HASHCTL		ctl;
+	HTAB	   *seen;
+	int			since_commit = 0;
+
+	stripe_fieldset_add(efs, "id", 0);
+	stripe_fieldset_add(efs, "created", 1);
+	stripe_fieldset_add(efs, "type", 2);
+	stripe_fieldset_add(efs, "data", 3);
+	stripe_fieldset_finish(efs);
+	stripe_fieldset_add(dfs, "object", 0);
+	stripe_fieldset_finish(dfs);
+	stripe_fieldset_add(ofs, "object", 0);
+	stripe_fieldset_finish(ofs);
+
+	/* every event since the cursor; the list comes newest first */
+	for (;;)
+	{
+		StripePage	page;
+		PageCheck	pc = {efs, &page, true};
+		StripeResponse resp;
+		char	   *path = psprintf("/v1/events?limit=%d&created%%5Bgte%%5D=" INT64_FORMAT "%s%s",
+									STRIPE_PAGE_SIZE, since,
+									last_id[0] ? "&starting_after=" : "", last_id);
+
+		stripe_request(run->conn, "GET", path, NULL, NULL, false, check_page, &pc,
+					   &resp, &run->stats);
+		for (int i = 0; i < page.nrows; i++)
+		{
+			StripeRow  *r = &page.rows[i];
+			EventRef   *e = palloc0(sizeof(EventRef));
+			StripePage	data;
+			const char *why;
+
+			e->id = stripe_span_text(&r->fields[0]);
+			e->created = pg_strtoint64(stripe_span_text(&r->fields[1]));
+			e->type = stripe_span_text(&r->fields[2]);
+			if (r->fields[3].start == NULL ||
+				!stripe_parse_page(r->fields[3].start, r->fields[3].len, false, dfs, &data, &why) ||
+				data.rows[0].fields[0].start == NULL)
+				continue;		/* an event without an object changes nothing here */
+			e->object_len = data.rows[0].fields[0].len;
+			e->object_json = pnstrdup(data.rows[0].fields[0].start, e->object_len);
+			events = lappend(events, e);
+		}
+		if (page.nrows > 0)
+			strlcpy(last_id, stripe_span_text(&page.rows[page.nrows - 1].fields[0]), sizeof(last_id));
+		if (!page.has_more || page.nrows == 0)
+			break;
+	}
+
+	n = list_length(events);
+	arr = palloc(sizeof(EventRef) * Max(n, 1));
+	/* reverse Stripe's newest-first order, then a stable sort keeps ties in order */
+	for (int i = 0; i < n; i++)
+		arr[n - 1 - i] = *(EventRef *) list_nth(events, i);
+	for (int i = 1; i < n; i++)
+	{
+		EventRef	key = arr[i];
+		int			j = i - 1;
+
+		while (j >= 0 && event_cmp(&arr[j], &key) > 0)
+		{
+			arr[j + 1] = arr[j];
+			j--;
+		}
+		arr[j + 1] = key;
+	}
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = NAMEDATALEN * 2;
+	ctl.entrysize = NAMEDATALEN * 2;
+	ctl.hcxt = ev_cxt;
+	seen = hash_create("stripe_sync applied events", 1024, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	load_applied(run, since, seen);
+
+	for (int i = 0; i < n; i++)
+	{
+		EventRef   *e = &arr[i];
+		char		key[NAMEDATALEN * 2] = {0};
+		StripePage	obj;
+		const char *why;
+		char	   *otype;
+		LocalTable *lt;
+		Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
+		Datum		values[3];
+
+		strlcpy(key, e->id, sizeof(key));
+		if (hash_search(seen, key, HASH_FIND, NULL) != NULL)
+			continue;			/* delivered twice, or re-read in the overlap */
+		hash_search(seen, key, HASH_ENTER, NULL);
+
+		if (stripe_parse_page(e->object_json, e->object_len, false, ofs, &obj, &why) &&
+			obj.rows[0].fields[0].start != NULL)
+		{
+			otype = stripe_span_text(&obj.rows[0].fields[0]);
+			lt = table_for_object_type(run, otype);
+			if (lt != NULL)
+			{
+				StripePage	row;
+				TimestampTz at = time_t_to_timestamptz((pg_time_t) e->created);
+				size_t		tl = strlen(e->type);
+				bool		deleted = tl > 8 && strcmp(e->type + tl - 8, ".deleted") == 0;
+
+				if (!stripe_parse_page(e->object_json, e->object_len, false, lt->rc->fs, &row, &why))
+					ereport(ERROR,
+							(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
+							 errmsg("event %s carries a malformed object: %s", e->id, why)));
+				/* objects created before sync_from are not this source's */
+				if (run->src.has_sync_from && lt->created_slot >= 0 &&
+					!stripe_span_is_null(&row.rows[0].fields[lt->created_slot]) &&
+					pg_strtoint64(stripe_span_text(&row.rows[0].fields[lt->created_slot])) < run->src.sync_from)
+					;
+				/* a deleted object keeps its last full state, marked deleted */
+				else if (deleted && row.rows[0].deleted)
+				{
+					Oid			dt[3] = {TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID};
+					Datum		dv[3] = {TimestampTzGetDatum(at), TimestampTzGetDatum(GetCurrentTimestamp()),
+						CStringGetTextDatum(stripe_span_text(&row.rows[0].fields[lt->rc->id_slot]))};
+
+					spi_exec(psprintf("UPDATE %s SET deleted_at = $1, observed_at = $1, synced_at = $2 "
+									  "WHERE id = $3 AND observed_at <= $1 AND deleted_at IS NULL",
+									  lt->qualified), 3, dt, dv, NULL);
+				}
+				else if (upsert_row(run, lt, &row.rows[0], at, deleted ? at : 0))
+					lt->rows++;
+			}
+		}
+		values[0] = CStringGetTextDatum(run->src.name);
+		values[1] = CStringGetTextDatum(e->id);
+		values[2] = Int64GetDatum(e->created);
+		spi_exec("INSERT INTO stripe_sync.applied_events (source, event_id, created) VALUES ($1, $2, $3) "
+				 "ON CONFLICT DO NOTHING", 3, types, values, NULL);
+		run->events_applied++;
+		cursor = Max(cursor, e->created);
+		/* the applied events and the cursor that passes them commit together */
+		if (++since_commit == STRIPE_PAGE_SIZE || i == n - 1)
+		{
+			Oid			ct[2] = {TEXTOID, INT8OID};
+			Datum		cv[2] = {CStringGetTextDatum(run->src.name), Int64GetDatum(cursor)};
+
+			spi_exec("UPDATE stripe_sync.sources SET events_cursor = $2 WHERE name = $1",
+					 2, ct, cv, NULL);
+			page_boundary(run);
+			since_commit = 0;
+		}
+	}
+	run->src.events_cursor = cursor;
+	{
+		Oid			ct[2] = {TEXTOID, INT8OID};
+		Datum		cv[2] = {CStringGetTextDatum(run->src.name), Int64GetDatum(cursor - 2 * EVENT_OVERLAP_SECS)};
+
+		spi_exec("DELETE FROM stripe_sync.applied_events WHERE source = $1 AND created < $2",
+				 2, ct, cv, NULL);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(ev_cxt);
+}
+
+/* ---------- the run ---------- */
+
+static void
+set_cursor(SyncRun *run, int64 cursor)
+{
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		values[2] = {CStringGetTextDatum(run->src.name), Int64GetDatum(cursor)};
+
+	spi_exec("UPDATE stripe_sync.sources SET events_cursor = $2 WHERE name = $1", 2, types, values, NULL);
+	run->src.events_cursor = cursor;
+	run->src.has_cursor = true;
+}
+
+static void
+run_source(SyncRun *run)
+{
+	ListCell   *lc;
+	List	   *pending = NIL;
+
+	run->conn = stripe_conn_for_server(run->src.serverid, GetUserId());
+	if (run->src.account_id == NULL)
+	{
+		char	   *acct = stripe_fetch_account_id(run->conn, &run->stats);
+		Oid			types[2] = {TEXTOID, TEXTOID};
+		Datum		values[2] = {CStringGetTextDatum(run->src.name), CStringGetTextDatum(acct)};
+
+		spi_exec("UPDATE stripe_sync.sources SET account_id = $2 WHERE name = $1", 2, types, values, NULL);
+		run->src.account_id = MemoryContextStrdup(run->cxt, acct);
+	}
+
+	/* Stripe keeps 30 days of events: past that, list everything again */
+	if (run->src.has_cursor && run->src.events_cursor < now_unix() - EVENT_RETENTION_SECS)
+	{
+		Oid			types[1] = {TEXTOID};
+		Datum		values[1] = {CStringGetTextDatum(run->src.name)};
+
+		ereport(LOG,
+				(errmsg("stripe_sync: source \"%s\": events cursor %s is older than Stripe's 30-day event retention; listing every object again",
+						run->src.name,
+						timestamptz_to_str(time_t_to_timestamptz((pg_time_t) run->src.events_cursor)))));
+		spi_exec("UPDATE stripe_sync.object_state SET backfill_done = false, backfill_cursor = NULL, "
+				 "state = 'relisting', last_error = 'events cursor past the 30-day retention: full re-list' "
+				 "WHERE source = $1", 1, types, values, NULL);
+		run->src.has_cursor = false;
+	}
+	/* the cursor is set before the backfill, so nothing that happens during it is lost */
+	if (!run->src.has_cursor)
+	{
+		set_cursor(run, now_unix());
+		page_boundary(run);
+	}
+
+	foreach(lc, run->src.objects)
+	{
+		char	   *object = lfirst(lc);
+		Oid			types[2] = {TEXTOID, TEXTOID};
+		Datum		values[2] = {CStringGetTextDatum(run->src.name), CStringGetTextDatum(object)};
+		LocalTable *lt = open_local_table(run, object);
+
+		spi_exec("SELECT backfill_done, backfill_cursor FROM stripe_sync.object_state WHERE source = $1 AND object = $2",
+				 2, types, values, NULL);
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
+			bool		done = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			char	   *cursor = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+
+			if (!done)
+				pending = lappend(pending, list_make3(object, lt,
+													  cursor ? MemoryContextStrdup(run->cxt, cursor) : NULL));
+		}
+	}
+	foreach(lc, pending)
+	{
+		List	   *p = lfirst(lc);
+
+		backfill_object(run, list_nth(p, 1), linitial(p), lthird(p));
+	}
+
+	sync_events(run);
+
+	foreach(lc, run->src.objects)
+		state_update(run, lfirst(lc),
+					 "state = 'synced', last_success_at = now(), last_error = NULL", NULL);
+	{
+		Oid			types[1] = {TEXTOID};
+		Datum		values[1] = {CStringGetTextDatum(run->src.name)};
+
+		spi_exec("UPDATE stripe_sync.sources SET next_sync_at = now() + sync_interval WHERE name = $1",
+				 1, types, values, NULL);
+	}
+}
+
+static void
+record_run(SyncRun *run, const char *status, const char *error)
+{
+	Oid			types[5] = {INT8OID, TEXTOID, INT8OID, INT8OID, TEXTOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', error ? ' ' : 'n'};
+	int64		rows = 0;
+	ListCell   *lc;
+
+	foreach(lc, run->tables)
+		rows += ((LocalTable *) lfirst(lc))->rows;
+	values[0] = Int64GetDatum(run->src.run_id);
+	values[1] = CStringGetTextDatum(status);
+	values[2] = Int64GetDatum(run->stats.requests);
+	values[3] = Int64GetDatum(rows);
+	values[4] = error ? CStringGetTextDatum(error) : (Datum) 0;
+	spi_exec("UPDATE stripe_sync.runs SET status = $2, requests = $3, rows = $4, error = $5, "
+			 "finished_at = clock_timestamp() WHERE id = $1", 5, types, values, nulls);
+}
+
+static bool
+lock_source(const char *name, bool lock)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, ADVISORY_CLASS,
+						 DatumGetUInt32(hash_any((const unsigned char *) name, strlen(name))), 2);
+	if (lock)
+		return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+	LockRelease(&tag, ExclusiveLock, true);
+	return true;
+}
+
+/* the summary sync_now returns */
+static Jsonb *
+run_summary(SyncRun *run)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	int64		rows = 0;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"source\": ");
+	escape_json(&buf, run->src.name);
+	appendStringInfoString(&buf, ", \"objects\": {");
+	foreach(lc, run->tables)
+	{
+		LocalTable *lt = lfirst(lc);
+
+		appendStringInfo(&buf, "%s\"%s\": {\"rows\": " INT64_FORMAT ", \"pages\": " INT64_FORMAT "}",
+						 foreach_current_index(lc) ? ", " : "", lt->def ? lt->def->table : "?",
+						 lt->rows, lt->pages);
+		rows += lt->rows;
+	}
+	appendStringInfo(&buf, "}, \"rows\": " INT64_FORMAT ", \"events\": " INT64_FORMAT
+					 ", \"requests\": " INT64_FORMAT ", \"retries\": " INT64_FORMAT ", \"seconds\": %.3f}",
+					 rows, run->events_applied, run->stats.requests, run->stats.retries,
+					 (double) (GetCurrentTimestamp() - run->started) / USECS_PER_SEC);
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/*
+ * One sync of a source; see stripe_sync.h.  Returns the summary (in the
+ * caller's context) or NULL when another sync of the source is running.
+ */
+static Jsonb *
+sync_source(const char *source, bool own)
+{
+	SyncRun    *run;
+	MemoryContext cxt = AllocSetContextCreate(own ? TopMemoryContext : CurrentMemoryContext,
+											  "stripe_sync run", ALLOCSET_DEFAULT_SIZES);
+	MemoryContext caller = CurrentMemoryContext;
+	Jsonb	   *summary = NULL;
+	volatile bool locked = false;
+
+	run = MemoryContextAllocZero(cxt, sizeof(SyncRun));
+	run->cxt = cxt;
+	run->own = own;
+	run->started = GetCurrentTimestamp();
+
+	begin_xact(run);
+	if (!load_source(run, source))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("source \"%s\" does not exist", source)));
+	if (!lock_source(source, true))
+	{
+		ereport(own ? DEBUG1 : NOTICE,
+				(errmsg("a sync of source \"%s\" is already running", source)));
+		commit_xact(run);
+		MemoryContextDelete(cxt);
+		return NULL;
+	}
+	locked = true;
+	{
+		Oid			types[1] = {TEXTOID};
+		Datum		values[1] = {CStringGetTextDatum(source)};
+
+		spi_exec("INSERT INTO stripe_sync.runs (source) VALUES ($1) RETURNING id", 1, types, values, NULL);
+		run->src.run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+													  &(bool){false}));
+	}
+	page_boundary(run);
+
+	PG_TRY();
+	{
+		run_source(run);
+		record_run(run, "ok", NULL);
+		if (!own)
+		{
+			MemoryContext old = MemoryContextSwitchTo(caller);
+
+			summary = run_summary(run);
+			MemoryContextSwitchTo(old);
+		}
+		commit_xact(run);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		MemoryContext old;
+
+		if (!own)
+		{
+			lock_source(source, false);
+			PG_RE_THROW();
+		}
+		/* a worker keeps the error in status and tries again at the next tick */
+		old = MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		MemoryContextSwitchTo(old);
+		if (edata->elevel >= FATAL || ProcDiePending || QueryCancelPending)
+			PG_RE_THROW();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		begin_xact(run);
+		record_run(run, "error", edata->message);
+		{
+			Oid			types[2] = {TEXTOID, TEXTOID};
+			Datum		values[2] = {CStringGetTextDatum(source),
+			CStringGetTextDatum(edata->detail ? psprintf("%s: %s", edata->message, edata->detail) : edata->message)};
+
+			spi_exec("UPDATE stripe_sync.object_state SET state = 'error', last_error = $2 WHERE source = $1",
+					 2, types, values, NULL);
+			spi_exec("UPDATE stripe_sync.sources SET next_sync_at = now() + least(sync_interval, interval '1 minute') "
+					 "WHERE name = $1", 1, types, values, NULL);
+		}
+		commit_xact(run);
+		ereport(LOG,
+				(errmsg("stripe_sync: sync of source \"%s\" failed: %s", source, edata->message)));
+	}
+	PG_END_TRY();
+	if (locked)
+		lock_source(source, false);
+	MemoryContextDelete(cxt);
+	return summary;
+}
+
+void
+stripe_sync_run(const char *source, bool own_transactions)
+{
+	(void) sync_source(source, own_transactions);
+}
+
+/* stripe_sync.sync_now(name): one sync in this session, with NOTICE progress */
+Datum
+stripe_sync_now(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *summary = sync_source(name, false);
+
+	if (summary == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_JSONB_P(summary);
+}
+
+/* stripe_sync.catalog_columns(object): the typed columns of a catalogued object */
+Datum
+stripe_catalog_columns(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *object = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	const StripeObjectDef *def = stripe_object_by_table(object);
+
+	if (def == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown Stripe object \"%s\"", object),
+				 errdetail("Known objects: %s.", stripe_object_table_names())));
+	InitMaterializedSRF(fcinfo, 0);
+	for (int i = 0; i < def->ncolumns; i++)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		values[0] = CStringGetTextDatum(def->columns[i].name);
+		values[1] = CStringGetTextDatum(stripe_coltype_sql(def->columns[i].type));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

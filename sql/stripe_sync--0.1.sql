@@ -129,7 +129,8 @@ BEGIN
   SELECT string_agg(format('%I %s%s', column_name, column_type,
                            CASE WHEN column_name = 'id' THEN ' PRIMARY KEY' ELSE '' END), ', ')
     INTO cols FROM stripe_sync.catalog_columns(object);
-  EXECUTE format('CREATE TABLE IF NOT EXISTS %I.%I (%s, attrs jsonb NOT NULL, account_id text, '
+  -- lz4: attrs is most of a row, and pglz costs more than the rest of the insert
+  EXECUTE format('CREATE TABLE IF NOT EXISTS %I.%I (%s, attrs jsonb COMPRESSION lz4 NOT NULL, account_id text, '
                  'synced_at timestamptz NOT NULL, observed_at timestamptz NOT NULL, deleted_at timestamptz)',
                  target_schema, object, cols);
   IF EXISTS (SELECT 1 FROM stripe_sync.catalog_columns(object) WHERE column_name = 'customer') THEN
@@ -196,6 +197,8 @@ BEGIN
     PERFORM stripe_sync.create_local_table(target_schema, o);
     INSERT INTO stripe_sync.object_state (source, object) VALUES (create_source.name, o);
   END LOOP;
+  -- the first sync is due now: let the launcher know when this commits
+  PERFORM stripe_sync.wake();
 END $$;
 
 CREATE FUNCTION stripe_sync.alter_source(name text,
@@ -249,7 +252,7 @@ BEGIN
   IF destination IS NOT NULL THEN
     UPDATE stripe_sync.sources s SET destination = alter_source.destination WHERE s.name = alter_source.name;
   END IF;
-  PERFORM pg_notify('stripe_sync', alter_source.name);
+  PERFORM stripe_sync.wake();
 END $$;
 
 CREATE FUNCTION stripe_sync.drop_source(name text) RETURNS void
@@ -269,3 +272,16 @@ REVOKE ALL ON FUNCTION stripe_sync.create_source(text, name, interval, timestamp
                        stripe_sync.alter_source(text, interval, timestamptz, text[], boolean, name),
                        stripe_sync.drop_source(text), stripe_sync.sync_now(text),
                        stripe_sync.create_local_table(name, text) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Background workers (worker.c)
+-- ---------------------------------------------------------------------------
+
+-- The launcher re-reads the sources when the caller's transaction commits,
+-- so a change takes effect without waiting for stripe_sync.naptime.  It can
+-- do no more than an early tick, so PUBLIC keeps it, as with pg_notify.
+CREATE FUNCTION stripe_sync.wake() RETURNS void
+AS 'MODULE_PATHNAME', 'stripe_wake'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION stripe_sync.wake() IS
+  'Wakes the sync launcher when the current transaction commits';

@@ -1,6 +1,7 @@
 /*-------------------------------------------------------------------------
  * stripe_sync.c
- *		Module entry point: configuration parameters.
+ *		Module entry point: configuration parameters; registers the launcher
+ *		when preloaded.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -22,6 +23,7 @@ int			stripe_outbox_batch_size = 50;
 char	   *stripe_outbox_retention = NULL;
 int			stripe_naptime = 1;
 char	   *stripe_database = NULL;
+int			stripe_max_workers = 4;
 
 void		_PG_init(void);
 
@@ -68,12 +70,18 @@ _PG_init(void)
 							NULL,
 							&stripe_naptime, 1, 1, 3600,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("stripe_sync.max_workers",
+							"Sources synced at the same time, one background worker each.",
+							"Each takes a slot of max_worker_processes, and the launcher one more.",
+							&stripe_max_workers, 4, 1, STRIPE_WORKER_SLOTS,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	/*
 	 * PostgreSQL refuses PGC_POSTMASTER parameters (FATAL) from a library
-	 * loaded after startup, and shared memory can be reserved only while
-	 * shared_preload_libraries loads.  Both belong to the preloaded library;
-	 * loaded later, by the FDW alone, each backend limits its own requests.
+	 * loaded after startup, and shared memory and static background workers
+	 * can be set up only while shared_preload_libraries loads.  All belong to
+	 * the preloaded library; loaded later, by the FDW alone, each backend
+	 * limits its own requests and nothing syncs on a schedule.
 	 */
 	if (process_shared_preload_libraries_in_progress)
 	{
@@ -83,6 +91,7 @@ _PG_init(void)
 								   &stripe_database, "postgres",
 								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 		stripe_ratelimit_shmem_init();
+		stripe_worker_init();
 	}
 
 	MarkGUCPrefixReserved("stripe_sync");

@@ -219,6 +219,21 @@ extern char *stripe_fetch_account_id(StripeConn *conn, StripeStats *stats);
 
 /* ---- background workers (worker.c) ---- */
 
+/* stripe_sync.max_workers (defined in stripe_sync.c): concurrent syncs */
+extern int	stripe_max_workers;
+
+/* sync workers the shared table tracks at most; bounds stripe_sync.max_workers */
+#define STRIPE_WORKER_SLOTS		64
+/* longest source name a worker can carry, NUL included (it travels in bgw_extra) */
+#define STRIPE_SOURCE_MAXLEN	112
+
+extern void stripe_worker_init(void);	/* _PG_init, preloaded only */
+extern void stripe_worker_wake(void);
+extern void stripe_worker_wake_at_commit(void);
+extern void stripe_worker_reload_config(void);
+extern PGDLLEXPORT void stripe_launcher_main(Datum main_arg);
+extern PGDLLEXPORT void stripe_worker_main(Datum main_arg);
+
 /* ---- writes (modify.c) ---- */
 extern void stripe_fdw_set_modify_routines(FdwRoutine *routine);
 

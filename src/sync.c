@@ -27,6 +27,7 @@
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "tcop/tcopprot.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/json.h"
@@ -69,8 +70,11 @@ typedef struct LocalTable
 	StripeRowConv *rc;
 	TupleDesc	tupdesc;
 	TupleTableSlot *slot;
-	SPIPlanPtr	upsert;
-	Oid		   *argtypes;
+	SPIPlanPtr	upsert;			/* one statement for a whole page: unnest of arrays */
+	Oid		   *argtypes;		/* array type of each column */
+	int16	   *typlen;
+	bool	   *typbyval;
+	char	   *typalign;
 	int			created_slot;	/* field slot of "created", or -1 */
 	int			att_account,
 				att_synced,
@@ -128,6 +132,7 @@ page_boundary(SyncRun *run)
 	}
 	commit_xact(run);
 	CHECK_FOR_INTERRUPTS();
+	stripe_worker_reload_config();
 	begin_xact(run);
 }
 
@@ -260,6 +265,9 @@ open_local_table(SyncRun *run, const char *object)
 	lt->att_observed = attno_of(lt->tupdesc, "observed_at");
 	lt->att_deleted = attno_of(lt->tupdesc, "deleted_at");
 	lt->argtypes = palloc(sizeof(Oid) * lt->tupdesc->natts);
+	lt->typlen = palloc(sizeof(int16) * lt->tupdesc->natts);
+	lt->typbyval = palloc(sizeof(bool) * lt->tupdesc->natts);
+	lt->typalign = palloc(sizeof(char) * lt->tupdesc->natts);
 
 	initStringInfo(&sql);
 	initStringInfo(&cols);
@@ -270,12 +278,16 @@ open_local_table(SyncRun *run, const char *object)
 		Form_pg_attribute att = TupleDescAttr(lt->tupdesc, i);
 		const char *c = quote_identifier(NameStr(att->attname));
 
-		lt->argtypes[i] = att->atttypid;
 		if (att->attisdropped)
 		{
-			lt->argtypes[i] = INT4OID;
+			lt->argtypes[i] = INT4ARRAYOID;
+			lt->typlen[i] = sizeof(int32);
+			lt->typbyval[i] = true;
+			lt->typalign[i] = TYPALIGN_INT;
 			continue;
 		}
+		lt->argtypes[i] = get_array_type(att->atttypid);
+		get_typlenbyvalalign(att->atttypid, &lt->typlen[i], &lt->typbyval[i], &lt->typalign[i]);
 		appendStringInfo(&cols, "%s%s", cols.len ? ", " : "", c);
 		appendStringInfo(&vals, "%s$%d", vals.len ? ", " : "", i + 1);
 		if (strcmp(NameStr(att->attname), "id") != 0)
@@ -283,16 +295,16 @@ open_local_table(SyncRun *run, const char *object)
 	}
 	/* newer-or-equal observations win, and only when something changed */
 	appendStringInfo(&sql,
-					 "INSERT INTO %s AS t (%s) VALUES (%s) ON CONFLICT (id) DO UPDATE SET %s "
+					 "INSERT INTO %s AS t (%s) SELECT * FROM unnest(%s) ON CONFLICT (id) DO UPDATE SET %s "
 					 "WHERE t.observed_at <= EXCLUDED.observed_at AND "
 					 "(t.attrs IS DISTINCT FROM EXCLUDED.attrs OR t.deleted_at IS DISTINCT FROM EXCLUDED.deleted_at)",
 					 lt->qualified, cols.data, vals.data, sets.data);
+	run->tables = lappend(run->tables, lt);
 	MemoryContextSwitchTo(old);
 	lt->upsert = SPI_prepare(sql.data, lt->tupdesc->natts, lt->argtypes);
 	if (lt->upsert == NULL)
 		elog(ERROR, "SPI_prepare failed: %s", sql.data);
 	SPI_keepplan(lt->upsert);
-	run->tables = lappend(run->tables, lt);
 	return lt;
 }
 
@@ -311,30 +323,62 @@ table_for_object_type(SyncRun *run, const char *object_type)
 	return NULL;
 }
 
-/* Writes one object; returns true when a row was inserted or changed. */
-static bool
-upsert_row(SyncRun *run, LocalTable *lt, StripeRow *row, TimestampTz observed,
-		   TimestampTz deleted_at)
+/*
+ * Writes objects, a whole page in one statement; returns how many rows were
+ * inserted or changed.  Values are built in the current memory context.
+ */
+static int64
+upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
+			TimestampTz observed, TimestampTz deleted_at)
 {
 	TupleTableSlot *slot = lt->slot;
 	int			natts = lt->tupdesc->natts;
-	char	   *nulls = palloc(natts);
+	Datum	  **values = palloc(sizeof(Datum *) * natts);
+	bool	  **nulls = palloc(sizeof(bool *) * natts);
+	Datum	   *args = palloc(sizeof(Datum) * natts);
+	TimestampTz now = GetCurrentTimestamp();
+	int			dims[1] = {nrows};
+	int			lbs[1] = {1};
 
-	stripe_row_to_slot(lt->rc, row, slot);
-	slot->tts_values[lt->att_account] = run->src.account_id
-		? CStringGetTextDatum(run->src.account_id) : (Datum) 0;
-	slot->tts_isnull[lt->att_account] = run->src.account_id == NULL;
-	slot->tts_values[lt->att_synced] = TimestampTzGetDatum(GetCurrentTimestamp());
-	slot->tts_isnull[lt->att_synced] = false;
-	slot->tts_values[lt->att_observed] = TimestampTzGetDatum(observed);
-	slot->tts_isnull[lt->att_observed] = false;
-	slot->tts_values[lt->att_deleted] = TimestampTzGetDatum(deleted_at);
-	slot->tts_isnull[lt->att_deleted] = deleted_at == 0;
-	for (int i = 0; i < natts; i++)
-		nulls[i] = slot->tts_isnull[i] ? 'n' : ' ';
-	if (SPI_execute_plan(lt->upsert, slot->tts_values, nulls, false, 0) < 0)
+	if (nrows == 0)
+		return 0;
+	for (int a = 0; a < natts; a++)
+	{
+		values[a] = palloc(sizeof(Datum) * nrows);
+		nulls[a] = palloc(sizeof(bool) * nrows);
+	}
+	for (int r = 0; r < nrows; r++)
+	{
+		stripe_row_to_slot(lt->rc, &rows[r], slot);
+		slot->tts_values[lt->att_account] = run->src.account_id
+			? CStringGetTextDatum(run->src.account_id) : (Datum) 0;
+		slot->tts_isnull[lt->att_account] = run->src.account_id == NULL;
+		slot->tts_values[lt->att_synced] = TimestampTzGetDatum(now);
+		slot->tts_isnull[lt->att_synced] = false;
+		slot->tts_values[lt->att_observed] = TimestampTzGetDatum(observed);
+		slot->tts_isnull[lt->att_observed] = false;
+		slot->tts_values[lt->att_deleted] = TimestampTzGetDatum(deleted_at);
+		slot->tts_isnull[lt->att_deleted] = deleted_at == 0;
+		for (int a = 0; a < natts; a++)
+		{
+			values[a][r] = slot->tts_values[a];
+			nulls[a][r] = slot->tts_isnull[a];
+		}
+	}
+	for (int a = 0; a < natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(lt->tupdesc, a);
+
+		if (att->attisdropped)
+			for (int r = 0; r < nrows; r++)
+				nulls[a][r] = true;
+		args[a] = PointerGetDatum(construct_md_array(values[a], nulls[a], 1, dims, lbs,
+													 att->attisdropped ? INT4OID : att->atttypid,
+													 lt->typlen[a], lt->typbyval[a], lt->typalign[a]));
+	}
+	if (SPI_execute_plan(lt->upsert, args, NULL, false, 0) < 0)
 		elog(ERROR, "upsert into %s failed", lt->qualified);
-	return SPI_processed > 0;
+	return (int64) SPI_processed;
 }
 
 /* ---------- backfill ---------- */
@@ -393,9 +437,7 @@ backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor)
 		fetched = GetCurrentTimestamp();
 		stripe_request(run->conn, "GET", path.data, NULL, NULL, false,
 					   check_page, &pc, &resp, &run->stats);
-		for (int i = 0; i < page.nrows; i++)
-			if (upsert_row(run, lt, &page.rows[i], fetched, 0))
-				changed++;
+		changed = upsert_rows(run, lt, page.rows, page.nrows, fetched, 0);
 		if (page.nrows > 0)
 			strlcpy(last_id, stripe_span_text(&page.rows[page.nrows - 1].fields[lt->rc->id_slot]),
 					sizeof(last_id));
@@ -558,6 +600,12 @@ sync_events(SyncRun *run)
 	seen = hash_create("stripe_sync applied events", 1024, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	load_applied(run, since, seen);
 
+	/*
+	 * Applying commits (in a worker) at every batch, which frees SPI's memory:
+	 * from here on nothing may keep pointing at the context we came in with.
+	 */
+	MemoryContextSwitchTo(old);
+
 	for (int i = 0; i < n; i++)
 	{
 		EventRef   *e = &arr[i];
@@ -606,8 +654,8 @@ sync_events(SyncRun *run)
 									  "WHERE id = $3 AND observed_at <= $1 AND deleted_at IS NULL",
 									  lt->qualified), 3, dt, dv, NULL);
 				}
-				else if (upsert_row(run, lt, &row.rows[0], at, deleted ? at : 0))
-					lt->rows++;
+				else
+					lt->rows += upsert_rows(run, lt, &row.rows[0], 1, at, deleted ? at : 0);
 			}
 		}
 		values[0] = CStringGetTextDatum(run->src.name);
@@ -637,7 +685,6 @@ sync_events(SyncRun *run)
 		spi_exec("DELETE FROM stripe_sync.applied_events WHERE source = $1 AND created < $2",
 				 2, ct, cv, NULL);
 	}
-	MemoryContextSwitchTo(old);
 	MemoryContextDelete(ev_cxt);
 }
 
@@ -659,8 +706,15 @@ run_source(SyncRun *run)
 {
 	ListCell   *lc;
 	List	   *pending = NIL;
+	MemoryContext old;
 
+	/*
+	 * What lives across pages goes in run->cxt: a worker commits (and SPI
+	 * frees its memory) at every page.
+	 */
+	old = MemoryContextSwitchTo(run->cxt);
 	run->conn = stripe_conn_for_server(run->src.serverid, GetUserId());
+	MemoryContextSwitchTo(old);
 	if (run->src.account_id == NULL)
 	{
 		char	   *acct = stripe_fetch_account_id(run->conn, &run->stats);
@@ -709,8 +763,11 @@ run_source(SyncRun *run)
 			char	   *cursor = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 
 			if (!done)
-				pending = lappend(pending, list_make3(object, lt,
-													  cursor ? MemoryContextStrdup(run->cxt, cursor) : NULL));
+			{
+				old = MemoryContextSwitchTo(run->cxt);
+				pending = lappend(pending, list_make3(object, lt, cursor ? pstrdup(cursor) : NULL));
+				MemoryContextSwitchTo(old);
+			}
 		}
 	}
 	foreach(lc, pending)

@@ -14,7 +14,9 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/pmsignal.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -176,6 +178,9 @@ perform_interruptible(void)
 			if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
 				elog(ERROR, "curl_multi_poll failed: %s", curl_multi_strerror(mc));
 			CHECK_FOR_INTERRUPTS();
+			/* as WL_EXIT_ON_PM_DEATH does for latch waits: no orphans after a crash */
+			if (!PostmasterIsAlive())
+				proc_exit(1);
 		}
 		for (;;)
 		{

@@ -1,0 +1,108 @@
+# Syncs run by the background workers: kill -9 of the postmaster mid-backfill
+# and mid-incremental loses nothing, duplicates nothing and does not start the
+# backfill again; a source with a bad key records its error in status while
+# the others keep syncing; a new interval takes effect while the worker runs.
+use strict;
+use warnings;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+use StripeTest qw(start_fake new_node);
+
+my $fake = start_fake(counts => { customers => 4000, charges => 10 });
+my $node = new_node('crash', $fake,
+	"stripe_sync.naptime = 1\nstripe_sync.database = 'postgres'\nrestart_after_crash = on\n");
+my $url = $fake->url;
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+# kill -9 of the postmaster; its children notice within a poll interval and
+# exit, and then the node starts again
+sub crash_and_restart
+{
+	$node->kill9;
+	sleep 2;
+	$node->start;
+}
+
+sub differences
+{
+	my ($type) = @_;
+	return sql(qq{
+		DROP TABLE IF EXISTS fake_raw, fake_objs;
+		CREATE TABLE fake_raw (line text);
+		COPY fake_raw FROM PROGRAM 'curl -s $url/_control/objects/$type'
+		  WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02');
+		CREATE TABLE fake_objs AS SELECT jsonb_array_elements(string_agg(line, '')::jsonb->'data') AS obj FROM fake_raw;
+		SELECT count(*) FROM fake_objs f
+		  FULL JOIN (SELECT * FROM stripe_data.$type WHERE deleted_at IS NULL) l ON l.id = f.obj->>'id'
+		 WHERE l.id IS NULL OR f.obj IS NULL OR l.attrs <> f.obj;
+	});
+}
+
+# ---- kill -9 mid-backfill: 40 pages at 150 ms each
+$fake->config(latency_ms => 150);
+$fake->clear_requests;
+sql("CREATE SCHEMA stripe_data");
+sql("SELECT stripe_sync.create_source('main', server => 'stripe', objects => ARRAY['customers', 'charges'])");
+ok($node->poll_query_until('postgres',
+	"SELECT rows >= 500 FROM stripe_sync.object_state WHERE source = 'main' AND object = 'customers'"),
+	'the worker is backfilling page by page');
+my $committed = sql("SELECT rows FROM stripe_sync.object_state WHERE source = 'main' AND object = 'customers'");
+crash_and_restart();
+ok($node->poll_query_until('postgres',
+	"SELECT bool_and(backfill_done) FROM stripe_sync.object_state WHERE source = 'main'", 't'),
+	'after the crash the backfill completes');
+my @first_pages = grep { $_->{path} =~ m{^/v1/customers\?} && $_->{path} !~ /starting_after/ } @{ $fake->requests };
+is(scalar @first_pages, 1, 'the backfill resumed from its cursor, not from the first page');
+my @pages = grep { $_->{path} =~ m{^/v1/customers\?} } @{ $fake->requests };
+cmp_ok(scalar @pages, '<=', 40 + 2, "no pages fetched again beyond the one in flight (${\ scalar @pages } for 40)");
+is(differences('customers'), '0', 'customers: equal to the fake, no row lost');
+is(sql("SELECT count(*) - count(DISTINCT id) FROM stripe_data.customers"), '0', 'no duplicate rows');
+is(sql("SELECT count(*) FROM stripe_sync.runs WHERE source = 'main' AND status = 'interrupted'"), '1',
+	'the interrupted run is marked');
+ok($committed >= 500, "rows committed before the crash ($committed) were kept");
+
+# ---- kill -9 mid-incremental: 300 changes read in pages of 100 at 300 ms
+$fake->config(latency_ms => 0);
+my $ids = sql("SELECT string_agg(id, ',') FROM (SELECT id FROM stripe_data.customers ORDER BY id LIMIT 300) s");
+for my $id (split /,/, $ids)
+{
+	$fake->call('POST', "/_control/objects/customers/$id", { name => "renamed $id" });
+}
+$fake->config(latency_ms => 300);
+sql("SELECT stripe_sync.alter_source('main', sync_interval => '1 second')");
+usleep(1_500_000);
+crash_and_restart();
+$fake->config(latency_ms => 0);
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 300 FROM stripe_data.customers WHERE name LIKE 'renamed %'"),
+	'after a crash mid-incremental every change arrives');
+is(differences('customers'), '0', 'customers: equal to the fake again');
+is(sql("SELECT count(*) - count(DISTINCT id) FROM stripe_data.customers"), '0', 'no duplicate rows');
+
+# ---- the interval changes while the worker runs
+my $runs = sql("SELECT count(*) FROM stripe_sync.runs WHERE source = 'main' AND status = 'ok'");
+sleep 4;
+cmp_ok(sql("SELECT count(*) FROM stripe_sync.runs WHERE source = 'main' AND status = 'ok'") - $runs,
+	'>=', 2, 'a one-second interval set with alter_source repeats the sync');
+sql("SELECT stripe_sync.alter_source('main', sync_interval => '1 hour')");
+
+# ---- a bad key: the error is in status, the other source keeps syncing
+sql("CREATE SERVER badstripe FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url '$url')");
+sql("CREATE USER MAPPING FOR CURRENT_USER SERVER badstripe OPTIONS (api_key 'sk_test_wrong_key_1234')");
+sql("CREATE SCHEMA bad_data");
+sql("SELECT stripe_sync.create_source('bad', server => 'badstripe', objects => ARRAY['customers'], target_schema => 'bad_data')");
+ok($node->poll_query_until('postgres',
+	"SELECT state = 'error' AND last_error LIKE '%HTTP 401%' FROM stripe_sync.status WHERE source = 'bad' AND object = 'customers'"),
+	'a source with a bad key records the error in status');
+unlike(sql("SELECT last_error FROM stripe_sync.status WHERE source = 'bad'"), qr/wrong_key|1234/,
+	'... without the key');
+my $new = $fake->call('POST', '/_control/objects/customers', { email => 'after@example.com' });
+sql("SELECT stripe_sync.alter_source('main', sync_interval => '1 second')");
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM stripe_data.customers WHERE id = '$new->{id}'"),
+	'... while the other source keeps syncing');
+
+$node->stop;
+done_testing();

@@ -4,6 +4,12 @@
  *		quals Stripe can answer (ids, list filters, created ranges), Stripe's
  *		newest-first order, LIMIT, parameterized paths for joins, a
  *		page-at-a-time scan, EXPLAIN, and IMPORT FOREIGN SCHEMA.
+ *
+ *		Two kinds of objects are special.  Balance is one object read as one
+ *		row per kind and currency.  Payment methods, setup attempts and
+ *		subscription items are listed by Stripe only under a parent (a
+ *		customer, a setup intent, a subscription): their scans need that
+ *		filter, from a qual or, in a join, from a parameterized path.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -59,6 +65,7 @@ typedef enum PushKind
 #define ROWS_LIST		10000.0
 #define ROWS_RANGE		1000.0
 #define ROWS_FILTERED	100.0
+#define ROWS_BALANCE	10.0	/* a few currencies in a few kinds */
 /* A request costs about as much as reading a thousand rows locally. */
 #define COST_REQUEST	1000.0
 
@@ -70,6 +77,7 @@ typedef struct StripeRelInfo
 	AttrNumber	created_attno;	/* timestamptz column reading "created", or 0 */
 	bool		all_pushed;		/* every base qual goes to Stripe */
 	bool		has_id;			/* a base qual is id = or id = ANY */
+	bool		has_parent;		/* a base qual gives the filter Stripe requires */
 } StripeRelInfo;
 
 /* fdw_private of the ForeignScan plan */
@@ -86,6 +94,7 @@ typedef struct StripeScanState
 {
 	StripeConn *conn;
 	char	   *path;
+	const StripeObjectDef *def; /* NULL for generic tables */
 	List	   *push_kinds;
 	List	   *push_keys;
 	List	   *push_states;	/* ExprState per pushed value */
@@ -101,6 +110,7 @@ typedef struct StripeScanState
 	bool		started;
 	bool		done;
 	bool		retrieve;
+	bool		allow_404;		/* a 404 means no rows */
 	List	   *retrieve_paths; /* retrieves still to send */
 	char	   *base_path;		/* "/v1/<object>" */
 	char	   *query_rest;		/* "&filter=…" after limit= */
@@ -170,6 +180,7 @@ classify_clause(PlannerInfo *root, RelOptInfo *baserel, Oid relid,
 	char	   *opname;
 	char	   *field;
 	bool		commuted = false;
+	bool		retrievable;
 	const StripeColumn *col;
 	Oid			opno;
 	Oid			inputcollid;
@@ -208,6 +219,9 @@ classify_clause(PlannerInfo *root, RelOptInfo *baserel, Oid relid,
 	else
 		return false;
 
+	/* balance has no filters: one GET /v1/balance, every qual checked here */
+	if (def != NULL && def->rows_from == STRIPE_ROWS_ARRAYS)
+		return false;
 	if (!is_pushable_value(root, baserel, val))
 		return false;
 	/* a case-insensitive collation would make Stripe's exact match differ */
@@ -218,15 +232,17 @@ classify_clause(PlannerInfo *root, RelOptInfo *baserel, Oid relid,
 		return false;
 	field = stripe_column_field(relid, var->varattno);
 	col = stripe_object_column(def, field);
+	/* without a retrieve endpoint (setup_attempts), id is a local filter */
+	retrievable = strcmp(field, "id") == 0 && (def == NULL || !def->no_retrieve);
 
 	if (IsA(clause, ScalarArrayOpExpr))
 	{
-		if (strcmp(field, "id") != 0 || strcmp(opname, "=") != 0 ||
+		if (!retrievable || strcmp(opname, "=") != 0 ||
 			(var->vartype != TEXTOID && var->vartype != VARCHAROID))
 			return false;
 		*kind = PUSH_ID_ANY;
 	}
-	else if (strcmp(field, "id") == 0 && strcmp(opname, "=") == 0 &&
+	else if (retrievable && strcmp(opname, "=") == 0 &&
 			 (var->vartype == TEXTOID || var->vartype == VARCHAROID))
 		*kind = PUSH_ID;
 	else if (col != NULL && (col->flags & STRIPE_FILTER_RANGE) &&
@@ -298,6 +314,10 @@ stripeGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntable
 			info->all_pushed = false;
 			continue;
 		}
+		if (kind == PUSH_ID || kind == PUSH_ID_ANY ||
+			(kind == PUSH_EQ && info->def && info->def->required_filter &&
+			 strcmp(key, info->def->required_filter) == 0))
+			info->has_parent = true;
 		if (kind == PUSH_ID)
 			ids = 1;
 		else if (kind == PUSH_ID_ANY)
@@ -319,6 +339,24 @@ stripeGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntable
 	baserel->fdw_private = info;
 	baserel->tuples = ROWS_LIST;
 	baserel->rows = ids > 0 ? ids : eq ? ROWS_FILTERED : range ? ROWS_RANGE : ROWS_LIST;
+	if (info->def && info->def->rows_from == STRIPE_ROWS_ARRAYS)
+		baserel->rows = ROWS_BALANCE;
+}
+
+/*
+ * A scan Stripe would refuse: the object is listed only per parent, and
+ * neither a base qual nor the join clause of a parameterized path (key, or
+ * NULL for none) supplies the parent.
+ */
+static bool
+lacks_parent(StripeRelInfo *info, PushKind kind, const char *key)
+{
+	if (info->def == NULL || info->def->required_filter == NULL || info->has_parent)
+		return false;
+	if (key == NULL)
+		return true;
+	return !(kind == PUSH_ID ||
+			 (kind == PUSH_EQ && strcmp(key, info->def->required_filter) == 0));
 }
 
 /* requests a scan of this many rows makes */
@@ -336,6 +374,13 @@ stripe_order_pathkeys(PlannerInfo *root, RelOptInfo *baserel, StripeRelInfo *inf
 	ListCell   *lc;
 
 	if (info->created_attno == 0 || info->has_id || list_length(root->query_pathkeys) != 1)
+		return NIL;
+
+	/*
+	 * Stripe documents newest first for its top-level lists, not for the
+	 * lists under a parent; a sort of one parent's few objects is cheap.
+	 */
+	if (info->def && info->def->required_filter)
 		return NIL;
 	pk = linitial(root->query_pathkeys);
 	if (pk->pk_strategy != BTGreaterStrategyNumber || pk->pk_eclass->ec_has_volatile)
@@ -424,7 +469,8 @@ add_parameterized_paths(PlannerInfo *root, RelOptInfo *baserel, Oid relid,
 				 create_foreignscan_path(root, baserel, NULL, rows,
 										 COST_REQUEST / 10,
 										 COST_REQUEST / 10 + requests * COST_REQUEST +
-										 rows * cpu_tuple_cost * 10,
+										 rows * cpu_tuple_cost * 10 +
+										 (lacks_parent(info, kind, key) ? disable_cost : 0),
 										 NIL, required_outer, NULL, NIL));
 	}
 }
@@ -448,12 +494,22 @@ stripeGetForeignPaths(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid
 	 */
 	if (root->limit_tuples > 0 && root->limit_tuples < STRIPE_PAGE_SIZE &&
 		info->all_pushed && !info->has_id &&
+		(info->def == NULL || info->def->rows_from != STRIPE_ROWS_ARRAYS) &&
 		bms_membership(root->all_baserels) == BMS_SINGLETON &&
 		(root->query_pathkeys == NIL || pathkeys != NIL))
 	{
 		first_limit = (int) root->limit_tuples;
 		total = startup + COST_REQUEST + root->limit_tuples * cpu_tuple_cost * 10;
 	}
+
+	/*
+	 * Stripe lists this object only under a parent, and no base qual names
+	 * one.  Make this path the last resort, so that a join picks a
+	 * parameterized path that supplies the parent; if nothing else is
+	 * possible the scan fails when it starts, with a hint.
+	 */
+	if (lacks_parent(info, PUSH_EQ, NULL))
+		total += disable_cost;
 
 	add_path(baserel, (Path *)
 			 create_foreignscan_path(root, baserel, NULL, rows, startup, total,
@@ -551,6 +607,8 @@ datum_param_text(Datum value, Oid type)
 typedef struct RequestPlan
 {
 	bool		retrieve;
+	bool		allow_404;		/* a 404 means no rows, not an error */
+	bool		lacks_parent;	/* the filter Stripe requires is missing */
 	List	   *retrieve_paths; /* "/v1/customers/cus_…" each */
 	char	   *base_path;		/* "/v1/customers" */
 	char	   *query_rest;		/* "&customer=…&created%5Bgte%5D=…" */
@@ -571,10 +629,12 @@ add_retrieve(RequestPlan *rp, const char *path, const char *id)
 /*
  * Builds the requests for the scan from the pushed values.  Returns false
  * when the quals cannot match anything (a NULL value, an empty created range),
- * in which case no request is needed.
+ * in which case no request is needed.  Sets rp->lacks_parent when Stripe
+ * lists the object only under a parent and no value names one.
  */
 static bool
-build_request(const char *path, PushValue *vals, int nvals, RequestPlan *rp)
+build_request(const char *path, const StripeObjectDef *def,
+			  PushValue *vals, int nvals, RequestPlan *rp)
 {
 	StringInfoData buf;
 	int64		lower = PG_INT64_MIN,
@@ -584,11 +644,21 @@ build_request(const char *path, PushValue *vals, int nvals, RequestPlan *rp)
 	const char *lower_param = NULL,
 			   *upper_param = NULL;
 	bool		status_given = false;
+	bool		parent_given = false;
+	char	   *value;
 	List	   *keys_done = NIL;
 	int			i;
 
 	memset(rp, 0, sizeof(RequestPlan));
 	rp->base_path = psprintf("/v1/%s", path);
+
+	/* GET /v1/balance: one object, no parameters */
+	if (def != NULL && def->rows_from == STRIPE_ROWS_ARRAYS)
+	{
+		rp->retrieve = true;
+		rp->retrieve_paths = list_make1(rp->base_path);
+		return true;
+	}
 
 	/* a retrieve by id wins over everything else: the recheck does the rest */
 	for (i = 0; i < nvals; i++)
@@ -600,6 +670,7 @@ build_request(const char *path, PushValue *vals, int nvals, RequestPlan *rp)
 		if (v->known && v->isnull)
 			return false;		/* id = NULL is never true */
 		rp->retrieve = true;
+		rp->allow_404 = true;	/* no such object: no row */
 		if (!v->known)
 			add_retrieve(rp, path, psprintf("$%d", v->paramno));
 		else if (v->kind == PUSH_ID)
@@ -647,9 +718,22 @@ build_request(const char *path, PushValue *vals, int nvals, RequestPlan *rp)
 			keys_done = lappend(keys_done, makeString(v->key));
 			if (strcmp(v->key, "status") == 0)
 				status_given = true;
-			appendStringInfo(&buf, "&%s=%s", v->key,
-							 v->known ? stripe_urlencode(datum_param_text(v->value, v->type))
-							 : psprintf("$%d", v->paramno));
+			value = v->known ? stripe_urlencode(datum_param_text(v->value, v->type))
+				: psprintf("$%d", v->paramno);
+			if (def != NULL && def->required_filter != NULL &&
+				strcmp(v->key, def->required_filter) == 0)
+			{
+				parent_given = true;
+				/* a parent Stripe does not know has no children: no rows */
+				rp->allow_404 = true;
+				if (def->parent_path != NULL)
+				{
+					/* GET /v1/customers/cus_…/payment_methods */
+					rp->base_path = psprintf("/v1/%s/%s/%s", def->parent_path, value, path);
+					continue;
+				}
+			}
+			appendStringInfo(&buf, "&%s=%s", v->key, value);
 		}
 		else if (!v->known)
 		{
@@ -714,6 +798,8 @@ build_request(const char *path, PushValue *vals, int nvals, RequestPlan *rp)
 	if (strcmp(path, "subscriptions") == 0 && !status_given)
 		appendStringInfoString(&buf, "&status=all");
 	rp->query_rest = buf.data;
+	if (def != NULL && def->required_filter != NULL && !parent_given)
+		rp->lacks_parent = true;
 	return true;
 }
 
@@ -726,12 +812,15 @@ list_request(const char *base, int limit, const char *rest, const char *cursor)
 
 /* the request line(s) for EXPLAIN */
 static char *
-describe_requests(RequestPlan *rp, int first_limit)
+describe_requests(RequestPlan *rp, const StripeObjectDef *def, int first_limit)
 {
 	StringInfoData buf;
 	ListCell   *lc;
 	int			n = 0;
 
+	if (rp->lacks_parent)
+		return psprintf("none (Stripe lists %s only per %s)",
+						def->path, def->required_filter);
 	if (!rp->retrieve)
 		return psprintf("GET %s", list_request(rp->base_path,
 											   first_limit > 0 ? first_limit : STRIPE_PAGE_SIZE,
@@ -767,6 +856,7 @@ stripeBeginForeignScan(ForeignScanState *node, int eflags)
 
 	node->fdw_state = st;
 	st->path = strVal(list_nth(fsplan->fdw_private, FdwPrivPath));
+	st->def = stripe_object_by_path(st->path);
 	st->push_kinds = list_nth(fsplan->fdw_private, FdwPrivKinds);
 	st->push_keys = list_nth(fsplan->fdw_private, FdwPrivKeys);
 	attr_list = list_nth(fsplan->fdw_private, FdwPrivAttrs);
@@ -863,7 +953,7 @@ fetch_page(StripeScanState *st)
 		path = list_request(st->base_path,
 							st->pages_done == 0 && st->first_limit > 0 ? st->first_limit : STRIPE_PAGE_SIZE,
 							st->query_rest, st->last_id[0] ? st->last_id : NULL);
-	found = stripe_request(st->conn, "GET", path, NULL, NULL, st->retrieve,
+	found = stripe_request(st->conn, "GET", path, NULL, NULL, st->allow_404,
 						   check_page, st, &resp, &st->stats);
 	MemoryContextSwitchTo(old);
 	st->stats.pages++;
@@ -876,7 +966,12 @@ fetch_page(StripeScanState *st)
 		st->done = (st->retrieve_paths == NIL);
 		return;
 	}
-	if (!st->page.has_more || st->page.nrows == 0)
+	if (!found)
+	{
+		memset(&st->page, 0, sizeof(StripePage));	/* 404: no such parent */
+		st->done = true;
+	}
+	else if (!st->page.has_more || st->page.nrows == 0)
 		st->done = true;
 	else
 	{
@@ -896,6 +991,47 @@ fetch_page(StripeScanState *st)
 					 errmsg("Stripe object id is too long: \"%.40s…\"", id)));
 		strcpy(st->last_id, id);
 	}
+}
+
+/*
+ * Stripe lists this object only under a parent and the plan has none: the
+ * query had no such qual, and no parameterized path could supply it.  Say
+ * so before sending a request Stripe would refuse.  Stripe's own answer
+ * would be a 400 parameter_missing, 22023 here too.
+ */
+static void
+report_missing_parent(ForeignScanState *node, const StripeObjectDef *def)
+{
+	Relation	rel = node->ss.ss_currentRelation;
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	const char *column = def->required_filter;
+
+	/* the column that reads the parent, which a field option may rename */
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+
+		if (!att->attisdropped &&
+			strcmp(stripe_column_field(RelationGetRelid(rel), i + 1),
+				   def->required_filter) == 0)
+		{
+			column = NameStr(att->attname);
+			break;
+		}
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("foreign table \"%s\" needs a value for \"%s\"",
+					RelationGetRelationName(rel), column),
+			 errdetail("Stripe lists %s only per %s (GET %s).", def->path,
+					   def->required_filter,
+					   def->parent_path
+					   ? psprintf("/v1/%s/{%s}/%s", def->parent_path,
+								  def->required_filter, def->path)
+					   : psprintf("/v1/%s?%s={%s}", def->path,
+								  def->required_filter, def->required_filter)),
+			 errhint("Add WHERE %s = '%s…', or join on %s.",
+					 quote_identifier(column), def->required_example, quote_identifier(column))));
 }
 
 static TupleTableSlot *
@@ -918,13 +1054,16 @@ stripeIterateForeignScan(ForeignScanState *node)
 		st->page.nrows = 0;
 		st->next_row = 0;
 		st->pages_done = 0;
-		st->done = !build_request(st->path, vals, nvals, &rp);
+		st->done = !build_request(st->path, st->def, vals, nvals, &rp);
+		if (!st->done && rp.lacks_parent)
+			report_missing_parent(node, st->def);
 		st->retrieve = rp.retrieve;
+		st->allow_404 = rp.allow_404;
 		st->retrieve_paths = rp.retrieve_paths;
 		st->base_path = rp.base_path;
 		st->query_rest = rp.query_rest;
 		if (st->first_request == NULL && !st->done)
-			st->first_request = describe_requests(&rp, st->first_limit);
+			st->first_request = describe_requests(&rp, st->def, st->first_limit);
 		MemoryContextSwitchTo(old);
 	}
 
@@ -980,8 +1119,8 @@ stripeExplainForeignScan(ForeignScanState *node, ExplainState *es)
 		PushValue  *vals = evaluate_pushed(node, st, true, &nvals);
 		RequestPlan rp;
 
-		if (build_request(st->path, vals, nvals, &rp))
-			req = describe_requests(&rp, st->first_limit);
+		if (build_request(st->path, st->def, vals, nvals, &rp))
+			req = describe_requests(&rp, st->def, st->first_limit);
 	}
 	ExplainPropertyText("Stripe Request", req ? req : "none (quals match nothing)", es);
 	if (es->analyze)

@@ -4,6 +4,11 @@
  *		page (or a single object) that records, for each object, its text span
  *		and the spans of the top-level fields the scan wants.  Nothing is
  *		converted here; values and attrs are built later only when needed.
+ *
+ *		A field set marked with stripe_fieldset_rows_from_arrays() reads a
+ *		single object differently: every object element of each of its
+ *		top-level arrays is a row (GET /v1/balance: one row per kind and
+ *		currency).
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -29,17 +34,31 @@ struct StripeFieldSet
 	int			cap;
 	int			nslots;
 	bool		has_len[MAX_FILTER_LEN];	/* a wanted name has this length */
+	bool		arrays;			/* single objects: rows from top-level arrays */
+	int			kind_slot;		/* slot for the array's name, or -1 */
 };
+
+typedef enum ParseMode
+{
+	MODE_LIST,					/* {"data": [row, …], "has_more": …} */
+	MODE_OBJECT,				/* the root object is the row */
+	MODE_ARRAYS					/* {"x": [row, …], "y": [row, …], …} */
+} ParseMode;
 
 typedef struct ParseState
 {
 	JsonLexContext *lex;
 	StripeFieldSet *fs;
 	StripePage *page;
-	bool		is_list;
+	ParseMode	mode;
 	int			field_level;	/* lex_level of an object's top-level fields */
-	bool		in_data;		/* inside the list's "data" array */
+	bool		in_data;		/* inside the list's "data" array, or (arrays
+								 * mode) inside a top-level array */
 	bool		saw_data;		/* the list had a "data" array */
+	bool		saw_root;		/* the document is an object */
+	StripeSpan	array_name;		/* arrays mode: the current array's name */
+	StripeSpan *root_fields;	/* arrays mode: the root object's fields */
+	int			root_slot;		/* slot of the root field being read, or -1 */
 	StripeRow  *row;			/* object being read, or NULL */
 	int			cur_slot;		/* slot of the field being read, or -1 */
 	bool		cur_deleted;	/* the field being read is "deleted" */
@@ -52,6 +71,7 @@ stripe_fieldset_create(int nslots)
 	StripeFieldSet *fs = palloc0(sizeof(StripeFieldSet));
 
 	fs->nslots = nslots;
+	fs->kind_slot = -1;
 	fs->cap = 8;
 	fs->entries = palloc(sizeof(FieldEntry) * fs->cap);
 	return fs;
@@ -95,6 +115,21 @@ void
 stripe_fieldset_finish(StripeFieldSet *fs)
 {
 	qsort(fs->entries, fs->n, sizeof(FieldEntry), entry_cmp);
+}
+
+/*
+ * Single objects parsed with this field set give one row per object element
+ * of each top-level array, instead of one row for the whole object.  The
+ * name of the array goes to kind_slot (as a JSON string) when that is not
+ * -1.  A wanted field an element lacks is taken from the root object, so
+ * that a balance's "livemode" is on each of its rows.
+ */
+void
+stripe_fieldset_rows_from_arrays(StripeFieldSet *fs, int kind_slot)
+{
+	Assert(kind_slot >= -1 && kind_slot < fs->nslots);
+	fs->arrays = true;
+	fs->kind_slot = kind_slot;
 }
 
 static int
@@ -164,6 +199,9 @@ static void
 end_row(ParseState *st)
 {
 	st->row->object.len = st->lex->prev_token_terminator - st->row->object.start;
+	/* the array's name wins over an element's own field of that name */
+	if (st->mode == MODE_ARRAYS && st->fs->kind_slot >= 0)
+		st->row->fields[st->fs->kind_slot] = st->array_name;
 	st->page->nrows++;
 	st->row = NULL;
 }
@@ -189,7 +227,7 @@ ps_object_field_start(void *state, char *fname, bool isnull)
 			lex->token_type == JSON_TOKEN_TRUE)
 			st->row->deleted = true;
 	}
-	else if (st->is_list && lex->lex_level == 1)
+	else if (st->mode == MODE_LIST && lex->lex_level == 1)
 	{
 		if (!current_field_name(lex, &name, &len))
 			return;
@@ -197,6 +235,24 @@ ps_object_field_start(void *state, char *fname, bool isnull)
 			st->in_data = st->saw_data = (lex->token_type == JSON_TOKEN_ARRAY_START);
 		else if (len == 8 && memcmp(name, "has_more", 8) == 0)
 			st->page->has_more = (lex->token_type == JSON_TOKEN_TRUE);
+	}
+	else if (st->mode == MODE_ARRAYS && lex->lex_level == 1)
+	{
+		st->root_slot = -1;
+		st->in_data = (lex->token_type == JSON_TOKEN_ARRAY_START);
+		st->array_name.start = NULL;
+		st->array_name.len = 0;
+		if (!current_field_name(lex, &name, &len))
+			return;				/* an escaped name: its rows get no kind */
+		if (st->in_data)
+		{
+			/* the name with its quotes: a JSON string, like any other value */
+			st->array_name.start = (char *) name - 1;
+			st->array_name.len = len + 2;
+		}
+		st->root_slot = fieldset_lookup(st->fs, name, len);
+		if (st->root_slot >= 0)
+			st->root_fields[st->root_slot].start = lex->token_start;
 	}
 }
 
@@ -216,8 +272,19 @@ ps_object_field_end(void *state, char *fname, bool isnull)
 		}
 		st->cur_slot = -1;
 	}
-	else if (st->is_list && lex->lex_level == 1)
+	else if (st->mode == MODE_LIST && lex->lex_level == 1)
 		st->in_data = false;
+	else if (st->mode == MODE_ARRAYS && lex->lex_level == 1)
+	{
+		if (st->root_slot >= 0)
+		{
+			StripeSpan *span = &st->root_fields[st->root_slot];
+
+			span->len = lex->prev_token_terminator - span->start;
+		}
+		st->root_slot = -1;
+		st->in_data = false;
+	}
 }
 
 static void
@@ -225,7 +292,8 @@ ps_array_element_start(void *state, bool isnull)
 {
 	ParseState *st = state;
 
-	if (st->is_list && st->in_data && st->lex->lex_level == 2 &&
+	/* the elements of "data", or of any top-level array in arrays mode */
+	if (st->mode != MODE_OBJECT && st->in_data && st->lex->lex_level == 2 &&
 		st->lex->token_type == JSON_TOKEN_OBJECT_START)
 		begin_row(st);
 }
@@ -235,7 +303,8 @@ ps_array_element_end(void *state, bool isnull)
 {
 	ParseState *st = state;
 
-	if (st->is_list && st->in_data && st->lex->lex_level == 2 && st->row != NULL)
+	if (st->mode != MODE_OBJECT && st->in_data && st->lex->lex_level == 2 &&
+		st->row != NULL)
 		end_row(st);
 }
 
@@ -245,7 +314,10 @@ ps_object_start(void *state)
 {
 	ParseState *st = state;
 
-	if (!st->is_list && st->lex->lex_level == 0)
+	if (st->lex->lex_level != 0)
+		return;
+	st->saw_root = true;
+	if (st->mode == MODE_OBJECT)
 		begin_row(st);
 }
 
@@ -254,14 +326,16 @@ ps_object_end(void *state)
 {
 	ParseState *st = state;
 
-	if (!st->is_list && st->lex->lex_level == 0 && st->row != NULL)
+	if (st->mode == MODE_OBJECT && st->lex->lex_level == 0 && st->row != NULL)
 		end_row(st);
 }
 
 /*
- * Parses json[0..len) (NUL-terminated) into page.  Allocates in the current
- * memory context; the spans point into json.  Returns false with *why set
- * when the document is not valid JSON of the expected shape.
+ * Parses json[0..len) (NUL-terminated) into page: a list page (is_list), or
+ * a single object, which is one row unless the field set says its arrays
+ * hold the rows.  Allocates in the current memory context; the spans point
+ * into json.  Returns false with *why set when the document is not valid
+ * JSON of the expected shape.
  */
 bool
 stripe_parse_page(char *json, size_t len, bool is_list, StripeFieldSet *fs,
@@ -285,20 +359,24 @@ stripe_parse_page(char *json, size_t len, bool is_list, StripeFieldSet *fs,
 	st.lex = lex;
 	st.fs = fs;
 	st.page = page;
-	st.is_list = is_list;
-	st.field_level = is_list ? 3 : 1;
+	st.mode = is_list ? MODE_LIST : fs->arrays ? MODE_ARRAYS : MODE_OBJECT;
+	/* root {, then "data" or another array [, then each element { */
+	st.field_level = st.mode == MODE_OBJECT ? 1 : 3;
 	st.cur_slot = -1;
+	st.root_slot = -1;
+	if (st.mode == MODE_ARRAYS)
+		st.root_fields = palloc0(sizeof(StripeSpan) * Max(fs->nslots, 1));
 
 	memset(&sem, 0, sizeof(sem));
 	sem.semstate = &st;
 	sem.object_field_start = ps_object_field_start;
 	sem.object_field_end = ps_object_field_end;
-	if (is_list)
+	if (st.mode != MODE_OBJECT)
 	{
 		sem.array_element_start = ps_array_element_start;
 		sem.array_element_end = ps_array_element_end;
 	}
-	else
+	if (st.mode != MODE_LIST)
 	{
 		sem.object_start = ps_object_start;
 		sem.object_end = ps_object_end;
@@ -310,16 +388,23 @@ stripe_parse_page(char *json, size_t len, bool is_list, StripeFieldSet *fs,
 		*why = psprintf("malformed JSON from Stripe: %s", json_errdetail(err, lex));
 		return false;
 	}
-	if (!is_list && page->nrows != 1)
+	if ((st.mode == MODE_OBJECT && page->nrows != 1) ||
+		(st.mode == MODE_ARRAYS && !st.saw_root))
 	{
 		*why = "Stripe's answer is not a JSON object";
 		return false;
 	}
-	if (is_list && !st.saw_data)
+	if (st.mode == MODE_LIST && !st.saw_data)
 	{
 		*why = "Stripe's answer is not a list";
 		return false;
 	}
+	/* the fields an element lacks come from the root object (livemode) */
+	if (st.mode == MODE_ARRAYS)
+		for (int r = 0; r < page->nrows; r++)
+			for (int slot = 0; slot < fs->nslots; slot++)
+				if (page->rows[r].fields[slot].start == NULL)
+					page->rows[r].fields[slot] = st.root_fields[slot];
 	return true;
 }
 

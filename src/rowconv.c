@@ -7,6 +7,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/defrem.h"
 #include "executor/tuptable.h"
@@ -54,6 +55,9 @@ stripe_table_object_path(Oid relid)
 /*
  * Sets up the conversion of a foreign table's attributes: all of them, or
  * those in "wanted" (attribute numbers).  The field set always holds "id".
+ * A foreign table of an object whose rows come from arrays (balance) gets a
+ * field set that parses it so, with the array's name in the column that
+ * reads "kind".
  */
 StripeRowConv *
 stripe_rowconv_create(Relation rel, bool all, Bitmapset *wanted)
@@ -61,6 +65,8 @@ stripe_rowconv_create(Relation rel, bool all, Bitmapset *wanted)
 	TupleDesc	tupdesc = RelationGetDescr(rel);
 	Oid			relid = RelationGetRelid(rel);
 	StripeRowConv *rc = palloc0(sizeof(StripeRowConv));
+	const StripeObjectDef *def = NULL;
+	int			kind_slot = -1;
 
 	rc->natts = tupdesc->natts;
 	rc->att_slot = palloc(sizeof(int) * rc->natts);
@@ -69,6 +75,9 @@ stripe_rowconv_create(Relation rel, bool all, Bitmapset *wanted)
 	rc->att_ioparam = palloc0(sizeof(Oid) * rc->natts);
 	rc->att_typmod = palloc0(sizeof(int32) * rc->natts);
 	rc->fs = stripe_fieldset_create(rc->natts + 1);
+	/* sync also converts into local tables, which have no object option */
+	if (rel->rd_rel->relkind == RELKIND_FOREIGN_TABLE)
+		def = stripe_object_by_path(stripe_table_object_path(relid));
 
 	for (int i = 0; i < rc->natts; i++)
 	{
@@ -86,8 +95,16 @@ stripe_rowconv_create(Relation rel, bool all, Bitmapset *wanted)
 			GetForeignColumnOptions(relid, i + 1) == NIL)
 			rc->att_slot[i] = STRIPE_ATTRS_SLOT;
 		else
-			rc->att_slot[i] = stripe_fieldset_add(rc->fs, stripe_column_field(relid, i + 1), i);
+		{
+			char	   *field = stripe_column_field(relid, i + 1);
+
+			rc->att_slot[i] = stripe_fieldset_add(rc->fs, field, i);
+			if (strcmp(field, "kind") == 0)
+				kind_slot = rc->att_slot[i];
+		}
 	}
+	if (def != NULL && def->rows_from == STRIPE_ROWS_ARRAYS)
+		stripe_fieldset_rows_from_arrays(rc->fs, kind_slot);
 	/* the page cursor needs every object's id, whether or not a column reads it */
 	rc->id_slot = stripe_fieldset_add(rc->fs, "id", rc->natts);
 	stripe_fieldset_finish(rc->fs);

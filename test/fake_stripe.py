@@ -6,7 +6,13 @@ Seeds deterministic objects shaped like Stripe's own fixtures
 bearer/basic auth, list pagination and filters, retrieve, create/update/delete
 with events and idempotency keys.  /_control/* (no auth, JSON) lets tests inject
 faults, read the request log, add latency or a rate limit, reseed, and change
-objects directly.
+objects directly (GET /_control/balance shows the balance).
+
+Besides the top-level lists it serves GET /v1/balance (one object, with amounts in a few
+currencies), the lists Stripe keeps only under a parent (GET
+/v1/customers/{customer}/payment_methods, /v1/setup_attempts?setup_intent=…,
+/v1/subscription_items?subscription=…, each 400 parameter_missing without its parent, as
+on Stripe; subscription items are read from their subscriptions' items).
 
     python3 test/fake_stripe.py --port 0 --port-file /tmp/x.port \
         [--host 127.0.0.1] [--fixtures PATH] [--counts charges=100000,...] \
@@ -53,7 +59,11 @@ SUB_HIDDEN = frozenset(("canceled", "incomplete_expired"))
 COLLECTION_METHODS = ("charge_automatically", "send_invoice")
 DEFAULT_COUNTS = {"customers": 30, "charges": 60, "invoices": 30, "payment_intents": 40,
                   "refunds": 15, "subscriptions": 24, "products": 5, "prices": 10,
-                  "coupons": 0, "events": 40}
+                  "coupons": 0, "events": 40,
+                  # a few per customer (and attempts per setup intent), oldest parents first
+                  "payment_methods": 60, "setup_intents": 12, "setup_attempts": 20}
+PM_REDISPLAY = ("always", "limited", "unspecified")
+CARD_BRANDS = ("visa", "mastercard", "amex")
 
 # Fields that clients may never set; "id" is allowed where Stripe allows it.
 READ_ONLY = frozenset(("id", "object", "created", "livemode", "deleted", "status", "updated"))
@@ -157,7 +167,8 @@ def subscription_prices(obj):
 
 class Kind:
     def __init__(self, path, obj, prefix, filters, writable=False, deletable=False,
-                 updatable=None, create_params=None, event_prefix=None, id_width=14):
+                 updatable=None, create_params=None, event_prefix=None, id_width=14,
+                 parent=None, retrievable=True, created=True, seed_events=True):
         self.path, self.obj, self.prefix = path, obj, prefix
         self.filters = filters
         self.writable, self.deletable = writable, deletable
@@ -165,6 +176,12 @@ class Kind:
         self.create_params = create_params  # None: every non-read-only template field
         self.event_prefix = event_prefix or obj
         self.id_width = id_width
+        # (filter the list requires, path of the parent it names, the parent's name in
+        # Stripe's "No such …" message): Stripe lists these objects only per parent.
+        self.parent = parent
+        self.retrievable = retrievable      # False: Stripe has no GET /v1/<path>/<id>
+        self.created = created              # the list takes created[...]
+        self.seed_events = seed_events      # seeded objects get creation events
         self.url = ("/v1/" + path).encode()
 
 
@@ -209,7 +226,40 @@ KINDS = {k.path: k for k in (
         "type": Filter(field("type"), wildcard=True),
         "types": Filter(field("type"), array=True),
         "delivery_success": Filter(lambda e: (e.get("pending_webhooks", 0) == 0,), boolean=True)}),
+    # Listed per customer: GET /v1/customers/{customer}/payment_methods (current API), or
+    # GET /v1/payment_methods?customer=… as the 2020 API had it.
+    Kind("payment_methods", "payment_method", "pm_", {
+        "customer": Filter(field("customer")),
+        "type": Filter(field("type")),
+        "allow_redisplay": Filter(field("allow_redisplay"), choices=PM_REDISPLAY)},
+         parent=("customer", "customers", "customer"), created=False, seed_events=False),
+    Kind("setup_intents", "setup_intent", "seti_", {
+        "customer": Filter(field("customer")),
+        "payment_method": Filter(field("payment_method"))}, seed_events=False),
+    Kind("setup_attempts", "setup_attempt", "setatt_", {
+        "setup_intent": Filter(field("setup_intent"))},
+         parent=("setup_intent", "setup_intents", "setupintent"), retrievable=False,
+         seed_events=False),
 )}
+
+# Subscription items live inside their subscriptions (items.data); the list and the
+# retrieve read them there.  Not in KINDS: nothing stores them separately.
+SUBSCRIPTION_ITEMS = Kind("subscription_items", "subscription_item", "si_", {
+    "subscription": Filter(field("subscription"))},
+    parent=("subscription", "subscriptions", "subscription"), created=False)
+
+
+def few_per_parent(nchildren, nparents):
+    """Parent index of each child: parent p gets 1 + p % 3 children, oldest parents
+    first, wrapping round when there are more children than that."""
+    out, p, left = [], 0, 1
+    for _ in range(nchildren if nparents else 0):
+        out.append(p)
+        left -= 1
+        if left == 0:
+            p = (p + 1) % nparents
+            left = 1 + p % 3
+    return out
 
 
 def filter_key(value):
@@ -325,6 +375,7 @@ class Store:
         account["settings"]["dashboard"]["display_name"] = ACCOUNT_NAME
         account["external_accounts"]["url"] = f"/v1/accounts/{ACCOUNT_ID}/external_accounts"
         self.account = account
+        self.balance = balance_object(res["balance"])
         self.seed_value = 1
         self.counter = itertools.count()
 
@@ -408,7 +459,7 @@ class Store:
 
     # ---- reads
 
-    def list_page(self, kind, limit, gte, lte, filters, starting_after, ending_before):
+    def list_page(self, kind, limit, gte, lte, filters, starting_after, ending_before, url=None):
         """One list page as JSON bytes.  `filters`: [(name, keys_of(index) -> keys)]."""
         coll = self.colls[kind.path]
         coll.sort()
@@ -450,9 +501,33 @@ class Store:
                 more = b < i1
             blobs = [coll.blobs[p] for p in cands[a:b]]
         return b"".join((b'{"object":"list","data":[', b",".join(blobs), b'],"has_more":',
-                         b"true" if more else b"false", b',"url":"', kind.url, b'"}'))
+                         b"true" if more else b"false", b',"url":"', url or kind.url, b'"}'))
+
+    def check_parent(self, kind, oid):
+        """404 when the parent a per-parent list names does not exist (a deleted one
+        neither): it has no children to list."""
+        _, path, name = kind.parent
+        if oid not in self.colls[path].records:
+            raise no_such(name, oid, kind.parent[0])
+
+    def subscription_items(self, sub_id):
+        """The items of a subscription, newest first like the other lists."""
+        self.check_parent(SUBSCRIPTION_ITEMS, sub_id)
+        items = self.get(KINDS["subscriptions"], sub_id)["items"]["data"]
+        return sorted(items, key=lambda it: (it["created"], it["id"]), reverse=True)
+
+    def subscription_item(self, item_id):
+        needle = dumps(item_id)
+        for rec in self.colls["subscriptions"].records.values():
+            if needle in rec.blob:
+                for item in rec.obj()["items"]["data"]:
+                    if item["id"] == item_id:
+                        return dumps(item)
+        raise no_such("subscription_item", item_id)
 
     def retrieve(self, kind, oid):
+        if not kind.retrievable:
+            raise App.unrecognized("GET", f"/v1/{kind.path}/{oid}")
         coll = self.colls[kind.path]
         rec = coll.records.get(oid)
         if rec is not None:
@@ -573,6 +648,8 @@ class Seeder:
                 put(kind, build(i))
         self.charges_and_refunds()
         self.subscriptions_and_invoices()
+        self.payment_methods()
+        self.setup_intents_and_attempts()
         self.events()
 
     def product(self, i):
@@ -788,13 +865,100 @@ class Seeder:
         if not wanted:
             return
         cands = [(rec.created, rec.id, kind, rec)
-                 for path, kind in KINDS.items() if path != "events"
+                 for path, kind in KINDS.items() if path != "events" and kind.seed_events
                  for rec in self.store.colls[path].records.values()]
         newest = heapq.nlargest(wanted, cands, key=lambda c: (c[0], c[1]))
         for created, _, kind, rec in reversed(newest):
             obj_status = json.loads(rec.blob).get("status") if kind.obj == "charge" else None
             type_ = "charge." + obj_status if obj_status else kind.event_prefix + ".created"
             self.store.emit(type_, rec.blob, created=created)
+
+
+    def payment_methods(self):
+        """Cards (every fourth a Link) attached to the oldest customers, a few each."""
+        kind = KINDS["payment_methods"]
+        owner = few_per_parent(self.n("payment_methods"), self.n("customers"))
+        per_customer = collections.Counter()
+        for i, cust in enumerate(owner):
+            k = per_customer[cust]
+            per_customer[cust] += 1
+            self.store.put(kind, self.payment_method(i, cust, k))
+
+    def payment_method(self, i, cust, k):
+        o = self.base("payment_methods", i)
+        email = self.customer_email(cust)
+        o["billing_details"].update(email=email, name=f"Customer {cust}", phone=None)
+        o.update(customer=self.ref("customers", cust), created=seeded_created(cust) + 600 * (k + 1),
+                 allow_redisplay=PM_REDISPLAY[i % 3], customer_account=None)
+        if i % 4 == 3:
+            del o["card"]
+            o.update(type="link", link={"email": email, "persistent_token": None})
+        else:
+            brand = CARD_BRANDS[i % 3]
+            o["card"].update(brand=brand, display_brand=brand, last4=f"{(4242 + 97 * i) % 10000:04d}",
+                             exp_month=1 + i % 12, exp_year=2027 + i % 5, generated_from=None,
+                             fingerprint=hashed_id("", self.seed, o["id"], width=16), wallet=None,
+                             networks={"available": [brand], "preferred": None})
+            o["type"] = "card"
+        return o
+
+    def setup_intents_and_attempts(self):
+        """Setup intents of the oldest customers; attempts a few per intent, the last one
+        succeeded when its intent did."""
+        pm_of = {}
+        for rec in self.store.colls["payment_methods"].records.values():
+            pm_of.setdefault(rec.keys["customer"][0] if rec.keys["customer"] else None, rec.id)
+        nsi, ncust = self.n("setup_intents"), self.n("customers")
+        owner = few_per_parent(self.n("setup_attempts"), nsi)
+        attempts = collections.defaultdict(list)
+        for j, s in enumerate(owner):
+            attempts[s].append(j)
+        si_kind, att_kind = KINDS["setup_intents"], KINDS["setup_attempts"]
+        for s in range(nsi):
+            cust = None if (s % 5 == 4 or not ncust) else s % ncust
+            cust_id = self.ref("customers", cust)
+            pm = pm_of.get(cust_id) or hashed_id("pm_", self.seed, "setup", s)
+            tried = attempts.get(s, [])
+            status = ("requires_payment_method" if not tried or s % 3 == 1 else "succeeded")
+            si = self.base("setup_intents", s)
+            declined = {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline",
+                        "message": "Your card was declined."}
+            for k, j in enumerate(tried):
+                last = k == len(tried) - 1
+                ok = last and status == "succeeded"
+                a = self.base("setup_attempts", j)
+                a.update(created=si["created"] + 60 * (k + 1), customer=cust_id, payment_method=pm,
+                         setup_intent=si["id"], status="succeeded" if ok else "failed",
+                         setup_error=None if ok else declined, usage="off_session",
+                         flow_directions=None, customer_account=None)
+                a["payment_method_details"] = {"card": {"three_d_secure": None}, "type": "card"}
+                self.store.put(att_kind, a)
+            si.update(customer=cust_id, status=status, description=f"Setup {s}",
+                      client_secret=f"{si['id']}_secret_{si['id'][5:]}",
+                      payment_method=pm if status == "succeeded" else None,
+                      latest_attempt=self.ref("setup_attempts", tried[-1]) if tried else None,
+                      last_setup_error=declined if tried and status != "succeeded" else None,
+                      next_action=None, payment_method_configuration_details=None,
+                      automatic_payment_methods={"enabled": True, "allow_redirects": "always"})
+            self.store.put(si_kind, si)
+
+
+def balance_object(template):
+    """The account's balance: a few currencies available and pending (one of them
+    negative, as Stripe allows), and the nested prefunding balance, whose arrays are
+    not top-level."""
+    b = json.loads(json.dumps(template))
+    card = lambda amount, **more: dict(amount=amount, **more, source_types={"card": amount})
+    b.update(available=[{"amount": 1234567, "currency": "usd",
+                         "source_types": {"bank_account": 34567, "card": 1200000}},
+                        card(250000, currency="eur"), card(98000, currency="jpy")],
+             connect_reserved=[{"amount": 0, "currency": "usd"}],
+             instant_available=[card(1200000, currency="usd")],
+             livemode=False, object="balance",
+             pending=[card(45000, currency="usd"), card(-1500, currency="eur")],
+             refund_and_dispute_prefunding={"available": [{"amount": 0, "currency": "usd"}],
+                                            "pending": [{"amount": 0, "currency": "usd"}]})
+    return b
 
 
 def subscription_item(store, sub_id, price, quantity, created, item_id):
@@ -1382,12 +1546,29 @@ class App:
                 account = dict(self.store.account)
             account["id"] = h.headers.get("Stripe-Account") or ACCOUNT_ID
             return 200, dumps(account), []
+        if parts == ["balance"] and method == "GET":
+            self.check_retrieve_params(query)
+            with self.store.lock:
+                return 200, dumps(self.store.balance), []
+        if (len(parts) == 3 and parts[0] == "customers" and parts[1] and
+                parts[2] == "payment_methods" and method == "GET"):
+            # the current API's list of a customer's payment methods: the customer is
+            # in the path, not a parameter
+            pm = KINDS["payment_methods"]
+            args = self.list_args(pm, query, path_filter=("customer", parts[1]))
+            with self.store.lock:
+                self.store.check_parent(pm, parts[1])
+                return 200, self.store.list_page(pm, *args, url=path.encode()), []
+        if parts and parts[0] == "subscription_items" and method == "GET" and len(parts) <= 2:
+            return 200, self.subscription_items(parts, query), []
         if kind is None or len(parts) > 2 or (len(parts) == 2 and not parts[1]):
             raise self.unrecognized(method, path)
         if method == "GET":
             if len(parts) == 1:
                 args = self.list_args(kind, query)
                 with self.store.lock:
+                    if kind.parent:
+                        self.store.check_parent(kind, dict(parse_qsl(query))[kind.parent[0]])
                     return 200, self.store.list_page(kind, *args), []
             self.check_retrieve_params(query)
             with self.store.lock:
@@ -1436,13 +1617,39 @@ class App:
                 store.idempotency[key] = ((method, path, body), 200, out)
         return 200, out, extra
 
+    def subscription_items(self, parts, query):
+        """GET /v1/subscription_items?subscription=… and /v1/subscription_items/si_…"""
+        if len(parts) == 2:
+            self.check_retrieve_params(query)
+            with self.store.lock:
+                return self.store.subscription_item(parts[1])
+        limit, _, _, _, after, before = self.list_args(SUBSCRIPTION_ITEMS, query)
+        with self.store.lock:
+            items = self.store.subscription_items(dict(parse_qsl(query))["subscription"])
+        ids = [it["id"] for it in items]
+        lo, hi = 0, len(items)
+        for param, cursor in (("starting_after", after), ("ending_before", before)):
+            if cursor is not None:
+                if cursor not in ids:
+                    raise no_such("subscription_item", cursor, param, status=400)
+                if param == "starting_after":
+                    lo = ids.index(cursor) + 1
+                else:
+                    hi = ids.index(cursor)
+        a, b = (max(lo, hi - limit), hi) if before is not None else (lo, min(hi, lo + limit))
+        more = a > lo if before is not None else b < hi
+        return dumps({"object": "list", "data": items[a:b], "has_more": more,
+                      "url": "/v1/subscription_items"})
+
     @staticmethod
     def check_retrieve_params(query):
         for key, _ in parse_qsl(query, keep_blank_values=True):
             if not (key == "expand" or key.startswith("expand[")):
                 raise unknown_param(key)
 
-    def list_args(self, kind, query):
+    def list_args(self, kind, query, path_filter=None):
+        """`path_filter`: (filter, value) that the URL's path gives, which may then not
+        be a parameter too."""
         limit, gte, lte = 10, None, None
         cursors = {"starting_after": None, "ending_before": None}
         wanted = {}  # filter name -> accepted values, or ("prefix", p) for wildcards
@@ -1454,7 +1661,10 @@ class App:
             if name == "expand" and (sub is None or sub == "" or sub.isdigit()):
                 continue
             f = kind.filters.get(name)
-            known = name in ("limit", "starting_after", "ending_before", "created") or f is not None
+            if path_filter and name == path_filter[0]:
+                f = None
+            known = (name in ("limit", "starting_after", "ending_before") or f is not None or
+                     (name == "created" and kind.created))
             if not known or (sub is not None and name != "created" and not (f and f.array)):
                 raise unknown_param(key)
             if value == "":
@@ -1498,6 +1708,11 @@ class App:
                                    param=name)
                 wanted[name] = (("prefix", value[:-1]) if f.wildcard and value.endswith("*")
                                 else {value})
+        if path_filter:
+            wanted[path_filter[0]] = {path_filter[1]}
+        if kind.parent and kind.parent[0] not in wanted:
+            raise ApiError(400, f"Missing required param: {kind.parent[0]}.",
+                           code="parameter_missing", param=kind.parent[0])
         if cursors["starting_after"] and cursors["ending_before"]:
             raise ApiError(400, "You may only specify one of these parameters: ending_before, "
                            "starting_after.", param="ending_before")
@@ -1571,6 +1786,10 @@ class App:
             return 200, {"counts": sizes}
         if route == ("POST", "events", 1):
             return 200, self.control_event(data)
+        if route == ("GET", "balance", 1):
+            # what GET /v1/balance answers, for tests to compare with (no key needed)
+            with store.lock:
+                return 200, RawJSON(dumps(store.balance))
         if route[1] == "objects" and len(parts) in (2, 3):
             kind = KINDS.get(parts[1])
             if kind is None:

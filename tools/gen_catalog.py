@@ -3,7 +3,9 @@
 
 Shapes come from Stripe's current example objects (fixtures3.json); where an example
 field is null, the older OpenAPI description decides the type.  List filters come from
-the OpenAPI list parameters.  Run from the project root:
+the OpenAPI list parameters.  A few objects are special and named in the tables below:
+balance (one object, a row per element of its arrays), the objects Stripe lists only
+under a parent, and those without a retrieve.  Run from the project root:
 
     python3 tools/gen_catalog.py ../shared/stripe > src/catalog_data.c
 """
@@ -30,9 +32,10 @@ OBJECTS = [
     ("payouts", "payout", "payouts", []),
     ("transfers", "transfer", "transfers", []),
     ("topups", "topup", "topups", []),
-    ("payment_methods", "payment_method", "payment_methods", []),
+    ("payment_methods", "payment_method", "payment_methods", ["allow_redisplay"]),
     ("setup_intents", "setup_intent", "setup_intents", []),
-    ("setup_attempts", "setup_attempt", "setup_attempts", []),
+    # /v1/setup_attempts is newer than the 2020 description
+    ("setup_attempts", "setup_attempt", "setup_attempts", ["setup_intent", "created"]),
     ("checkout_sessions", "checkout.session", "checkout/sessions", []),
     ("credit_notes", "credit_note", "credit_notes", []),
     ("invoice_items", "invoiceitem", "invoiceitems", []),
@@ -47,6 +50,29 @@ OBJECTS = [
     ("mandates", "mandate", "mandates", []),
     ("billing_meters", "billing.meter", "billing/meters", []),
 ]
+
+# Objects Stripe lists only under a parent: table -> (the filter the list requires,
+# the parent path when the value goes into the path rather than the query).  Stripe's
+# current reference lists a customer's payment methods at
+# GET /v1/customers/{customer}/payment_methods (GET /v1/payment_methods is for Treasury
+# flows now); setup_attempts need setup_intent=, subscription_items need subscription=.
+# The 2020 description marks customer and type both required on /v1/payment_methods,
+# which is no longer so: hence a table rather than its "required" flags.
+PARENTS = {
+    "payment_methods": ("customer", "customers"),
+    "setup_attempts": ("setup_intent", None),
+    "subscription_items": ("subscription", None),
+}
+# Stripe has no retrieve (GET /v1/<path>/<id>) for these: an id qual must stay local.
+NO_RETRIEVE = {"balance", "setup_attempts"}
+# GET /v1/balance is one object whose top-level arrays (available, pending,
+# connect_reserved, instant_available, ...) hold one amount per currency: the table has
+# a row per element, and "kind" is the name of the array it came from.  livemode is the
+# balance's own field, given to every row.
+ARRAY_ROWS = {
+    "balance": [("kind", "TEXT"), ("currency", "TEXT"), ("amount", "INT8"),
+                ("source_types", "JSONB"), ("livemode", "BOOL")],
+}
 
 PAGINATION = {"limit", "starting_after", "ending_before", "expand", "created"}
 # Stripe reports these in seconds since the epoch without marking all of them in 2020.
@@ -123,17 +149,36 @@ def main(shared):
         obj = fixtures[res]
         props = schemas.get(res, {}).get("properties", {})
         listop = spec["paths"].get("/v1/" + path, {}).get("get", {})
-        filters = set(extra_filters)
+        filters = set(extra_filters) - {"created"}   # "created" there means the range
         for p in listop.get("parameters", []):
             if p.get("in") == "query" and p["name"] not in PAGINATION:
                 if p.get("schema", {}).get("type") in ("string", "boolean", None):
                     filters.add(p["name"])
-        has_created_range = any(p["name"] == "created" for p in listop.get("parameters", []))
-        cols = [("id", "TEXT")]
-        for name, value in obj.items():
-            if name in ("id", "object") or name == "attrs":
-                continue
-            cols.append((name, value_type(name, value, props.get(name), fallback)))
+        has_created_range = ("created" in extra_filters or
+                             any(p["name"] == "created" for p in listop.get("parameters", [])))
+        if table in ARRAY_ROWS:
+            cols = ARRAY_ROWS[table]
+        else:
+            cols = [("id", "TEXT")]
+            for name, value in obj.items():
+                if name in ("id", "object") or name == "attrs":
+                    continue
+                cols.append((name, value_type(name, value, props.get(name), fallback)))
+        special = []
+        if table in ARRAY_ROWS:
+            special.append(".rows_from = STRIPE_ROWS_ARRAYS")
+        if table in NO_RETRIEVE:
+            special.append(".no_retrieve = true")
+        if table in PARENTS:
+            required, parent_path = PARENTS[table]
+            if required not in filters or required not in dict(cols):
+                sys.exit(f"{table}: required filter {required} is not a filter column")
+            # the parent's id prefix for hints: "cus_" from the example customer's id
+            prefix = fixtures[required]["id"].split("_")[0] + "_"
+            special.append(f'.required_filter = "{required}"')
+            if parent_path:
+                special.append(f'.parent_path = "{parent_path}"')
+            special.append(f'.required_example = "{prefix}"')
         sym = "cols_" + table
         out.append(f"static const StripeColumn {sym}[] = {{")
         for name, typ in cols:
@@ -145,7 +190,8 @@ def main(shared):
             f = " | ".join(flags) if flags else "0"
             out.append(f'\t{{"{name}", STRIPE_COL_{typ}, {f}}},')
         out.append("};\n")
-        defs.append(f'\t{{"{table}", "{path}", "{res}", {sym}, lengthof({sym})}},')
+        defs.append(f'\t{{"{table}", "{path}", "{res}", {sym}, lengthof({sym})'
+                    + "".join(",\n\t\t" + x for x in special) + "},")
     out.append("const StripeObjectDef stripe_objects[] = {")
     out.extend(defs)
     out.append("};\n")

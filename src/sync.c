@@ -433,8 +433,13 @@ backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor)
 			appendStringInfoString(&path, "&status=all");
 		if (last_id[0])
 			appendStringInfo(&path, "&starting_after=%s", stripe_urlencode(last_id));
-		/* the state Stripe gave is at least as new as the moment we asked */
-		fetched = GetCurrentTimestamp();
+		/*
+		 * Events carry whole seconds: one in the second of this fetch, or the
+		 * second before, may be newer than the page, so the page counts as
+		 * seen just before them.  Applying such an event is right even when it
+		 * is older: any later change has an event of its own, applied after.
+		 */
+		fetched = time_t_to_timestamptz(timestamptz_to_time_t(GetCurrentTimestamp()) - 1);
 		stripe_request(run->conn, "GET", path.data, NULL, NULL, false,
 					   check_page, &pc, &resp, &run->stats);
 		changed = upsert_rows(run, lt, page.rows, page.nrows, fetched, 0);

@@ -26,6 +26,7 @@ typedef struct AccountInfo
 	char	   *name;
 	bool		has_livemode;
 	bool		livemode;
+	int64		created;		/* unix seconds; 0 when absent */
 } AccountInfo;
 
 static const char *
@@ -72,6 +73,9 @@ check_account(StripeResponse *resp, void *arg, const char **why)
 		}
 		else
 			*why = "Stripe's account object has no id";
+		if (json_object_object_get_ex(root, "created", &lm) &&
+			json_object_is_type(lm, json_type_int))
+			info->created = json_object_get_int64(lm);
 		if (json_object_object_get_ex(root, "livemode", &lm))
 		{
 			info->has_livemode = true;
@@ -86,15 +90,21 @@ check_account(StripeResponse *resp, void *arg, const char **why)
 	return ok;
 }
 
-/* The id of the account behind a connection: one GET /v1/account. */
+/*
+ * The id of the account behind a connection: one GET /v1/account.  *created
+ * (if not NULL) gets the account's creation time, the oldest any of its
+ * objects can be, or 0 when Stripe did not say.
+ */
 char *
-stripe_fetch_account_id(StripeConn *conn, StripeStats *stats)
+stripe_fetch_account_id(StripeConn *conn, StripeStats *stats, int64 *created)
 {
 	AccountInfo info = {0};
 	StripeResponse resp;
 
 	stripe_request(conn, "GET", "/v1/account", NULL, NULL, false,
 				   check_account, &info, &resp, stats);
+	if (created)
+		*created = info.created;
 	return info.id;
 }
 

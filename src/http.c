@@ -395,6 +395,188 @@ report_stripe_error(StripeConn *conn, const char *method, const char *path,
 }
 
 /*
+ * The request headers; the API key only ever lives in the list this returns
+ * (the caller frees it with curl_slist_free_all, also on ERROR: pass a
+ * volatile pointer that is NULL until this returns).
+ */
+static struct curl_slist *
+build_headers(StripeConn *conn, const char *idempotency_key)
+{
+	struct curl_slist *headers = NULL;
+	struct curl_slist *next;
+	char	   *h;
+
+	h = psprintf("Authorization: Bearer %s", conn->api_key);
+	headers = curl_slist_append(headers, h);
+	explicit_bzero(h, strlen(h));
+	pfree(h);
+	if (headers == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	/* a failed append returns NULL and leaves the list alone: free it before throwing */
+#define APPEND(str) \
+	do { \
+		next = curl_slist_append(headers, (str)); \
+		if (next == NULL) \
+		{ \
+			curl_slist_free_all(headers); \
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory"))); \
+		} \
+		headers = next; \
+	} while (0)
+	APPEND(psprintf("Stripe-Version: %s", conn->api_version));
+	if (conn->account)
+		APPEND(psprintf("Stripe-Account: %s", conn->account));
+	if (idempotency_key)
+		APPEND(psprintf("Idempotency-Key: %s", idempotency_key));
+	APPEND("Expect:");
+#undef APPEND
+	return headers;
+}
+
+/* Points an easy handle at one request; the buffer and errbuf must outlive it. */
+static void
+setup_easy(CURL *easy, const char *url, struct curl_slist *headers,
+		   const char *method, const char *form_body,
+		   HttpBuffer *buf, char *errbuf)
+{
+	curl_easy_setopt(easy, CURLOPT_URL, url);
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(easy, CURLOPT_USERAGENT, "stripe_sync/0.1");
+	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
+	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) stripe_http_timeout * 1000L);
+	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+					 (long) Min(stripe_http_timeout, 10) * 1000L);
+	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_cb);
+	curl_easy_setopt(easy, CURLOPT_WRITEDATA, buf);
+	curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, header_cb);
+	curl_easy_setopt(easy, CURLOPT_HEADERDATA, buf);
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
+	if (strcmp(method, "GET") == 0)
+	{
+		curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, NULL);
+		curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+	}
+	else if (strcmp(method, "POST") == 0)
+	{
+		curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, NULL);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long) (form_body ? strlen(form_body) : 0));
+		curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS, form_body ? form_body : "");
+	}
+	else
+	{
+		curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+		curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, method);
+	}
+}
+
+typedef enum AttemptOutcome
+{
+	ATTEMPT_OK,					/* 2xx that passed the check: resp is filled */
+	ATTEMPT_404,				/* allowed 404: resp is filled */
+	ATTEMPT_RETRY				/* wait *retry_ms and send it again */
+} AttemptOutcome;
+
+/*
+ * Judges one finished attempt: success, a retry after a backoff, or an ERROR
+ * (which does not return).  The same rules for one request and for many.
+ */
+static AttemptOutcome
+judge_attempt(StripeConn *conn, const char *method, const char *path,
+			  CURL *easy, CURLcode rc, HttpBuffer *buf, char *errbuf,
+			  bool allow_404, StripeBodyCheck check, void *check_arg,
+			  StripeResponse *resp, int attempt, StripeStats *stats,
+			  long *retry_ms)
+{
+	long		status = 0;
+	const char *why = NULL;
+	bool		retryable;
+
+	if (stats)
+		stats->bytes += buf->len;
+	if (rc == CURLE_OK)
+		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+
+	if (rc != CURLE_OK)
+	{
+		why = buf->oom ? "response too large or out of memory" :
+			(errbuf[0] ? errbuf : curl_easy_strerror(rc));
+		retryable = !buf->oom &&
+			(rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_COULDNT_CONNECT ||
+			 rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
+			 rc == CURLE_GOT_NOTHING || rc == CURLE_PARTIAL_FILE ||
+			 rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_SSL_CONNECT_ERROR ||
+			 rc == CURLE_HTTP2 || rc == CURLE_HTTP2_STREAM ||
+			 rc == CURLE_BAD_CONTENT_ENCODING);
+	}
+	else if (status >= 200 && status < 300)
+	{
+		MemoryContext old = MemoryContextSwitchTo(buf->cxt);
+		bool		ok;
+
+		resp->status = status;
+		resp->body = buf->data ? buf->data : pstrdup("");
+		resp->len = buf->len;
+		/* what the check builds lives as long as the body */
+		ok = (check == NULL || check(resp, check_arg, &why));
+		MemoryContextSwitchTo(old);
+		if (ok)
+			return ATTEMPT_OK;
+		retryable = true;		/* malformed or truncated JSON */
+	}
+	else if (status == 404 && allow_404)
+	{
+		resp->status = status;
+		resp->body = buf->data;
+		resp->len = buf->len;
+		return ATTEMPT_404;
+	}
+	else
+	{
+		retryable = (status == 408 || status == 409 || status == 429 || status >= 500);
+		if (pg_strcasecmp(buf->should_retry, "false") == 0)
+			retryable = false;
+		else if (pg_strcasecmp(buf->should_retry, "true") == 0)
+			retryable = true;
+	}
+
+	if (retryable && attempt < stripe_max_retries)
+	{
+		*retry_ms = backoff_ms(attempt, buf->retry_after);
+		if (stats)
+			stats->retries++;
+		ereport(DEBUG1,
+				(errmsg("retrying Stripe request %s %s in %ld ms: %s",
+						method, path, *retry_ms,
+						why ? why : psprintf("HTTP %ld", status))));
+		if (buf->data)
+			pfree(buf->data);
+		buf->data = NULL;
+		return ATTEMPT_RETRY;
+	}
+
+	if (status != 0 && why == NULL)
+		report_stripe_error(conn, method, path, status, buf, attempt + 1);
+
+	stripe_scrub_secrets(errbuf);
+	ereport(ERROR,
+			(errcode(rc != CURLE_OK ? ERRCODE_CONNECTION_FAILURE : ERRCODE_FDW_INVALID_DATA_TYPE),
+			 errmsg("Stripe request %s %s failed after %d attempt%s",
+					method, path, attempt + 1, attempt == 0 ? "" : "s"),
+			 errdetail("%s", why),
+			 rc != CURLE_OK
+			 ? errhint("Check that the api_url of server \"%s\" is reachable; stripe_sync.http_timeout and stripe_sync.max_retries set the patience.",
+					   conn->server_name)
+			 : errhint("Stripe's answer was not the JSON expected; stripe_sync.max_retries sets how often it is asked again.")));
+	return ATTEMPT_RETRY;		/* keep compiler quiet */
+}
+
+/*
  * Sends one request to Stripe, retrying what Stripe says is retryable.
  *
  * path is relative to the server's api_url ("/v1/charges?limit=100").  On
@@ -419,9 +601,7 @@ stripe_request(StripeConn *conn, const char *method, const char *path,
 		HttpBuffer	buf;
 		struct curl_slist *volatile headers = NULL;
 		volatile CURLcode rc = CURLE_OK;
-		long		status = 0;
-		const char *why = NULL;
-		bool		retryable;
+		long		ms = 0;
 
 		memset(&buf, 0, sizeof(buf));
 		buf.cxt = CurrentMemoryContext;
@@ -429,58 +609,8 @@ stripe_request(StripeConn *conn, const char *method, const char *path,
 
 		PG_TRY();
 		{
-			char	   *h;
-
-			/* the key only ever lives in this header */
-			h = psprintf("Authorization: Bearer %s", conn->api_key);
-			headers = curl_slist_append(headers, h);
-			explicit_bzero(h, strlen(h));
-			pfree(h);
-			h = psprintf("Stripe-Version: %s", conn->api_version);
-			headers = curl_slist_append(headers, h);
-			if (conn->account)
-				headers = curl_slist_append(headers, psprintf("Stripe-Account: %s", conn->account));
-			if (idempotency_key)
-				headers = curl_slist_append(headers, psprintf("Idempotency-Key: %s", idempotency_key));
-			headers = curl_slist_append(headers, "Expect:");
-			if (headers == NULL)
-				ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-
-			curl_easy_setopt(stripe_easy, CURLOPT_URL, url);
-			curl_easy_setopt(stripe_easy, CURLOPT_HTTPHEADER, headers);
-			curl_easy_setopt(stripe_easy, CURLOPT_USERAGENT, "stripe_sync/0.1");
-			curl_easy_setopt(stripe_easy, CURLOPT_PROTOCOLS_STR, "http,https");
-			curl_easy_setopt(stripe_easy, CURLOPT_SSL_VERIFYPEER, 1L);
-			curl_easy_setopt(stripe_easy, CURLOPT_SSL_VERIFYHOST, 2L);
-			curl_easy_setopt(stripe_easy, CURLOPT_NOSIGNAL, 1L);
-			curl_easy_setopt(stripe_easy, CURLOPT_FOLLOWLOCATION, 0L);
-			curl_easy_setopt(stripe_easy, CURLOPT_ACCEPT_ENCODING, "");
-			curl_easy_setopt(stripe_easy, CURLOPT_TCP_KEEPALIVE, 1L);
-			curl_easy_setopt(stripe_easy, CURLOPT_TIMEOUT_MS, (long) stripe_http_timeout * 1000L);
-			curl_easy_setopt(stripe_easy, CURLOPT_CONNECTTIMEOUT_MS,
-							 (long) Min(stripe_http_timeout, 10) * 1000L);
-			curl_easy_setopt(stripe_easy, CURLOPT_WRITEFUNCTION, write_cb);
-			curl_easy_setopt(stripe_easy, CURLOPT_WRITEDATA, &buf);
-			curl_easy_setopt(stripe_easy, CURLOPT_HEADERFUNCTION, header_cb);
-			curl_easy_setopt(stripe_easy, CURLOPT_HEADERDATA, &buf);
-			curl_easy_setopt(stripe_easy, CURLOPT_ERRORBUFFER, errbuf);
-			if (strcmp(method, "GET") == 0)
-			{
-				curl_easy_setopt(stripe_easy, CURLOPT_CUSTOMREQUEST, NULL);
-				curl_easy_setopt(stripe_easy, CURLOPT_HTTPGET, 1L);
-			}
-			else if (strcmp(method, "POST") == 0)
-			{
-				curl_easy_setopt(stripe_easy, CURLOPT_CUSTOMREQUEST, NULL);
-				curl_easy_setopt(stripe_easy, CURLOPT_POSTFIELDSIZE, (long) (form_body ? strlen(form_body) : 0));
-				curl_easy_setopt(stripe_easy, CURLOPT_COPYPOSTFIELDS, form_body ? form_body : "");
-			}
-			else
-			{
-				curl_easy_setopt(stripe_easy, CURLOPT_HTTPGET, 1L);
-				curl_easy_setopt(stripe_easy, CURLOPT_CUSTOMREQUEST, method);
-			}
-
+			headers = build_headers(conn, idempotency_key);
+			setup_easy(stripe_easy, url, headers, method, form_body, &buf, errbuf);
 			stripe_ratelimit_wait(conn);
 			if (stats)
 				stats->requests++;
@@ -493,76 +623,275 @@ stripe_request(StripeConn *conn, const char *method, const char *path,
 		}
 		PG_END_TRY();
 
-		if (stats)
-			stats->bytes += buf.len;
-		if (rc == CURLE_OK)
-			curl_easy_getinfo(stripe_easy, CURLINFO_RESPONSE_CODE, &status);
-
-		if (rc != CURLE_OK)
+		switch (judge_attempt(conn, method, path, stripe_easy, rc, &buf, errbuf,
+							  allow_404, check, check_arg, resp, attempt, stats, &ms))
 		{
-			why = buf.oom ? "response too large or out of memory" :
-				(errbuf[0] ? errbuf : curl_easy_strerror(rc));
-			retryable = !buf.oom &&
-				(rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_COULDNT_CONNECT ||
-				 rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
-				 rc == CURLE_GOT_NOTHING || rc == CURLE_PARTIAL_FILE ||
-				 rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_SSL_CONNECT_ERROR ||
-				 rc == CURLE_HTTP2 || rc == CURLE_HTTP2_STREAM ||
-				 rc == CURLE_BAD_CONTENT_ENCODING);
-		}
-		else if (status >= 200 && status < 300)
-		{
-			resp->status = status;
-			resp->body = buf.data ? buf.data : pstrdup("");
-			resp->len = buf.len;
-			if (check == NULL || check(resp, check_arg, &why))
+			case ATTEMPT_OK:
 				return true;
-			retryable = true;	/* malformed or truncated JSON */
+			case ATTEMPT_404:
+				return false;
+			case ATTEMPT_RETRY:
+				interruptible_sleep(ms);
+				break;
 		}
-		else if (status == 404 && allow_404)
-		{
-			resp->status = status;
-			resp->body = buf.data;
-			resp->len = buf.len;
-			return false;
-		}
-		else
-		{
-			retryable = (status == 408 || status == 409 || status == 429 || status >= 500);
-			if (pg_strcasecmp(buf.should_retry, "false") == 0)
-				retryable = false;
-			else if (pg_strcasecmp(buf.should_retry, "true") == 0)
-				retryable = true;
-		}
-
-		if (retryable && attempt < stripe_max_retries)
-		{
-			long		ms = backoff_ms(attempt, buf.retry_after);
-
-			if (stats)
-				stats->retries++;
-			ereport(DEBUG1,
-					(errmsg("retrying Stripe request %s %s in %ld ms: %s",
-							method, path, ms,
-							why ? why : psprintf("HTTP %ld", status))));
-			if (buf.data)
-				pfree(buf.data);
-			interruptible_sleep(ms);
-			continue;
-		}
-
-		if (status != 0 && why == NULL)
-			report_stripe_error(conn, method, path, status, &buf, attempt + 1);
-
-		stripe_scrub_secrets(errbuf);
-		ereport(ERROR,
-				(errcode(rc != CURLE_OK ? ERRCODE_CONNECTION_FAILURE : ERRCODE_FDW_INVALID_DATA_TYPE),
-				 errmsg("Stripe request %s %s failed after %d attempt%s",
-						method, path, attempt + 1, attempt == 0 ? "" : "s"),
-				 errdetail("%s", why),
-				 rc != CURLE_OK
-				 ? errhint("Check that the api_url of server \"%s\" is reachable; stripe_sync.http_timeout and stripe_sync.max_retries set the patience.",
-						   conn->server_name)
-				 : errhint("Stripe's answer was not the JSON expected; stripe_sync.max_retries sets how often it is asked again.")));
 	}
+}
+
+/* ---------- many requests at once ---------- */
+
+#define MAX_POOL	256			/* the GUC's upper bound */
+
+/* easy handles kept across calls, so that their connections are reused */
+static CURL *easy_pool[MAX_POOL];
+
+typedef struct StreamSlot
+{
+	StripeManyReq *req;			/* NULL: free */
+	CURL	   *easy;
+	bool		added;			/* on the multi handle */
+	struct curl_slist *headers;
+	char	   *url;
+	HttpBuffer	buf;
+	char		errbuf[CURL_ERROR_SIZE];
+	int			attempt;
+	TimestampTz retry_at;		/* waiting for a retry until then, when !added */
+} StreamSlot;
+
+static void
+slot_start(StripeConn *conn, StreamSlot *s, MemoryContext cxt, StripeStats *stats)
+{
+	memset(&s->buf, 0, sizeof(s->buf));
+	s->buf.cxt = s->req->cxt;
+	s->errbuf[0] = '\0';
+	if (s->url == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		s->url = psprintf("%s%s", conn->api_url, s->req->path);
+		MemoryContextSwitchTo(old);
+	}
+	s->headers = build_headers(conn, NULL);
+	setup_easy(s->easy, s->url, s->headers, "GET", NULL, &s->buf, s->errbuf);
+	/* every request takes its turn with the shared limit before it leaves */
+	stripe_ratelimit_wait(conn);
+	if (stats)
+		stats->requests++;
+	s->req->sent = GetCurrentTimestamp();
+	if (curl_multi_add_handle(stripe_multi, s->easy) != CURLM_OK)
+		elog(ERROR, "curl_multi_add_handle failed");
+	s->added = true;
+}
+
+static void
+slot_detach(StreamSlot *s)
+{
+	if (s->added)
+		curl_multi_remove_handle(stripe_multi, s->easy);
+	s->added = false;
+	if (s->easy)
+	{
+		/* the pooled handle must not point at what is freed after us */
+		curl_easy_setopt(s->easy, CURLOPT_HTTPHEADER, NULL);
+		curl_easy_setopt(s->easy, CURLOPT_ERRORBUFFER, NULL);
+	}
+	curl_slist_free_all(s->headers);
+	s->headers = NULL;
+}
+
+/*
+ * Runs GET requests, up to stripe_sync.max_concurrent_requests at a time,
+ * each with stripe_request's retry rules and errors.  feed hands out the next
+ * request (false: none for now); done receives each one as it completes, in
+ * completion order, and may feed more work through its state (and commit:
+ * nothing here lives in a transaction's memory).  Returns when nothing is in
+ * flight and feed has nothing.  The body and what check builds land in each
+ * request's cxt.  On ERROR every transfer is removed and freed.  Call it in
+ * a memory context that outlives the transactions done commits.
+ */
+void
+stripe_request_stream(StripeConn *conn, StripeManyFeed feed, StripeManyDone done,
+					  void *arg, StripeStats *stats)
+{
+	int			nslots = Min(Max(stripe_max_concurrent_requests, 1), MAX_POOL);
+	StreamSlot *volatile slots;
+
+	/* done may commit and switch contexts: what lives across it goes here */
+	MemoryContext cxt = CurrentMemoryContext;
+
+	ensure_curl();
+	slots = MemoryContextAllocZero(cxt, sizeof(StreamSlot) * nslots);
+	for (int i = 0; i < nslots; i++)
+	{
+		if (easy_pool[i] == NULL && (easy_pool[i] = curl_easy_init()) == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not create a libcurl handle")));
+		slots[i].easy = easy_pool[i];
+	}
+
+	PG_TRY();
+	{
+		bool		feed_empty = false;
+
+		for (;;)
+		{
+			int			busy = 0;
+			int			running;
+			long		wait_ms = POLL_INTERVAL_MS;
+			TimestampTz now = GetCurrentTimestamp();
+			CURLMcode	mc;
+			CURLMsg    *msg;
+			int			left;
+
+			/* start what is due: retries first, then new work */
+			for (int i = 0; i < nslots; i++)
+			{
+				StreamSlot *s = &slots[i];
+
+				if (s->req != NULL && !s->added && s->retry_at <= now)
+					slot_start(conn, s, cxt, stats);
+				if (s->req == NULL && !feed_empty)
+				{
+					s->req = MemoryContextAllocZero(cxt, sizeof(StripeManyReq));
+					if (feed(arg, s->req))
+					{
+						s->attempt = 0;
+						s->url = NULL;
+						slot_start(conn, s, cxt, stats);
+					}
+					else
+					{
+						pfree(s->req);
+						s->req = NULL;
+						feed_empty = true;
+					}
+				}
+				if (s->req != NULL)
+				{
+					busy++;
+					if (!s->added)
+						wait_ms = Min(wait_ms, Max((long) ((s->retry_at - now) / 1000), 1));
+				}
+			}
+			if (busy == 0)
+				break;
+
+			mc = curl_multi_perform(stripe_multi, &running);
+			if (mc != CURLM_OK)
+				elog(ERROR, "curl_multi_perform failed: %s", curl_multi_strerror(mc));
+
+			while ((msg = curl_multi_info_read(stripe_multi, &left)) != NULL)
+			{
+				StreamSlot *s = NULL;
+				long		ms = 0;
+				CURLcode	rc;
+
+				if (msg->msg != CURLMSG_DONE)
+					continue;
+				for (int i = 0; i < nslots; i++)
+					if (slots[i].added && slots[i].easy == msg->easy_handle)
+						s = &slots[i];
+				if (s == NULL)
+					continue;
+				rc = msg->data.result;
+				slot_detach(s);
+				switch (judge_attempt(conn, "GET", s->req->path, s->easy, rc, &s->buf,
+									  s->errbuf, false, s->req->check, s->req->check_arg,
+									  &s->req->resp, s->attempt, stats, &ms))
+				{
+					case ATTEMPT_OK:
+					case ATTEMPT_404:
+						{
+							StripeManyReq *req = s->req;
+
+							s->req = NULL;
+							pfree(s->url);
+							s->url = NULL;
+							/* done may have more work now */
+							feed_empty = false;
+							done(arg, req);
+							pfree(req);
+							break;
+						}
+					case ATTEMPT_RETRY:
+						s->attempt++;
+						s->retry_at = GetCurrentTimestamp() + ms * 1000L;
+						break;
+				}
+				/* done may have run a while: look at the transfers again */
+				break;
+			}
+			if (msg != NULL)
+				continue;
+
+			if (running > 0 || busy > 0)
+			{
+				mc = curl_multi_poll(stripe_multi, NULL, 0, (int) wait_ms, NULL);
+				if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
+					elog(ERROR, "curl_multi_poll failed: %s", curl_multi_strerror(mc));
+			}
+			CHECK_FOR_INTERRUPTS();
+			/* as WL_EXIT_ON_PM_DEATH does for latch waits: no orphans after a crash */
+			if (!PostmasterIsAlive())
+				proc_exit(1);
+		}
+	}
+	PG_FINALLY();
+	{
+		/* aborted transfers' connections are closed by libcurl here */
+		for (int i = 0; i < nslots; i++)
+			slot_detach(&slots[i]);
+	}
+	PG_END_TRY();
+	pfree(slots);
+}
+
+/* feed/done of stripe_request_many: the i-th path into the i-th response */
+typedef struct ManyState
+{
+	int			n;
+	int			next;
+	const char **paths;
+	StripeBodyCheck check;
+	void	  **check_args;
+	StripeResponse *resps;
+	MemoryContext cxt;
+} ManyState;
+
+static bool
+many_feed(void *arg, StripeManyReq *req)
+{
+	ManyState  *st = arg;
+
+	if (st->next >= st->n)
+		return false;
+	req->path = st->paths[st->next];
+	req->check = st->check;
+	req->check_arg = st->check_args ? st->check_args[st->next] : NULL;
+	req->cxt = st->cxt;
+	req->tag = st->next++;
+	return true;
+}
+
+static void
+many_done(void *arg, StripeManyReq *req)
+{
+	ManyState  *st = arg;
+
+	st->resps[req->tag] = req->resp;
+}
+
+/*
+ * n GET requests, up to stripe_sync.max_concurrent_requests at once; returns
+ * when all have succeeded (resps[i] answers paths[i], bodies in the caller's
+ * memory context), or throws the first failure past its retries.
+ */
+void
+stripe_request_many(StripeConn *conn, int n, const char **paths,
+					StripeBodyCheck check, void **check_args,
+					StripeResponse *resps, StripeStats *stats)
+{
+	ManyState	st = {n, 0, paths, check, check_args, resps, CurrentMemoryContext};
+
+	stripe_request_stream(conn, many_feed, many_done, &st, stats);
 }

@@ -13,6 +13,7 @@
 #include "executor/tuptable.h"
 #include "foreign/foreign.h"
 #include "utils/builtins.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
@@ -70,6 +71,8 @@ stripe_rowconv_create(Relation rel, bool all, Bitmapset *wanted)
 
 	rc->natts = tupdesc->natts;
 	rc->att_slot = palloc(sizeof(int) * rc->natts);
+	rc->att_field = palloc0(sizeof(char *) * rc->natts);
+	rc->attrs_att = -1;
 	rc->att_type = palloc0(sizeof(Oid) * rc->natts);
 	rc->att_in = palloc0(sizeof(FmgrInfo) * rc->natts);
 	rc->att_ioparam = palloc0(sizeof(Oid) * rc->natts);
@@ -93,12 +96,17 @@ stripe_rowconv_create(Relation rel, bool all, Bitmapset *wanted)
 		fmgr_info(infunc, &rc->att_in[i]);
 		if (strcmp(NameStr(att->attname), "attrs") == 0 &&
 			GetForeignColumnOptions(relid, i + 1) == NIL)
+		{
 			rc->att_slot[i] = STRIPE_ATTRS_SLOT;
+			if (att->atttypid == JSONBOID)
+				rc->attrs_att = i;
+		}
 		else
 		{
 			char	   *field = stripe_column_field(relid, i + 1);
 
 			rc->att_slot[i] = stripe_fieldset_add(rc->fs, field, i);
+			rc->att_field[i] = pstrdup(field);
 			if (strcmp(field, "kind") == 0)
 				kind_slot = rc->att_slot[i];
 		}
@@ -162,11 +170,22 @@ convert_value(StripeRowConv *rc, int att, StripeSpan *span)
 void
 stripe_row_to_slot(StripeRowConv *rc, StripeRow *row, TupleTableSlot *slot)
 {
+	Jsonb	   *attrs = NULL;
+
 	ExecClearTuple(slot);
+	/* attrs first: jsonb columns are then taken from it, not parsed again */
+	if (rc->attrs_att >= 0)
+	{
+		slot->tts_values[rc->attrs_att] = convert_value(rc, rc->attrs_att, &row->object);
+		slot->tts_isnull[rc->attrs_att] = false;
+		attrs = DatumGetJsonbP(slot->tts_values[rc->attrs_att]);
+	}
 	for (int i = 0; i < rc->natts; i++)
 	{
 		int			s = rc->att_slot[i];
 
+		if (i == rc->attrs_att)
+			continue;
 		slot->tts_isnull[i] = true;
 		if (s == STRIPE_ATTRS_SLOT)
 		{
@@ -175,7 +194,14 @@ stripe_row_to_slot(StripeRowConv *rc, StripeRow *row, TupleTableSlot *slot)
 		}
 		else if (s >= 0 && !stripe_span_is_null(&row->fields[s]))
 		{
-			slot->tts_values[i] = convert_value(rc, i, &row->fields[s]);
+			JsonbValue *v;
+
+			if (attrs != NULL && rc->att_type[i] == JSONBOID &&
+				(v = getKeyJsonValueFromContainer(&attrs->root, rc->att_field[i],
+												  strlen(rc->att_field[i]), NULL)) != NULL)
+				slot->tts_values[i] = JsonbPGetDatum(JsonbValueToJsonb(v));
+			else
+				slot->tts_values[i] = convert_value(rc, i, &row->fields[s]);
 			slot->tts_isnull[i] = false;
 		}
 	}

@@ -140,6 +140,28 @@ extern bool stripe_request(StripeConn *conn, const char *method,
 						   const char *idempotency_key, bool allow_404,
 						   StripeBodyCheck check, void *check_arg,
 						   StripeResponse *resp, StripeStats *stats);
+
+/* One GET of stripe_request_stream; feed fills path, check, check_arg, cxt, tag */
+typedef struct StripeManyReq
+{
+	const char *path;
+	StripeBodyCheck check;
+	void	   *check_arg;
+	MemoryContext cxt;			/* body and check's allocations */
+	int			tag;			/* the caller's */
+	StripeResponse resp;		/* filled when done */
+	TimestampTz sent;			/* when the attempt that answered left */
+} StripeManyReq;
+
+typedef bool (*StripeManyFeed) (void *arg, StripeManyReq *req);
+typedef void (*StripeManyDone) (void *arg, StripeManyReq *req);
+
+extern void stripe_request_stream(StripeConn *conn, StripeManyFeed feed,
+								  StripeManyDone done, void *arg,
+								  StripeStats *stats);
+extern void stripe_request_many(StripeConn *conn, int n, const char **paths,
+								StripeBodyCheck check, void **check_args,
+								StripeResponse *resps, StripeStats *stats);
 extern char *stripe_urlencode(const char *s);
 extern void stripe_scrub_secrets(char *msg);
 
@@ -191,6 +213,8 @@ typedef struct StripeRowConv
 {
 	int			natts;
 	int		   *att_slot;		/* field slot per attribute, STRIPE_ATTRS_SLOT, or -1 */
+	char	  **att_field;		/* Stripe field name per attribute */
+	int			attrs_att;		/* the jsonb attrs column, or -1 */
 	Oid		   *att_type;
 	FmgrInfo   *att_in;
 	Oid		   *att_ioparam;
@@ -215,7 +239,8 @@ extern void stripe_row_to_slot(StripeRowConv *rc, StripeRow *row, TupleTableSlot
 extern void stripe_sync_run(const char *source, bool own_transactions);
 
 /* admin.c */
-extern char *stripe_fetch_account_id(StripeConn *conn, StripeStats *stats);
+extern char *stripe_fetch_account_id(StripeConn *conn, StripeStats *stats,
+									 int64 *created);
 
 /* ---- background workers (worker.c) ---- */
 

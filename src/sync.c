@@ -94,6 +94,7 @@ typedef struct SyncRun
 	StripeStats stats;
 	int64		events_applied;
 	TimestampTz started;
+	int64		account_created;	/* unix seconds; 0 = not known */
 } SyncRun;
 
 /* ---------- transactions ---------- */
@@ -398,81 +399,417 @@ check_page(StripeResponse *resp, void *arg, const char **why)
 	return stripe_parse_page(resp->body, resp->len, pc->is_list, pc->fs, pc->page, why);
 }
 
+/*
+ * The backfill of one object splits its created range into windows, each
+ * listed newest first with its own starting_after cursor, and keeps up to
+ * stripe_sync.max_concurrent_requests of their pages in flight.  Each page's
+ * upserts commit together with every window's committed cursor (as JSON in
+ * object_state.backfill_cursor), so a restart resumes each window from its
+ * last committed page.  When a window ends while a request slot is free, the
+ * window with the most time left is split in two, which keeps the concurrency
+ * up however unevenly the objects are spread over time.
+ */
+typedef struct BfWindow
+{
+	int64		lo;				/* created >= lo; 0: unbounded */
+	int64		hi;				/* created < hi; 0: unbounded */
+	char		after[256];		/* starting_after; "" for the first page */
+	int64		last_created;	/* created of the row "after" names */
+	int64		span;			/* seconds of created per page; 0 = unknown */
+	int			depth;			/* carvings since a page showed this density */
+	bool		in_flight;
+	bool		done;
+} BfWindow;
+
+typedef struct Backfill
+{
+	SyncRun    *run;
+	LocalTable *lt;
+	const char *object;
+	MemoryContext cxt;			/* the windows; outlives the page commits */
+	BfWindow   *w;
+	int			nwin;
+	int			cap;
+	int64		base;			/* oldest created we expect, for splitting */
+	int64		top;			/* the backfill's start, for splitting */
+	bool		ranged;			/* the list takes created[gte] and created[lt] */
+	int64		rows;
+	int64		pages;
+	TimestampTz t0;
+	MemoryContext spi_cxt;		/* where the last page_boundary left us */
+} Backfill;
+
+/* smallest window worth splitting, in seconds of created */
+#define MIN_SPLIT_SECS	2
+
+static BfWindow *
+bf_add_window(Backfill *bf, int64 lo, int64 hi)
+{
+	BfWindow   *w;
+
+	if (bf->nwin == bf->cap)
+	{
+		bf->cap = Max(bf->cap * 2, 16);
+		bf->w = bf->w ? repalloc(bf->w, sizeof(BfWindow) * bf->cap)
+			: MemoryContextAlloc(bf->cxt, sizeof(BfWindow) * bf->cap);
+	}
+	w = &bf->w[bf->nwin++];
+	memset(w, 0, sizeof(BfWindow));
+	w->lo = lo;
+	w->hi = hi;
+	return w;
+}
+
+/* every unfinished window, as stored in object_state.backfill_cursor */
+static char *
+bf_cursor_json(Backfill *bf)
+{
+	StringInfoData buf;
+	bool		first = true;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"windows\": [");
+	for (int i = 0; i < bf->nwin; i++)
+	{
+		BfWindow   *w = &bf->w[i];
+
+		if (w->done)
+			continue;
+		appendStringInfo(&buf, "%s{\"gte\": " INT64_FORMAT ", \"lt\": " INT64_FORMAT ", \"after\": ",
+						 first ? "" : ", ", w->lo, w->hi);
+		if (w->after[0])
+		{
+			escape_json(&buf, w->after);
+			appendStringInfo(&buf, ", \"last\": " INT64_FORMAT "}", w->last_created);
+		}
+		else
+			appendStringInfoString(&buf, "null}");
+		first = false;
+	}
+	appendStringInfoString(&buf, "]}");
+	return buf.data;
+}
+
+/* int64 member of a jsonb object, or dflt */
+static int64
+jsonb_int_member(JsonbContainer *c, const char *key, int64 dflt)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(c, key, strlen(key), NULL);
+
+	if (v == NULL || v->type != jbvNumeric)
+		return dflt;
+	return DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(v->val.numeric)));
+}
+
+/* Windows from a stored cursor; false if it is not ours (a bare id from 0.1). */
+static bool
+bf_load_cursor(Backfill *bf, const char *cursor)
+{
+	Jsonb	   *jb;
+	JsonbValue *arr;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (cursor[0] != '{')
+		return false;
+	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(cursor)));
+	arr = getKeyJsonValueFromContainer(&jb->root, "windows", 7, NULL);
+	if (arr == NULL || arr->type != jbvBinary)
+		return false;
+	it = JsonbIteratorInit(arr->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		BfWindow   *w;
+		JsonbValue *after;
+
+		if (tok != WJB_ELEM || v.type != jbvBinary)
+			continue;
+		w = bf_add_window(bf, jsonb_int_member(v.val.binary.data, "gte", 0),
+						  jsonb_int_member(v.val.binary.data, "lt", 0));
+		after = getKeyJsonValueFromContainer(v.val.binary.data, "after", 5, NULL);
+		if (after != NULL && after->type == jbvString)
+		{
+			/* a jsonb string is not NUL-terminated */
+			int			len = Min(after->val.string.len, (int) sizeof(w->after) - 1);
+
+			memcpy(w->after, after->val.string.val, len);
+			w->after[len] = '\0';
+			w->last_created = jsonb_int_member(v.val.binary.data, "last", bf->top);
+		}
+	}
+	return true;
+}
+
+/*
+ * Pages in a carved-off chunk: small, because the last chunks set the tail
+ * of the backfill, when fewer windows than slots are left.
+ */
+#define CHUNK_PAGES		2
+
+/*
+ * Carves a chunk off a window so that a free request slot has work.  The
+ * window keeps its cursor and about CHUNK_PAGES pages of created time below
+ * it (at the density its last page showed; half of what is left when that is
+ * less, so that the last windows share out too); a new window takes the rest
+ * of the range below.  That new window inherits the density, so it can be carved
+ * in turn at once and the concurrency ramps up within one round trip.  Time
+ * alone would not do: objects are often bunched in a small part of the
+ * account's life, and halving empty years costs a request per half.  depth
+ * bounds how far an unmeasured chain can run past the data (to the number of
+ * slots), since the chunks past its end come back empty.
+ *
+ * A page of the carved window already in flight may bring rows of the range
+ * given away; bf_done drops them.  Returns the new window, or NULL if nothing
+ * is worth carving.
+ */
+static BfWindow *
+bf_split(Backfill *bf)
+{
+	int			best = -1;
+	int64		best_pages = 1;
+	int64		mid;
+	int64		old_lo;
+	int			maxdepth = Max(stripe_max_concurrent_requests, 1);
+	BfWindow   *w;
+	BfWindow   *nw;
+
+	for (int i = 0; i < bf->nwin; i++)
+	{
+		BfWindow   *c = &bf->w[i];
+		int64		top,
+					lo,
+					pages;
+
+		if (c->done || c->span <= 0 || c->depth >= maxdepth || !bf->ranged)
+			continue;
+		top = c->after[0] ? c->last_created : (c->hi ? c->hi : bf->top);
+		lo = c->lo ? c->lo : bf->base;
+		pages = (top - lo) / c->span;
+		if (pages > best_pages)
+		{
+			best = i;
+			best_pages = pages;
+		}
+	}
+	if (best < 0)
+		return NULL;
+	w = &bf->w[best];
+	mid = (w->after[0] ? w->last_created : (w->hi ? w->hi : bf->top)) -
+		Min(CHUNK_PAGES, best_pages / 2) * w->span;
+	old_lo = w->lo;
+	w->lo = mid;
+	/* bf_add_window may move the array */
+	nw = bf_add_window(bf, old_lo, mid);
+	w = &bf->w[best];
+	nw->span = w->span;
+	nw->depth = w->depth + 1;
+	return nw;
+}
+
+static bool
+bf_feed(void *arg, StripeManyReq *req)
+{
+	Backfill   *bf = arg;
+	BfWindow   *w = NULL;
+	StringInfoData path;
+	PageCheck  *pc;
+	MemoryContext old;
+
+	for (int i = 0; i < bf->nwin && w == NULL; i++)
+		if (!bf->w[i].done && !bf->w[i].in_flight)
+			w = &bf->w[i];
+	if (w == NULL)
+		w = bf_split(bf);
+	if (w == NULL)
+		return false;
+
+	req->cxt = AllocSetContextCreate(bf->cxt, "stripe_sync backfill page", ALLOCSET_DEFAULT_SIZES);
+	req->tag = w - bf->w;
+	old = MemoryContextSwitchTo(req->cxt);
+	initStringInfo(&path);
+	appendStringInfo(&path, "/v1/%s?limit=%d", bf->lt->def->path, STRIPE_PAGE_SIZE);
+	if (w->lo)
+		appendStringInfo(&path, "&created%%5Bgte%%5D=" INT64_FORMAT, w->lo);
+	if (w->hi)
+		appendStringInfo(&path, "&created%%5Blt%%5D=" INT64_FORMAT, w->hi);
+	if (strcmp(bf->lt->def->path, "subscriptions") == 0)
+		appendStringInfoString(&path, "&status=all");
+	if (w->after[0])
+		appendStringInfo(&path, "&starting_after=%s", stripe_urlencode(w->after));
+	pc = palloc0(sizeof(PageCheck));
+	pc->fs = bf->lt->rc->fs;
+	pc->page = palloc0(sizeof(StripePage));
+	pc->is_list = true;
+	req->path = path.data;
+	req->check = check_page;
+	req->check_arg = pc;
+	MemoryContextSwitchTo(old);
+	w->in_flight = true;
+	return true;
+}
+
+static int64
+row_created(LocalTable *lt, StripeRow *row)
+{
+	if (lt->created_slot < 0 || stripe_span_is_null(&row->fields[lt->created_slot]))
+		return 0;
+	return pg_strtoint64(stripe_span_text(&row->fields[lt->created_slot]));
+}
+
+/* One page arrived: its rows and every window's cursor commit together. */
+static void
+bf_done(void *arg, StripeManyReq *req)
+{
+	Backfill   *bf = arg;
+	SyncRun    *run = bf->run;
+	LocalTable *lt = bf->lt;
+	BfWindow   *w = &bf->w[req->tag];
+	StripePage *page = ((PageCheck *) req->check_arg)->page;
+	MemoryContext caller = CurrentMemoryContext;
+	int			nkeep = page->nrows;
+	int64		changed;
+	bool		all_done = true;
+
+	w->in_flight = false;
+	/* rows older than the window's (possibly split-off) range are another's */
+	if (w->lo && lt->created_slot >= 0)
+		while (nkeep > 0 && row_created(lt, &page->rows[nkeep - 1]) < w->lo)
+			nkeep--;
+
+	MemoryContextSwitchTo(req->cxt);
+
+	/*
+	 * The state Stripe gave is at least as new as the moment we asked.
+	 * Events carry whole seconds: one in the second of this fetch, or the
+	 * second before, may be newer than the page, so the page counts as seen
+	 * just before them.  Applying such an event is right even when it is
+	 * older: any later change has an event of its own, applied after.
+	 */
+	changed = upsert_rows(run, lt, page->rows, nkeep,
+						  time_t_to_timestamptz(timestamptz_to_time_t(req->sent) - 1), 0);
+	if (nkeep > 0)
+	{
+		StripeRow  *last = &page->rows[nkeep - 1];
+
+		strlcpy(w->after, stripe_span_text(&last->fields[lt->rc->id_slot]), sizeof(w->after));
+		w->last_created = row_created(lt, last);
+		/* a full page measures how much created time a page covers here */
+		if (nkeep == page->nrows && page->has_more && lt->created_slot >= 0)
+		{
+			w->span = Max((row_created(lt, &page->rows[0]) - w->last_created) *
+						  STRIPE_PAGE_SIZE / nkeep, 1);
+			w->depth = 0;
+		}
+	}
+	if (!page->has_more || nkeep < page->nrows)
+		w->done = true;
+	for (int i = 0; i < bf->nwin; i++)
+		if (!bf->w[i].done)
+			all_done = false;
+
+	bf->rows += changed;
+	bf->pages++;
+	lt->rows += changed;
+	lt->pages++;
+	state_update(run, bf->object,
+				 psprintf("rows = rows + " INT64_FORMAT ", requests = requests + 1, %s",
+						  changed, !all_done ? "backfill_cursor = $3"
+						  : "backfill_done = true, backfill_cursor = NULL, state = 'synced'"),
+				 all_done ? NULL : bf_cursor_json(bf));
+	MemoryContextSwitchTo(caller);
+	MemoryContextDelete(req->cxt);
+	page_boundary(run);
+	/* a worker's commit leaves us in the new SPI connection's context */
+	if (CurrentMemoryContext != caller)
+		bf->spi_cxt = CurrentMemoryContext;
+	MemoryContextSwitchTo(caller);
+
+	if (bf->pages % 20 == 0 || all_done)
+	{
+		double		secs = (double) (GetCurrentTimestamp() - bf->t0) / USECS_PER_SEC;
+
+		ereport(run->own ? DEBUG1 : NOTICE,
+				(errmsg("%s: backfill of %s: " INT64_FORMAT " rows in " INT64_FORMAT " pages, %.0f rows/s%s",
+						run->src.name, bf->object, bf->rows, bf->pages,
+						secs > 0 ? bf->rows / secs : 0.0,
+						all_done ? " (done)" : "")));
+	}
+}
+
 static void
 backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor)
 {
-	MemoryContext page_cxt = AllocSetContextCreate(run->cxt, "stripe_sync backfill page",
-												   ALLOCSET_DEFAULT_SIZES);
-	int64		rows = 0;
-	int64		pages = 0;
-	TimestampTz t0 = GetCurrentTimestamp();
-	char		last_id[256];
+	Backfill	bf;
+	MemoryContext old;
 
-	last_id[0] = '\0';
-	if (cursor)
-		strlcpy(last_id, cursor, sizeof(last_id));
+	memset(&bf, 0, sizeof(bf));
+	bf.run = run;
+	bf.lt = lt;
+	bf.object = object;
+	bf.cxt = AllocSetContextCreate(run->cxt, "stripe_sync backfill", ALLOCSET_DEFAULT_SIZES);
+	bf.t0 = GetCurrentTimestamp();
+	/* nothing created after the events cursor is missed: the events bring it */
+	bf.top = run->src.events_cursor;
+	bf.base = run->src.has_sync_from ? run->src.sync_from : run->account_created;
+	{
+		const StripeColumn *col = lt->def ? stripe_object_column(lt->def, "created") : NULL;
+
+		bf.ranged = col != NULL && (col->flags & STRIPE_FILTER_RANGE) != 0;
+	}
 	state_update(run, object, "state = 'backfilling', last_error = NULL", NULL);
 
-	for (;;)
+	old = MemoryContextSwitchTo(bf.cxt);
+	if (cursor == NULL || !bf_load_cursor(&bf, cursor))
 	{
-		StripePage	page;
-		PageCheck	pc = {lt->rc->fs, &page, true};
-		StripeResponse resp;
-		StringInfoData path;
-		MemoryContext old;
-		TimestampTz fetched;
-		int64		changed = 0;
+		int			n = Max(stripe_max_concurrent_requests, 1);
+		int64		lo = bf.base;
 
-		MemoryContextReset(page_cxt);
-		old = MemoryContextSwitchTo(page_cxt);
-		initStringInfo(&path);
-		appendStringInfo(&path, "/v1/%s?limit=%d", lt->def->path, STRIPE_PAGE_SIZE);
-		if (run->src.has_sync_from)
-			appendStringInfo(&path, "&created%%5Bgte%%5D=" INT64_FORMAT, run->src.sync_from);
-		if (strcmp(lt->def->path, "subscriptions") == 0)
-			appendStringInfoString(&path, "&status=all");
-		if (last_id[0])
-			appendStringInfo(&path, "&starting_after=%s", stripe_urlencode(last_id));
-		/*
-		 * Events carry whole seconds: one in the second of this fetch, or the
-		 * second before, may be newer than the page, so the page counts as
-		 * seen just before them.  Applying such an event is right even when it
-		 * is older: any later change has an event of its own, applied after.
-		 */
-		fetched = time_t_to_timestamptz(timestamptz_to_time_t(GetCurrentTimestamp()) - 1);
-		stripe_request(run->conn, "GET", path.data, NULL, NULL, false,
-					   check_page, &pc, &resp, &run->stats);
-		changed = upsert_rows(run, lt, page.rows, page.nrows, fetched, 0);
-		if (page.nrows > 0)
-			strlcpy(last_id, stripe_span_text(&page.rows[page.nrows - 1].fields[lt->rc->id_slot]),
-					sizeof(last_id));
-		MemoryContextSwitchTo(old);
-
-		rows += changed;
-		pages++;
-		lt->rows += changed;
-		lt->pages++;
-		/* the page's rows and the cursor that skips them commit together */
-		state_update(run, object,
-					 psprintf("rows = rows + " INT64_FORMAT ", requests = requests + 1, %s",
-							  changed, page.has_more ? "backfill_cursor = $3"
-							  : "backfill_done = true, backfill_cursor = NULL, state = 'synced'"),
-					 page.has_more ? last_id : NULL);
-		page_boundary(run);
-		if (pages % 20 == 0 || !page.has_more)
+		if (bf.ranged && !run->src.has_sync_from && run->account_created == 0 && cursor == NULL)
 		{
-			double		secs = (double) (GetCurrentTimestamp() - t0) / USECS_PER_SEC;
-
-			ereport(run->own ? DEBUG1 : NOTICE,
-					(errmsg("%s: backfill of %s: " INT64_FORMAT " rows in " INT64_FORMAT " pages, %.0f rows/s%s",
-							run->src.name, object, rows, pages,
-							secs > 0 ? rows / secs : 0.0,
-							page.has_more ? "" : " (done)")));
+			/* the account's creation bounds its objects: one cheap request */
+			(void) stripe_fetch_account_id(run->conn, &run->stats, &run->account_created);
+			lo = bf.base = run->account_created;
 		}
-		if (!page.has_more)
-			break;
+		/* a list without created filters is one window, as is an odd range */
+		if (!bf.ranged || lo <= 0 || lo >= bf.top || cursor != NULL)
+			n = 1;
+		/*
+		 * Equal spans of time.  The oldest window stays open below (unless
+		 * sync_from bounds it) and the newest open above, so an object
+		 * outside the expected range is still listed.
+		 */
+		for (int i = 0; i < n; i++)
+		{
+			BfWindow   *w = bf_add_window(&bf,
+										  i == 0 ? (run->src.has_sync_from ? run->src.sync_from : 0)
+										  : lo + (bf.top - lo) * i / n,
+										  i == n - 1 ? 0 : lo + (bf.top - lo) * (i + 1) / n);
+
+			/* a bare id: the cursor of the one window of an older version */
+			if (cursor != NULL)
+			{
+				strlcpy(w->after, cursor, sizeof(w->after));
+				w->last_created = bf.top;
+			}
+		}
 	}
-	MemoryContextDelete(page_cxt);
+	if (bf.base <= 0)
+		bf.base = bf.top;		/* unknown: split only what pages reveal */
+
+	stripe_request_stream(run->conn, bf_feed, bf_done, &bf, &run->stats);
+	if (bf.pages == 0)
+	{
+		/* no window had anything left: only possible with an odd cursor */
+		MemoryContextSwitchTo(old);
+		state_update(run, object,
+					 "backfill_done = true, backfill_cursor = NULL, state = 'synced'", NULL);
+		page_boundary(run);
+		bf.spi_cxt = CurrentMemoryContext;
+		old = CurrentMemoryContext;
+	}
+	MemoryContextSwitchTo(bf.spi_cxt ? bf.spi_cxt : old);
+	MemoryContextDelete(bf.cxt);
 }
 
 /* ---------- incremental from events ---------- */
@@ -722,7 +1059,8 @@ run_source(SyncRun *run)
 	MemoryContextSwitchTo(old);
 	if (run->src.account_id == NULL)
 	{
-		char	   *acct = stripe_fetch_account_id(run->conn, &run->stats);
+		char	   *acct = stripe_fetch_account_id(run->conn, &run->stats,
+												   &run->account_created);
 		Oid			types[2] = {TEXTOID, TEXTOID};
 		Datum		values[2] = {CStringGetTextDatum(run->src.name), CStringGetTextDatum(acct)};
 

@@ -66,8 +66,12 @@ typedef enum PushKind
 #define ROWS_RANGE		1000.0
 #define ROWS_FILTERED	100.0
 #define ROWS_BALANCE	10.0	/* a few currencies in a few kinds */
-/* A request costs about as much as reading a thousand rows locally. */
-#define COST_REQUEST	1000.0
+/*
+ * A request costs about as much as reading a hundred rows locally.  Kept
+ * modest so that a full scan stays under jit_above_cost: JIT (and loading
+ * LLVM, 50 MB) does nothing for a scan bound by the network.
+ */
+#define COST_REQUEST	100.0
 
 /* Planner state kept in baserel->fdw_private */
 typedef struct StripeRelInfo

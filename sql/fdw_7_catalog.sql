@@ -9,13 +9,7 @@ IMPORT FOREIGN SCHEMA stripe
   LIMIT TO (balance, payment_methods, setup_intents, setup_attempts, subscription_items)
   FROM SERVER stripe INTO stripe;
 
--- the requests a query sends
-CREATE FUNCTION catalog_requests(q text) RETURNS SETOF text LANGUAGE plpgsql AS $$
-BEGIN
-  PERFORM fake('DELETE', '/_control/requests');
-  EXECUTE q;
-  RETURN QUERY SELECT * FROM fake_requests();
-END $$;
+-- the requests a query sends: requests_of(), defined by fdw_5_pushdown
 -- the fake's objects of one type, as Stripe has them
 CREATE FUNCTION fake_objects(kind text) RETURNS SETOF jsonb LANGUAGE sql AS $$
   SELECT jsonb_array_elements(fake('GET', '/_control/objects/' || kind)->'data') $$;
@@ -25,7 +19,7 @@ SELECT attname, format_type(atttypid, atttypmod)
   FROM pg_attribute WHERE attrelid = 'stripe.balance'::regclass AND attnum > 0 ORDER BY attnum;
 -- one row per element of each top-level array; livemode is the balance's own
 SELECT kind, currency, amount, source_types, livemode FROM stripe.balance ORDER BY kind, currency;
-SELECT * FROM catalog_requests('SELECT * FROM stripe.balance');
+SELECT * FROM requests_of('SELECT * FROM stripe.balance');
 -- the same rows as the fake's GET /v1/balance: its top-level arrays only (the arrays
 -- inside refund_and_dispute_prefunding are not rows)
 CREATE TEMP TABLE balance_truth AS
@@ -43,7 +37,7 @@ SELECT (SELECT count(*) FROM balance_truth) AS fake_rows,
                               EXCEPT ALL SELECT * FROM balance_truth) d) AS extra;
 -- filters and LIMIT stay here: still the one request, without parameters
 EXPLAIN (COSTS OFF) SELECT amount FROM stripe.balance WHERE kind = 'available' AND currency = 'usd';
-SELECT * FROM catalog_requests('SELECT amount FROM stripe.balance WHERE kind = ''pending'' LIMIT 1');
+SELECT * FROM requests_of('SELECT amount FROM stripe.balance WHERE kind = ''pending'' LIMIT 1');
 SELECT amount FROM stripe.balance WHERE kind = 'pending' AND currency = 'eur';
 -- a hand-written table over the balance takes any columns, in any order
 CREATE FOREIGN TABLE balance_amounts (currency text, amount numeric, sort text OPTIONS (field 'kind'))
@@ -62,7 +56,7 @@ SELECT :pm_count AS payment_methods_of_that_customer;
 SELECT email AS pm_email FROM stripe.customers WHERE id = :'pm_customer' \gset
 -- Stripe's current list of a customer's payment methods: the customer is in the path
 SELECT replace(r, :'pm_customer', '<customer>') AS request
-  FROM catalog_requests(format('SELECT * FROM stripe.payment_methods WHERE customer = %L', :'pm_customer')) r;
+  FROM requests_of(format('SELECT * FROM stripe.payment_methods WHERE customer = %L', :'pm_customer')) r;
 EXPLAIN (COSTS OFF) SELECT id FROM stripe.payment_methods WHERE customer = 'cus_A' AND type = 'card';
 SELECT type, card->>'brand' AS brand, card->>'last4' AS last4, allow_redisplay,
        customer = :'pm_customer' AS right_customer, billing_details->>'email' = :'pm_email' AS right_email
@@ -82,7 +76,7 @@ SELECT (SELECT count(*) FROM pm_truth WHERE customer = :'pm_customer') AS fake_r
                               EXCEPT SELECT * FROM pm_truth) d) AS extra;
 -- more filters go along; the order is not Stripe's to give under a parent, so it is sorted
 SELECT replace(r, :'pm_customer', '<customer>') AS request
-  FROM catalog_requests(format('SELECT id FROM stripe.payment_methods WHERE customer = %L AND type = ''card'' ORDER BY created DESC', :'pm_customer')) r;
+  FROM requests_of(format('SELECT id FROM stripe.payment_methods WHERE customer = %L AND type = ''card'' ORDER BY created DESC', :'pm_customer')) r;
 SELECT array_agg(id ORDER BY created DESC, id) =
        (SELECT array_agg(id ORDER BY created DESC, id) FROM pm_truth WHERE customer = :'pm_customer' AND type = 'card')
        AS same_cards
@@ -90,15 +84,15 @@ SELECT array_agg(id ORDER BY created DESC, id) =
 EXPLAIN (COSTS OFF) SELECT id FROM stripe.payment_methods WHERE customer = 'cus_A' ORDER BY created DESC;
 -- LIMIT goes along too
 SELECT replace(r, :'pm_customer', '<customer>') AS request
-  FROM catalog_requests(format('SELECT id FROM stripe.payment_methods WHERE customer = %L LIMIT 2', :'pm_customer')) r;
+  FROM requests_of(format('SELECT id FROM stripe.payment_methods WHERE customer = %L LIMIT 2', :'pm_customer')) r;
 -- a retrieve by id needs no customer
 SELECT id AS pm_one FROM pm_truth WHERE customer = :'pm_customer' ORDER BY id LIMIT 1 \gset
 SELECT replace(r, :'pm_one', '<pm>') AS request
-  FROM catalog_requests(format('SELECT * FROM stripe.payment_methods WHERE id = %L', :'pm_one')) r;
+  FROM requests_of(format('SELECT * FROM stripe.payment_methods WHERE id = %L', :'pm_one')) r;
 SELECT customer = :'pm_customer' AS right_customer FROM stripe.payment_methods WHERE id = :'pm_one';
 -- a customer Stripe does not know (404) has no payment methods
 SELECT count(*) FROM stripe.payment_methods WHERE customer = 'cus_gone';
-SELECT * FROM catalog_requests('SELECT * FROM stripe.payment_methods WHERE customer = ''cus_gone''');
+SELECT * FROM requests_of('SELECT * FROM stripe.payment_methods WHERE customer = ''cus_gone''');
 
 -- without a customer Stripe cannot list them: an error, before any request
 SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS log_cleared;
@@ -117,7 +111,7 @@ EXPLAIN (COSTS OFF)
 SELECT pm.id FROM stripe.customers c JOIN stripe.payment_methods pm ON pm.customer = c.id
  WHERE c.email = 'someone@example.com';
 SELECT replace(replace(r, :'pm_customer', '<customer>'), replace(:'pm_email', '@', '%40'), '<email>') AS request
-  FROM catalog_requests(format('SELECT pm.id FROM stripe.customers c JOIN stripe.payment_methods pm ON pm.customer = c.id WHERE c.email = %L', :'pm_email')) r;
+  FROM requests_of(format('SELECT pm.id FROM stripe.customers c JOIN stripe.payment_methods pm ON pm.customer = c.id WHERE c.email = %L', :'pm_email')) r;
 SELECT count(*) = :pm_count AS all_found, bool_and(c.id = pm.customer) AS matched
   FROM stripe.customers c JOIN stripe.payment_methods pm ON pm.customer = c.id
  WHERE c.email = :'pm_email';
@@ -135,7 +129,7 @@ INSERT INTO pm_owners VALUES ('cus_gone');
 ANALYZE pm_owners;
 EXPLAIN (COSTS OFF) SELECT o.customer, pm.id FROM pm_owners o JOIN stripe.payment_methods pm ON pm.customer = o.customer;
 SELECT count(*) AS requests, count(*) FILTER (WHERE r LIKE 'GET /v1/customers/%/payment_methods?limit=100') AS per_customer
-  FROM catalog_requests('SELECT o.customer, pm.id FROM pm_owners o JOIN stripe.payment_methods pm ON pm.customer = o.customer') r;
+  FROM requests_of('SELECT o.customer, pm.id FROM pm_owners o JOIN stripe.payment_methods pm ON pm.customer = o.customer') r;
 SELECT (SELECT array_agg(pm.id ORDER BY pm.id) FROM pm_owners o JOIN stripe.payment_methods pm ON pm.customer = o.customer) =
        (SELECT array_agg(t.id ORDER BY t.id) FROM pm_owners o JOIN pm_truth t ON t.customer = o.customer)
        AS same_join;
@@ -147,7 +141,7 @@ SELECT sa->>'setup_intent' AS si_id, count(*) AS si_attempts
   FROM fake_objects('setup_attempts') sa GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1 \gset
 SELECT :si_attempts AS attempts_of_that_intent;
 SELECT replace(r, :'si_id', '<setup_intent>') AS request
-  FROM catalog_requests(format('SELECT * FROM stripe.setup_attempts WHERE setup_intent = %L', :'si_id')) r;
+  FROM requests_of(format('SELECT * FROM stripe.setup_attempts WHERE setup_intent = %L', :'si_id')) r;
 SELECT status, setup_error->>'code' AS error, setup_intent = :'si_id' AS right_intent
   FROM stripe.setup_attempts WHERE setup_intent = :'si_id' ORDER BY created, id;
 SELECT (SELECT array_agg(id ORDER BY id) FROM stripe.setup_attempts WHERE setup_intent = :'si_id') =
@@ -159,7 +153,7 @@ SELECT * FROM stripe.setup_attempts WHERE id = 'setatt_A';
 EXPLAIN (COSTS OFF) SELECT * FROM stripe.setup_attempts WHERE id = 'setatt_A' AND setup_intent = 'seti_A';
 -- created ranges go along
 SELECT replace(r, :'si_id', '<setup_intent>') AS request
-  FROM catalog_requests(format('SELECT * FROM stripe.setup_attempts WHERE setup_intent = %L AND created >= ''2023-11-14 22:13:20+00''', :'si_id')) r;
+  FROM requests_of(format('SELECT * FROM stripe.setup_attempts WHERE setup_intent = %L AND created >= ''2023-11-14 22:13:20+00''', :'si_id')) r;
 -- joined from setup intents
 SELECT si->>'customer' AS si_customer FROM fake_objects('setup_intents') si WHERE si->>'id' = :'si_id' \gset
 EXPLAIN (COSTS OFF)
@@ -176,7 +170,7 @@ SELECT s->>'id' AS sub_id, s->>'customer' AS sub_customer, s->'items'->'data'->0
  WHERE jsonb_array_length(s->'items'->'data') > 0 AND s->>'customer' IS NOT NULL
  ORDER BY s->>'id' LIMIT 1 \gset
 SELECT replace(r, :'sub_id', '<subscription>') AS request
-  FROM catalog_requests(format('SELECT * FROM stripe.subscription_items WHERE subscription = %L', :'sub_id')) r;
+  FROM requests_of(format('SELECT * FROM stripe.subscription_items WHERE subscription = %L', :'sub_id')) r;
 SELECT (SELECT array_agg(id || ':' || quantity || ':' || (price->>'id') ORDER BY id)
           FROM stripe.subscription_items WHERE subscription = :'sub_id') =
        (SELECT array_agg((i->>'id') || ':' || (i->>'quantity') || ':' || (i->'price'->>'id') ORDER BY i->>'id')
@@ -185,7 +179,7 @@ SELECT (SELECT array_agg(id || ':' || quantity || ':' || (price->>'id') ORDER BY
 SELECT count(*) FROM stripe.subscription_items;
 -- a retrieve by id exists for them
 SELECT replace(r, :'item_id', '<item>') AS request
-  FROM catalog_requests(format('SELECT * FROM stripe.subscription_items WHERE id = %L', :'item_id')) r;
+  FROM requests_of(format('SELECT * FROM stripe.subscription_items WHERE id = %L', :'item_id')) r;
 SELECT subscription = :'sub_id' AS right_subscription FROM stripe.subscription_items WHERE id = :'item_id';
 EXPLAIN (COSTS OFF)
 SELECT it.id FROM stripe.subscriptions s JOIN stripe.subscription_items it ON it.subscription = s.id

@@ -159,9 +159,6 @@ typedef void (*StripeManyDone) (void *arg, StripeManyReq *req);
 extern void stripe_request_stream(StripeConn *conn, StripeManyFeed feed,
 								  StripeManyDone done, void *arg,
 								  StripeStats *stats);
-extern void stripe_request_many(StripeConn *conn, int n, const char **paths,
-								StripeBodyCheck check, void **check_args,
-								StripeResponse *resps, StripeStats *stats);
 extern char *stripe_urlencode(const char *s);
 extern void stripe_scrub_secrets(char *msg);
 

@@ -120,19 +120,7 @@ $bgb->quit;
 $node->stop;
 
 # ---- without preloading, each backend limits its own requests ----
-my $local = PostgreSQL::Test::Cluster->new('local');
-$local->init;
-$local->append_conf('postgresql.conf',
-	"stripe_sync.retry_base_delay = 20\nstripe_sync.requests_per_second = $N\n");
-$local->start;
-my $url = $fake->url;
-$local->safe_psql('postgres', qq{
-	CREATE EXTENSION stripe_sync;
-	CREATE SERVER stripe FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url '$url');
-	CREATE USER MAPPING FOR CURRENT_USER SERVER stripe OPTIONS (api_key 'sk_test_fake');
-	CREATE SCHEMA stripe;
-	IMPORT FOREIGN SCHEMA stripe FROM SERVER stripe INTO stripe;
-});
+my $local = new_node('local', $fake, "stripe_sync.requests_per_second = $N\n", preload => 0);
 is($local->safe_psql('postgres', 'SHOW shared_preload_libraries'), '', 'a node without preloading');
 $fake->config(rate_limit => $N);
 $fake->clear_requests;

@@ -59,15 +59,15 @@ sub start_fake
 	return $self;
 }
 
-# new_node(name, fake, extra_conf) -> started node with the extension, a server
+# new_node(name, fake, extra_conf, preload => 0|1) -> started node with the extension, a server
 # "stripe" at the fake and a user mapping with the fake's key
 sub new_node
 {
-	my ($name, $fake, $conf) = @_;
+	my ($name, $fake, $conf, %opt) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
 	$node->append_conf('postgresql.conf',
-		"shared_preload_libraries = 'stripe_sync'\n"
+		(($opt{preload} // 1) ? "shared_preload_libraries = 'stripe_sync'\n" : '')
 		  . "stripe_sync.retry_base_delay = 20\n"
 		  . "stripe_sync.requests_per_second = 10000\n"
 		  . ($conf // ''));

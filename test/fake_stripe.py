@@ -34,14 +34,14 @@ import itertools
 import json
 import os
 import re
-import signal
 import socket
 import struct
 import sys
 import threading
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import fakelib
+from fakelib import serve_until_signalled
 from urllib.parse import parse_qsl
 
 API_VERSION = "2026-10-28.endive"
@@ -1876,32 +1876,10 @@ class RawJSON(bytes):
     """Already-serialized JSON passed through the control responses unchanged."""
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def setup(self):
-        super().setup()
-        # Small responses on a keep-alive connection must not wait for delayed ACKs.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format, *args):
-        pass
-
-    def do_GET(self):
-        self.server.app.handle(self)
-
-    do_POST = do_DELETE = do_GET
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
+class Server(fakelib.Server):
     def __init__(self, address, app):
-        self.app = app
         self.to_reset = set()  # sockets to close with RST (SO_LINGER 0, no FIN first)
-        super().__init__(address, Handler)
+        super().__init__(address, app)
 
     def shutdown_request(self, request):
         if request in self.to_reset:
@@ -1909,10 +1887,6 @@ class Server(ThreadingHTTPServer):
             request.close()  # the handler's files are closed by now: this really closes it
             return
         super().shutdown_request(request)
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            traceback.print_exc()
 
 
 # --------------------------------------------------------------------------- main
@@ -1955,22 +1929,7 @@ def main(argv=None):
         fixtures = json.load(f)
     app = App(fixtures, args.counts, args.seed, args.api_key)
     server = Server((args.host, args.port), app)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              daemon=True)
-    thread.start()
-    if args.port_file:
-        tmp = f"{args.port_file}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{server.server_address[1]}\n")
-        os.replace(tmp, args.port_file)
-    while not stop.wait(1.0):
-        pass
-    server.shutdown()
-    server.server_close()
-    return 0
+    return serve_until_signalled(server, args.port_file)
 
 
 if __name__ == "__main__":

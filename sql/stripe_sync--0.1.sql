@@ -67,6 +67,9 @@ CREATE TABLE stripe_sync.sources (
     next_sync_at    timestamptz NOT NULL DEFAULT now(),
     -- events with created >= events_cursor (unix seconds) are read by the next sync
     events_cursor   bigint,
+    -- the first backfill's cut (unix seconds): objects created before it get
+    -- historical events, events from it on are shipped as they are
+    history_until   bigint,
     -- the Stripe account behind the server's key, learnt on the first sync
     account_id      text,
     created_at      timestamptz NOT NULL DEFAULT now()
@@ -160,17 +163,31 @@ BEGIN
   END LOOP;
 END $$;
 
+CREATE FUNCTION stripe_sync.check_destination(destination name) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF destination IS NOT NULL AND NOT EXISTS (
+      SELECT 1 FROM pg_foreign_server s JOIN pg_foreign_data_wrapper w ON w.oid = s.srvfdw
+       WHERE s.srvname = destination AND w.fdwname = 'intempt') THEN
+    RAISE EXCEPTION 'destination "%" is not an intempt server', destination
+      USING ERRCODE = 'undefined_object',
+            HINT = 'CREATE SERVER … FOREIGN DATA WRAPPER intempt OPTIONS (org …, project …, source_id …), and a user mapping with api_key.';
+  END IF;
+END $$;
+
 CREATE FUNCTION stripe_sync.create_source(name text, server name,
     sync_interval interval DEFAULT '1 hour',
     sync_from timestamptz DEFAULT NULL,
     objects text[] DEFAULT NULL,
     target_schema name DEFAULT 'stripe_data',
-    emit_history boolean DEFAULT true)
+    emit_history boolean DEFAULT true,
+    destination name DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   objs text[] := coalesce(objects, stripe_sync.default_objects());
   o text;
 BEGIN
+  PERFORM stripe_sync.check_destination(destination);
   IF NOT EXISTS (SELECT 1 FROM pg_foreign_server s JOIN pg_foreign_data_wrapper w ON w.oid = s.srvfdw
                   WHERE s.srvname = create_source.server AND w.fdwname = 'stripe_sync') THEN
     RAISE EXCEPTION 'server "%" does not exist or is not a stripe_sync server', server
@@ -190,9 +207,11 @@ BEGIN
       USING ERRCODE = 'invalid_schema_name', HINT = format('CREATE SCHEMA %I;', target_schema);
   END IF;
   PERFORM stripe_sync.check_objects(objs);
-  INSERT INTO stripe_sync.sources (name, server, sync_interval, sync_from, objects, target_schema, emit_history)
+  INSERT INTO stripe_sync.sources (name, server, sync_interval, sync_from, objects, target_schema,
+                                   emit_history, destination)
   VALUES (create_source.name, create_source.server, create_source.sync_interval,
-          create_source.sync_from, objs, create_source.target_schema, create_source.emit_history);
+          create_source.sync_from, objs, create_source.target_schema, create_source.emit_history,
+          create_source.destination);
   FOREACH o IN ARRAY objs LOOP
     PERFORM stripe_sync.create_local_table(target_schema, o);
     INSERT INTO stripe_sync.object_state (source, object) VALUES (create_source.name, o);
@@ -250,7 +269,18 @@ BEGIN
     UPDATE stripe_sync.sources s SET enabled = alter_source.enabled WHERE s.name = alter_source.name;
   END IF;
   IF destination IS NOT NULL THEN
+    PERFORM stripe_sync.check_destination(destination);
     UPDATE stripe_sync.sources s SET destination = alter_source.destination WHERE s.name = alter_source.name;
+    -- a destination given after the first backfill still gets the history
+    IF src.destination IS NULL AND src.emit_history AND src.history_until IS NOT NULL THEN
+      FOREACH o IN ARRAY src.objects LOOP
+        EXECUTE format('SELECT stripe_sync.outbox_add($1, NULL, NULL, array_agg(t.created_unix ORDER BY t.created_unix, t.id), '
+                       'array_agg(t.attrs::text ORDER BY t.created_unix, t.id), $2) '
+                       'FROM (SELECT id, attrs, (attrs->>''created'')::bigint AS created_unix FROM %I.%I '
+                       'WHERE deleted_at IS NULL) t', src.target_schema, o)
+          USING alter_source.name, src.history_until;
+      END LOOP;
+    END IF;
   END IF;
   PERFORM stripe_sync.wake();
 END $$;
@@ -268,7 +298,7 @@ CREATE FUNCTION stripe_sync.sync_now(name text) RETURNS jsonb
 AS 'MODULE_PATHNAME', 'stripe_sync_now'
 LANGUAGE C STRICT VOLATILE;
 
-REVOKE ALL ON FUNCTION stripe_sync.create_source(text, name, interval, timestamptz, text[], name, boolean),
+REVOKE ALL ON FUNCTION stripe_sync.create_source(text, name, interval, timestamptz, text[], name, boolean, name),
                        stripe_sync.alter_source(text, interval, timestamptz, text[], boolean, name),
                        stripe_sync.drop_source(text), stripe_sync.sync_now(text),
                        stripe_sync.create_local_table(name, text) FROM PUBLIC;
@@ -285,3 +315,207 @@ AS 'MODULE_PATHNAME', 'stripe_wake'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION stripe_sync.wake() IS
   'Wakes the sync launcher when the current transaction commits';
+
+-- ---------------------------------------------------------------------------
+-- Outbox and Intempt (SPEC §5; outbox.c ships it)
+-- ---------------------------------------------------------------------------
+
+-- which Stripe events become which Intempt events; users may edit it
+CREATE TABLE stripe_sync.event_map (
+    stripe_event    text PRIMARY KEY,
+    intempt_event   text NOT NULL CHECK (intempt_event <> ''),
+    enabled         boolean NOT NULL DEFAULT true
+);
+INSERT INTO stripe_sync.event_map (stripe_event, intempt_event) VALUES
+  ('charge.succeeded', 'Charge succeeded'),
+  ('charge.failed', 'Charge failed'),
+  ('customer.created', 'Customer created'),
+  ('customer.updated', 'Customer updated'),
+  ('invoice.created', 'Invoice created'),
+  ('invoice.updated', 'Invoice updated'),
+  ('invoice.paid', 'Invoice paid'),
+  ('invoice.voided', 'Invoice voided'),
+  ('invoice.marked_uncollectible', 'Invoice marked uncollectible'),
+  ('payment_intent.created', 'Payment intent created'),
+  ('payment_intent.succeeded', 'Payment intent succeeded'),
+  ('refund.created', 'Refund issued'),
+  ('application_fee.refunded', 'Refund issued'),
+  ('customer.subscription.created', 'Subscription created'),
+  ('customer.subscription.updated', 'Subscription updated'),
+  ('customer.subscription.paused', 'Subscription updated'),
+  ('customer.subscription.resumed', 'Subscription updated');
+
+CREATE TABLE stripe_sync.outbox (
+    id              bigserial PRIMARY KEY,
+    source          text NOT NULL REFERENCES stripe_sync.sources ON DELETE CASCADE ON UPDATE CASCADE,
+    event_id        text NOT NULL,          -- Intempt's eventId: Stripe's event id, or hist_… for history
+    event_name      text NOT NULL,          -- Intempt's event name
+    stripe_event    text NOT NULL,          -- the Stripe event type (or its historical equivalent)
+    object_id       text NOT NULL,
+    occurred_at     timestamptz NOT NULL,
+    payload         jsonb NOT NULL,         -- one element of the request's payload array
+    state           text NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'sending', 'delivered', 'dead')),
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,
+    last_error      text,
+    response        text,                   -- Intempt's answer that made the row dead
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    delivered_at    timestamptz,
+    UNIQUE (source, event_id)
+);
+-- the shipper reads each source's undelivered rows in order
+CREATE INDEX outbox_undelivered_idx ON stripe_sync.outbox (source, id) WHERE state IN ('pending', 'sending');
+CREATE INDEX outbox_delivered_idx ON stripe_sync.outbox (delivered_at) WHERE state = 'delivered';
+
+REVOKE ALL ON stripe_sync.event_map, stripe_sync.outbox FROM PUBLIC;
+
+-- Stripe's amounts are integers in the currency's minor unit
+CREATE FUNCTION stripe_sync.currency_exponent(currency text) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT CASE
+    WHEN lower(currency) IN ('bif', 'clp', 'djf', 'gnf', 'jpy', 'kmf', 'krw', 'mga', 'pyg',
+                             'rwf', 'ugx', 'vnd', 'vuv', 'xaf', 'xof', 'xpf') THEN 0
+    WHEN lower(currency) IN ('bhd', 'jod', 'kwd', 'omr', 'tnd') THEN 3
+    ELSE 2 END
+$$;
+
+CREATE FUNCTION stripe_sync.major_units(minor numeric, currency text) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT trim_scale(round(minor / (10::numeric ^ stripe_sync.currency_exponent(currency)),
+                          stripe_sync.currency_exponent(currency)))
+$$;
+
+-- every top-level amount twice: major units under its name, Stripe's integer under <name>_minor
+CREATE FUNCTION stripe_sync.intempt_amounts(obj jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  WITH a AS (
+    SELECT key, (value #>> '{}')::numeric AS minor
+      FROM jsonb_each(obj)
+     WHERE jsonb_typeof(value) = 'number'
+       AND key ~ '^(amount|total|subtotal|tax|unit_amount|balance|starting_balance|ending_balance)(_|$)|_amount$'
+    UNION ALL
+    -- a subscription's amount per period: its items' prices times quantities
+    SELECT 'amount', sum((i->'price'->>'unit_amount')::numeric * coalesce((i->>'quantity')::numeric, 1))
+      FROM jsonb_array_elements(CASE WHEN obj->>'object' = 'subscription'
+                                     THEN coalesce(obj->'items'->'data', '[]') ELSE '[]' END) i
+    HAVING count(*) > 0 AND count(i->'price'->>'unit_amount') = count(*)
+  )
+  SELECT coalesce(jsonb_object_agg(key, stripe_sync.major_units(minor, obj->>'currency'))
+                    || jsonb_object_agg(key || '_minor', minor), '{}')
+    FROM a
+$$;
+
+-- the "data" of an Intempt event: ids, status, currency, amounts and a few telling fields
+CREATE FUNCTION stripe_sync.intempt_data(obj jsonb, event_id text, event_type text, customer_id text)
+RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT jsonb_strip_nulls(jsonb_build_object(
+           'stripe_event_id', event_id,
+           'stripe_event_type', event_type,
+           'stripe_object_id', obj->>'id',
+           'object', obj->>'object',
+           'customer_id', customer_id,
+           'status', obj->>'status',
+           'currency', obj->>'currency',
+           'created', obj->'created',
+           'livemode', obj->'livemode',
+           'historical', CASE WHEN event_id LIKE 'hist\_%' THEN true END))
+         || coalesce((SELECT jsonb_object_agg(key, value) FROM jsonb_each(obj)
+                       WHERE key IN ('email', 'name', 'description', 'payment_intent', 'invoice', 'charge',
+                                     'subscription', 'number', 'billing_reason', 'reason', 'failure_code',
+                                     'failure_message', 'paid', 'refunded', 'captured', 'receipt_email',
+                                     'collection_method', 'cancel_at_period_end', 'customer_email')
+                         AND jsonb_typeof(value) IN ('string', 'number', 'boolean')), '{}')
+         || stripe_sync.intempt_amounts(obj)
+$$;
+
+-- the events a backfilled object stands for, with the status each needs
+CREATE FUNCTION stripe_sync.history_events(obj jsonb) RETURNS SETOF text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT v.event_type
+    FROM (VALUES ('customer', 'customer.created', NULL),
+                 ('charge', 'charge.succeeded', 'succeeded'),
+                 ('charge', 'charge.failed', 'failed'),
+                 ('invoice', 'invoice.created', NULL),
+                 ('payment_intent', 'payment_intent.created', NULL),
+                 ('payment_intent', 'payment_intent.succeeded', 'succeeded'),
+                 ('refund', 'refund.created', NULL),
+                 ('subscription', 'customer.subscription.created', NULL)) v(object, event_type, status)
+   WHERE v.object = obj->>'object' AND (v.status IS NULL OR v.status = obj->>'status')
+$$;
+
+/*
+ * Writes the outbox rows of Stripe events (event_ids and types given) or of
+ * backfilled objects (NULL: their historical events, for objects created
+ * before history_until), in the caller's transaction.  A row already there
+ * (a page fetched again after a crash, an event re-read) is left alone.
+ */
+CREATE FUNCTION stripe_sync.outbox_add(source text, event_ids text[], event_types text[],
+                                       times bigint[], objects text[], history_until bigint)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+  sch name;
+  customer_email text := 'NULL::text';
+  charge_customer text := 'NULL::text';
+  charge_email text := 'NULL::text';
+  n bigint;
+BEGIN
+  SELECT s.target_schema INTO sch FROM stripe_sync.sources s WHERE s.name = outbox_add.source;
+  -- the source's own tables answer who an object belongs to, when it syncs them
+  IF to_regclass(format('%I.customers', sch)) IS NOT NULL THEN
+    customer_email := format('(SELECT nullif(c.attrs->>''email'', '''') FROM %I.customers c WHERE c.id = x.cust)', sch);
+  END IF;
+  IF to_regclass(format('%I.charges', sch)) IS NOT NULL THEN
+    charge_customer := format('(SELECT ch.attrs->>''customer'' FROM %I.charges ch WHERE ch.id = x0.charge)', sch);
+    charge_email := format('(SELECT nullif(ch.attrs->''billing_details''->>''email'', '''') FROM %I.charges ch WHERE ch.id = x.charge)', sch);
+  END IF;
+  EXECUTE format($q$
+    INSERT INTO stripe_sync.outbox (source, event_id, event_name, stripe_event, object_id, occurred_at, payload)
+    SELECT $1, e.event_id, m.intempt_event, e.event_type, e.obj->>'id', to_timestamp(e.t),
+           jsonb_build_object('eventId', e.event_id, 'timestamp', e.t * 1000,
+                              'userId', u.user_id,
+                              'data', stripe_sync.intempt_data(e.obj, e.event_id, e.event_type, u.cust))
+      FROM (SELECT coalesce(i.id, 'hist_' || h.h || '_' || (i.obj->>'id')) AS event_id,
+                   coalesce(i.type, h.h) AS event_type, i.t, i.obj, i.ord
+              FROM (SELECT r.id, r.type, r.t, r.o::jsonb AS obj, r.ord
+                      FROM unnest($2, $3, $4, $5) WITH ORDINALITY r(id, type, t, o, ord)) i
+              LEFT JOIN LATERAL stripe_sync.history_events(i.obj) h(h) ON i.type IS NULL
+             WHERE i.type IS NOT NULL
+                OR (h.h IS NOT NULL AND (i.obj->>'created')::bigint < $6)) e
+      JOIN stripe_sync.event_map m ON m.stripe_event = e.event_type AND m.enabled
+      CROSS JOIN LATERAL (
+        SELECT CASE WHEN e.obj->>'object' = 'customer' THEN e.obj->>'id'
+                    WHEN jsonb_typeof(e.obj->'customer') = 'object' THEN e.obj->'customer'->>'id'
+                    ELSE e.obj->>'customer' END AS cust,
+               CASE WHEN jsonb_typeof(e.obj->'charge') = 'object' THEN e.obj->'charge'->>'id'
+                    ELSE coalesce(e.obj->>'charge', e.obj->>'latest_charge') END AS charge) x0
+      CROSS JOIN LATERAL (SELECT coalesce(x0.cust, %2$s) AS cust, x0.charge) x
+      CROSS JOIN LATERAL (
+        SELECT x.cust,
+               coalesce(CASE WHEN e.obj->>'object' = 'customer' THEN nullif(e.obj->>'email', '') END,
+                        %1$s, x.cust,
+                        nullif(e.obj->'billing_details'->>'email', ''), nullif(e.obj->>'customer_email', ''),
+                        nullif(e.obj->>'receipt_email', ''), %3$s,
+                        e.obj->>'id') AS user_id) u
+     ORDER BY e.ord, e.event_type
+    ON CONFLICT (source, event_id) DO NOTHING $q$, customer_email, charge_customer, charge_email)
+    USING source, event_ids, event_types, times, objects, coalesce(history_until, 0);
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
+END $$;
+
+-- requeues dead rows; returns how many
+CREATE FUNCTION stripe_sync.retry_dead(source text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+  n bigint;
+BEGIN
+  UPDATE stripe_sync.outbox o SET state = 'pending', attempts = 0, next_attempt_at = NULL
+   WHERE o.state = 'dead' AND (retry_dead.source IS NULL OR o.source = retry_dead.source);
+  GET DIAGNOSTICS n = ROW_COUNT;
+  PERFORM stripe_sync.wake();
+  RETURN n;
+END $$;
+
+REVOKE ALL ON FUNCTION stripe_sync.outbox_add(text, text[], text[], bigint[], text[], bigint),
+                       stripe_sync.retry_dead(text), stripe_sync.check_destination(name) FROM PUBLIC;

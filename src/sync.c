@@ -60,6 +60,9 @@ typedef struct SourceInfo
 	int64		events_cursor;
 	char	   *account_id;
 	int64		run_id;
+	char	   *destination;	/* intempt server, or NULL: no outbox rows */
+	bool		emit_history;
+	int64		history_until;	/* unix seconds; 0 = first backfill not begun */
 } SourceInfo;
 
 /* One local table being written */
@@ -184,7 +187,8 @@ load_source(SyncRun *run, const char *name)
 
 	spi_exec("SELECT s.server::text, s.target_schema::text, s.objects, "
 			 "extract(epoch FROM s.sync_from)::bigint, s.events_cursor, s.account_id, "
-			 "pg_has_role(s.owner, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
+			 "pg_has_role(s.owner, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), "
+			 "s.destination::text, s.emit_history, s.history_until "
 			 "FROM stripe_sync.sources s WHERE s.name = $1",
 			 1, types, values, NULL);
 	if (SPI_processed == 0)
@@ -213,6 +217,10 @@ load_source(SyncRun *run, const char *name)
 	run->src.has_cursor = !isnull;
 	run->src.events_cursor = isnull ? 0 : DatumGetInt64(d);
 	run->src.account_id = SPI_getvalue(tup, td, 6) ? pstrdup(SPI_getvalue(tup, td, 6)) : NULL;
+	run->src.destination = SPI_getvalue(tup, td, 8) ? pstrdup(SPI_getvalue(tup, td, 8)) : NULL;
+	run->src.emit_history = DatumGetBool(SPI_getbinval(tup, td, 9, &isnull));
+	d = SPI_getbinval(tup, td, 10, &isnull);
+	run->src.history_until = isnull ? 0 : DatumGetInt64(d);
 	MemoryContextSwitchTo(old);
 	return true;
 }
@@ -380,6 +388,57 @@ upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 	if (SPI_execute_plan(lt->upsert, args, NULL, false, 0) < 0)
 		elog(ERROR, "upsert into %s failed", lt->qualified);
 	return (int64) SPI_processed;
+}
+
+static int64 row_created(LocalTable *lt, StripeRow *row);
+
+/*
+ * Outbox rows for Stripe events (ids and types given) or for backfilled
+ * objects' history (ids NULL), in the page's transaction: they commit with
+ * the rows they describe or not at all.
+ */
+static void
+outbox_add(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *objects, int n)
+{
+	Oid			argtypes[6] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT8OID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ids ? ' ' : 'n', types ? ' ' : 'n', ' ', ' ', ' '};
+
+	if (n == 0)
+		return;
+	values[0] = CStringGetTextDatum(run->src.name);
+	values[1] = ids;
+	values[2] = types;
+	values[3] = PointerGetDatum(construct_array(times, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[4] = PointerGetDatum(construct_array(objects, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[5] = Int64GetDatum(run->src.history_until);
+	spi_exec("SELECT stripe_sync.outbox_add($1, $2, $3, $4, $5, $6)", 6, argtypes, values, nulls);
+	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &(bool){false})) > 0)
+		stripe_worker_wake_at_commit();	/* the shipper */
+}
+
+/* the historical events of a backfilled page's objects */
+static void
+outbox_history(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows)
+{
+	Datum	   *times = palloc(sizeof(Datum) * Max(nrows, 1));
+	Datum	   *objects = palloc(sizeof(Datum) * Max(nrows, 1));
+	int			n = 0;
+
+	if (run->src.destination == NULL || !run->src.emit_history || run->src.history_until == 0 ||
+		lt->created_slot < 0)
+		return;
+	for (int r = 0; r < nrows; r++)
+	{
+		int64		created = row_created(lt, &rows[r]);
+
+		if (created >= run->src.history_until)
+			continue;			/* newer objects have events of their own */
+		times[n] = Int64GetDatum(created);
+		objects[n] = PointerGetDatum(cstring_to_text_with_len(rows[r].object.start, rows[r].object.len));
+		n++;
+	}
+	outbox_add(run, (Datum) 0, (Datum) 0, times, objects, n);
 }
 
 /* ---------- backfill ---------- */
@@ -688,6 +747,7 @@ bf_done(void *arg, StripeManyReq *req)
 	 */
 	changed = upsert_rows(run, lt, page->rows, nkeep,
 						  time_t_to_timestamptz(timestamptz_to_time_t(req->sent) - 1), 0);
+	outbox_history(run, lt, page->rows, nkeep);
 	if (nkeep > 0)
 	{
 		StripeRow  *last = &page->rows[nkeep - 1];
@@ -1000,6 +1060,18 @@ sync_events(SyncRun *run)
 					lt->rows += upsert_rows(run, lt, &row.rows[0], 1, at, deleted ? at : 0);
 			}
 		}
+		/* older events are the backfill's history */
+		if (run->src.destination != NULL && e->created >= run->src.history_until)
+		{
+			Datum		id = CStringGetTextDatum(e->id);
+			Datum		type = CStringGetTextDatum(e->type);
+			Datum		created = Int64GetDatum(e->created);
+			Datum		object = PointerGetDatum(cstring_to_text_with_len(e->object_json, e->object_len));
+
+			outbox_add(run, PointerGetDatum(construct_array(&id, 1, TEXTOID, -1, false, TYPALIGN_INT)),
+					   PointerGetDatum(construct_array(&type, 1, TEXTOID, -1, false, TYPALIGN_INT)),
+					   &created, &object, 1);
+		}
 		values[0] = CStringGetTextDatum(run->src.name);
 		values[1] = CStringGetTextDatum(e->id);
 		values[2] = Int64GetDatum(e->created);
@@ -1087,6 +1159,15 @@ run_source(SyncRun *run)
 	if (!run->src.has_cursor)
 	{
 		set_cursor(run, now_unix());
+		/* the first backfill's cut between history and live events; a re-list keeps it */
+		if (run->src.history_until == 0)
+		{
+			Oid			types[2] = {TEXTOID, INT8OID};
+			Datum		values[2] = {CStringGetTextDatum(run->src.name), Int64GetDatum(run->src.events_cursor)};
+
+			spi_exec("UPDATE stripe_sync.sources SET history_until = $2 WHERE name = $1", 2, types, values, NULL);
+			run->src.history_until = run->src.events_cursor;
+		}
 		page_boundary(run);
 	}
 

@@ -275,8 +275,8 @@ interruptible_sleep(long ms)
 	}
 }
 
-static long
-backoff_ms(int attempt, const char *retry_after)
+long
+stripe_backoff_ms(int attempt, const char *retry_after)
 {
 	double		cap = (double) stripe_retry_base_delay * (1 << Min(attempt, 16));
 	long		ms;
@@ -547,7 +547,7 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 
 	if (retryable && attempt < stripe_max_retries)
 	{
-		*retry_ms = backoff_ms(attempt, buf->retry_after);
+		*retry_ms = stripe_backoff_ms(attempt, buf->retry_after);
 		if (stats)
 			stats->retries++;
 		ereport(DEBUG1,
@@ -635,6 +635,62 @@ stripe_request(StripeConn *conn, const char *method, const char *path,
 				break;
 		}
 	}
+}
+
+/*
+ * One POST of a JSON body to any HTTP API (the Intempt shipper's), without
+ * retries: the caller judges the answer.  A transport failure comes back as
+ * status 0 with the reason in res->error.  authorization is a whole header
+ * value and, being a secret, is wiped from our memory after use.
+ */
+void
+stripe_http_post_json(const char *url, const char *authorization,
+					  const char *body, StripeHttpResult *res)
+{
+	HttpBuffer	buf;
+	struct curl_slist *volatile headers = NULL;
+	volatile CURLcode rc = CURLE_OK;
+	char		errbuf[CURL_ERROR_SIZE];
+
+	ensure_curl();
+	memset(res, 0, sizeof(*res));
+	memset(&buf, 0, sizeof(buf));
+	buf.cxt = CurrentMemoryContext;
+	errbuf[0] = '\0';
+
+	PG_TRY();
+	{
+		char	   *h = psprintf("Authorization: %s", authorization);
+		struct curl_slist *next;
+
+		headers = curl_slist_append(NULL, h);
+		explicit_bzero(h, strlen(h));
+		pfree(h);
+		if (headers == NULL ||
+			(next = curl_slist_append(headers, "Content-Type: application/json")) == NULL ||
+			(next = curl_slist_append(headers, "Expect:")) == NULL)
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+		setup_easy(stripe_easy, url, headers, "POST", body, &buf, errbuf);
+		rc = perform_interruptible();
+	}
+	PG_FINALLY();
+	{
+		curl_easy_setopt(stripe_easy, CURLOPT_HTTPHEADER, NULL);
+		curl_slist_free_all(headers);
+	}
+	PG_END_TRY();
+
+	if (rc == CURLE_OK)
+		curl_easy_getinfo(stripe_easy, CURLINFO_RESPONSE_CODE, &res->status);
+	else
+	{
+		strlcpy(res->error, buf.oom ? "response too large or out of memory" :
+				(errbuf[0] ? errbuf : curl_easy_strerror(rc)), sizeof(res->error));
+		stripe_scrub_secrets(res->error);
+	}
+	res->body = buf.data ? buf.data : pstrdup("");
+	res->len = buf.len;
+	strlcpy(res->retry_after, buf.retry_after, sizeof(res->retry_after));
 }
 
 /* ---------- many requests at once ---------- */

@@ -160,6 +160,18 @@ extern void stripe_request_stream(StripeConn *conn, StripeManyFeed feed,
 								  StripeManyDone done, void *arg,
 								  StripeStats *stats);
 extern char *stripe_urlencode(const char *s);
+/* equal-jitter backoff from stripe_sync.retry_base_delay, at least Retry-After */
+extern long stripe_backoff_ms(int attempt, const char *retry_after);
+typedef struct StripeHttpResult
+{
+	long		status;			/* 0: no answer, see error */
+	char	   *body;			/* NUL-terminated, in the caller's context */
+	size_t		len;
+	char		retry_after[32];
+	char		error[256];
+} StripeHttpResult;
+extern void stripe_http_post_json(const char *url, const char *authorization,
+								  const char *body, StripeHttpResult *res);
 extern void stripe_scrub_secrets(char *msg);
 
 /* ---- rate limiter (ratelimit.c) ---- */
@@ -255,6 +267,10 @@ extern void stripe_worker_wake_at_commit(void);
 extern void stripe_worker_reload_config(void);
 extern PGDLLEXPORT void stripe_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void stripe_worker_main(Datum main_arg);
+extern void stripe_worker_shipper_attach(void);
+extern void stripe_worker_loop(long (*pass) (void)) pg_attribute_noreturn();
+/* ---- outbox shipper (outbox.c) ---- */
+extern PGDLLEXPORT void stripe_shipper_main(Datum main_arg);
 
 /* ---- writes (modify.c) ---- */
 extern void stripe_fdw_set_modify_routines(FdwRoutine *routine);

@@ -98,6 +98,8 @@ typedef struct WorkerShared
 	 */
 	Latch	   *launcher_latch;
 	pid_t		launcher_pid;
+	Latch	   *shipper_latch;	/* the outbox shipper's, likewise */
+	pid_t		shipper_pid;
 	uint32		next_generation;
 	WorkerSlot	slots[STRIPE_WORKER_SLOTS];
 } WorkerShared;
@@ -202,11 +204,17 @@ stripe_worker_init(void)
 	strlcpy(worker.bgw_name, "stripe_sync launcher", BGW_MAXLEN);
 	strlcpy(worker.bgw_type, "stripe_sync launcher", BGW_MAXLEN);
 	RegisterBackgroundWorker(&worker);
+
+	/* the outbox shipper (outbox.c): one for all sources, restarted likewise */
+	strlcpy(worker.bgw_function_name, "stripe_shipper_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "stripe_sync shipper", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "stripe_sync shipper", BGW_MAXLEN);
+	RegisterBackgroundWorker(&worker);
 }
 
 /* ---------- waking the launcher ---------- */
 
-/* Wakes the launcher now, if it runs. */
+/* Wakes the launcher and the shipper now, if they run. */
 void
 stripe_worker_wake(void)
 {
@@ -217,6 +225,34 @@ stripe_worker_wake(void)
 	latch = worker_shared->launcher_latch;
 	if (latch != NULL)
 		SetLatch(latch);
+	latch = worker_shared->shipper_latch;
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+static void
+shipper_detach(int code, Datum arg)
+{
+	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
+	if (worker_shared->shipper_pid == MyProcPid)
+	{
+		worker_shared->shipper_latch = NULL;
+		worker_shared->shipper_pid = 0;
+	}
+	LWLockRelease(worker_shared->lock);
+}
+
+/* The shipper makes itself known, so that stripe_sync.wake() reaches it. */
+void
+stripe_worker_shipper_attach(void)
+{
+	if (worker_shared == NULL)
+		return;
+	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
+	worker_shared->shipper_pid = MyProcPid;
+	worker_shared->shipper_latch = &MyProc->procLatch;
+	LWLockRelease(worker_shared->lock);
+	on_shmem_exit(shipper_detach, (Datum) 0);
 }
 
 static void
@@ -886,6 +922,17 @@ stripe_launcher_main(Datum main_arg)
 	ereport(LOG,
 			(errmsg("stripe_sync launcher started in database \"%s\"", stripe_database)));
 
+	stripe_worker_loop(launcher_pass);
+}
+
+/*
+ * The main loop of the launcher and the shipper: pass() does one round and
+ * says how long to sleep (0: go again at once).  A worker's start or end
+ * (bgw_notify_pid), stripe_sync.wake() or a signal cuts the sleep short.
+ */
+void
+stripe_worker_loop(long (*pass) (void))
+{
 	for (;;)
 	{
 		long		sleep_ms;
@@ -897,11 +944,12 @@ stripe_launcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		sleep_ms = launcher_pass();
-
-		/* a worker's start or end (bgw_notify_pid), wake() or a signal sets the latch */
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 sleep_ms, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		sleep_ms = pass();
+		if (sleep_ms > 0)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 sleep_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
 	}
 }

@@ -12,26 +12,19 @@ use File::Temp qw(tempdir);
 use Time::HiRes qw(usleep);
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT_OK = qw(start_fake new_node);
+our @EXPORT_OK = qw(start_fake start_intempt new_node);
 
 my @fakes;
 
 sub root { return $ENV{STRIPE_TEST_ROOT} // '.'; }
 
-# start_fake(counts => {customers => 1050}) -> object with url/control methods
-sub start_fake
+# spawn(script, args...) -> a fake server (test/<script>) on a free port
+sub spawn
 {
-	my (%args) = @_;
+	my ($script, @args) = @_;
 	my $dir = tempdir(CLEANUP => 1);
 	my $portfile = "$dir/port";
-	my @cmd = ('python3', root() . '/test/fake_stripe.py', '--port', '0',
-		'--port-file', $portfile,
-		'--fixtures', root() . '/shared/stripe/fixtures3.json');
-	if ($args{counts})
-	{
-		push @cmd, '--counts',
-		  join(',', map { "$_=$args{counts}{$_}" } sort keys %{ $args{counts} });
-	}
+	my @cmd = ('python3', root() . "/test/$script", '--port', '0', '--port-file', $portfile, @args);
 	my $pid = fork();
 	die "fork: $!" unless defined $pid;
 	if ($pid == 0)
@@ -45,7 +38,7 @@ sub start_fake
 		last if -s $portfile;
 		usleep(50_000);
 	}
-	open(my $fh, '<', $portfile) or die "fake Stripe did not start";
+	open(my $fh, '<', $portfile) or die "$script did not start";
 	my $port = <$fh>;
 	chomp $port;
 	close $fh;
@@ -57,6 +50,26 @@ sub start_fake
 	}, 'StripeTest::Fake';
 	push @fakes, $self;
 	return $self;
+}
+
+# start_fake(counts => {customers => 1050}) -> the fake Stripe
+sub start_fake
+{
+	my (%args) = @_;
+	my @args = ('--fixtures', root() . '/shared/stripe/fixtures3.json');
+	push @args, '--counts',
+	  join(',', map { "$_=$args{counts}{$_}" } sort keys %{ $args{counts} })
+	  if $args{counts};
+	return spawn('fake_stripe.py', @args);
+}
+
+# start_intempt(api_key => 'prefix.secret') -> the fake Intempt for org acme,
+# project web, source 123456789
+sub start_intempt
+{
+	my (%args) = @_;
+	return spawn('fake_intempt.py', '--org', 'acme', '--project', 'web', '--source-id', '123456789',
+		'--api-key', $args{api_key});
 }
 
 # new_node(name, fake, extra_conf, preload => 0|1) -> started node with the extension, a server

@@ -36,6 +36,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 env_cleanup() {
   [ -n "${ENV_PGDATA:-}" ] && [ -f "$ENV_PGDATA/postmaster.pid" ] && as_runner "$PGBIN/pg_ctl" -D "$ENV_PGDATA" -m immediate stop >/dev/null 2>&1
   [ -n "${ENV_FAKE_PID:-}" ] && kill "$ENV_FAKE_PID" 2>/dev/null && wait "$ENV_FAKE_PID" 2>/dev/null
+  [ -n "${ENV_INTEMPT_PID:-}" ] && kill "$ENV_INTEMPT_PID" 2>/dev/null && wait "$ENV_INTEMPT_PID" 2>/dev/null
   [ -n "${ENV_DIR:-}" ] && [ -z "${KEEP_TMP:-}" ] && rm -rf "$ENV_DIR"
 }
 
@@ -49,7 +50,7 @@ env_setup() {
     ENV_API_URL=https://api.stripe.com
     ENV_API_KEY=$STRIPE_API_KEY
   else
-    cp "$ENV_ROOT/test/fake_stripe.py" "$ENV_SHARED/stripe/fixtures3.json" "$ENV_DIR/"
+    cp "$ENV_ROOT/test/fake_stripe.py" "$ENV_ROOT/test/fakelib.py" "$ENV_SHARED/stripe/fixtures3.json" "$ENV_DIR/"
     [ "$(id -u)" -eq 0 ] && chown "$RUNAS" "$ENV_DIR"/*
     env_log "starting the fake Stripe ($counts)"
     python3 "$ENV_DIR/fake_stripe.py" --port 0 --port-file "$ENV_DIR/fake.port" \
@@ -82,3 +83,35 @@ SQL
 }
 
 env_psql() { as_runner "$PGBIN/psql" -X -h "$ENV_DIR" -p "$ENV_PGPORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
+
+# env_intempt: a server "intempt" and a user mapping for Intempt's tracking
+# API: the real one when INTEMPT_API_KEY (prefix.secret), INTEMPT_ORG,
+# INTEMPT_PROJECT and INTEMPT_SOURCE_ID are set, else the bundled fake
+# (ENV_INTEMPT_URL is then its address, for its /_control API).
+env_intempt() {
+  local url key org project source
+  if [ -n "${INTEMPT_API_KEY:-}" ]; then
+    url=${INTEMPT_API_URL:-https://api.intempt.com/v1} key=$INTEMPT_API_KEY
+    org=${INTEMPT_ORG:?set INTEMPT_ORG} project=${INTEMPT_PROJECT:?set INTEMPT_PROJECT}
+    source=${INTEMPT_SOURCE_ID:?set INTEMPT_SOURCE_ID}
+    ENV_INTEMPT_URL=
+  else
+    org=acme project=web source=123456789 key=demo.intempt-secret
+    cp "$ENV_ROOT/test/fake_intempt.py" "$ENV_ROOT/test/fakelib.py" "$ENV_DIR/"
+    [ "$(id -u)" -eq 0 ] && chown "$RUNAS" "$ENV_DIR/fake_intempt.py" "$ENV_DIR/fakelib.py"
+    env_log "starting the fake Intempt"
+    python3 "$ENV_DIR/fake_intempt.py" --port 0 --port-file "$ENV_DIR/intempt.port" \
+      --org $org --project $project --source-id $source --api-key $key &
+    ENV_INTEMPT_PID=$!
+    for _ in $(seq 600); do [ -s "$ENV_DIR/intempt.port" ] && break; sleep 0.1; done
+    [ -s "$ENV_DIR/intempt.port" ] || { echo "the fake Intempt did not start" >&2; exit 1; }
+    ENV_INTEMPT_URL="http://127.0.0.1:$(cat "$ENV_DIR/intempt.port")"
+    url=$ENV_INTEMPT_URL/v1
+  fi
+  ENV_INTEMPT_KEY=$key
+  env_psql -q <<SQL
+CREATE SERVER intempt FOREIGN DATA WRAPPER intempt
+  OPTIONS (api_url '$url', org '$org', project '$project', source_id '$source');
+CREATE USER MAPPING FOR CURRENT_USER SERVER intempt OPTIONS (api_key '$key');
+SQL
+}

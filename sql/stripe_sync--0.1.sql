@@ -129,10 +129,12 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   cols text;
 BEGIN
-  SELECT string_agg(format('%I %s%s', column_name, column_type,
+  -- lz4 for every jsonb column: attrs is most of a row, and pglz on the nested
+  -- ones cost a tenth of a backfill's time, more than lz4 on attrs
+  SELECT string_agg(format('%I %s%s%s', column_name, column_type,
+                           CASE WHEN column_type = 'jsonb' THEN ' COMPRESSION lz4' ELSE '' END,
                            CASE WHEN column_name = 'id' THEN ' PRIMARY KEY' ELSE '' END), ', ')
     INTO cols FROM stripe_sync.catalog_columns(object);
-  -- lz4: attrs is most of a row, and pglz costs more than the rest of the insert
   EXECUTE format('CREATE TABLE IF NOT EXISTS %I.%I (%s, attrs jsonb COMPRESSION lz4 NOT NULL, account_id text, '
                  'synced_at timestamptz NOT NULL, observed_at timestamptz NOT NULL, deleted_at timestamptz)',
                  target_schema, object, cols);

@@ -711,8 +711,15 @@ typedef struct StreamSlot
 	char		errbuf[CURL_ERROR_SIZE];
 	int			attempt;
 	TimestampTz retry_at;		/* waiting for a retry until then, when !added */
+	bool		reserved;		/* set up, waiting for its rate slot */
+	TimestampTz go_at;			/* that slot's time */
 } StreamSlot;
 
+/*
+ * Sets an attempt up and takes its rate slot; slot_launch sends it when the
+ * slot comes.  Waiting here instead would hold back the transfers already
+ * set up: a round of N new requests would all leave together, N slots late.
+ */
 static void
 slot_start(StripeConn *conn, StreamSlot *s, MemoryContext cxt, StripeStats *stats)
 {
@@ -729,13 +736,20 @@ slot_start(StripeConn *conn, StreamSlot *s, MemoryContext cxt, StripeStats *stat
 	s->headers = build_headers(conn, NULL);
 	setup_easy(s->easy, s->url, s->headers, "GET", NULL, &s->buf, s->errbuf);
 	/* every request takes its turn with the shared limit before it leaves */
-	stripe_ratelimit_wait(conn);
+	s->go_at = stripe_ratelimit_reserve(conn);
+	s->reserved = true;
+}
+
+static void
+slot_launch(StreamSlot *s, StripeStats *stats)
+{
 	if (stats)
 		stats->requests++;
 	s->req->sent = GetCurrentTimestamp();
 	if (curl_multi_add_handle(stripe_multi, s->easy) != CURLM_OK)
 		elog(ERROR, "curl_multi_add_handle failed");
 	s->added = true;
+	s->reserved = false;
 }
 
 static void
@@ -752,6 +766,7 @@ slot_detach(StreamSlot *s)
 	}
 	curl_slist_free_all(s->headers);
 	s->headers = NULL;
+	s->reserved = false;
 }
 
 /*
@@ -804,7 +819,7 @@ stripe_request_stream(StripeConn *conn, StripeManyFeed feed, StripeManyDone done
 			{
 				StreamSlot *s = &slots[i];
 
-				if (s->req != NULL && !s->added && s->retry_at <= now)
+				if (s->req != NULL && !s->added && !s->reserved && s->retry_at <= now)
 					slot_start(conn, s, cxt, stats);
 				if (s->req == NULL && !feed_empty)
 				{
@@ -822,11 +837,13 @@ stripe_request_stream(StripeConn *conn, StripeManyFeed feed, StripeManyDone done
 						feed_empty = true;
 					}
 				}
+				if (s->reserved && s->go_at <= GetCurrentTimestamp())
+					slot_launch(s, stats);
 				if (s->req != NULL)
 				{
 					busy++;
 					if (!s->added)
-						wait_ms = Min(wait_ms, Max((long) ((s->retry_at - now) / 1000), 1));
+						wait_ms = Min(wait_ms, Max((long) (((s->reserved ? s->go_at : s->retry_at) - now) / 1000), 1));
 				}
 			}
 			if (busy == 0)

@@ -179,19 +179,17 @@ take_slot(RateSlot *slots, uint64 hash, TimestampTz now, int64 interval)
 }
 
 /*
- * Blocks until a request to conn's account may be sent.  Call it before every
- * attempt, retries included.  Query cancel, statement_timeout and SIGTERM end
- * the wait with an ERROR; the slot it held is then simply not used.
+ * Takes the next slot of conn's account and returns its time, without
+ * waiting: the caller sends no earlier.  The request stream uses it so that
+ * its transfers keep running while later requests wait for their turn.
  */
-void
-stripe_ratelimit_wait(const StripeConn *conn)
+TimestampTz
+stripe_ratelimit_reserve(const StripeConn *conn)
 {
 	uint64		hash;
 	int64		interval;
 	TimestampTz now;
 	TimestampTz slot;
-	int64		wait_us;
-	instr_time	start;
 
 	/* a query already canceled should not take a slot */
 	CHECK_FOR_INTERRUPTS();
@@ -209,6 +207,21 @@ stripe_ratelimit_wait(const StripeConn *conn)
 	}
 	else
 		slot = take_slot(rate_local, hash, now, interval);
+	return slot;
+}
+
+/*
+ * Blocks until a request to conn's account may be sent.  Call it before every
+ * attempt, retries included.  Query cancel, statement_timeout and SIGTERM end
+ * the wait with an ERROR; the slot it held is then simply not used.
+ */
+void
+stripe_ratelimit_wait(const StripeConn *conn)
+{
+	TimestampTz slot = stripe_ratelimit_reserve(conn);
+	TimestampTz now = GetCurrentTimestamp();
+	int64		wait_us;
+	instr_time	start;
 
 	/*
 	 * Slots are wall-clock times, the one clock all processes share; the

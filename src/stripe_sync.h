@@ -178,6 +178,7 @@ extern void stripe_scrub_secrets(char *msg);
 
 extern void stripe_ratelimit_shmem_init(void);
 extern void stripe_ratelimit_wait(const StripeConn *conn);
+extern TimestampTz stripe_ratelimit_reserve(const StripeConn *conn);
 
 /* ---- JSON pages (json_page.c) ---- */
 

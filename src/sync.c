@@ -98,6 +98,9 @@ typedef struct SyncRun
 	int64		events_applied;
 	TimestampTz started;
 	int64		account_created;	/* unix seconds; 0 = not known */
+	bool		events_early;	/* the events' first page was asked for */
+	char	   *events_page;	/* its body, in cxt, when it came */
+	size_t		events_len;
 } SyncRun;
 
 /* ---------- transactions ---------- */
@@ -496,7 +499,11 @@ typedef struct Backfill
 	int64		pages;
 	TimestampTz t0;
 	MemoryContext spi_cxt;		/* where the last page_boundary left us */
+	bool		last;			/* the run's last backfill: sync_events follows */
 } Backfill;
+
+/* tag of the events request a backfill's tail carries */
+#define EVENTS_TAG	(-1)
 
 /* smallest window worth splitting, in seconds of created */
 #define MIN_SPLIT_SECS	2
@@ -626,7 +633,7 @@ static BfWindow *
 bf_split(Backfill *bf)
 {
 	int			best = -1;
-	int64		best_pages = 1;
+	int64		best_pages = 4;		/* in quarters: 1.25 pages or more */
 	int64		mid;
 	int64		old_lo;
 	int			maxdepth = Max(stripe_max_concurrent_requests, 1);
@@ -644,7 +651,8 @@ bf_split(Backfill *bf)
 			continue;
 		top = c->after[0] ? c->last_created : (c->hi ? c->hi : bf->top);
 		lo = c->lo ? c->lo : bf->base;
-		pages = (top - lo) / c->span;
+		/* in pages, in 1/4: a window of 1.5 pages is two round trips, worth sharing */
+		pages = (top - lo) * 4 / c->span;
 		if (pages > best_pages)
 		{
 			best = i;
@@ -655,7 +663,7 @@ bf_split(Backfill *bf)
 		return NULL;
 	w = &bf->w[best];
 	mid = (w->after[0] ? w->last_created : (w->hi ? w->hi : bf->top)) -
-		Min(CHUNK_PAGES, best_pages / 2) * w->span;
+		Min(CHUNK_PAGES, Max(best_pages / 8, 1)) * w->span;
 	old_lo = w->lo;
 	w->lo = mid;
 	/* bf_add_window may move the array */
@@ -664,6 +672,48 @@ bf_split(Backfill *bf)
 	nw->span = w->span;
 	nw->depth = w->depth + 1;
 	return nw;
+}
+
+static char *
+events_path(SyncRun *run, const char *after)
+{
+	return psprintf("/v1/events?limit=%d&created%%5Bgte%%5D=" INT64_FORMAT "%s%s",
+					STRIPE_PAGE_SIZE, run->src.events_cursor - EVENT_OVERLAP_SECS,
+					after[0] ? "&starting_after=" : "", after);
+}
+
+/*
+ * The first free slot the run's last backfill has no page for asks for the
+ * first page of events, which sync_events would otherwise ask for alone, one
+ * round trip after the backfill.  Asking early loses nothing: the cursor only
+ * moves up to the events applied, so what happens after this request is read
+ * by the next sync, and observed_at orders these events and the pages.
+ */
+static bool
+bf_feed_events(Backfill *bf, StripeManyReq *req)
+{
+	PageCheck  *pc;
+	StripeFieldSet *fs;
+	MemoryContext old;
+
+	if (bf->run->events_early)
+		return false;
+	req->cxt = AllocSetContextCreate(bf->cxt, "stripe_sync events page", ALLOCSET_DEFAULT_SIZES);
+	req->tag = EVENTS_TAG;
+	old = MemoryContextSwitchTo(req->cxt);
+	fs = stripe_fieldset_create(1);
+	stripe_fieldset_add(fs, "id", 0);
+	stripe_fieldset_finish(fs);
+	pc = palloc0(sizeof(PageCheck));
+	pc->fs = fs;
+	pc->page = palloc0(sizeof(StripePage));
+	pc->is_list = true;
+	req->path = events_path(bf->run, "");
+	req->check = check_page;
+	req->check_arg = pc;
+	MemoryContextSwitchTo(old);
+	bf->run->events_early = true;
+	return true;
 }
 
 static bool
@@ -681,7 +731,7 @@ bf_feed(void *arg, StripeManyReq *req)
 	if (w == NULL)
 		w = bf_split(bf);
 	if (w == NULL)
-		return false;
+		return bf->last && bf_feed_events(bf, req);
 
 	req->cxt = AllocSetContextCreate(bf->cxt, "stripe_sync backfill page", ALLOCSET_DEFAULT_SIZES);
 	req->tag = w - bf->w;
@@ -723,13 +773,23 @@ bf_done(void *arg, StripeManyReq *req)
 	Backfill   *bf = arg;
 	SyncRun    *run = bf->run;
 	LocalTable *lt = bf->lt;
-	BfWindow   *w = &bf->w[req->tag];
+	BfWindow   *w;
 	StripePage *page = ((PageCheck *) req->check_arg)->page;
 	MemoryContext caller = CurrentMemoryContext;
 	int			nkeep = page->nrows;
 	int64		changed;
 	bool		all_done = true;
 
+	if (req->tag == EVENTS_TAG)
+	{
+		/* kept for sync_events; the body is parsed in place there */
+		run->events_page = MemoryContextAlloc(run->cxt, req->resp.len + 1);
+		memcpy(run->events_page, req->resp.body, req->resp.len + 1);
+		run->events_len = req->resp.len;
+		MemoryContextDelete(req->cxt);
+		return;
+	}
+	w = &bf->w[req->tag];
 	w->in_flight = false;
 	/* rows older than the window's (possibly split-off) range are another's */
 	if (w->lo && lt->created_slot >= 0)
@@ -798,7 +858,7 @@ bf_done(void *arg, StripeManyReq *req)
 }
 
 static void
-backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor)
+backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor, bool last)
 {
 	Backfill	bf;
 	MemoryContext old;
@@ -807,6 +867,7 @@ backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor)
 	bf.run = run;
 	bf.lt = lt;
 	bf.object = object;
+	bf.last = last;
 	bf.cxt = AllocSetContextCreate(run->cxt, "stripe_sync backfill", ALLOCSET_DEFAULT_SIZES);
 	bf.t0 = GetCurrentTimestamp();
 	/* nothing created after the events cursor is missed: the events bring it */
@@ -837,9 +898,11 @@ backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor)
 		/*
 		 * Equal spans of time.  The oldest window stays open below (unless
 		 * sync_from bounds it) and the newest open above, so an object
-		 * outside the expected range is still listed.
+		 * outside the expected range is still listed.  Newest first: most
+		 * accounts have most of their objects late in their life, and the
+		 * windows that find some are the ones whose pages get split.
 		 */
-		for (int i = 0; i < n; i++)
+		for (int i = n - 1; i >= 0; i--)
 		{
 			BfWindow   *w = bf_add_window(&bf,
 										  i == 0 ? (run->src.has_sync_from ? run->src.sync_from : 0)
@@ -947,12 +1010,14 @@ sync_events(SyncRun *run)
 		StripePage	page;
 		PageCheck	pc = {efs, &page, true};
 		StripeResponse resp;
-		char	   *path = psprintf("/v1/events?limit=%d&created%%5Bgte%%5D=" INT64_FORMAT "%s%s",
-									STRIPE_PAGE_SIZE, since,
-									last_id[0] ? "&starting_after=" : "", last_id);
+		const char *why;
 
-		stripe_request(run->conn, "GET", path, NULL, NULL, false, check_page, &pc,
-					   &resp, &run->stats);
+		/* the first page may have come with the backfill's tail */
+		if (run->events_page == NULL ||
+			!stripe_parse_page(run->events_page, run->events_len, true, efs, &page, &why))
+			stripe_request(run->conn, "GET", events_path(run, last_id), NULL, NULL, false,
+						   check_page, &pc, &resp, &run->stats);
+		run->events_page = NULL;
 		for (int i = 0; i < page.nrows; i++)
 		{
 			StripeRow  *r = &page.rows[i];
@@ -1198,7 +1263,7 @@ run_source(SyncRun *run)
 	{
 		List	   *p = lfirst(lc);
 
-		backfill_object(run, list_nth(p, 1), linitial(p), lthird(p));
+		backfill_object(run, list_nth(p, 1), linitial(p), lthird(p), lnext(pending, lc) == NULL);
 	}
 
 	sync_events(run);

@@ -1,6 +1,6 @@
 # stripe_sync: PGXS build
 MODULE_big = stripe_sync
-OBJS = src/stripe_sync.o src/outbox.o src/http.o src/json_page.o src/options.o src/rowconv.o \
+OBJS = src/stripe_sync.o src/outbox.o src/payload.o src/http.o src/json_page.o src/options.o src/rowconv.o \
        src/catalog.o src/catalog_data.o src/fdw.o src/modify.o src/admin.o \
        src/ratelimit.o src/sync.o src/worker.o
 EXTENSION = stripe_sync

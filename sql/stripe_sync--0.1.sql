@@ -372,15 +372,10 @@ CREATE INDEX outbox_delivered_idx ON stripe_sync.outbox (delivered_at) WHERE sta
 
 REVOKE ALL ON stripe_sync.event_map, stripe_sync.outbox FROM PUBLIC;
 
--- Stripe's amounts are integers in the currency's minor unit
+-- Stripe's amounts are integers in the currency's minor unit: digits after the point
 CREATE FUNCTION stripe_sync.currency_exponent(currency text) RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT CASE
-    WHEN lower(currency) IN ('bif', 'clp', 'djf', 'gnf', 'jpy', 'kmf', 'krw', 'mga', 'pyg',
-                             'rwf', 'ugx', 'vnd', 'vuv', 'xaf', 'xof', 'xpf') THEN 0
-    WHEN lower(currency) IN ('bhd', 'jod', 'kwd', 'omr', 'tnd') THEN 3
-    ELSE 2 END
-$$;
+AS 'MODULE_PATHNAME', 'stripe_currency_exponent_sql'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
 
 CREATE FUNCTION stripe_sync.major_units(minor numeric, currency text) RETURNS numeric
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -388,48 +383,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                           stripe_sync.currency_exponent(currency)))
 $$;
 
--- every top-level amount twice: major units under its name, Stripe's integer under <name>_minor
-CREATE FUNCTION stripe_sync.intempt_amounts(obj jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  WITH a AS (
-    SELECT key, (value #>> '{}')::numeric AS minor
-      FROM jsonb_each(obj)
-     WHERE jsonb_typeof(value) = 'number'
-       AND key ~ '^(amount|total|subtotal|tax|unit_amount|balance|starting_balance|ending_balance)(_|$)|_amount$'
-    UNION ALL
-    -- a subscription's amount per period: its items' prices times quantities
-    SELECT 'amount', sum((i->'price'->>'unit_amount')::numeric * coalesce((i->>'quantity')::numeric, 1))
-      FROM jsonb_array_elements(CASE WHEN obj->>'object' = 'subscription'
-                                     THEN coalesce(obj->'items'->'data', '[]') ELSE '[]' END) i
-    HAVING count(*) > 0 AND count(i->'price'->>'unit_amount') = count(*)
-  )
-  SELECT coalesce(jsonb_object_agg(key, stripe_sync.major_units(minor, obj->>'currency'))
-                    || jsonb_object_agg(key || '_minor', minor), '{}')
-    FROM a
-$$;
-
--- the "data" of an Intempt event: ids, status, currency, amounts and a few telling fields
+-- the "data" of an Intempt event: ids, status, currency, every top-level amount
+-- twice (major units under its name, Stripe's integer under <name>_minor) and a
+-- few telling fields (payload.c)
 CREATE FUNCTION stripe_sync.intempt_data(obj jsonb, event_id text, event_type text, customer_id text)
-RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT jsonb_strip_nulls(jsonb_build_object(
-           'stripe_event_id', event_id,
-           'stripe_event_type', event_type,
-           'stripe_object_id', obj->>'id',
-           'object', obj->>'object',
-           'customer_id', customer_id,
-           'status', obj->>'status',
-           'currency', obj->>'currency',
-           'created', obj->'created',
-           'livemode', obj->'livemode',
-           'historical', CASE WHEN event_id LIKE 'hist\_%' THEN true END))
-         || coalesce((SELECT jsonb_object_agg(key, value) FROM jsonb_each(obj)
-                       WHERE key IN ('email', 'name', 'description', 'payment_intent', 'invoice', 'charge',
-                                     'subscription', 'number', 'billing_reason', 'reason', 'failure_code',
-                                     'failure_message', 'paid', 'refunded', 'captured', 'receipt_email',
-                                     'collection_method', 'cancel_at_period_end', 'customer_email')
-                         AND jsonb_typeof(value) IN ('string', 'number', 'boolean')), '{}')
-         || stripe_sync.intempt_amounts(obj)
-$$;
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_intempt_data'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
 
 -- the events a backfilled object stands for, with the status each needs
 CREATE FUNCTION stripe_sync.history_events(obj jsonb) RETURNS SETOF text
@@ -472,6 +432,9 @@ BEGIN
     charge_email := format('(SELECT nullif(ch.attrs->''billing_details''->>''email'', '''') FROM %I.charges ch WHERE ch.id = x.charge)', sch);
   END IF;
   EXECUTE format($q$
+    WITH objs AS MATERIALIZED (  -- each object's text is parsed once, not per reference
+      SELECT r.id, r.type, r.t, r.o::jsonb AS obj, r.ord
+        FROM unnest($2, $3, $4, $5) WITH ORDINALITY r(id, type, t, o, ord))
     INSERT INTO stripe_sync.outbox (source, event_id, event_name, stripe_event, object_id, occurred_at, payload)
     SELECT $1, e.event_id, m.intempt_event, e.event_type, e.obj->>'id', to_timestamp(e.t),
            jsonb_build_object('eventId', e.event_id, 'timestamp', e.t * 1000,
@@ -479,8 +442,7 @@ BEGIN
                               'data', stripe_sync.intempt_data(e.obj, e.event_id, e.event_type, u.cust))
       FROM (SELECT coalesce(i.id, 'hist_' || h.h || '_' || (i.obj->>'id')) AS event_id,
                    coalesce(i.type, h.h) AS event_type, i.t, i.obj, i.ord
-              FROM (SELECT r.id, r.type, r.t, r.o::jsonb AS obj, r.ord
-                      FROM unnest($2, $3, $4, $5) WITH ORDINALITY r(id, type, t, o, ord)) i
+              FROM objs i
               LEFT JOIN LATERAL stripe_sync.history_events(i.obj) h(h) ON i.type IS NULL
              WHERE i.type IS NOT NULL
                 OR (h.h IS NOT NULL AND (i.obj->>'created')::bigint < $6)) e

@@ -105,6 +105,22 @@ is(it_stats()->{duplicates}, 0, 'no historical event arrived twice');
 is(sql("SELECT count(*) FROM stripe_sync.outbox WHERE event_id NOT LIKE 'hist\\_%'"), '0',
 	'history has deterministic ids');
 
+# ---- emit_history => false: the same backfill writes no history
+sql(qq{
+	CREATE SCHEMA quiet;
+	BEGIN;
+	SELECT stripe_sync.create_source('quiet', server => 'stripe', target_schema => 'quiet',
+	                                 objects => ARRAY['customers', 'charges'], destination => 'intempt',
+	                                 emit_history => false);
+	SELECT stripe_sync.alter_source('quiet', enabled => false);
+	COMMIT;
+	SELECT stripe_sync.sync_now('quiet');
+});
+is(sql("SELECT (SELECT count(*) FROM quiet.customers) > 0 AND "
+	  . "(SELECT count(*) FROM stripe_sync.outbox WHERE source = 'quiet') = 0"), 't',
+	'emit_history => false: the tables fill, the outbox does not');
+sql("SELECT stripe_sync.drop_source('quiet'); DROP SCHEMA quiet CASCADE;");
+
 # ---- every mapped event type, live, arrives as the outbox wrote it
 my $now = time;
 my @golden = (

@@ -335,7 +335,8 @@ typedef enum Outcome
 static Outcome
 judge(StripeHttpResult *res, int n)
 {
-	if (res->status == 200 || res->status == 201)
+	/* Intempt answers 200 or 201; any 2xx means it has the events */
+	if (res->status >= 200 && res->status < 300)
 		return OUT_DELIVERED;
 	if (res->status == 413)
 		return n > 1 ? OUT_SPLIT : OUT_DEAD;

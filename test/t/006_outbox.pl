@@ -192,6 +192,25 @@ my $refused = 0;
 $refused += $st->{by_status}{$_} // 0 for qw(429 500 503);
 cmp_ok($refused, '>', 0, "the fake refused requests ($refused)");
 
+# the events of each Stripe object arrived in the order the outbox has them
+{
+	my (%sent, %outbox);
+	for my $e (@{ $it->call('GET', '/_control/events') })
+	{
+		my $o = $e->{data}{stripe_object_id};
+		push @{ $sent{$o} }, $e->{eventId} unless grep { $_ eq $e->{eventId} } @{ $sent{$o} // [] };
+	}
+	for my $line (split /\n/, sql("SELECT object_id || ' ' || event_id FROM stripe_sync.outbox ORDER BY id"))
+	{
+		my ($o, $id) = split / /, $line;
+		push @{ $outbox{$o} }, $id;
+	}
+	my @out_of_order = grep { join(',', @{ $sent{$_} // [] }) ne join(',', @{ $outbox{$_} }) } keys %outbox;
+	my $busiest = (sort { $b <=> $a } map { scalar @$_ } values %outbox)[0];
+	is(scalar @out_of_order, 0,
+		"each object's events arrived in order, through 30% refusals (up to $busiest events an object)");
+}
+
 # ---- Intempt down for a minute, then back
 $it->call('POST', '/_control/faults', { kind => 'down', seconds => 60 });
 $before = outbox_count();
@@ -247,6 +266,17 @@ cmp_ok(it_stats()->{by_status}{413} // 0, '>', $s413, 'Intempt answered 413');
 is(sql("SELECT count(*) FROM stripe_sync.outbox WHERE state = 'dead'"), '0', 'a 413 kills nothing');
 is(missing(), 0, 'after 413, halves delivered everything');
 $it->call('POST', '/_control/config', { max_body_bytes => 0 });
+
+# ---- 429 with Retry-After: the next attempt waits that long
+$it->call('POST', '/_control/faults', { kind => '429', count => 1, retry_after => 2 });
+$before = outbox_count();
+update_customers(3);
+wait_delivered('after a 429', $before + 3);
+my @log = grep { $_->{path} =~ m{/track$} } @{ $it->call('GET', '/_control/requests?limit=20') };
+my ($i429) = grep { ($log[$_]{status} // 0) == 429 } 0 .. $#log;
+ok(defined $i429 && $i429 < $#log && $log[ $i429 + 1 ]{time} - $log[$i429]{time} >= 1.9,
+	'after a 429 with Retry-After: 2, the next attempt came 2 s later')
+  or diag(explain(\@log));
 
 # ---- delivered rows are purged after stripe_sync.outbox_retention
 $node->append_conf('postgresql.conf', "stripe_sync.outbox_retention = '1s'\n");

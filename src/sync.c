@@ -975,6 +975,43 @@ load_applied(SyncRun *run, int64 since, HTAB *seen)
 	}
 }
 
+/* the Stripe event types the outbox takes (stripe_sync.event_map, enabled) */
+static HTAB *
+load_event_map(MemoryContext cxt)
+{
+	HASHCTL		ctl;
+	HTAB	   *map;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = NAMEDATALEN * 2;
+	ctl.entrysize = NAMEDATALEN * 2;
+	ctl.hcxt = cxt;
+	map = hash_create("stripe_sync event map", 32, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	spi_exec("SELECT stripe_event FROM stripe_sync.event_map WHERE enabled", 0, NULL, NULL, NULL);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char		key[NAMEDATALEN * 2] = {0};
+
+		strlcpy(key, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1), sizeof(key));
+		hash_search(map, key, HASH_ENTER, NULL);
+	}
+	return map;
+}
+
+/* the outbox rows of a batch of applied events, in the batch's transaction */
+static void
+outbox_flush(SyncRun *run, MemoryContext cxt, Datum *ids, Datum *types, Datum *times,
+			 Datum *objects, int *n)
+{
+	if (*n == 0)
+		return;
+	outbox_add(run, PointerGetDatum(construct_array(ids, *n, TEXTOID, -1, false, TYPALIGN_INT)),
+			   PointerGetDatum(construct_array(types, *n, TEXTOID, -1, false, TYPALIGN_INT)),
+			   times, objects, *n);
+	*n = 0;
+	MemoryContextReset(cxt);
+}
+
 static void
 sync_events(SyncRun *run)
 {
@@ -993,6 +1030,14 @@ sync_events(SyncRun *run)
 	HASHCTL		ctl;
 	HTAB	   *seen;
 	int			since_commit = 0;
+	HTAB	   *mapped;
+	MemoryContext ob_cxt = AllocSetContextCreate(ev_cxt, "stripe_sync outbox batch",
+												 ALLOCSET_SMALL_SIZES);
+	Datum		ob_ids[STRIPE_PAGE_SIZE],
+				ob_types[STRIPE_PAGE_SIZE],
+				ob_times[STRIPE_PAGE_SIZE],
+				ob_objects[STRIPE_PAGE_SIZE];
+	int			nob = 0;
 
 	stripe_fieldset_add(efs, "id", 0);
 	stripe_fieldset_add(efs, "created", 1);
@@ -1066,6 +1111,7 @@ sync_events(SyncRun *run)
 	ctl.hcxt = ev_cxt;
 	seen = hash_create("stripe_sync applied events", 1024, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	load_applied(run, since, seen);
+	mapped = load_event_map(ev_cxt);
 
 	/*
 	 * Applying commits (in a worker) at every batch, which frees SPI's memory:
@@ -1125,17 +1171,18 @@ sync_events(SyncRun *run)
 					lt->rows += upsert_rows(run, lt, &row.rows[0], 1, at, deleted ? at : 0);
 			}
 		}
-		/* older events are the backfill's history */
-		if (run->src.destination != NULL && e->created >= run->src.history_until)
+		/* mapped events go to the outbox; older ones are the backfill's history */
+		if (run->src.destination != NULL && e->created >= run->src.history_until &&
+			hash_search(mapped, e->type, HASH_FIND, NULL) != NULL)
 		{
-			Datum		id = CStringGetTextDatum(e->id);
-			Datum		type = CStringGetTextDatum(e->type);
-			Datum		created = Int64GetDatum(e->created);
-			Datum		object = PointerGetDatum(cstring_to_text_with_len(e->object_json, e->object_len));
+			MemoryContext o = MemoryContextSwitchTo(ob_cxt);
 
-			outbox_add(run, PointerGetDatum(construct_array(&id, 1, TEXTOID, -1, false, TYPALIGN_INT)),
-					   PointerGetDatum(construct_array(&type, 1, TEXTOID, -1, false, TYPALIGN_INT)),
-					   &created, &object, 1);
+			ob_ids[nob] = CStringGetTextDatum(e->id);
+			ob_types[nob] = CStringGetTextDatum(e->type);
+			ob_times[nob] = Int64GetDatum(e->created);
+			ob_objects[nob] = PointerGetDatum(cstring_to_text_with_len(e->object_json, e->object_len));
+			nob++;
+			MemoryContextSwitchTo(o);
 		}
 		values[0] = CStringGetTextDatum(run->src.name);
 		values[1] = CStringGetTextDatum(e->id);
@@ -1150,12 +1197,15 @@ sync_events(SyncRun *run)
 			Oid			ct[2] = {TEXTOID, INT8OID};
 			Datum		cv[2] = {CStringGetTextDatum(run->src.name), Int64GetDatum(cursor)};
 
+			outbox_flush(run, ob_cxt, ob_ids, ob_types, ob_times, ob_objects, &nob);
 			spi_exec("UPDATE stripe_sync.sources SET events_cursor = $2 WHERE name = $1",
 					 2, ct, cv, NULL);
 			page_boundary(run);
 			since_commit = 0;
 		}
 	}
+	/* the last events may have been re-reads, which commit nothing of their own */
+	outbox_flush(run, ob_cxt, ob_ids, ob_types, ob_times, ob_objects, &nob);
 	run->src.events_cursor = cursor;
 	{
 		Oid			ct[2] = {TEXTOID, INT8OID};

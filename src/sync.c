@@ -47,6 +47,7 @@ PG_FUNCTION_INFO_V1(stripe_catalog_columns);
 /* re-read this much before the cursor; applied ids are dropped */
 #define EVENT_OVERLAP_SECS		300
 #define ADVISORY_CLASS			0x53545250	/* "STRP" */
+#define RUNS_KEPT_DAYS			30
 
 typedef struct SourceInfo
 {
@@ -1428,6 +1429,9 @@ sync_source(const char *source, bool own)
 		Oid			types[1] = {TEXTOID};
 		Datum		values[1] = {CStringGetTextDatum(source)};
 
+		/* the history of runs is kept for RUNS_KEPT_DAYS */
+		spi_exec("DELETE FROM stripe_sync.runs WHERE source = $1 AND finished_at < now() - "
+				 "make_interval(days => " CppAsString2(RUNS_KEPT_DAYS) ")", 1, types, values, NULL);
 		spi_exec("INSERT INTO stripe_sync.runs (source) VALUES ($1) RETURNING id", 1, types, values, NULL);
 		run->src.run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 													  &(bool){false}));

@@ -116,8 +116,15 @@ $out = $node->safe_psql('postgres', "SELECT stripe_sync.sync_now('main')");
 is($node->safe_psql('postgres',
 	"SELECT attrs::text, observed_at FROM stripe_data.customers WHERE id = '$upd'"),
 	$before, 'an older state arriving late does not overwrite a newer one');
+# a run finished more than 30 days ago is forgotten at the next sync
+$node->safe_psql('postgres', "INSERT INTO stripe_sync.runs (source, started_at, finished_at, status) "
+	  . "VALUES ('main', now() - interval '41 days', now() - interval '40 days', 'ok')");
+my $runs = $node->safe_psql('postgres', "SELECT count(*) FROM stripe_sync.runs WHERE source = 'main'");
 $out = $node->safe_psql('postgres', "SELECT stripe_sync.sync_now('main')");
 like($out, qr/"rows": 0, "events": 0/, 'events re-read in the overlap are not applied again');
+is($node->safe_psql('postgres',
+	"SELECT count(*) || ' ' || count(*) FILTER (WHERE finished_at < now() - interval '30 days') FROM stripe_sync.runs WHERE source = 'main'"),
+	"$runs 0", 'runs older than 30 days are pruned (one gone, one added)');
 
 # sync_from: only objects created since then
 my $from = $node->safe_psql('postgres',

@@ -389,19 +389,9 @@ record(OutRow *rows, int n, Outcome out, StripeHttpResult *res, TimestampTz retr
  * asks for a pause, or its turn ends.  Returns true when rows may remain.
  */
 static bool
-ship_source(ShipSource *src, ShipState *st, MemoryContext pass_cxt)
+ship_batches(ShipSource *src, ShipState *st, const char *url, const char *authorization,
+			 MemoryContext pass_cxt)
 {
-	char	   *url;
-	char	   *authorization;
-	MemoryContext old;
-
-	/* what outlives a transaction is allocated in a context of ours, not SPI's */
-	begin_xact();
-	old = MemoryContextSwitchTo(pass_cxt);
-	destination_of(src, &url, &authorization);
-	MemoryContextSwitchTo(old);
-	commit_xact();
-
 	for (int b = 0; b < BATCHES_PER_TURN; b++)
 	{
 		OutRow	   *rows;
@@ -476,6 +466,34 @@ ship_source(ShipSource *src, ShipState *st, MemoryContext pass_cxt)
 		MemoryContextReset(ship_cxt);
 	}
 	return true;
+}
+
+static bool
+ship_source(ShipSource *src, ShipState *st, MemoryContext pass_cxt)
+{
+	char	   *url;
+	char	   *authorization;
+	MemoryContext old;
+	volatile bool more = false;
+
+	/* what outlives a transaction is allocated in a context of ours, not SPI's */
+	begin_xact();
+	old = MemoryContextSwitchTo(pass_cxt);
+	destination_of(src, &url, &authorization);
+	MemoryContextSwitchTo(old);
+	commit_xact();
+
+	PG_TRY();
+	{
+		more = ship_batches(src, st, url, authorization, pass_cxt);
+	}
+	PG_FINALLY();
+	{
+		/* the credentials do not linger in freed memory */
+		explicit_bzero(authorization, strlen(authorization));
+	}
+	PG_END_TRY();
+	return more;
 }
 
 /* ---------- the worker ---------- */

@@ -86,6 +86,7 @@ typedef struct LocalTable
 				att_deleted;
 	int64		rows;
 	int64		pages;
+	bool		history;		/* the object's first backfill: it writes history */
 } LocalTable;
 
 typedef struct SyncRun
@@ -429,8 +430,9 @@ outbox_history(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows)
 	Datum	   *objects = palloc(sizeof(Datum) * Max(nrows, 1));
 	int			n = 0;
 
+	/* a re-list (30-day gap, earlier sync_from) sent its history before */
 	if (run->src.destination == NULL || !run->src.emit_history || run->src.history_until == 0 ||
-		lt->created_slot < 0)
+		lt->created_slot < 0 || !lt->history)
 		return;
 	for (int r = 0; r < nrows; r++)
 	{
@@ -1294,13 +1296,17 @@ run_source(SyncRun *run)
 		Datum		values[2] = {CStringGetTextDatum(run->src.name), CStringGetTextDatum(object)};
 		LocalTable *lt = open_local_table(run, object);
 
-		spi_exec("SELECT backfill_done, backfill_cursor FROM stripe_sync.object_state WHERE source = $1 AND object = $2",
+		spi_exec("SELECT backfill_done, backfill_cursor, last_success_at IS NULL "
+				 "FROM stripe_sync.object_state WHERE source = $1 AND object = $2",
 				 2, types, values, NULL);
 		if (SPI_processed == 1)
 		{
 			bool		isnull;
 			bool		done = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 			char	   *cursor = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+
+			/* never synced yet: this backfill is the object's first */
+			lt->history = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 
 			if (!done)
 			{

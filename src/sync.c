@@ -1239,6 +1239,7 @@ run_source(SyncRun *run)
 	ListCell   *lc;
 	List	   *pending = NIL;
 	MemoryContext old;
+	bool		relist;
 
 	/*
 	 * What lives across pages goes in run->cxt: a worker commits (and SPI
@@ -1259,6 +1260,7 @@ run_source(SyncRun *run)
 	}
 
 	/* Stripe keeps 30 days of events: past that, list everything again */
+	relist = false;
 	if (run->src.has_cursor && run->src.events_cursor < now_unix() - EVENT_RETENTION_SECS)
 	{
 		Oid			types[1] = {TEXTOID};
@@ -1272,11 +1274,18 @@ run_source(SyncRun *run)
 				 "state = 'relisting', last_error = 'events cursor past the 30-day retention: full re-list' "
 				 "WHERE source = $1", 1, types, values, NULL);
 		run->src.has_cursor = false;
+		relist = true;
 	}
 	/* the cursor is set before the backfill, so nothing that happens during it is lost */
 	if (!run->src.has_cursor)
 	{
-		set_cursor(run, now_unix());
+		/*
+		 * A re-list also reads the events Stripe still has (a day short of
+		 * the limit, so that a re-list cut short resumes instead of starting
+		 * over): deletions in the gap, and the gap's events for the outbox.
+		 * observed_at keeps them from undoing the newer listed state.
+		 */
+		set_cursor(run, relist ? now_unix() - (EVENT_RETENTION_SECS - 86400) : now_unix());
 		/* the first backfill's cut between history and live events; a re-list keeps it */
 		if (run->src.history_until == 0)
 		{

@@ -565,8 +565,9 @@ class Store:
                 self.emit(t, blob, previous=previous, request=request)
         return blob
 
-    def delete(self, kind, oid, request=None):
-        """Delete (subscriptions: cancel).  Returns the response body."""
+    def delete(self, kind, oid, request=None, created=None):
+        """Delete (subscriptions: cancel).  Returns the response body.  created
+        backdates the event (the control interface's, for tests of old events)."""
         obj = self.get(kind, oid)
         if kind.obj == "subscription":
             now = int(time.time())
@@ -576,11 +577,11 @@ class Store:
             blob = self.colls[kind.path].records[oid].blob
             self.emit("customer.subscription.deleted", blob,
                       previous={"status": obj["status"], "canceled_at": obj.get("canceled_at"),
-                                "ended_at": obj.get("ended_at")}, request=request)
+                                "ended_at": obj.get("ended_at")}, request=request, created=created)
             return blob
         blob = self.colls[kind.path].records[oid].blob
         self.colls[kind.path].remove(oid)
-        self.emit(kind.event_prefix + ".deleted", blob, request=request)
+        self.emit(kind.event_prefix + ".deleted", blob, request=request, created=created)
         return dumps({"id": oid, "object": kind.obj, "deleted": True})
 
 
@@ -1808,7 +1809,9 @@ class App:
                 if method == "POST":
                     return 200, RawJSON(self.control_update(kind, parts[2], data))
                 if method == "DELETE" and len(parts) == 3:
-                    return 200, RawJSON(store.delete(kind, parts[2]))
+                    created = data.get("created")
+                    return 200, RawJSON(store.delete(kind, parts[2],
+                                                     created=None if created is None else int(created)))
         return 404, {"error": f"unknown control endpoint {method} /_control/{'/'.join(parts)}"}
 
     def configure(self, data):

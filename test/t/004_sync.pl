@@ -143,6 +143,29 @@ is(differences('stripe_recent', 'customers', "(obj->>'created')::bigint >= extra
 is(differences('stripe_recent', 'charges', "(obj->>'created')::bigint >= extract(epoch FROM '$from'::timestamptz)"),
 	'0', 'sync_from: charges since then, exactly');
 
+# a cursor past Stripe's 30-day event retention: everything is listed again,
+# and the events Stripe still has are read too, so a deletion in the gap lands
+my $gone = $node->safe_psql('postgres',
+	"SELECT id FROM stripe_data.customers WHERE deleted_at IS NULL ORDER BY id LIMIT 1");
+my $renamed = $node->safe_psql('postgres',
+	"SELECT id FROM stripe_data.customers WHERE deleted_at IS NULL ORDER BY id DESC LIMIT 1");
+# as if the last sync were 40 days ago
+$node->safe_psql('postgres', "UPDATE stripe_sync.sources SET events_cursor = "
+	  . "extract(epoch FROM now() - interval '40 days')::bigint WHERE name = 'main'; "
+	  . "UPDATE stripe_data.customers SET observed_at = observed_at - interval '40 days'");
+# deleted two days ago: only a read of the events Stripe still has finds out
+$fake->call('DELETE', "/_control/objects/customers/$gone", { created => time - 2 * 86400 });
+$fake->call('POST', "/_control/objects/customers/$renamed", { name => 'after the gap' });
+$out = $node->safe_psql('postgres', "SELECT stripe_sync.sync_now('main')");
+like(slurp_file($node->logfile), qr/older than Stripe's 30-day event retention; listing every object again/,
+	'a cursor past the retention: the log says so');
+is(differences('stripe_data', 'customers'), '0',
+	'after the re-list the customers equal the fake, the one deleted in the gap included');
+is($node->safe_psql('postgres', "SELECT deleted_at IS NOT NULL FROM stripe_data.customers WHERE id = '$gone'"),
+	't', '... which is soft-deleted');
+is($node->safe_psql('postgres', "SELECT events_cursor > extract(epoch FROM now() - interval '1 day') "
+	  . "FROM stripe_sync.sources WHERE name = 'main'"), 't', 'the events cursor is current again');
+
 # bad input to the management functions
 ($rc, $out, $err) = $node->psql('postgres', "SELECT stripe_sync.create_source('x', server => 'nope')");
 like($err, qr/server "nope" does not exist/, 'unknown server');

@@ -1132,6 +1132,7 @@ sync_events(SyncRun *run)
 		LocalTable *lt;
 		Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
 		Datum		values[3];
+		bool		before_sync_from = false;
 
 		strlcpy(key, e->id, sizeof(key));
 		if (hash_search(seen, key, HASH_FIND, NULL) != NULL)
@@ -1158,7 +1159,7 @@ sync_events(SyncRun *run)
 				if (run->src.has_sync_from && lt->created_slot >= 0 &&
 					!stripe_span_is_null(&row.rows[0].fields[lt->created_slot]) &&
 					pg_strtoint64(stripe_span_text(&row.rows[0].fields[lt->created_slot])) < run->src.sync_from)
-					;
+					before_sync_from = true;
 				/* a deleted object keeps its last full state, marked deleted */
 				else if (deleted && row.rows[0].deleted)
 				{
@@ -1176,7 +1177,7 @@ sync_events(SyncRun *run)
 		}
 		/* mapped events go to the outbox; older ones are the backfill's history */
 		if (run->src.destination != NULL && e->created >= run->src.history_until &&
-			hash_search(mapped, e->type, HASH_FIND, NULL) != NULL)
+			!before_sync_from && hash_search(mapped, e->type, HASH_FIND, NULL) != NULL)
 		{
 			MemoryContext o = MemoryContextSwitchTo(ob_cxt);
 

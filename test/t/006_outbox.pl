@@ -191,6 +191,16 @@ my ($inv) = grep { $golden_name{ $_->{eventId} } && $golden_name{ $_->{eventId} 
 is($inv->{data}{total} . '|' . $inv->{userId}, '12.345|g3b@example.com',
 	'a three-decimal currency, and userId from the customer synced by the earlier event');
 
+# ---- an object created before the source's sync_from is not the source's: no event
+my $before_ev = $fake->call('POST', '/_control/events', { type => 'customer.updated', created => time,
+	object => { id => 'cus_before', object => 'customer', email => 'b@example.com', created => 900000000 } });
+my $after_ev = $fake->call('POST', '/_control/events', { type => 'customer.updated', created => time,
+	object => { id => 'cus_after', object => 'customer', email => 'a@example.com', created => time } });
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM stripe_sync.outbox WHERE event_id = '$after_ev->{id}'"), 'an event of a new object is written');
+is(sql("SELECT count(*) FROM stripe_sync.outbox WHERE event_id = '$before_ev->{id}'"), '0',
+	'... and none for an object created before sync_from');
+
 # ---- Intempt refusing 30% of requests: all delivered, each once
 $it->call('POST', '/_control/faults', { kind => 'refuse_ratio', ratio => 0.3, seed => 7 });
 my $before = outbox_count();

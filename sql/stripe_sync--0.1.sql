@@ -378,10 +378,8 @@ AS 'MODULE_PATHNAME', 'stripe_currency_exponent_sql'
 LANGUAGE C IMMUTABLE PARALLEL SAFE;
 
 CREATE FUNCTION stripe_sync.major_units(minor numeric, currency text) RETURNS numeric
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT trim_scale(round(minor / (10::numeric ^ stripe_sync.currency_exponent(currency)),
-                          stripe_sync.currency_exponent(currency)))
-$$;
+AS 'MODULE_PATHNAME', 'stripe_major_units_sql'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
 
 -- the "data" of an Intempt event: ids, status, currency, every top-level amount
 -- twice (major units under its name, Stripe's integer under <name>_minor) and a

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  * payload.c
  *		The "data" of an Intempt event (SPEC §5), built from a Stripe object:
- *		stripe_sync.intempt_data() and stripe_sync.currency_exponent().
+ *		stripe_sync.intempt_data(), currency_exponent() and major_units().
  *
  * One pass over the object's top-level keys; nested values are not
  * expanded.  The backfill writes a history event per object, so this runs
@@ -16,6 +16,7 @@
 
 PG_FUNCTION_INFO_V1(stripe_intempt_data);
 PG_FUNCTION_INFO_V1(stripe_currency_exponent_sql);
+PG_FUNCTION_INFO_V1(stripe_major_units_sql);
 
 /* scalar fields copied as they are when the object has them */
 static const char *const telling_fields[] = {
@@ -55,12 +56,38 @@ currency_exponent(const char *cur, int len)
 	return 2;
 }
 
+static int
+currency_exponent_text(text *cur)
+{
+	return cur ? currency_exponent(VARDATA_ANY(cur), VARSIZE_ANY_EXHDR(cur)) : 2;
+}
+
+/* 1234 in the minor unit is 12.34 (two decimals), 1234 (zero) or 1.234 (three) */
+static Numeric
+major_units(Numeric minor, int exponent)
+{
+	Datum		major;
+
+	major = DirectFunctionCall2(numeric_div, NumericGetDatum(minor),
+								NumericGetDatum(int64_to_numeric(exponent == 0 ? 1 : exponent == 3 ? 1000 : 100)));
+	major = DirectFunctionCall2(numeric_round, major, Int32GetDatum(exponent));
+	return DatumGetNumeric(DirectFunctionCall1(numeric_trim_scale, major));
+}
+
 Datum
 stripe_currency_exponent_sql(PG_FUNCTION_ARGS)
 {
-	text	   *cur = PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0);
+	PG_RETURN_INT32(currency_exponent_text(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0)));
+}
 
-	PG_RETURN_INT32(cur ? currency_exponent(VARDATA_ANY(cur), VARSIZE_ANY_EXHDR(cur)) : 2);
+/* stripe_sync.major_units(minor numeric, currency text) */
+Datum
+stripe_major_units_sql(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	PG_RETURN_NUMERIC(major_units(PG_GETARG_NUMERIC(0),
+								  currency_exponent_text(PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1))));
 }
 
 static bool
@@ -119,14 +146,9 @@ push_amount(JsonbParseState **st, const char *key, int keylen, Numeric minor, in
 {
 	JsonbValue	v;
 	char	   *minor_key = psprintf("%.*s_minor", keylen, key);
-	Datum		major;
 
-	major = DirectFunctionCall2(numeric_div, NumericGetDatum(minor),
-								NumericGetDatum(int64_to_numeric(exponent == 0 ? 1 : exponent == 3 ? 1000 : 100)));
-	major = DirectFunctionCall2(numeric_round, major, Int32GetDatum(exponent));
-	major = DirectFunctionCall1(numeric_trim_scale, major);
 	v.type = jbvNumeric;
-	v.val.numeric = DatumGetNumeric(major);
+	v.val.numeric = major_units(minor, exponent);
 	push_pair(st, key, keylen, &v);
 	v.val.numeric = minor;
 	push_pair(st, minor_key, strlen(minor_key), &v);

@@ -426,14 +426,16 @@ outbox_add(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *objects, i
 static void
 outbox_history(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows)
 {
-	Datum	   *times = palloc(sizeof(Datum) * Max(nrows, 1));
-	Datum	   *objects = palloc(sizeof(Datum) * Max(nrows, 1));
+	Datum	   *times;
+	Datum	   *objects;
 	int			n = 0;
 
 	/* a re-list (30-day gap, earlier sync_from) sent its history before */
 	if (run->src.destination == NULL || !run->src.emit_history || run->src.history_until == 0 ||
 		lt->created_slot < 0 || !lt->history)
 		return;
+	times = palloc(sizeof(Datum) * Max(nrows, 1));
+	objects = palloc(sizeof(Datum) * Max(nrows, 1));
 	for (int r = 0; r < nrows; r++)
 	{
 		int64		created = row_created(lt, &rows[r]);
@@ -1114,7 +1116,7 @@ sync_events(SyncRun *run)
 	ctl.hcxt = ev_cxt;
 	seen = hash_create("stripe_sync applied events", 1024, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	load_applied(run, since, seen);
-	mapped = load_event_map(ev_cxt);
+	mapped = run->src.destination ? load_event_map(ev_cxt) : NULL;
 
 	/*
 	 * Applying commits (in a worker) at every batch, which frees SPI's memory:

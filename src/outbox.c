@@ -640,7 +640,7 @@ stripe_shipper_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnection(stripe_database, NULL, 0);
-	stripe_worker_shipper_attach();
+	stripe_worker_attach_wakeable(STRIPE_WAKE_SHIPPER);
 	SetConfigOption("application_name", "stripe_sync shipper", PGC_USERSET, PGC_S_SESSION);
 
 	ship_cxt = AllocSetContextCreate(TopMemoryContext, "stripe_sync shipper batch",

@@ -268,7 +268,14 @@ extern void stripe_worker_wake_at_commit(void);
 extern void stripe_worker_reload_config(void);
 extern PGDLLEXPORT void stripe_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void stripe_worker_main(Datum main_arg);
-extern void stripe_worker_shipper_attach(void);
+/* processes stripe_sync.wake() reaches */
+typedef enum StripeWakeableRole
+{
+	STRIPE_WAKE_LAUNCHER,
+	STRIPE_WAKE_SHIPPER,
+	STRIPE_WAKEABLE_ROLES
+} StripeWakeableRole;
+extern void stripe_worker_attach_wakeable(StripeWakeableRole role);
 extern void stripe_worker_loop(long (*pass) (void)) pg_attribute_noreturn();
 /* ---- outbox shipper (outbox.c) ---- */
 extern PGDLLEXPORT void stripe_shipper_main(Datum main_arg);

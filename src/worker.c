@@ -92,14 +92,16 @@ typedef struct WorkerShared
 {
 	LWLock	   *lock;
 	/*
-	 * The launcher's latch, for stripe_sync.wake().  Read without the lock: a
-	 * stale pointer only sets the latch of whichever process now owns that
-	 * PGPROC, and every latch user tolerates spurious wakeups.
+	 * The latches of the launcher and the shipper, for stripe_sync.wake().
+	 * Read without the lock: a stale pointer only sets the latch of whichever
+	 * process now owns that PGPROC, and every latch user tolerates spurious
+	 * wakeups.
 	 */
-	Latch	   *launcher_latch;
-	pid_t		launcher_pid;
-	Latch	   *shipper_latch;	/* the outbox shipper's, likewise */
-	pid_t		shipper_pid;
+	struct
+	{
+		Latch	   *latch;
+		pid_t		pid;
+	}			wakeable[STRIPE_WAKEABLE_ROLES];
 	uint32		next_generation;
 	WorkerSlot	slots[STRIPE_WORKER_SLOTS];
 } WorkerShared;
@@ -218,41 +220,42 @@ stripe_worker_init(void)
 void
 stripe_worker_wake(void)
 {
-	Latch	   *latch;
-
 	if (worker_shared == NULL)
 		return;
-	latch = worker_shared->launcher_latch;
-	if (latch != NULL)
-		SetLatch(latch);
-	latch = worker_shared->shipper_latch;
-	if (latch != NULL)
-		SetLatch(latch);
+	for (int r = 0; r < STRIPE_WAKEABLE_ROLES; r++)
+	{
+		Latch	   *latch = worker_shared->wakeable[r].latch;
+
+		if (latch != NULL)
+			SetLatch(latch);
+	}
 }
 
 static void
-shipper_detach(int code, Datum arg)
+wakeable_detach(int code, Datum arg)
 {
+	int			role = DatumGetInt32(arg);
+
 	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
-	if (worker_shared->shipper_pid == MyProcPid)
+	if (worker_shared->wakeable[role].pid == MyProcPid)
 	{
-		worker_shared->shipper_latch = NULL;
-		worker_shared->shipper_pid = 0;
+		worker_shared->wakeable[role].latch = NULL;
+		worker_shared->wakeable[role].pid = 0;
 	}
 	LWLockRelease(worker_shared->lock);
 }
 
-/* The shipper makes itself known, so that stripe_sync.wake() reaches it. */
+/* The launcher or the shipper makes itself known, so that stripe_sync.wake() reaches it. */
 void
-stripe_worker_shipper_attach(void)
+stripe_worker_attach_wakeable(StripeWakeableRole role)
 {
 	if (worker_shared == NULL)
 		return;
 	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
-	worker_shared->shipper_pid = MyProcPid;
-	worker_shared->shipper_latch = &MyProc->procLatch;
+	worker_shared->wakeable[role].pid = MyProcPid;
+	worker_shared->wakeable[role].latch = &MyProc->procLatch;
 	LWLockRelease(worker_shared->lock);
-	on_shmem_exit(shipper_detach, (Datum) 0);
+	on_shmem_exit(wakeable_detach, Int32GetDatum(role));
 }
 
 static void
@@ -389,18 +392,6 @@ stripe_worker_main(Datum main_arg)
 }
 
 /* ---------- the launcher ---------- */
-
-static void
-launcher_detach(int code, Datum arg)
-{
-	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
-	if (worker_shared->launcher_pid == MyProcPid)
-	{
-		worker_shared->launcher_latch = NULL;
-		worker_shared->launcher_pid = 0;
-	}
-	LWLockRelease(worker_shared->lock);
-}
 
 /* slots the table holds now, whatever their state */
 static int
@@ -904,11 +895,7 @@ stripe_launcher_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnection(stripe_database, NULL, 0);
 
-	LWLockAcquire(worker_shared->lock, LW_EXCLUSIVE);
-	worker_shared->launcher_pid = MyProcPid;
-	worker_shared->launcher_latch = &MyProc->procLatch;
-	LWLockRelease(worker_shared->lock);
-	on_shmem_exit(launcher_detach, (Datum) 0);
+	stripe_worker_attach_wakeable(STRIPE_WAKE_LAUNCHER);
 
 	launcher_cxt = AllocSetContextCreate(TopMemoryContext, "stripe_sync launcher",
 										 ALLOCSET_DEFAULT_SIZES);

@@ -120,3 +120,34 @@ SELECT count(*) FROM stripe.my_charges WHERE amount::text = cents AND attrs->>'i
 CREATE FOREIGN TABLE stripe.events_generic (id text, created timestamptz, attrs jsonb)
   SERVER stripe OPTIONS (object 'events');
 SELECT count(*) = (SELECT count(*) FROM stripe.events) AS same FROM stripe.events_generic;
+
+-- attrs is built without a second pass of jsonb_in (src/jsonb_fast.c), which
+-- answers for what is not plain (escapes): either way it is the jsonb that
+-- jsonb_in makes of the text, every key found at every depth
+INSERT INTO stripe.customers (email, name, description, metadata)
+  VALUES ('odd@example.com', 'Zoë "Q" \ Smith', e'tab\there, newline\n, é ✓ 😀',
+          '{"k": "v", "quote": "say \"hi\"", "ünï": "ok"}')
+  RETURNING name, description = e'tab\there, newline\n, é ✓ 😀' AS description_kept, metadata;
+CREATE TEMP TABLE all_attrs AS
+  SELECT attrs FROM stripe.customers UNION ALL SELECT attrs FROM stripe.charges
+  UNION ALL SELECT attrs FROM stripe.invoices UNION ALL SELECT attrs FROM stripe.subscriptions
+  UNION ALL SELECT attrs FROM stripe.payment_intents UNION ALL SELECT attrs FROM stripe.events;
+SELECT count(*) > 1000 AS many, count(*) FILTER (WHERE attrs <> attrs::text::jsonb) AS unequal,
+       count(*) FILTER (WHERE attrs::text <> attrs::text::jsonb::text) AS different_text
+  FROM all_attrs;
+WITH RECURSIVE v(j) AS (
+  SELECT attrs FROM all_attrs
+  UNION ALL
+  SELECT x.value FROM v, LATERAL (
+    SELECT value FROM jsonb_each(CASE WHEN jsonb_typeof(v.j) = 'object' THEN v.j END)
+    UNION ALL
+    SELECT value FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v.j) = 'array' THEN v.j END)) x)
+SELECT count(*) FILTER (WHERE jsonb_typeof(j) = 'object') > 10000 AS many_objects,
+       count(*) FILTER (WHERE jsonb_typeof(j) = 'object' AND
+                        EXISTS (SELECT 1 FROM jsonb_object_keys(j) k WHERE NOT j ? k)) AS keys_not_found
+  FROM v;
+SELECT attrs->>'name' AS name, attrs->'metadata'->>'quote' AS quote
+  FROM stripe.customers WHERE email = 'odd@example.com';
+-- the later tests count 1050 customers
+DELETE FROM stripe.customers WHERE email = 'odd@example.com';
+SELECT count(*) FROM stripe.customers;

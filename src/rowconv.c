@@ -131,6 +131,14 @@ convert_value(StripeRowConv *rc, int att, StripeSpan *span)
 	switch (type)
 	{
 		case JSONBOID:
+			{
+				Jsonb	   *jb = stripe_jsonb_from_object(span->start, span->len);
+
+				if (jb != NULL)
+					return JsonbPGetDatum(jb);
+			}
+			/* not a plain object: jsonb_in says what it is */
+			/* FALLTHROUGH */
 		case JSONOID:
 			/* parse in place: the body is ours, terminate the span for a moment */
 			saved = span->start[span->len];

@@ -13,6 +13,7 @@
 #include "foreign/fdwapi.h"
 #include "nodes/bitmapset.h"
 #include "nodes/pg_list.h"
+#include "utils/jsonb.h"
 #include "utils/relcache.h"
 
 #define STRIPE_DEFAULT_API_URL		"https://api.stripe.com"
@@ -247,6 +248,9 @@ extern void stripe_row_to_slot(StripeRowConv *rc, StripeRow *row, TupleTableSlot
  * Without it (sync_now), everything happens in the caller's transaction.
  */
 extern void stripe_sync_run(const char *source, bool own_transactions);
+
+/* jsonb_fast.c: jsonb of a plain JSON object's text, or NULL (then use jsonb_in) */
+extern Jsonb *stripe_jsonb_from_object(const char *text, int len);
 
 /* admin.c */
 extern char *stripe_fetch_account_id(StripeConn *conn, StripeStats *stats,

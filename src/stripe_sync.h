@@ -270,6 +270,10 @@ extern void stripe_worker_init(void);	/* _PG_init, preloaded only */
 extern void stripe_worker_wake(void);
 extern void stripe_worker_wake_at_commit(void);
 extern void stripe_worker_reload_config(void);
+extern void stripe_worker_keep_memory(void);
+struct BackgroundWorker;
+extern void stripe_worker_prepare(struct BackgroundWorker *worker, const char *function,
+								  const char *type);
 extern PGDLLEXPORT void stripe_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void stripe_worker_main(Datum main_arg);
 /* processes stripe_sync.wake() reaches */

@@ -26,6 +26,8 @@
  */
 #include "postgres.h"
 
+#include <malloc.h>
+
 #include <signal.h>
 
 #include "access/xact.h"
@@ -195,16 +197,9 @@ stripe_worker_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = worker_shmem_startup;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	/* a standby cannot write the local tables: wait for promotion */
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	stripe_worker_prepare(&worker, "stripe_launcher_main", "stripe_sync launcher");
 	/* a launcher that dies is brought back; its workers live on meanwhile */
 	worker.bgw_restart_time = LAUNCHER_RESTART_SECS;
-	strlcpy(worker.bgw_library_name, "stripe_sync", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "stripe_launcher_main", BGW_MAXLEN);
-	strlcpy(worker.bgw_name, "stripe_sync launcher", BGW_MAXLEN);
-	strlcpy(worker.bgw_type, "stripe_sync launcher", BGW_MAXLEN);
 	RegisterBackgroundWorker(&worker);
 
 	/* the outbox shipper (outbox.c): one for all sources, restarted likewise */
@@ -212,6 +207,24 @@ stripe_worker_init(void)
 	strlcpy(worker.bgw_name, "stripe_sync shipper", BGW_MAXLEN);
 	strlcpy(worker.bgw_type, "stripe_sync shipper", BGW_MAXLEN);
 	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * What all our background workers share: a database connection, started
+ * only once out of recovery (a standby cannot write the local tables), and
+ * not restarted by the postmaster unless the caller says otherwise.
+ */
+void
+stripe_worker_prepare(BackgroundWorker *worker, const char *function, const char *type)
+{
+	memset(worker, 0, sizeof(BackgroundWorker));
+	worker->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker->bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker->bgw_library_name, "stripe_sync", BGW_MAXLEN);
+	strlcpy(worker->bgw_function_name, function, BGW_MAXLEN);
+	strlcpy(worker->bgw_name, type, BGW_MAXLEN);
+	strlcpy(worker->bgw_type, type, BGW_MAXLEN);
 }
 
 /* ---------- waking the launcher ---------- */
@@ -339,6 +352,19 @@ worker_detach(int code, Datum arg)
 	LWLockRelease(worker_shared->lock);
 }
 
+/*
+ * A sync allocates and frees megabytes per page (the body, the rows, the
+ * executor's tuplestore).  glibc hands big blocks back to the kernel at once
+ * and faults them in again at the next page, which costs a backfill several
+ * per cent; our own processes keep them instead.
+ */
+void
+stripe_worker_keep_memory(void)
+{
+	mallopt(M_MMAP_THRESHOLD, 64 * 1024 * 1024);
+	mallopt(M_TRIM_THRESHOLD, 256 * 1024 * 1024);
+}
+
 void
 stripe_worker_main(Datum main_arg)
 {
@@ -376,6 +402,7 @@ stripe_worker_main(Datum main_arg)
 		proc_exit(0);			/* the launcher gave the slot up: not ours any more */
 	on_shmem_exit(worker_detach, Int32GetDatum(slotno));
 
+	stripe_worker_keep_memory();
 	/* the sync runs with the owner's privileges and user mapping */
 	BackgroundWorkerInitializeConnectionByOid(extra.dboid, extra.owner, 0);
 	SetConfigOption("application_name", psprintf("stripe_sync %s", extra.source),
@@ -642,15 +669,9 @@ start_worker(const char *source, Oid owner)
 	extra.dboid = MyDatabaseId;
 	extra.owner = owner;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	/* the launcher decides when a source runs again, not the postmaster */
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "stripe_sync", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "stripe_worker_main", BGW_MAXLEN);
+	stripe_worker_prepare(&worker, "stripe_worker_main", "stripe_sync worker");
 	snprintf(worker.bgw_name, BGW_MAXLEN, "stripe_sync worker for source %s", source);
-	strlcpy(worker.bgw_type, "stripe_sync worker", BGW_MAXLEN);
 	worker.bgw_main_arg = Int32GetDatum(slotno);
 	memcpy(worker.bgw_extra, &extra, sizeof(extra));
 	/* the postmaster signals us when it stops, which sets our latch */

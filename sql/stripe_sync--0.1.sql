@@ -88,6 +88,19 @@ CREATE TABLE stripe_sync.object_state (
     PRIMARY KEY (source, object)
 );
 
+-- a backfill shared with helper workers: the progress of each part dealt to
+-- one (the sync's own cursor, in object_state, lists the parts it dealt)
+CREATE TABLE stripe_sync.backfill_parts (
+    source          text NOT NULL,
+    object          text NOT NULL,
+    part            bigint NOT NULL,
+    cursor          text,                -- NULL: the part is done
+    rows            bigint NOT NULL DEFAULT 0,
+    requests        bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (source, object, part),
+    FOREIGN KEY (source, object) REFERENCES stripe_sync.object_state ON DELETE CASCADE ON UPDATE CASCADE
+);
+
 -- events applied recently, so that the overlap re-read never applies one twice
 CREATE TABLE stripe_sync.applied_events (
     source          text NOT NULL REFERENCES stripe_sync.sources ON DELETE CASCADE ON UPDATE CASCADE,
@@ -108,8 +121,8 @@ CREATE TABLE stripe_sync.runs (
 );
 
 -- management tables are not for PUBLIC
-REVOKE ALL ON stripe_sync.sources, stripe_sync.object_state, stripe_sync.applied_events,
-              stripe_sync.runs FROM PUBLIC;
+REVOKE ALL ON stripe_sync.sources, stripe_sync.object_state, stripe_sync.backfill_parts,
+              stripe_sync.applied_events, stripe_sync.runs FROM PUBLIC;
 
 CREATE VIEW stripe_sync.status AS
 SELECT s.name AS source, o.object, o.state, o.rows, o.backfill_done, o.last_success_at,

@@ -24,6 +24,7 @@ char	   *stripe_outbox_retention = NULL;
 int			stripe_naptime = 1;
 char	   *stripe_database = NULL;
 int			stripe_max_workers = 4;
+int			stripe_backfill_helpers = 1;
 
 void		_PG_init(void);
 
@@ -40,6 +41,11 @@ _PG_init(void)
 							NULL,
 							&stripe_max_concurrent_requests, 8, 1, 256,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("stripe_sync.backfill_helpers",
+							"Helper background workers that share each backfill with its sync.",
+							"Each takes a slot of max_worker_processes while it runs; 0 backfills in the sync's process alone.",
+							&stripe_backfill_helpers, 1, 0, 16,
+							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("stripe_sync.http_timeout",
 							"Time allowed for one HTTP request, including the connection.",
 							NULL,

@@ -159,7 +159,7 @@ typedef void (*StripeManyDone) (void *arg, StripeManyReq *req);
 
 extern void stripe_request_stream(StripeConn *conn, StripeManyFeed feed,
 								  StripeManyDone done, void *arg,
-								  StripeStats *stats);
+								  int max_slots, StripeStats *stats);
 extern char *stripe_urlencode(const char *s);
 /* equal-jitter backoff from stripe_sync.retry_base_delay, at least Retry-After */
 extern long stripe_backoff_ms(int attempt, const char *retry_after);
@@ -276,6 +276,9 @@ extern void stripe_worker_prepare(struct BackgroundWorker *worker, const char *f
 								  const char *type);
 extern PGDLLEXPORT void stripe_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void stripe_worker_main(Datum main_arg);
+/* stripe_sync.backfill_helpers (stripe_sync.c) and the helpers' entry (sync.c) */
+extern int	stripe_backfill_helpers;
+extern PGDLLEXPORT void stripe_backfill_helper_main(Datum main_arg);
 /* processes stripe_sync.wake() reaches */
 typedef enum StripeWakeableRole
 {

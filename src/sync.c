@@ -25,10 +25,18 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "port/atomics.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/dsm.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
 #include "storage/lock.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -87,6 +95,7 @@ typedef struct LocalTable
 	int64		rows;
 	int64		pages;
 	bool		history;		/* the object's first backfill: it writes history */
+	bool		locked_here;	/* created or truncated in this transaction */
 } LocalTable;
 
 typedef struct SyncRun
@@ -268,6 +277,9 @@ open_local_table(SyncRun *run, const char *object)
 	rel = table_open(relid, AccessShareLock);
 	lt->tupdesc = CreateTupleDescCopy(RelationGetDescr(rel));
 	lt->rc = stripe_rowconv_create(rel, true, NULL);
+	/* other sessions (a backfill's helpers) would wait for this transaction */
+	lt->locked_here = rel->rd_createSubid != InvalidSubTransactionId ||
+		rel->rd_newRelfilenodeSubid != InvalidSubTransactionId;
 	table_close(rel, AccessShareLock);
 	lt->slot = MakeSingleTupleTableSlot(lt->tupdesc, &TTSOpsVirtual);
 	lt->created_slot = -1;
@@ -488,11 +500,63 @@ typedef struct BfWindow
 	bool		done;
 } BfWindow;
 
+/* what a helper worker is given, and tells back (see "a backfill shared with helpers") */
+typedef struct HelperShared
+{
+	/* from the sync: its view of the run, which sync_now commits only at its end */
+	Oid			dbid;
+	Oid			userid;
+	Oid			serverid;
+	int64		part;
+	int			slots;
+	int64		top;
+	int64		base;
+	bool		has_sync_from;
+	int64		sync_from;
+	int64		history_until;
+	bool		emit_history;
+	bool		history;
+	char		source[STRIPE_SOURCE_MAXLEN];
+	char		object[NAMEDATALEN];
+	char		target_schema[NAMEDATALEN];
+	char		destination[NAMEDATALEN];	/* "": none */
+	char		account_id[NAMEDATALEN];
+	volatile bool abandoned;	/* the sync stopped waiting: stop feeding pages */
+	/* from the helper */
+	pg_atomic_uint64 rows;
+	pg_atomic_uint64 pages;
+	pg_atomic_uint64 requests;
+	volatile bool done;			/* the part is done and committed */
+	char		error[256];		/* why it stopped short */
+	char		cursor[FLEXIBLE_ARRAY_MEMBER];	/* the part's windows */
+} HelperShared;
+
+/* a part dealt to a helper, as the sync knows it */
+typedef struct BfPart
+{
+	int64		id;				/* stripe_sync.backfill_parts.part */
+	char	   *first;			/* its first windows, cursor JSON with its id */
+	dsm_segment *seg;			/* while a helper of this run works it */
+	HelperShared *hs;
+	BackgroundWorkerHandle *handle;
+} BfPart;
+
 typedef struct Backfill
 {
 	SyncRun    *run;
 	LocalTable *lt;
 	const char *object;
+	int64		part;			/* 0: the sync's own windows; else a dealt part's id */
+	int			slots;			/* requests in flight at most */
+	int			in_flight;
+	/* the sync's own (part 0) only */
+	List	   *parts;			/* BfPart: dealt and not known to be done */
+	List	   *all_parts;		/* BfPart: every one of this backfill, done or not */
+	int			dealt;			/* parts dealt in this run */
+	bool		dealing;		/* it may deal windows to helpers */
+	int			running;		/* helpers working beside it */
+	/* in a helper: where its progress goes */
+	HelperShared *mine;
 	MemoryContext cxt;			/* the windows; outlives the page commits */
 	BfWindow   *w;
 	int			nwin;
@@ -503,6 +567,7 @@ typedef struct Backfill
 	int64		rows;
 	int64		pages;
 	TimestampTz t0;
+	int64		busy;			/* microseconds spent on pages since t0 */
 	MemoryContext spi_cxt;		/* where the last page_boundary left us */
 	bool		last;			/* the run's last backfill: sync_events follows */
 } Backfill;
@@ -539,7 +604,7 @@ bf_cursor_json(Backfill *bf)
 	bool		first = true;
 
 	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"windows\": [");
+	appendStringInfo(&buf, "{\"id\": " INT64_FORMAT ", \"windows\": [", bf->part);
 	for (int i = 0; i < bf->nwin; i++)
 	{
 		BfWindow   *w = &bf->w[i];
@@ -557,7 +622,19 @@ bf_cursor_json(Backfill *bf)
 			appendStringInfoString(&buf, "null}");
 		first = false;
 	}
-	appendStringInfoString(&buf, "]}");
+	appendStringInfoChar(&buf, ']');
+	if (bf->parts != NIL)
+	{
+		ListCell   *lc;
+
+		/* where the dealt parts start, should their rows not say more */
+		appendStringInfoString(&buf, ", \"parts\": [");
+		foreach(lc, bf->parts)
+			appendStringInfo(&buf, "%s%s", foreach_current_index(lc) ? ", " : "",
+							 ((BfPart *) lfirst(lc))->first);
+		appendStringInfoChar(&buf, ']');
+	}
+	appendStringInfoChar(&buf, '}');
 	return buf.data;
 }
 
@@ -588,6 +665,25 @@ bf_load_cursor(Backfill *bf, const char *cursor)
 	arr = getKeyJsonValueFromContainer(&jb->root, "windows", 7, NULL);
 	if (arr == NULL || arr->type != jbvBinary)
 		return false;
+	if (bf->part == 0)
+	{
+		JsonbValue *parts = getKeyJsonValueFromContainer(&jb->root, "parts", 5, NULL);
+
+		if (parts != NULL && parts->type == jbvBinary)
+		{
+			it = JsonbIteratorInit(parts->val.binary.data);
+			while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+				if (tok == WJB_ELEM && v.type == jbvBinary)
+				{
+					BfPart	   *p = palloc0(sizeof(BfPart));
+
+					p->id = jsonb_int_member(v.val.binary.data, "id", 0);
+					p->first = JsonbToCString(NULL, v.val.binary.data, v.val.binary.len);
+					bf->parts = lappend(bf->parts, p);
+					bf->all_parts = lappend(bf->all_parts, p);
+				}
+		}
+	}
 	it = JsonbIteratorInit(arr->val.binary.data);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
@@ -641,7 +737,7 @@ bf_split(Backfill *bf)
 	int64		best_pages = 4;		/* in quarters: 1.25 pages or more */
 	int64		mid;
 	int64		old_lo;
-	int			maxdepth = Max(stripe_max_concurrent_requests, 1);
+	int			maxdepth = Max(bf->slots, 1);
 	BfWindow   *w;
 	BfWindow   *nw;
 
@@ -721,6 +817,8 @@ bf_feed_events(Backfill *bf, StripeManyReq *req)
 	return true;
 }
 
+static void bf_deal(Backfill *bf);
+
 static bool
 bf_feed(void *arg, StripeManyReq *req)
 {
@@ -730,13 +828,26 @@ bf_feed(void *arg, StripeManyReq *req)
 	PageCheck  *pc;
 	MemoryContext old;
 
+	/* a helper whose sync stopped waiting for it ends with the pages in flight */
+	if (bf->mine != NULL && bf->mine->abandoned)
+		return false;
+	if (bf->dealing)
+		bf_deal(bf);
+	/* the sync's share of the requests in flight, with helpers beside it */
+	if (bf->in_flight >= (bf->part == 0 ? Max(bf->slots / (1 + bf->running), 1) : bf->slots))
+		return false;
 	for (int i = 0; i < bf->nwin && w == NULL; i++)
 		if (!bf->w[i].done && !bf->w[i].in_flight)
 			w = &bf->w[i];
 	if (w == NULL)
 		w = bf_split(bf);
 	if (w == NULL)
-		return bf->last && bf_feed_events(bf, req);
+	{
+		if (!bf->last || !bf_feed_events(bf, req))
+			return false;
+		bf->in_flight++;
+		return true;
+	}
 
 	req->cxt = AllocSetContextCreate(bf->cxt, "stripe_sync backfill page", ALLOCSET_DEFAULT_SIZES);
 	req->tag = w - bf->w;
@@ -760,6 +871,7 @@ bf_feed(void *arg, StripeManyReq *req)
 	req->check_arg = pc;
 	MemoryContextSwitchTo(old);
 	w->in_flight = true;
+	bf->in_flight++;
 	return true;
 }
 
@@ -770,6 +882,9 @@ row_created(LocalTable *lt, StripeRow *row)
 		return 0;
 	return pg_strtoint64(stripe_span_text(&row->fields[lt->created_slot]));
 }
+
+static void part_update(Backfill *bf, int64 changed, bool done);
+static void bf_progress(Backfill *bf, bool done);
 
 /* One page arrived: its rows and every window's cursor commit together. */
 static void
@@ -784,7 +899,9 @@ bf_done(void *arg, StripeManyReq *req)
 	int			nkeep = page->nrows;
 	int64		changed;
 	bool		all_done = true;
+	TimestampTz began = GetCurrentTimestamp();
 
+	bf->in_flight--;
 	if (req->tag == EVENTS_TAG)
 	{
 		/* kept for sync_events; the body is parsed in place there */
@@ -837,11 +954,20 @@ bf_done(void *arg, StripeManyReq *req)
 	bf->pages++;
 	lt->rows += changed;
 	lt->pages++;
-	state_update(run, bf->object,
-				 psprintf("rows = rows + " INT64_FORMAT ", requests = requests + 1, %s",
-						  changed, !all_done ? "backfill_cursor = $3"
-						  : "backfill_done = true, backfill_cursor = NULL, state = 'synced'"),
-				 all_done ? NULL : bf_cursor_json(bf));
+	if (bf->part != 0)
+		part_update(bf, changed, all_done);
+	else
+		/* done only when every dealt part is too: backfill_object says so */
+		state_update(run, bf->object,
+					 psprintf("rows = rows + " INT64_FORMAT ", requests = requests + 1, "
+							  "backfill_cursor = $3", changed),
+					 bf_cursor_json(bf));
+	if (bf->mine != NULL)
+	{
+		pg_atomic_add_fetch_u64(&bf->mine->rows, changed);
+		pg_atomic_add_fetch_u64(&bf->mine->pages, 1);
+		pg_atomic_write_u64(&bf->mine->requests, run->stats.requests);
+	}
 	MemoryContextSwitchTo(caller);
 	MemoryContextDelete(req->cxt);
 	page_boundary(run);
@@ -850,15 +976,389 @@ bf_done(void *arg, StripeManyReq *req)
 		bf->spi_cxt = CurrentMemoryContext;
 	MemoryContextSwitchTo(caller);
 
-	if (bf->pages % 20 == 0 || all_done)
-	{
-		double		secs = (double) (GetCurrentTimestamp() - bf->t0) / USECS_PER_SEC;
+	if (bf->mine == NULL && bf->pages % 20 == 0)
+		bf_progress(bf, false);
+	bf->busy += GetCurrentTimestamp() - began;
+}
 
-		ereport(run->own ? DEBUG1 : NOTICE,
-				(errmsg("%s: backfill of %s: " INT64_FORMAT " rows in " INT64_FORMAT " pages, %.0f rows/s%s",
-						run->src.name, bf->object, bf->rows, bf->pages,
-						secs > 0 ? bf->rows / secs : 0.0,
-						all_done ? " (done)" : "")));
+/* ---------- a backfill shared with helper workers ---------- */
+
+/*
+ * Parsing and writing pages takes a core, so the sync deals part of its
+ * backfill out to helper background workers (stripe_sync.backfill_helpers),
+ * each of which runs this same loop over its own windows in its own
+ * transactions.  When the sync spends half its time or more on its pages
+ * (at zero latency; waiting on the network, another core gains nothing),
+ * once the first pages have shown how dense each window is and whenever a
+ * helper is idle, it gives a new part the older half of every window with
+ * two pages or more left, which it carves off its own.
+ * Windows are disjoint ranges of created, so two processes never write the
+ * same row.
+ *
+ * A part has a new id, never used before (the run's id and a count), and its
+ * progress is a row of stripe_sync.backfill_parts.  The sync's cursor lists
+ * the parts not known to be done with their first windows: it is committed
+ * with the carving, so a crash either keeps the carved windows in the sync's
+ * own list or has the part listed; a part row no cursor lists is left over,
+ * and ignored.  The sync waits for its helpers, finishes every listed part
+ * not done itself (its helper could not start, failed or died), and only
+ * then marks the backfill done.  The requests in flight are shared out
+ * between the sync and its helpers, not multiplied.  A helper never waits
+ * long on the sync's locks (lock_timeout: it fails and the sync finishes its
+ * part), and it stops at its next page when the sync stops waiting for it.
+ */
+
+/* fewer pages than this left: not worth a helper */
+#define DEAL_MIN_PAGES	16
+/* a part takes this fraction of each window: 1/4, then 1/4 of what is left... */
+#define DEAL_SHARE		4
+/* how long the sync watches its own pace before it deals */
+#define DEAL_AFTER_USECS	100000
+
+static void
+bf_init(Backfill *bf, SyncRun *run, LocalTable *lt, const char *object, int64 part,
+		MemoryContext parent)
+{
+	const StripeColumn *col = lt->def ? stripe_object_column(lt->def, "created") : NULL;
+
+	memset(bf, 0, sizeof(Backfill));
+	bf->run = run;
+	bf->lt = lt;
+	bf->object = object;
+	bf->part = part;
+	bf->slots = Max(stripe_max_concurrent_requests, 1);
+	bf->cxt = AllocSetContextCreate(parent, "stripe_sync backfill", ALLOCSET_DEFAULT_SIZES);
+	bf->t0 = GetCurrentTimestamp();
+	/* nothing created after the events cursor is missed: the events bring it */
+	bf->top = run->src.events_cursor;
+	bf->base = run->src.has_sync_from ? run->src.sync_from : run->account_created;
+	bf->ranged = col != NULL && (col->flags & STRIPE_FILTER_RANGE) != 0;
+}
+
+/* Runs the windows to their end; call it in the SPI connection's context. */
+static void
+bf_stream(Backfill *bf)
+{
+	MemoryContext old = MemoryContextSwitchTo(bf->cxt);
+
+	bf->spi_cxt = NULL;
+	stripe_request_stream(bf->run->conn, bf_feed, bf_done, bf, bf->slots, &bf->run->stats);
+	/* a worker's page commits replaced the SPI connection we were called in */
+	MemoryContextSwitchTo(bf->spi_cxt ? bf->spi_cxt : old);
+}
+
+/* progress of the object's backfill here and in the helpers */
+static void
+bf_progress(Backfill *bf, bool done)
+{
+	int64		rows = bf->lt->rows;
+	int64		pages = bf->lt->pages;
+	double		secs = (double) (GetCurrentTimestamp() - bf->t0) / USECS_PER_SEC;
+	ListCell   *lc;
+
+	foreach(lc, bf->parts)
+	{
+		BfPart	   *p = lfirst(lc);
+
+		if (p->hs != NULL)
+		{
+			rows += pg_atomic_read_u64(&p->hs->rows);
+			pages += pg_atomic_read_u64(&p->hs->pages);
+		}
+	}
+	ereport(bf->run->own ? DEBUG1 : NOTICE,
+			(errmsg("%s: backfill of %s: " INT64_FORMAT " rows in " INT64_FORMAT " pages, %.0f rows/s%s",
+					bf->run->src.name, bf->object, rows, pages,
+					secs > 0 ? rows / secs : 0.0, done ? " (done)" : "")));
+}
+
+/* a dealt part's progress row (done: no cursor) */
+static void
+part_update(Backfill *bf, int64 changed, bool done)
+{
+	Oid			types[5] = {TEXTOID, TEXTOID, INT8OID, TEXTOID, INT8OID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', done ? 'n' : ' ', ' '};
+
+	values[0] = CStringGetTextDatum(bf->run->src.name);
+	values[1] = CStringGetTextDatum(bf->object);
+	values[2] = Int64GetDatum(bf->part);
+	values[3] = done ? (Datum) 0 : CStringGetTextDatum(bf_cursor_json(bf));
+	values[4] = Int64GetDatum(changed);
+	spi_exec("INSERT INTO stripe_sync.backfill_parts AS p (source, object, part, cursor, rows, requests) "
+			 "VALUES ($1, $2, $3, $4, $5, 1) ON CONFLICT (source, object, part) DO UPDATE SET "
+			 "cursor = EXCLUDED.cursor, rows = p.rows + EXCLUDED.rows, requests = p.requests + 1",
+			 5, types, values, nulls);
+}
+
+/* Where a dealt part goes on: its committed progress, else its first windows; NULL when done. */
+static char *
+part_cursor(Backfill *bf, BfPart *p)
+{
+	Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
+	Datum		values[3];
+	char	   *cursor;
+
+	values[0] = CStringGetTextDatum(bf->run->src.name);
+	values[1] = CStringGetTextDatum(bf->object);
+	values[2] = Int64GetDatum(p->id);
+	spi_exec("SELECT cursor FROM stripe_sync.backfill_parts WHERE source = $1 AND object = $2 AND part = $3",
+			 3, types, values, NULL);
+	if (SPI_processed == 0)
+		return p->first;
+	cursor = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	return cursor ? MemoryContextStrdup(bf->cxt, cursor) : NULL;
+}
+
+/* one process at a time works a part: a helper of a sync that died may linger a page */
+static void
+part_lock(Backfill *bf, bool lock)
+{
+	const char *s = bf->run->src.name;
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
+						 DatumGetUInt32(hash_any((const unsigned char *) s, strlen(s))),
+						 DatumGetUInt32(hash_any((const unsigned char *) bf->object, strlen(bf->object)) ^
+										hash_bytes_uint32((uint32) bf->part ^ (uint32) (bf->part >> 32))),
+						 3);
+	if (lock)
+		(void) LockAcquire(&tag, ExclusiveLock, true, false);
+	else
+		LockRelease(&tag, ExclusiveLock, true);
+}
+
+/* the sync gone (ERROR, or its process exiting): its helpers stop */
+static void
+helper_abandon(dsm_segment *seg, Datum arg)
+{
+	((HelperShared *) DatumGetPointer(arg))->abandoned = true;
+}
+
+/* Starts a helper on part p from cursor; false if none could be registered. */
+static bool
+helper_start(Backfill *bf, BfPart *p, const char *cursor, int slots)
+{
+	SyncRun    *run = bf->run;
+	BackgroundWorker worker;
+	HelperShared *hs;
+	MemoryContext old;
+
+	if (strlen(run->src.name) >= sizeof(hs->source) ||
+		(run->src.account_id && strlen(run->src.account_id) >= sizeof(hs->account_id)))
+		return false;
+	p->seg = dsm_create(offsetof(HelperShared, cursor) + strlen(cursor) + 1,
+						DSM_CREATE_NULL_IF_MAXSEGMENTS);
+	if (p->seg == NULL)
+		return false;
+	/* it outlives the page commits */
+	dsm_pin_mapping(p->seg);
+	hs = dsm_segment_address(p->seg);
+	memset(hs, 0, offsetof(HelperShared, cursor));
+	hs->dbid = MyDatabaseId;
+	hs->userid = GetUserId();
+	hs->serverid = run->src.serverid;
+	hs->part = p->id;
+	hs->slots = slots;
+	hs->top = bf->top;
+	hs->base = bf->base;
+	hs->has_sync_from = run->src.has_sync_from;
+	hs->sync_from = run->src.sync_from;
+	hs->history_until = run->src.history_until;
+	hs->emit_history = run->src.emit_history;
+	hs->history = bf->lt->history;
+	strlcpy(hs->source, run->src.name, sizeof(hs->source));
+	strlcpy(hs->object, bf->object, sizeof(hs->object));
+	strlcpy(hs->target_schema, run->src.target_schema, sizeof(hs->target_schema));
+	strlcpy(hs->destination, run->src.destination ? run->src.destination : "", sizeof(hs->destination));
+	strlcpy(hs->account_id, run->src.account_id ? run->src.account_id : "", sizeof(hs->account_id));
+	pg_atomic_init_u64(&hs->rows, 0);
+	pg_atomic_init_u64(&hs->pages, 0);
+	pg_atomic_init_u64(&hs->requests, 0);
+	strcpy(hs->cursor, cursor);
+	on_dsm_detach(p->seg, helper_abandon, PointerGetDatum(hs));
+
+	stripe_worker_prepare(&worker, "stripe_backfill_helper_main", "stripe_sync backfill helper");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "stripe_sync backfill helper for source %s", run->src.name);
+	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(p->seg));
+	/* the postmaster sets our latch when it stops */
+	worker.bgw_notify_pid = MyProcPid;
+	old = MemoryContextSwitchTo(bf->cxt);
+	if (!RegisterDynamicBackgroundWorker(&worker, &p->handle))
+	{
+		/* no free slot of max_worker_processes */
+		MemoryContextSwitchTo(old);
+		p->handle = NULL;
+		dsm_detach(p->seg);
+		p->seg = NULL;
+		return false;
+	}
+	MemoryContextSwitchTo(old);
+	p->hs = hs;
+	return true;
+}
+
+static bool
+helper_running(BfPart *p)
+{
+	pid_t		pid;
+
+	return p->hs != NULL && !p->hs->done &&
+		GetBackgroundWorkerPid(p->handle, &pid) != BGWH_STOPPED;
+}
+
+/*
+ * A helper stopped: what it did goes to the run's figures.  With stop, one
+ * still running is told to end instead.  Returns whether its part is done.
+ */
+static bool
+helper_release(Backfill *bf, BfPart *p, bool stop)
+{
+	HelperShared *hs = p->hs;
+	bool		done;
+
+	if (hs == NULL)
+		return false;
+	if (stop)
+	{
+		hs->abandoned = true;
+		TerminateBackgroundWorker(p->handle);
+	}
+	else
+	{
+		bf->lt->rows += pg_atomic_read_u64(&hs->rows);
+		bf->lt->pages += pg_atomic_read_u64(&hs->pages);
+		bf->run->stats.requests += pg_atomic_read_u64(&hs->requests);
+		if (!hs->done)
+			ereport(bf->run->own ? LOG : NOTICE,
+					(errmsg("stripe_sync: a backfill helper of source \"%s\" stopped short on %s: %s",
+							bf->run->src.name, bf->object, hs->error[0] ? hs->error : "it exited"),
+					 errdetail("The sync finishes its part.")));
+	}
+	done = hs->done;
+	p->hs = NULL;
+	dsm_detach(p->seg);
+	p->seg = NULL;
+	return done;
+}
+
+/* the pages a window has left, in quarters, at the density its last page showed */
+static int64
+window_quarters(Backfill *bf, BfWindow *w)
+{
+	int64		top = w->after[0] ? w->last_created : (w->hi ? w->hi : bf->top);
+	int64		lo = w->lo ? w->lo : bf->base;
+
+	if (w->done || w->span <= 0)
+		return 0;
+	return Max(top - lo, 0) * 4 / w->span;
+}
+
+/*
+ * The sync's own feed calls this: helpers that stopped are accounted for,
+ * and while fewer than stripe_sync.backfill_helpers run and enough is left,
+ * a new part gets the older half of each window that has two pages or more.
+ */
+static void
+bf_deal(Backfill *bf)
+{
+	int			running = 0;
+	int64		quarters = 0;
+	Backfill	t;
+	BfPart	   *p;
+	int64	   *cut;
+	int64		elapsed;
+	ListCell   *lc;
+	MemoryContext old = MemoryContextSwitchTo(bf->cxt);
+
+	foreach(lc, bf->parts)
+	{
+		BfPart	   *q = lfirst(lc);
+
+		if (helper_running(q))
+			running++;
+		else if (q->hs != NULL)
+		{
+			if (helper_release(bf, q, false))
+				bf->parts = foreach_delete_current(bf->parts, lc);
+			else
+				bf->dealing = false;	/* one failed: the next would too, likely */
+		}
+	}
+	bf->running = running;
+	for (int i = 0; i < bf->nwin; i++)
+		quarters += window_quarters(bf, &bf->w[i]);
+	elapsed = GetCurrentTimestamp() - bf->t0;
+	/* a helper adds a core: it helps a sync busy with its pages, not one waiting on the network */
+	if (!bf->dealing || running >= stripe_backfill_helpers || elapsed < DEAL_AFTER_USECS ||
+		bf->busy * 2 < elapsed || quarters < DEAL_MIN_PAGES * 4 || bf->dealt >= 999)
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+
+	memset(&t, 0, sizeof(t));
+	t.cxt = bf->cxt;
+	/* new in this run, so no row left over from an earlier one has its id */
+	t.part = bf->run->src.run_id * 1000 + bf->dealt + 1;
+	cut = palloc(sizeof(int64) * bf->nwin);
+	for (int i = 0; i < bf->nwin; i++)
+	{
+		BfWindow   *w = &bf->w[i];
+		int64		q = window_quarters(bf, w);
+		int64		top = w->after[0] ? w->last_created : (w->hi ? w->hi : bf->top);
+		BfWindow   *nw;
+
+		cut[i] = 0;
+		if (q < 8)
+			continue;
+		cut[i] = (w->lo ? w->lo : bf->base) + (top - (w->lo ? w->lo : bf->base)) / DEAL_SHARE;
+		nw = bf_add_window(&t, w->lo, cut[i]);
+		nw->span = w->span;
+		nw->depth = w->depth + 1;
+	}
+	p = palloc0(sizeof(BfPart));
+	p->id = t.part;
+	p->first = bf_cursor_json(&t);
+	if (t.nwin == 0 ||
+		!helper_start(bf, p, p->first,
+					  Max(stripe_max_concurrent_requests / (running + 2), 1)))
+	{
+		/* no helper to be had: the sync keeps its windows, and stops dealing */
+		bf->dealing = t.nwin == 0;
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	/* a page of ours in flight may bring rows below a cut: bf_done drops them */
+	for (int i = 0; i < bf->nwin; i++)
+		if (cut[i] != 0)
+			bf->w[i].lo = cut[i];
+	bf->parts = lappend(bf->parts, p);
+	bf->all_parts = lappend(bf->all_parts, p);
+	bf->dealt++;
+	bf->running = running + 1;
+	MemoryContextSwitchTo(old);
+}
+
+/* Waits for the helpers to stop, with progress every second. */
+static void
+helpers_wait(Backfill *bf)
+{
+	for (;;)
+	{
+		bool		running = false;
+		ListCell   *lc;
+
+		foreach(lc, bf->parts)
+			if (helper_running(lfirst(lc)))
+				running = true;
+		if (!running)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000L,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		bf_progress(bf, false);
 	}
 }
 
@@ -866,26 +1366,14 @@ static void
 backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor, bool last)
 {
 	Backfill	bf;
-	MemoryContext old;
+	MemoryContext spi = CurrentMemoryContext;
+	ListCell   *lc;
 
-	memset(&bf, 0, sizeof(bf));
-	bf.run = run;
-	bf.lt = lt;
-	bf.object = object;
+	bf_init(&bf, run, lt, object, 0, run->cxt);
 	bf.last = last;
-	bf.cxt = AllocSetContextCreate(run->cxt, "stripe_sync backfill", ALLOCSET_DEFAULT_SIZES);
-	bf.t0 = GetCurrentTimestamp();
-	/* nothing created after the events cursor is missed: the events bring it */
-	bf.top = run->src.events_cursor;
-	bf.base = run->src.has_sync_from ? run->src.sync_from : run->account_created;
-	{
-		const StripeColumn *col = lt->def ? stripe_object_column(lt->def, "created") : NULL;
-
-		bf.ranged = col != NULL && (col->flags & STRIPE_FILTER_RANGE) != 0;
-	}
 	state_update(run, object, "state = 'backfilling', last_error = NULL", NULL);
 
-	old = MemoryContextSwitchTo(bf.cxt);
+	MemoryContextSwitchTo(bf.cxt);
 	if (cursor == NULL || !bf_load_cursor(&bf, cursor))
 	{
 		int			n = Max(stripe_max_concurrent_requests, 1);
@@ -924,20 +1412,178 @@ backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor, 
 	}
 	if (bf.base <= 0)
 		bf.base = bf.top;		/* unknown: split only what pages reveal */
+	MemoryContextSwitchTo(spi);
+	/* a table this transaction created or truncated would keep helpers waiting */
+	bf.dealing = bf.ranged && stripe_backfill_helpers > 0 && !lt->locked_here;
 
-	stripe_request_stream(run->conn, bf_feed, bf_done, &bf, &run->stats);
-	if (bf.pages == 0)
+	PG_TRY();
 	{
-		/* no window had anything left: only possible with an odd cursor */
-		MemoryContextSwitchTo(old);
-		state_update(run, object,
-					 "backfill_done = true, backfill_cursor = NULL, state = 'synced'", NULL);
-		page_boundary(run);
-		bf.spi_cxt = CurrentMemoryContext;
-		old = CurrentMemoryContext;
+		/* parts a crash left: a helper each, while there are slots for them */
+		foreach(lc, bf.parts)
+		{
+			BfPart	   *p = lfirst(lc);
+			char	   *pc = part_cursor(&bf, p);
+
+			if (pc == NULL)
+				bf.parts = foreach_delete_current(bf.parts, lc);
+			else if (bf.dealing && bf.running < stripe_backfill_helpers &&
+					 helper_start(&bf, p, pc, Max(stripe_max_concurrent_requests / (bf.running + 2), 1)))
+				bf.running++;
+		}
+		bf_stream(&bf);
+		helpers_wait(&bf);
 	}
-	MemoryContextSwitchTo(bf.spi_cxt ? bf.spi_cxt : old);
+	PG_CATCH();
+	{
+		foreach(lc, bf.parts)
+			helper_release(&bf, lfirst(lc), true);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	/* the parts no helper finished */
+	foreach(lc, bf.parts)
+	{
+		BfPart	   *p = lfirst(lc);
+		char	   *pc;
+		Backfill	pb;
+
+		(void) helper_release(&bf, p, false);
+		if ((pc = part_cursor(&bf, p)) == NULL)
+			continue;
+		bf_init(&pb, run, lt, object, p->id, bf.cxt);
+		pb.top = bf.top;
+		pb.base = bf.base;
+		spi = MemoryContextSwitchTo(pb.cxt);
+		bf_load_cursor(&pb, pc);
+		MemoryContextSwitchTo(spi);
+		part_lock(&pb, true);
+		PG_TRY();
+		{
+			bf_stream(&pb);
+			if (pb.pages == 0)
+				part_update(&pb, 0, true);
+		}
+		PG_FINALLY();
+		{
+			part_lock(&pb, false);
+		}
+		PG_END_TRY();
+	}
+
+	/* every part done: the backfill is; the parts' figures join the object's */
+	{
+		Oid			types[3] = {TEXTOID, TEXTOID, INT8ARRAYOID};
+		Datum		values[3] = {CStringGetTextDatum(run->src.name), CStringGetTextDatum(object), 0};
+		Datum	   *ids = palloc(sizeof(Datum) * (list_length(bf.all_parts) + 1));
+
+		foreach(lc, bf.all_parts)
+			ids[foreach_current_index(lc)] = Int64GetDatum(((BfPart *) lfirst(lc))->id);
+		values[2] = PointerGetDatum(construct_array(ids, list_length(bf.all_parts), INT8OID,
+													sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		/* rows of parts no cursor lists (a run that failed) count for nothing */
+		spi_exec("UPDATE stripe_sync.object_state o SET rows = o.rows + p.rows, "
+				 "requests = o.requests + p.requests, backfill_done = true, backfill_cursor = NULL, "
+				 "state = 'synced' FROM (SELECT coalesce(sum(rows), 0) AS rows, "
+				 "coalesce(sum(requests), 0) AS requests FROM stripe_sync.backfill_parts "
+				 "WHERE source = $1 AND object = $2 AND part = ANY ($3)) p "
+				 "WHERE o.source = $1 AND o.object = $2", 3, types, values, NULL);
+		spi_exec("DELETE FROM stripe_sync.backfill_parts WHERE source = $1 AND object = $2",
+				 2, types, values, NULL);
+	}
+	page_boundary(run);
+	bf_progress(&bf, true);
 	MemoryContextDelete(bf.cxt);
+}
+
+/* A helper's life: one part of one backfill, then exit. */
+void
+stripe_backfill_helper_main(Datum main_arg)
+{
+	dsm_segment *seg;
+	HelperShared *hs;
+	SyncRun    *run;
+	MemoryContext cxt;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	stripe_worker_keep_memory();
+	seg = dsm_attach(DatumGetUInt32(main_arg));
+	if (seg == NULL)
+		proc_exit(0);			/* the sync is gone */
+	hs = dsm_segment_address(seg);
+	BackgroundWorkerInitializeConnectionByOid(hs->dbid, hs->userid, 0);
+	SetConfigOption("application_name", psprintf("stripe_sync %s helper", hs->source),
+					PGC_USERSET, PGC_S_SESSION);
+	/* the sync waits for us, so we must not wait long for it: fail, and it takes over */
+	SetConfigOption("lock_timeout", "10s", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION);
+	pgstat_report_activity(STATE_RUNNING, psprintf("backfill of %s for source \"%s\"",
+													hs->object, hs->source));
+
+	cxt = AllocSetContextCreate(TopMemoryContext, "stripe_sync backfill helper",
+								ALLOCSET_DEFAULT_SIZES);
+	run = MemoryContextAllocZero(cxt, sizeof(SyncRun));
+	run->cxt = cxt;
+	run->own = true;
+	run->started = GetCurrentTimestamp();
+	run->src.name = MemoryContextStrdup(cxt, hs->source);
+	run->src.serverid = hs->serverid;
+	run->src.target_schema = MemoryContextStrdup(cxt, hs->target_schema);
+	run->src.has_sync_from = hs->has_sync_from;
+	run->src.sync_from = hs->sync_from;
+	run->src.has_cursor = true;
+	run->src.events_cursor = hs->top;
+	run->src.account_id = hs->account_id[0] ? MemoryContextStrdup(cxt, hs->account_id) : NULL;
+	run->src.destination = hs->destination[0] ? MemoryContextStrdup(cxt, hs->destination) : NULL;
+	run->src.emit_history = hs->emit_history;
+	run->src.history_until = hs->history_until;
+
+	PG_TRY();
+	{
+		LocalTable *lt;
+		Backfill	bf;
+		MemoryContext spi;
+
+		begin_xact(run);
+		spi = MemoryContextSwitchTo(cxt);
+		run->conn = stripe_conn_for_server(run->src.serverid, GetUserId());
+		MemoryContextSwitchTo(spi);
+		lt = open_local_table(run, hs->object);
+		lt->history = hs->history;
+		bf_init(&bf, run, lt, MemoryContextStrdup(cxt, hs->object), hs->part, cxt);
+		bf.top = hs->top;
+		bf.base = hs->base;
+		bf.slots = hs->slots;
+		bf.mine = hs;
+		MemoryContextSwitchTo(bf.cxt);
+		bf_load_cursor(&bf, hs->cursor);
+		MemoryContextSwitchTo(spi);
+		part_lock(&bf, true);
+		bf_stream(&bf);
+		/* nothing was left to fetch */
+		if (bf.pages == 0 && !hs->abandoned)
+			part_update(&bf, 0, true);
+		commit_xact(run);
+		/* the sync may count the part done only once that is committed */
+		hs->done = true;
+		for (int i = 0; i < bf.nwin; i++)
+			if (!bf.w[i].done)
+				hs->done = false;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		strlcpy(hs->error, edata->message, sizeof(hs->error));
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	proc_exit(0);
 }
 
 /* ---------- incremental from events ---------- */

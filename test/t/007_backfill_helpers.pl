@@ -1,0 +1,182 @@
+# A backfill shared with helper workers (stripe_sync.backfill_helpers): the
+# local table equals the fake whoever wrote which rows; no page is fetched
+# twice; no helper without the setting, without a free worker slot, or when
+# the sync's own transaction created the table; a helper that stops short,
+# a sync cancelled or terminated, and kill -9 of the postmaster all end with
+# the backfill exact and no helper left behind.
+use strict;
+use warnings;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+use StripeTest qw(start_fake new_node);
+
+my $N = 15000;
+my $fake = start_fake(counts => { charges => $N, customers => 10 });
+my $node = new_node('helpers', $fake,
+	"stripe_sync.naptime = 1\nstripe_sync.database = 'postgres'\nrestart_after_crash = on\n"
+	  . "stripe_sync.max_concurrent_requests = 8\n");
+my $url = $fake->url;
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+# the fake's charges, once: they do not change in this test
+sql(qq{
+	CREATE TABLE fake_raw (line text);
+	COPY fake_raw FROM PROGRAM 'curl -s $url/_control/objects/charges'
+	  WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02');
+	CREATE TABLE fake_objs AS SELECT jsonb_array_elements(string_agg(line, '')::jsonb->'data') AS obj FROM fake_raw;
+});
+is(sql("SELECT count(*) FROM fake_objs"), $N, "the fake has $N charges");
+
+# rows that differ from the fake (missing, extra or changed), and duplicates
+sub differences
+{
+	my ($schema) = @_;
+	return sql(qq{
+		SELECT count(*) FROM fake_objs f
+		  FULL JOIN (SELECT * FROM $schema.charges WHERE deleted_at IS NULL) l ON l.id = f.obj->>'id'
+		 WHERE l.id IS NULL OR f.obj IS NULL OR l.attrs <> f.obj
+	}) . '/' . sql("SELECT count(*) - count(DISTINCT id) FROM $schema.charges");
+}
+
+# rows helpers wrote progress for, so far (backfill_parts is theirs alone)
+sub part_inserts
+{
+	sql("SELECT pg_stat_force_next_flush()");
+	return sql("SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = 'stripe_sync.backfill_parts'::regclass");
+}
+
+sub helpers_running
+{
+	return sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'stripe_sync backfill helper'");
+}
+
+sub new_source
+{
+	my ($name) = @_;
+	sql("CREATE SCHEMA $name; BEGIN; SELECT stripe_sync.create_source('$name', server => 'stripe', "
+		  . "objects => ARRAY['charges'], target_schema => '$name'); "
+		  . "SELECT stripe_sync.alter_source('$name', enabled => false); COMMIT;");
+}
+
+sub list_requests
+{
+	return [ grep { $_->{path} =~ m{^/v1/charges\?} } @{ $fake->requests } ];
+}
+
+# ---- sync_now with the default helper
+$fake->clear_requests;
+new_source('s1');
+my ($summary, $stderr);
+$node->psql('postgres', "SELECT stripe_sync.sync_now('s1')", stdout => \$summary, stderr => \$stderr);
+like($summary, qr/"rows": $N\b/, 'sync_now reports every row, the helpers\' too');
+is(differences('s1'), '0/0', 'the local table equals the fake, no duplicate');
+my $ins = part_inserts();
+cmp_ok($ins, '>', 0, "helpers wrote part of the backfill ($ins parts)");
+my %seen;
+$seen{ $_->{path} }++ for @{ list_requests() };
+is(scalar(grep { $_ > 1 } values %seen), 0, 'no page was fetched twice');
+is(sql("SELECT count(*) FROM stripe_sync.backfill_parts"), '0', 'no part rows left');
+is(sql("SELECT rows, backfill_done FROM stripe_sync.object_state WHERE source = 's1'"), "$N|t",
+	'status counts the helpers\' rows');
+like($stderr, qr/backfill of charges: $N rows in \d+ pages, \d+ rows\/s \(done\)/,
+	'the progress counts the helpers\' rows');
+
+# ---- no helper when the setting is 0
+new_source('s2');
+$node->psql('postgres', "SET stripe_sync.backfill_helpers = 0; SELECT stripe_sync.sync_now('s2')");
+is(differences('s2'), '0/0', 'backfill_helpers = 0: the table equals the fake');
+is(part_inserts(), $ins, '... and no helper worked');
+
+# ---- nor when the sync's transaction created the table (a helper could not see it)
+sql("CREATE SCHEMA s3");
+$node->psql('postgres', "BEGIN; SELECT stripe_sync.create_source('s3', server => 'stripe', "
+	  . "objects => ARRAY['charges'], target_schema => 's3'); "
+	  . "SELECT stripe_sync.alter_source('s3', enabled => false); "
+	  . "SELECT stripe_sync.sync_now('s3'); COMMIT;");
+is(differences('s3'), '0/0', 'a source created in the same transaction: the table equals the fake');
+is(part_inserts(), $ins, '... written without a helper');
+
+# ---- sync_now cancelled while a helper works: the helper stops too
+new_source('s4');
+$fake->config(latency_ms => 20);
+my ($in, $out, $err) = ('', '', '');
+my $h = IPC::Run::start([ 'psql', '-XAtq', '-d', $node->connstr('postgres'), '-f', '-' ],
+	'<', \$in, '>', \$out, '2>', \$err);
+$in .= "SELECT stripe_sync.sync_now('s4');\n";
+$h->pump_nb;
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'stripe_sync backfill helper'"),
+	'sync_now deals part of the backfill to a helper');
+sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%sync_now(''s4'')%' AND pid <> pg_backend_pid()");
+$in .= "\\q\n";
+$h->finish;
+like($err, qr/canceling statement due to user request/, 'sync_now was cancelled mid-backfill');
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'stripe_sync backfill helper'"),
+	'... and its helper stopped');
+$fake->config(latency_ms => 0);
+$node->psql('postgres', "SELECT stripe_sync.sync_now('s4')");
+is(differences('s4'), '0/0', 'the next sync_now makes the table equal to the fake');
+
+# ---- the worker: a helper that stops short leaves its part to the sync
+$fake->config(latency_ms => 20);
+$fake->clear_requests;
+sql("CREATE SCHEMA w1; SELECT stripe_sync.create_source('w1', server => 'stripe', "
+	  . "objects => ARRAY['charges'], target_schema => 'w1')");
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'stripe_sync backfill helper'"),
+	'the worker deals part of the backfill to a helper');
+sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'stripe_sync backfill helper'");
+ok($node->poll_query_until('postgres',
+	"SELECT backfill_done FROM stripe_sync.object_state WHERE source = 'w1'", 't'),
+	'after the helper was terminated the backfill completes');
+is(differences('w1'), '0/0', '... equal to the fake, no duplicate');
+ok($node->log_contains(qr/a backfill helper of source "w1" stopped short on charges/),
+	'the log says the sync finished the helper\'s part');
+sql("SELECT stripe_sync.alter_source('w1', enabled => false)");
+
+# ---- the worker terminated while a helper works: no helper left behind
+sql("CREATE SCHEMA w2; SELECT stripe_sync.create_source('w2', server => 'stripe', "
+	  . "objects => ARRAY['charges'], target_schema => 'w2')");
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'stripe_sync backfill helper'"),
+	'a helper works beside the worker');
+sql("SELECT stripe_sync.alter_source('w2', enabled => false)");
+sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'stripe_sync w2'");
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'stripe_sync backfill helper'"),
+	'after the worker is terminated its helper stops');
+
+# ---- kill -9 while a helper works: the backfill resumes and ends exact
+sql("CREATE SCHEMA w3; SELECT stripe_sync.create_source('w3', server => 'stripe', "
+	  . "objects => ARRAY['charges'], target_schema => 'w3')");
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) > 0 FROM stripe_sync.backfill_parts WHERE source = 'w3' AND rows >= 500"),
+	'a helper has committed part of the backfill');
+my $before = sql("SELECT count(*) FROM w3.charges");
+$node->kill9;
+sleep 2;
+$node->start;
+cmp_ok(sql("SELECT count(*) FROM w3.charges"), '>=', 500, 'the committed rows survived the crash');
+sql("SELECT stripe_sync.alter_source('w2', enabled => true)");
+ok($node->poll_query_until('postgres',
+	"SELECT bool_and(backfill_done) FROM stripe_sync.object_state WHERE source IN ('w2', 'w3')", 't'),
+	'after the crash both backfills complete');
+is(differences('w3'), '0/0', 'the crashed backfill: equal to the fake, no duplicate');
+is(differences('w2'), '0/0', 'the terminated one too');
+is(sql("SELECT count(*) FROM stripe_sync.backfill_parts"), '0', 'no part rows left');
+$fake->config(latency_ms => 0);
+
+# ---- no free worker slot: the sync does it all
+$node->append_conf('postgresql.conf', "max_worker_processes = 2\n");
+$node->restart;
+new_source('s5');
+my $ins5 = part_inserts();
+$node->psql('postgres', "SELECT stripe_sync.sync_now('s5')");
+is(differences('s5'), '0/0', 'no worker slot for a helper: the table equals the fake');
+is(part_inserts(), $ins5, '... written by the sync alone');
+
+$node->stop;
+done_testing();

@@ -1198,13 +1198,13 @@ helper_start(Backfill *bf, BfPart *p, const char *cursor, int slots)
 	return true;
 }
 
+/* its process, not only its part: the next helper needs the slot it holds */
 static bool
 helper_running(BfPart *p)
 {
 	pid_t		pid;
 
-	return p->hs != NULL && !p->hs->done &&
-		GetBackgroundWorkerPid(p->handle, &pid) != BGWH_STOPPED;
+	return p->hs != NULL && GetBackgroundWorkerPid(p->handle, &pid) != BGWH_STOPPED;
 }
 
 /*
@@ -1414,7 +1414,8 @@ backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor, 
 		bf.base = bf.top;		/* unknown: split only what pages reveal */
 	MemoryContextSwitchTo(spi);
 	/* a table this transaction created or truncated would keep helpers waiting */
-	bf.dealing = bf.ranged && stripe_backfill_helpers > 0 && !lt->locked_here;
+	bf.dealing = bf.ranged && stripe_backfill_helpers > 0 && stripe_max_concurrent_requests > 1 &&
+		!lt->locked_here;
 
 	PG_TRY();
 	{

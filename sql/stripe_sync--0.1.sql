@@ -124,10 +124,15 @@ CREATE TABLE stripe_sync.runs (
 REVOKE ALL ON stripe_sync.sources, stripe_sync.object_state, stripe_sync.backfill_parts,
               stripe_sync.applied_events, stripe_sync.runs FROM PUBLIC;
 
+-- rows and requests include a running backfill's helpers (their part rows)
 CREATE VIEW stripe_sync.status AS
-SELECT s.name AS source, o.object, o.state, o.rows, o.backfill_done, o.last_success_at,
-       s.next_sync_at, to_timestamp(s.events_cursor) AS events_cursor, o.requests, o.last_error
-  FROM stripe_sync.sources s JOIN stripe_sync.object_state o ON o.source = s.name;
+SELECT s.name AS source, o.object, o.state, o.rows + coalesce(p.rows, 0) AS rows, o.backfill_done,
+       o.last_success_at, s.next_sync_at, to_timestamp(s.events_cursor) AS events_cursor,
+       o.requests + coalesce(p.requests, 0) AS requests, o.last_error
+  FROM stripe_sync.sources s JOIN stripe_sync.object_state o ON o.source = s.name
+  LEFT JOIN (SELECT source, object, sum(rows)::bigint AS rows, sum(requests)::bigint AS requests
+               FROM stripe_sync.backfill_parts GROUP BY source, object) p
+         ON p.source = o.source AND p.object = o.object;
 REVOKE ALL ON stripe_sync.status FROM PUBLIC;
 
 -- the default set of SPEC §4

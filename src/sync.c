@@ -551,7 +551,6 @@ typedef struct Backfill
 	int			in_flight;
 	/* the sync's own (part 0) only */
 	List	   *parts;			/* BfPart: dealt and not known to be done */
-	List	   *all_parts;		/* BfPart: every one of this backfill, done or not */
 	int			dealt;			/* parts dealt in this run */
 	bool		dealing;		/* it may deal windows to helpers */
 	int			running;		/* helpers working beside it */
@@ -680,7 +679,6 @@ bf_load_cursor(Backfill *bf, const char *cursor)
 					p->id = jsonb_int_member(v.val.binary.data, "id", 0);
 					p->first = JsonbToCString(NULL, v.val.binary.data, v.val.binary.len);
 					bf->parts = lappend(bf->parts, p);
-					bf->all_parts = lappend(bf->all_parts, p);
 				}
 		}
 	}
@@ -1334,7 +1332,6 @@ bf_deal(Backfill *bf)
 		if (cut[i] != 0)
 			bf->w[i].lo = cut[i];
 	bf->parts = lappend(bf->parts, p);
-	bf->all_parts = lappend(bf->all_parts, p);
 	bf->dealt++;
 	bf->running = running + 1;
 	MemoryContextSwitchTo(old);
@@ -1474,21 +1471,16 @@ backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor, 
 
 	/* every part done: the backfill is; the parts' figures join the object's */
 	{
-		Oid			types[3] = {TEXTOID, TEXTOID, INT8ARRAYOID};
-		Datum		values[3] = {CStringGetTextDatum(run->src.name), CStringGetTextDatum(object), 0};
-		Datum	   *ids = palloc(sizeof(Datum) * (list_length(bf.all_parts) + 1));
+		Oid			types[2] = {TEXTOID, TEXTOID};
+		Datum		values[2] = {CStringGetTextDatum(run->src.name), CStringGetTextDatum(object)};
 
-		foreach(lc, bf.all_parts)
-			ids[foreach_current_index(lc)] = Int64GetDatum(((BfPart *) lfirst(lc))->id);
-		values[2] = PointerGetDatum(construct_array(ids, list_length(bf.all_parts), INT8OID,
-													sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		/* rows of parts no cursor lists (a run that failed) count for nothing */
+		/* a part of a run that failed wrote its rows too (a rewrite of one counts nothing) */
 		spi_exec("UPDATE stripe_sync.object_state o SET rows = o.rows + p.rows, "
 				 "requests = o.requests + p.requests, backfill_done = true, backfill_cursor = NULL, "
 				 "state = 'synced' FROM (SELECT coalesce(sum(rows), 0) AS rows, "
 				 "coalesce(sum(requests), 0) AS requests FROM stripe_sync.backfill_parts "
-				 "WHERE source = $1 AND object = $2 AND part = ANY ($3)) p "
-				 "WHERE o.source = $1 AND o.object = $2", 3, types, values, NULL);
+				 "WHERE source = $1 AND object = $2) p "
+				 "WHERE o.source = $1 AND o.object = $2", 2, types, values, NULL);
 		spi_exec("DELETE FROM stripe_sync.backfill_parts WHERE source = $1 AND object = $2",
 				 2, types, values, NULL);
 	}

@@ -556,6 +556,7 @@ typedef struct Backfill
 	int			running;		/* helpers working beside it */
 	/* in a helper: where its progress goes */
 	HelperShared *mine;
+	struct BfSet *set;			/* the sync's objects streamed together, or NULL */
 	MemoryContext cxt;			/* the windows; outlives the page commits */
 	BfWindow   *w;
 	int			nwin;
@@ -570,6 +571,26 @@ typedef struct Backfill
 	MemoryContext spi_cxt;		/* where the last page_boundary left us */
 	bool		last;			/* the run's last backfill: sync_events follows */
 } Backfill;
+
+/*
+ * The sync's objects backfilled in one stream: the first object with a page
+ * to ask for gets the next free slot, so the next object's windows fill the
+ * slots the one before leaves free instead of waiting for its last round
+ * trip.  Each page still commits on its own with its object's cursor.
+ */
+#define BFSET_MAX	64			/* objects in one stream; tags carry the index */
+
+typedef struct BfSet
+{
+	SyncRun    *run;
+	Backfill  **bf;
+	int			n;
+	bool		last;			/* the events' first page rides the tail */
+	int			in_flight;
+	int64		busy;			/* microseconds spent on pages since t0 */
+	TimestampTz t0;
+	MemoryContext spi_cxt;		/* where the last page's commit left us */
+} BfSet;
 
 /* tag of the events request a backfill's tail carries */
 #define EVENTS_TAG	(-1)
@@ -831,8 +852,9 @@ bf_feed(void *arg, StripeManyReq *req)
 		return false;
 	if (bf->dealing)
 		bf_deal(bf);
-	/* the sync's share of the requests in flight, with helpers beside it */
-	if (bf->in_flight >= (bf->part == 0 ? Max(bf->slots / (1 + bf->running), 1) : bf->slots))
+	/* the sync's share of the requests in flight, with helpers beside it (a set counts its own) */
+	if (bf->set == NULL &&
+		bf->in_flight >= (bf->part == 0 ? Max(bf->slots / (1 + bf->running), 1) : bf->slots))
 		return false;
 	for (int i = 0; i < bf->nwin && w == NULL; i++)
 		if (!bf->w[i].done && !bf->w[i].in_flight)
@@ -1252,6 +1274,23 @@ window_quarters(Backfill *bf, BfWindow *w)
 	return Max(top - lo, 0) * 4 / w->span;
 }
 
+/* helpers at work for any of the set's objects */
+static int
+set_running(BfSet *set)
+{
+	int			n = 0;
+
+	for (int i = 0; i < set->n; i++)
+	{
+		ListCell   *lc;
+
+		foreach(lc, set->bf[i]->parts)
+			if (helper_running(lfirst(lc)))
+				n++;
+	}
+	return n;
+}
+
 /*
  * The sync's own feed calls this: helpers that stopped are accounted for,
  * and while fewer than stripe_sync.backfill_helpers run and enough is left,
@@ -1284,12 +1323,16 @@ bf_deal(Backfill *bf)
 		}
 	}
 	bf->running = running;
+	/* the helpers of the sync's other objects count too */
+	if (bf->set != NULL)
+		running = set_running(bf->set);
 	for (int i = 0; i < bf->nwin; i++)
 		quarters += window_quarters(bf, &bf->w[i]);
-	elapsed = GetCurrentTimestamp() - bf->t0;
+	elapsed = GetCurrentTimestamp() - (bf->set ? bf->set->t0 : bf->t0);
 	/* a helper adds a core: it helps a sync busy with its pages, not one waiting on the network */
 	if (!bf->dealing || running >= stripe_backfill_helpers || elapsed < DEAL_AFTER_USECS ||
-		bf->busy * 2 < elapsed || quarters < DEAL_MIN_PAGES * 4 || bf->dealt >= 999)
+		(bf->set ? bf->set->busy : bf->busy) * 2 < elapsed ||
+		quarters < DEAL_MIN_PAGES * 4 || bf->dealt >= 999)
 	{
 		MemoryContextSwitchTo(old);
 		return;
@@ -1333,7 +1376,7 @@ bf_deal(Backfill *bf)
 			bf->w[i].lo = cut[i];
 	bf->parts = lappend(bf->parts, p);
 	bf->dealt++;
-	bf->running = running + 1;
+	bf->running++;
 	MemoryContextSwitchTo(old);
 }
 
@@ -1359,31 +1402,27 @@ helpers_wait(Backfill *bf)
 	}
 }
 
+/*
+ * The windows a backfill starts from: its stored cursor's, or a first round
+ * of n equal spans of created.  Call it in bf->cxt.
+ */
 static void
-backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor, bool last)
+bf_first_windows(Backfill *bf, char *cursor, int n)
 {
-	Backfill	bf;
-	MemoryContext spi = CurrentMemoryContext;
-	ListCell   *lc;
+	SyncRun    *run = bf->run;
 
-	bf_init(&bf, run, lt, object, 0, run->cxt);
-	bf.last = last;
-	state_update(run, object, "state = 'backfilling', last_error = NULL", NULL);
-
-	MemoryContextSwitchTo(bf.cxt);
-	if (cursor == NULL || !bf_load_cursor(&bf, cursor))
+	if (cursor == NULL || !bf_load_cursor(bf, cursor))
 	{
-		int			n = Max(stripe_max_concurrent_requests, 1);
-		int64		lo = bf.base;
+		int64		lo = bf->base;
 
-		if (bf.ranged && !run->src.has_sync_from && run->account_created == 0 && cursor == NULL)
+		if (bf->ranged && !run->src.has_sync_from && run->account_created == 0 && cursor == NULL)
 		{
 			/* the account's creation bounds its objects: one cheap request */
 			(void) stripe_fetch_account_id(run->conn, &run->stats, &run->account_created);
-			lo = bf.base = run->account_created;
+			lo = bf->base = run->account_created;
 		}
 		/* a list without created filters is one window, as is an odd range */
-		if (!bf.ranged || lo <= 0 || lo >= bf.top || cursor != NULL)
+		if (!bf->ranged || lo <= 0 || lo >= bf->top || cursor != NULL)
 			n = 1;
 		/*
 		 * Equal spans of time.  The oldest window stays open below (unless
@@ -1394,64 +1433,86 @@ backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor, 
 		 */
 		for (int i = n - 1; i >= 0; i--)
 		{
-			BfWindow   *w = bf_add_window(&bf,
+			BfWindow   *w = bf_add_window(bf,
 										  i == 0 ? (run->src.has_sync_from ? run->src.sync_from : 0)
-										  : lo + (bf.top - lo) * i / n,
-										  i == n - 1 ? 0 : lo + (bf.top - lo) * (i + 1) / n);
+										  : lo + (bf->top - lo) * i / n,
+										  i == n - 1 ? 0 : lo + (bf->top - lo) * (i + 1) / n);
 
 			/* a bare id: the cursor of the one window of an older version */
 			if (cursor != NULL)
 			{
 				strlcpy(w->after, cursor, sizeof(w->after));
-				w->last_created = bf.top;
+				w->last_created = bf->top;
 			}
 		}
 	}
-	if (bf.base <= 0)
-		bf.base = bf.top;		/* unknown: split only what pages reveal */
+	if (bf->base <= 0)
+		bf->base = bf->top;		/* unknown: split only what pages reveal */
+}
+
+/*
+ * An object's backfill joins the set: its windows, and helpers for parts a
+ * crash left.  The set's first object starts with a window per request slot.
+ * The others start with one: most are small, and an empty window costs a
+ * request; a big one is carved up as soon as its first page has shown its
+ * density (bf_split), while the objects before it keep the slots busy.
+ */
+static Backfill *
+bf_begin(BfSet *set, LocalTable *lt, const char *object, char *cursor)
+{
+	SyncRun    *run = set->run;
+	Backfill   *bf = MemoryContextAllocZero(run->cxt, sizeof(Backfill));
+	MemoryContext spi = CurrentMemoryContext;
+	ListCell   *lc;
+
+	bf_init(bf, run, lt, object, 0, run->cxt);
+	bf->set = set;
+	state_update(run, object, "state = 'backfilling', last_error = NULL", NULL);
+	MemoryContextSwitchTo(bf->cxt);
+	bf_first_windows(bf, cursor, set->n == 0 ? Max(stripe_max_concurrent_requests, 1) : 1);
 	MemoryContextSwitchTo(spi);
 	/* a table this transaction created or truncated would keep helpers waiting */
-	bf.dealing = bf.ranged && stripe_backfill_helpers > 0 && stripe_max_concurrent_requests > 1 &&
+	bf->dealing = bf->ranged && stripe_backfill_helpers > 0 && stripe_max_concurrent_requests > 1 &&
 		!lt->locked_here;
-
-	PG_TRY();
+	foreach(lc, bf->parts)
 	{
-		/* parts a crash left: a helper each, while there are slots for them */
-		foreach(lc, bf.parts)
-		{
-			BfPart	   *p = lfirst(lc);
-			char	   *pc = part_cursor(&bf, p);
+		BfPart	   *p = lfirst(lc);
+		char	   *pc = part_cursor(bf, p);
+		int			running = set_running(set);
 
-			if (pc == NULL)
-				bf.parts = foreach_delete_current(bf.parts, lc);
-			else if (bf.dealing && bf.running < stripe_backfill_helpers &&
-					 helper_start(&bf, p, pc, Max(stripe_max_concurrent_requests / (bf.running + 2), 1)))
-				bf.running++;
-		}
-		bf_stream(&bf);
-		helpers_wait(&bf);
+		if (pc == NULL)
+			bf->parts = foreach_delete_current(bf->parts, lc);
+		else if (bf->dealing && running < stripe_backfill_helpers &&
+				 helper_start(bf, p, pc, Max(stripe_max_concurrent_requests / (running + 2), 1)))
+			bf->running++;
 	}
-	PG_CATCH();
-	{
-		foreach(lc, bf.parts)
-			helper_release(&bf, lfirst(lc), true);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
+	return bf;
+}
 
+/* Once the stream has ended: the object's helpers, the parts none finished, and done. */
+static void
+bf_finish(Backfill *bf)
+{
+	SyncRun    *run = bf->run;
+	LocalTable *lt = bf->lt;
+	const char *object = bf->object;
+	MemoryContext spi;
+	ListCell   *lc;
+
+	helpers_wait(bf);
 	/* the parts no helper finished */
-	foreach(lc, bf.parts)
+	foreach(lc, bf->parts)
 	{
 		BfPart	   *p = lfirst(lc);
 		char	   *pc;
 		Backfill	pb;
 
-		(void) helper_release(&bf, p, false);
-		if ((pc = part_cursor(&bf, p)) == NULL)
+		(void) helper_release(bf, p, false);
+		if ((pc = part_cursor(bf, p)) == NULL)
 			continue;
-		bf_init(&pb, run, lt, object, p->id, bf.cxt);
-		pb.top = bf.top;
-		pb.base = bf.base;
+		bf_init(&pb, run, lt, object, p->id, bf->cxt);
+		pb.top = bf->top;
+		pb.base = bf->base;
 		spi = MemoryContextSwitchTo(pb.cxt);
 		bf_load_cursor(&pb, pc);
 		MemoryContextSwitchTo(spi);
@@ -1485,8 +1546,111 @@ backfill_object(SyncRun *run, LocalTable *lt, const char *object, char *cursor, 
 				 2, types, values, NULL);
 	}
 	page_boundary(run);
-	bf_progress(&bf, true);
-	MemoryContextDelete(bf.cxt);
+	bf_progress(bf, true);
+	MemoryContextDelete(bf->cxt);
+}
+
+static bool
+set_feed(void *arg, StripeManyReq *req)
+{
+	BfSet	   *set = arg;
+	Backfill   *tail = set->bf[set->n - 1];
+
+	/* the requests in flight are shared out with the helpers, not multiplied */
+	if (set->in_flight >= Max(stripe_max_concurrent_requests / (1 + set_running(set)), 1))
+		return false;
+	/*
+	 * An object that has not asked for anything yet goes first: its first
+	 * page tells whether it has more (most do not) and how dense it is.
+	 * Then the objects in order.
+	 */
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < set->n; i++)
+		{
+			Backfill   *bf = set->bf[i];
+
+			if (pass == 0 && (bf->pages > 0 || bf->in_flight > 0))
+				continue;
+			if (bf_feed(bf, req))
+			{
+				req->tag = req->tag * BFSET_MAX + i;
+				set->in_flight++;
+				return true;
+			}
+		}
+	if (!set->last || !bf_feed_events(tail, req))
+		return false;
+	tail->in_flight++;
+	set->in_flight++;
+	return true;
+}
+
+static void
+set_done(void *arg, StripeManyReq *req)
+{
+	BfSet	   *set = arg;
+	TimestampTz began = GetCurrentTimestamp();
+	Backfill   *bf;
+
+	set->in_flight--;
+	if (req->tag == EVENTS_TAG)
+	{
+		bf_done(set->bf[set->n - 1], req);
+		return;
+	}
+	bf = set->bf[req->tag % BFSET_MAX];
+	req->tag /= BFSET_MAX;
+	bf->spi_cxt = NULL;
+	bf_done(bf, req);
+	if (bf->spi_cxt != NULL)
+		set->spi_cxt = bf->spi_cxt;
+	set->busy += GetCurrentTimestamp() - began;
+}
+
+/*
+ * Backfills the objects of pending (lists of object, local table, cursor),
+ * all in one stream; last: the run's last backfill, which sync_events follows.
+ */
+static void
+backfill_set(SyncRun *run, List *pending, bool last)
+{
+	BfSet		set;
+	MemoryContext cxt = AllocSetContextCreate(run->cxt, "stripe_sync backfill set",
+											  ALLOCSET_SMALL_SIZES);
+	ListCell   *lc;
+
+	memset(&set, 0, sizeof(set));
+	set.run = run;
+	set.last = last;
+	set.t0 = GetCurrentTimestamp();
+	set.bf = MemoryContextAllocZero(cxt, sizeof(Backfill *) * Max(list_length(pending), 1));
+	PG_TRY();
+	{
+		MemoryContext spi;
+
+		foreach(lc, pending)
+		{
+			List	   *p = lfirst(lc);
+
+			set.bf[set.n] = bf_begin(&set, list_nth(p, 1), linitial(p), lthird(p));
+			set.n++;
+		}
+		spi = MemoryContextSwitchTo(cxt);
+		stripe_request_stream(run->conn, set_feed, set_done, &set, 0, &run->stats);
+		/* a worker's page commits replaced the SPI connection we were called in */
+		MemoryContextSwitchTo(set.spi_cxt ? set.spi_cxt : spi);
+		for (int i = 0; i < set.n; i++)
+			bf_finish(set.bf[i]);
+	}
+	PG_CATCH();
+	{
+		for (int i = 0; i < set.n; i++)
+			foreach(lc, set.bf[i]->parts)
+				helper_release(set.bf[i], lfirst(lc), true);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	MemoryContextDelete(cxt);
 }
 
 /* A helper's life: one part of one backfill, then exit. */
@@ -1967,12 +2131,10 @@ run_source(SyncRun *run)
 			}
 		}
 	}
-	foreach(lc, pending)
-	{
-		List	   *p = lfirst(lc);
-
-		backfill_object(run, list_nth(p, 1), linitial(p), lthird(p), lnext(pending, lc) == NULL);
-	}
+	/* BFSET_MAX objects at a time: a request's tag carries its object */
+	for (int i = 0; i < list_length(pending); i += BFSET_MAX)
+		backfill_set(run, list_copy_head(list_copy_tail(pending, i), BFSET_MAX),
+					 i + BFSET_MAX >= list_length(pending));
 
 	sync_events(run);
 

@@ -49,8 +49,19 @@ is($node->safe_psql('postgres',
 	'01:00:00|t|{customers,charges,invoices,payment_intents,refunds,subscriptions,products,prices}',
 	'defaults: hourly, all history, the eight default objects');
 
+$fake->clear_requests;
 my ($rc, $out, $err) = $node->psql('postgres', "SELECT stripe_sync.sync_now('main')");
 is($rc, 0, 'first sync (backfill) ran');
+{
+	my @first = @{ $fake->requests };
+	my %lists;
+	for (@first) { $lists{$1}++ if $_->{path} =~ m{^/v1/(\w+)\?}; }
+	is(join('/', map { $lists{$_} } qw(products prices)), '1/1',
+		'an object of fewer than 100 rows costs one request');
+	my ($last_customers) = grep { $first[$_]{path} =~ m{^/v1/customers\?} } reverse 0 .. $#first;
+	my ($first_charges) = grep { $first[$_]{path} =~ m{^/v1/charges\?} } 0 .. $#first;
+	cmp_ok($first_charges, '<', $last_customers, 'the objects are listed together, not one after another');
+}
 like($err, qr/backfill of customers: 1050 rows in \d+ pages, \d+ rows\/s \(done\)/, 'NOTICE progress per object');
 like($out, qr/"rows": 4182/, 'summary counts every row');
 

@@ -568,6 +568,7 @@ typedef struct Backfill
 	int64		pages;
 	TimestampTz t0;
 	int64		busy;			/* microseconds spent on pages since t0 */
+	TimestampTz t_last;			/* when its last page was written */
 	MemoryContext spi_cxt;		/* where the last page_boundary left us */
 	bool		last;			/* the run's last backfill: sync_events follows */
 } Backfill;
@@ -998,7 +999,8 @@ bf_done(void *arg, StripeManyReq *req)
 
 	if (bf->mine == NULL && bf->pages % 20 == 0)
 		bf_progress(bf, false);
-	bf->busy += GetCurrentTimestamp() - began;
+	bf->t_last = GetCurrentTimestamp();
+	bf->busy += bf->t_last - began;
 }
 
 /* ---------- a backfill shared with helper workers ---------- */
@@ -1073,7 +1075,9 @@ bf_progress(Backfill *bf, bool done)
 {
 	int64		rows = bf->lt->rows;
 	int64		pages = bf->lt->pages;
-	double		secs = (double) (GetCurrentTimestamp() - bf->t0) / USECS_PER_SEC;
+	/* done, and all its own: its rate up to its last page, not to the set's end */
+	TimestampTz end = done && bf->dealt == 0 && bf->t_last > 0 ? bf->t_last : GetCurrentTimestamp();
+	double		secs = (double) (end - bf->t0) / USECS_PER_SEC;
 	ListCell   *lc;
 
 	foreach(lc, bf->parts)

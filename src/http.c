@@ -770,7 +770,7 @@ slot_detach(StreamSlot *s)
 }
 
 /*
- * Runs GET requests, up to max_slots at a time (0: stripe_sync.max_concurrent_requests),
+ * Runs GET requests, up to stripe_sync.max_concurrent_requests at a time,
  * each with stripe_request's retry rules and errors.  feed hands out the next
  * request (false: none for now); done receives each one as it completes, in
  * completion order, and may feed more work through its state (and commit:
@@ -781,10 +781,9 @@ slot_detach(StreamSlot *s)
  */
 void
 stripe_request_stream(StripeConn *conn, StripeManyFeed feed, StripeManyDone done,
-					  void *arg, int max_slots, StripeStats *stats)
+					  void *arg, StripeStats *stats)
 {
-	int			nslots = Min(Max(max_slots > 0 ? max_slots : stripe_max_concurrent_requests, 1),
-							 MAX_POOL);
+	int			nslots = Min(Max(stripe_max_concurrent_requests, 1), MAX_POOL);
 	StreamSlot *volatile slots;
 
 	/* done may commit and switch contexts: what lives across it goes here */

@@ -159,7 +159,7 @@ typedef void (*StripeManyDone) (void *arg, StripeManyReq *req);
 
 extern void stripe_request_stream(StripeConn *conn, StripeManyFeed feed,
 								  StripeManyDone done, void *arg,
-								  int max_slots, StripeStats *stats);
+								  StripeStats *stats);
 extern char *stripe_urlencode(const char *s);
 /* equal-jitter backoff from stripe_sync.retry_base_delay, at least Retry-After */
 extern long stripe_backoff_ms(int attempt, const char *retry_after);

@@ -547,13 +547,12 @@ typedef struct Backfill
 	LocalTable *lt;
 	const char *object;
 	int64		part;			/* 0: the sync's own windows; else a dealt part's id */
-	int			slots;			/* requests in flight at most */
+	int			slots;			/* requests in flight at most (outside a set: see bf_feed) */
 	int			in_flight;
 	/* the sync's own (part 0) only */
 	List	   *parts;			/* BfPart: dealt and not known to be done */
 	int			dealt;			/* parts dealt in this run */
 	bool		dealing;		/* it may deal windows to helpers */
-	int			running;		/* helpers working beside it */
 	/* in a helper: where its progress goes */
 	HelperShared *mine;
 	struct BfSet *set;			/* the sync's objects streamed together, or NULL */
@@ -564,13 +563,10 @@ typedef struct Backfill
 	int64		base;			/* oldest created we expect, for splitting */
 	int64		top;			/* the backfill's start, for splitting */
 	bool		ranged;			/* the list takes created[gte] and created[lt] */
-	int64		rows;
 	int64		pages;
 	TimestampTz t0;
-	int64		busy;			/* microseconds spent on pages since t0 */
 	TimestampTz t_last;			/* when its last page was written */
 	MemoryContext spi_cxt;		/* where the last page_boundary left us */
-	bool		last;			/* the run's last backfill: sync_events follows */
 } Backfill;
 
 /*
@@ -588,6 +584,8 @@ typedef struct BfSet
 	int			n;
 	bool		last;			/* the events' first page rides the tail */
 	int			in_flight;
+	int			running;		/* helpers at work, as of the last feed */
+	MemoryContext cxt;			/* the stream's, and the events page's */
 	int64		busy;			/* microseconds spent on pages since t0 */
 	TimestampTz t0;
 	MemoryContext spi_cxt;		/* where the last page's commit left us */
@@ -750,6 +748,28 @@ bf_load_cursor(Backfill *bf, const char *cursor)
  * given away; bf_done drops them.  Returns the new window, or NULL if nothing
  * is worth carving.
  */
+/* the created range a window has left: [window_lo, window_top) */
+static int64
+window_top(Backfill *bf, BfWindow *w)
+{
+	return w->after[0] ? w->last_created : (w->hi ? w->hi : bf->top);
+}
+
+static int64
+window_lo(Backfill *bf, BfWindow *w)
+{
+	return w->lo ? w->lo : bf->base;
+}
+
+/* the pages a window has left, in quarters, at the density its last page showed */
+static int64
+window_quarters(Backfill *bf, BfWindow *w)
+{
+	if (w->done || w->span <= 0)
+		return 0;
+	return Max(window_top(bf, w) - window_lo(bf, w), 0) * 4 / w->span;
+}
+
 static BfWindow *
 bf_split(Backfill *bf)
 {
@@ -764,16 +784,12 @@ bf_split(Backfill *bf)
 	for (int i = 0; i < bf->nwin; i++)
 	{
 		BfWindow   *c = &bf->w[i];
-		int64		top,
-					lo,
-					pages;
+		int64		pages;
 
-		if (c->done || c->span <= 0 || c->depth >= maxdepth || !bf->ranged)
+		if (c->depth >= maxdepth || !bf->ranged)
 			continue;
-		top = c->after[0] ? c->last_created : (c->hi ? c->hi : bf->top);
-		lo = c->lo ? c->lo : bf->base;
-		/* in pages, in 1/4: a window of 1.5 pages is two round trips, worth sharing */
-		pages = (top - lo) * 4 / c->span;
+		/* in quarters: a window of 1.5 pages is two round trips, worth sharing */
+		pages = window_quarters(bf, c);
 		if (pages > best_pages)
 		{
 			best = i;
@@ -783,8 +799,7 @@ bf_split(Backfill *bf)
 	if (best < 0)
 		return NULL;
 	w = &bf->w[best];
-	mid = (w->after[0] ? w->last_created : (w->hi ? w->hi : bf->top)) -
-		Min(CHUNK_PAGES, Max(best_pages / 8, 1)) * w->span;
+	mid = window_top(bf, w) - Min(CHUNK_PAGES, Max(best_pages / 8, 1)) * w->span;
 	old_lo = w->lo;
 	w->lo = mid;
 	/* bf_add_window may move the array */
@@ -804,22 +819,22 @@ events_path(SyncRun *run, const char *after)
 }
 
 /*
- * The first free slot the run's last backfill has no page for asks for the
+ * The first free slot the run's last backfills have no page for asks for the
  * first page of events, which sync_events would otherwise ask for alone, one
  * round trip after the backfill.  Asking early loses nothing: the cursor only
  * moves up to the events applied, so what happens after this request is read
  * by the next sync, and observed_at orders these events and the pages.
  */
 static bool
-bf_feed_events(Backfill *bf, StripeManyReq *req)
+feed_events(SyncRun *run, MemoryContext parent, StripeManyReq *req)
 {
 	PageCheck  *pc;
 	StripeFieldSet *fs;
 	MemoryContext old;
 
-	if (bf->run->events_early)
+	if (run->events_early)
 		return false;
-	req->cxt = AllocSetContextCreate(bf->cxt, "stripe_sync events page", ALLOCSET_DEFAULT_SIZES);
+	req->cxt = AllocSetContextCreate(parent, "stripe_sync events page", ALLOCSET_DEFAULT_SIZES);
 	req->tag = EVENTS_TAG;
 	old = MemoryContextSwitchTo(req->cxt);
 	fs = stripe_fieldset_create(1);
@@ -829,12 +844,22 @@ bf_feed_events(Backfill *bf, StripeManyReq *req)
 	pc->fs = fs;
 	pc->page = palloc0(sizeof(StripePage));
 	pc->is_list = true;
-	req->path = events_path(bf->run, "");
+	req->path = events_path(run, "");
 	req->check = check_page;
 	req->check_arg = pc;
 	MemoryContextSwitchTo(old);
-	bf->run->events_early = true;
+	run->events_early = true;
 	return true;
+}
+
+/* the events' first page came: kept for sync_events, which parses the body in place */
+static void
+events_done(SyncRun *run, StripeManyReq *req)
+{
+	run->events_page = MemoryContextAlloc(run->cxt, req->resp.len + 1);
+	memcpy(run->events_page, req->resp.body, req->resp.len + 1);
+	run->events_len = req->resp.len;
+	MemoryContextDelete(req->cxt);
 }
 
 static void bf_deal(Backfill *bf);
@@ -853,9 +878,8 @@ bf_feed(void *arg, StripeManyReq *req)
 		return false;
 	if (bf->dealing)
 		bf_deal(bf);
-	/* the sync's share of the requests in flight, with helpers beside it (a set counts its own) */
-	if (bf->set == NULL &&
-		bf->in_flight >= (bf->part == 0 ? Max(bf->slots / (1 + bf->running), 1) : bf->slots))
+	/* a set shares its requests in flight out itself */
+	if (bf->set == NULL && bf->in_flight >= bf->slots)
 		return false;
 	for (int i = 0; i < bf->nwin && w == NULL; i++)
 		if (!bf->w[i].done && !bf->w[i].in_flight)
@@ -863,12 +887,7 @@ bf_feed(void *arg, StripeManyReq *req)
 	if (w == NULL)
 		w = bf_split(bf);
 	if (w == NULL)
-	{
-		if (!bf->last || !bf_feed_events(bf, req))
-			return false;
-		bf->in_flight++;
-		return true;
-	}
+		return false;
 
 	req->cxt = AllocSetContextCreate(bf->cxt, "stripe_sync backfill page", ALLOCSET_DEFAULT_SIZES);
 	req->tag = w - bf->w;
@@ -920,18 +939,8 @@ bf_done(void *arg, StripeManyReq *req)
 	int			nkeep = page->nrows;
 	int64		changed;
 	bool		all_done = true;
-	TimestampTz began = GetCurrentTimestamp();
 
 	bf->in_flight--;
-	if (req->tag == EVENTS_TAG)
-	{
-		/* kept for sync_events; the body is parsed in place there */
-		run->events_page = MemoryContextAlloc(run->cxt, req->resp.len + 1);
-		memcpy(run->events_page, req->resp.body, req->resp.len + 1);
-		run->events_len = req->resp.len;
-		MemoryContextDelete(req->cxt);
-		return;
-	}
 	w = &bf->w[req->tag];
 	w->in_flight = false;
 	/* rows older than the window's (possibly split-off) range are another's */
@@ -971,7 +980,6 @@ bf_done(void *arg, StripeManyReq *req)
 		if (!bf->w[i].done)
 			all_done = false;
 
-	bf->rows += changed;
 	bf->pages++;
 	lt->rows += changed;
 	lt->pages++;
@@ -1000,7 +1008,6 @@ bf_done(void *arg, StripeManyReq *req)
 	if (bf->mine == NULL && bf->pages % 20 == 0)
 		bf_progress(bf, false);
 	bf->t_last = GetCurrentTimestamp();
-	bf->busy += bf->t_last - began;
 }
 
 /* ---------- a backfill shared with helper workers ---------- */
@@ -1012,8 +1019,9 @@ bf_done(void *arg, StripeManyReq *req)
  * transactions.  When the sync spends half its time or more on its pages
  * (at zero latency; waiting on the network, another core gains nothing),
  * once the first pages have shown how dense each window is and whenever a
- * helper is idle, it gives a new part the older half of every window with
- * two pages or more left, which it carves off its own.
+ * helper is idle, it gives a new part the older quarter of every window with
+ * two pages or more left, which it carves off its own: a quarter of what is
+ * left each time, so that the sync and its helper end together.
  * Windows are disjoint ranges of created, so two processes never write the
  * same row.
  *
@@ -1021,8 +1029,8 @@ bf_done(void *arg, StripeManyReq *req)
  * progress is a row of stripe_sync.backfill_parts.  The sync's cursor lists
  * the parts not known to be done with their first windows: it is committed
  * with the carving, so a crash either keeps the carved windows in the sync's
- * own list or has the part listed; a part row no cursor lists is left over,
- * and ignored.  The sync waits for its helpers, finishes every listed part
+ * own list or has the part listed; a part row no cursor lists is left over
+ * (its rows are still counted in status, as rows written).  The sync waits for its helpers, finishes every listed part
  * not done itself (its helper could not start, failed or died), and only
  * then marks the backfill done.  The requests in flight are shared out
  * between the sync and its helpers, not multiplied.  A helper never waits
@@ -1064,7 +1072,7 @@ bf_stream(Backfill *bf)
 	MemoryContext old = MemoryContextSwitchTo(bf->cxt);
 
 	bf->spi_cxt = NULL;
-	stripe_request_stream(bf->run->conn, bf_feed, bf_done, bf, bf->slots, &bf->run->stats);
+	stripe_request_stream(bf->run->conn, bf_feed, bf_done, bf, &bf->run->stats);
 	/* a worker's page commits replaced the SPI connection we were called in */
 	MemoryContextSwitchTo(bf->spi_cxt ? bf->spi_cxt : old);
 }
@@ -1266,18 +1274,6 @@ helper_release(Backfill *bf, BfPart *p, bool stop)
 	return done;
 }
 
-/* the pages a window has left, in quarters, at the density its last page showed */
-static int64
-window_quarters(Backfill *bf, BfWindow *w)
-{
-	int64		top = w->after[0] ? w->last_created : (w->hi ? w->hi : bf->top);
-	int64		lo = w->lo ? w->lo : bf->base;
-
-	if (w->done || w->span <= 0)
-		return 0;
-	return Max(top - lo, 0) * 4 / w->span;
-}
-
 /* helpers at work for any of the set's objects */
 static int
 set_running(BfSet *set)
@@ -1296,14 +1292,15 @@ set_running(BfSet *set)
 }
 
 /*
- * The sync's own feed calls this: helpers that stopped are accounted for,
- * and while fewer than stripe_sync.backfill_helpers run and enough is left,
- * a new part gets the older half of each window that has two pages or more.
+ * The sync's own feed calls this: its helpers that stopped are accounted
+ * for, and while fewer than stripe_sync.backfill_helpers run (for all the
+ * set's objects) and enough is left, a new part gets the older quarter of
+ * each window that has two pages or more.
  */
 static void
 bf_deal(Backfill *bf)
 {
-	int			running = 0;
+	BfSet	   *set = bf->set;
 	int64		quarters = 0;
 	Backfill	t;
 	BfPart	   *p;
@@ -1316,9 +1313,7 @@ bf_deal(Backfill *bf)
 	{
 		BfPart	   *q = lfirst(lc);
 
-		if (helper_running(q))
-			running++;
-		else if (q->hs != NULL)
+		if (q->hs != NULL && !helper_running(q))
 		{
 			if (helper_release(bf, q, false))
 				bf->parts = foreach_delete_current(bf->parts, lc);
@@ -1326,17 +1321,12 @@ bf_deal(Backfill *bf)
 				bf->dealing = false;	/* one failed: the next would too, likely */
 		}
 	}
-	bf->running = running;
-	/* the helpers of the sync's other objects count too */
-	if (bf->set != NULL)
-		running = set_running(bf->set);
 	for (int i = 0; i < bf->nwin; i++)
 		quarters += window_quarters(bf, &bf->w[i]);
-	elapsed = GetCurrentTimestamp() - (bf->set ? bf->set->t0 : bf->t0);
+	elapsed = GetCurrentTimestamp() - set->t0;
 	/* a helper adds a core: it helps a sync busy with its pages, not one waiting on the network */
-	if (!bf->dealing || running >= stripe_backfill_helpers || elapsed < DEAL_AFTER_USECS ||
-		(bf->set ? bf->set->busy : bf->busy) * 2 < elapsed ||
-		quarters < DEAL_MIN_PAGES * 4 || bf->dealt >= 999)
+	if (!bf->dealing || set->running >= stripe_backfill_helpers || elapsed < DEAL_AFTER_USECS ||
+		set->busy * 2 < elapsed || quarters < DEAL_MIN_PAGES * 4 || bf->dealt >= 999)
 	{
 		MemoryContextSwitchTo(old);
 		return;
@@ -1350,14 +1340,13 @@ bf_deal(Backfill *bf)
 	for (int i = 0; i < bf->nwin; i++)
 	{
 		BfWindow   *w = &bf->w[i];
-		int64		q = window_quarters(bf, w);
-		int64		top = w->after[0] ? w->last_created : (w->hi ? w->hi : bf->top);
+		int64		lo = window_lo(bf, w);
 		BfWindow   *nw;
 
 		cut[i] = 0;
-		if (q < 8)
+		if (window_quarters(bf, w) < 8)
 			continue;
-		cut[i] = (w->lo ? w->lo : bf->base) + (top - (w->lo ? w->lo : bf->base)) / DEAL_SHARE;
+		cut[i] = lo + (window_top(bf, w) - lo) / DEAL_SHARE;
 		nw = bf_add_window(&t, w->lo, cut[i]);
 		nw->span = w->span;
 		nw->depth = w->depth + 1;
@@ -1367,7 +1356,7 @@ bf_deal(Backfill *bf)
 	p->first = bf_cursor_json(&t);
 	if (t.nwin == 0 ||
 		!helper_start(bf, p, p->first,
-					  Max(stripe_max_concurrent_requests / (running + 2), 1)))
+					  Max(stripe_max_concurrent_requests / (set->running + 2), 1)))
 	{
 		/* no helper to be had: the sync keeps its windows, and stops dealing */
 		bf->dealing = t.nwin == 0;
@@ -1380,7 +1369,7 @@ bf_deal(Backfill *bf)
 			bf->w[i].lo = cut[i];
 	bf->parts = lappend(bf->parts, p);
 	bf->dealt++;
-	bf->running++;
+	set->running++;
 	MemoryContextSwitchTo(old);
 }
 
@@ -1482,15 +1471,40 @@ bf_begin(BfSet *set, LocalTable *lt, const char *object, char *cursor)
 	{
 		BfPart	   *p = lfirst(lc);
 		char	   *pc = part_cursor(bf, p);
-		int			running = set_running(set);
 
 		if (pc == NULL)
 			bf->parts = foreach_delete_current(bf->parts, lc);
-		else if (bf->dealing && running < stripe_backfill_helpers &&
-				 helper_start(bf, p, pc, Max(stripe_max_concurrent_requests / (running + 2), 1)))
-			bf->running++;
+		else if (bf->dealing && set->running < stripe_backfill_helpers &&
+				 helper_start(bf, p, pc, Max(stripe_max_concurrent_requests / (set->running + 2), 1)))
+			set->running++;
 	}
 	return bf;
+}
+
+/*
+ * Works a dealt part from cursor to its end, in pb's own transactions, as a
+ * helper or as the sync finishing a helper's part: one process at a time.
+ */
+static void
+part_work(Backfill *pb, const char *cursor)
+{
+	MemoryContext spi = MemoryContextSwitchTo(pb->cxt);
+
+	bf_load_cursor(pb, cursor);
+	MemoryContextSwitchTo(spi);
+	part_lock(pb, true);
+	PG_TRY();
+	{
+		bf_stream(pb);
+		/* nothing was left to fetch: say so (a helper told to stop says nothing) */
+		if (pb->pages == 0 && (pb->mine == NULL || !pb->mine->abandoned))
+			part_update(pb, 0, true);
+	}
+	PG_FINALLY();
+	{
+		part_lock(pb, false);
+	}
+	PG_END_TRY();
 }
 
 /* Once the stream has ended: the object's helpers, the parts none finished, and done. */
@@ -1498,9 +1512,7 @@ static void
 bf_finish(Backfill *bf)
 {
 	SyncRun    *run = bf->run;
-	LocalTable *lt = bf->lt;
 	const char *object = bf->object;
-	MemoryContext spi;
 	ListCell   *lc;
 
 	helpers_wait(bf);
@@ -1514,24 +1526,10 @@ bf_finish(Backfill *bf)
 		(void) helper_release(bf, p, false);
 		if ((pc = part_cursor(bf, p)) == NULL)
 			continue;
-		bf_init(&pb, run, lt, object, p->id, bf->cxt);
+		bf_init(&pb, run, bf->lt, object, p->id, bf->cxt);
 		pb.top = bf->top;
 		pb.base = bf->base;
-		spi = MemoryContextSwitchTo(pb.cxt);
-		bf_load_cursor(&pb, pc);
-		MemoryContextSwitchTo(spi);
-		part_lock(&pb, true);
-		PG_TRY();
-		{
-			bf_stream(&pb);
-			if (pb.pages == 0)
-				part_update(&pb, 0, true);
-		}
-		PG_FINALLY();
-		{
-			part_lock(&pb, false);
-		}
-		PG_END_TRY();
+		part_work(&pb, pc);
 	}
 
 	/* every part done: the backfill is; the parts' figures join the object's */
@@ -1558,10 +1556,10 @@ static bool
 set_feed(void *arg, StripeManyReq *req)
 {
 	BfSet	   *set = arg;
-	Backfill   *tail = set->bf[set->n - 1];
 
+	set->running = set_running(set);
 	/* the requests in flight are shared out with the helpers, not multiplied */
-	if (set->in_flight >= Max(stripe_max_concurrent_requests / (1 + set_running(set)), 1))
+	if (set->in_flight >= Max(stripe_max_concurrent_requests / (1 + set->running), 1))
 		return false;
 	/*
 	 * An object that has not asked for anything yet goes first: its first
@@ -1572,8 +1570,9 @@ set_feed(void *arg, StripeManyReq *req)
 		for (int i = 0; i < set->n; i++)
 		{
 			Backfill   *bf = set->bf[i];
+			bool		fresh = bf->pages == 0 && bf->in_flight == 0;
 
-			if (pass == 0 && (bf->pages > 0 || bf->in_flight > 0))
+			if (fresh != (pass == 0))
 				continue;
 			if (bf_feed(bf, req))
 			{
@@ -1582,9 +1581,8 @@ set_feed(void *arg, StripeManyReq *req)
 				return true;
 			}
 		}
-	if (!set->last || !bf_feed_events(tail, req))
+	if (!set->last || !feed_events(set->run, set->cxt, req))
 		return false;
-	tail->in_flight++;
 	set->in_flight++;
 	return true;
 }
@@ -1599,7 +1597,7 @@ set_done(void *arg, StripeManyReq *req)
 	set->in_flight--;
 	if (req->tag == EVENTS_TAG)
 	{
-		bf_done(set->bf[set->n - 1], req);
+		events_done(set->run, req);
 		return;
 	}
 	bf = set->bf[req->tag % BFSET_MAX];
@@ -1625,6 +1623,7 @@ backfill_set(SyncRun *run, List *pending, bool last)
 
 	memset(&set, 0, sizeof(set));
 	set.run = run;
+	set.cxt = cxt;
 	set.last = last;
 	set.t0 = GetCurrentTimestamp();
 	set.bf = MemoryContextAllocZero(cxt, sizeof(Backfill *) * Max(list_length(pending), 1));
@@ -1640,7 +1639,7 @@ backfill_set(SyncRun *run, List *pending, bool last)
 			set.n++;
 		}
 		spi = MemoryContextSwitchTo(cxt);
-		stripe_request_stream(run->conn, set_feed, set_done, &set, 0, &run->stats);
+		stripe_request_stream(run->conn, set_feed, set_done, &set, &run->stats);
 		/* a worker's page commits replaced the SPI connection we were called in */
 		MemoryContextSwitchTo(set.spi_cxt ? set.spi_cxt : spi);
 		for (int i = 0; i < set.n; i++)
@@ -1719,14 +1718,7 @@ stripe_backfill_helper_main(Datum main_arg)
 		bf.base = hs->base;
 		bf.slots = hs->slots;
 		bf.mine = hs;
-		MemoryContextSwitchTo(bf.cxt);
-		bf_load_cursor(&bf, hs->cursor);
-		MemoryContextSwitchTo(spi);
-		part_lock(&bf, true);
-		bf_stream(&bf);
-		/* nothing was left to fetch */
-		if (bf.pages == 0 && !hs->abandoned)
-			part_update(&bf, 0, true);
+		part_work(&bf, hs->cursor);
 		commit_xact(run);
 		/* the sync may count the part done only once that is committed */
 		hs->done = true;

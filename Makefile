@@ -13,6 +13,15 @@ PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-clobbered
 SHLIB_LINK = -lcurl -ljson-c
 
+# pg_regress suite: make installcheck, as an unprivileged user after make install.
+# It runs in a temporary instance with the library preloaded, against the fake
+# Stripe that test/regress_launcher starts for it.
+REGRESS = fdw_1_setup fdw_2_options fdw_3_scan fdw_4_faults fdw_5_pushdown \
+          fdw_6_writes fdw_7_catalog outbox_1_payload log_check
+REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(CURDIR)/test/regress.conf \
+               --launcher=$(CURDIR)/test/regress_launcher
+CONTRIB_TESTDB = stripe_regress
+
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)

@@ -2,7 +2,7 @@
 """Fake Stripe API server for stripe_sync's tests and benchmarks (stdlib only).
 
 Seeds deterministic objects shaped like Stripe's own fixtures
-(../shared/stripe/fixtures3.json) and serves them the way api.stripe.com does:
+(test/fixtures/stripe/fixtures3.json) and serves them the way api.stripe.com does:
 bearer/basic auth, list pagination and filters, retrieve, create/update/delete
 with events and idempotency keys.  /_control/* (no auth, JSON) lets tests inject
 faults, read the request log, add latency or a rate limit, reseed, and change
@@ -1895,12 +1895,9 @@ class Server(fakelib.Server):
 # --------------------------------------------------------------------------- main
 
 def default_fixtures():
+    """Stripe's example objects, vendored beside the fake (test/fixtures/stripe)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    for rel in ("../../shared/stripe/fixtures3.json", "../shared/stripe/fixtures3.json"):
-        path = os.path.normpath(os.path.join(here, rel))
-        if os.path.exists(path):
-            return path
-    return os.path.normpath(os.path.join(here, "../../shared/stripe/fixtures3.json"))
+    return os.path.join(here, "fixtures", "stripe", "fixtures3.json")
 
 
 def parse_counts_arg(text):
@@ -1926,13 +1923,15 @@ def main(argv=None):
                     help="e.g. customers=1050,charges=100000 (others keep their defaults)")
     ap.add_argument("--api-key", default="sk_test_fake")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--exit-with", type=int, metavar="PID",
+                    help="stop when this process is gone (the test run that started us)")
     args = ap.parse_args(argv)
 
     with open(args.fixtures, encoding="utf-8") as f:
         fixtures = json.load(f)
     app = App(fixtures, args.counts, args.seed, args.api_key)
     server = Server((args.host, args.port), app)
-    return serve_until_signalled(server, args.port_file)
+    return serve_until_signalled(server, args.port_file, args.exit_with)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,19 @@ class Server(ThreadingHTTPServer):
             traceback.print_exc()
 
 
-def serve_until_signalled(server, port_file=None):
+def parent_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def serve_until_signalled(server, port_file=None, exit_with=None):
+    """Serves until SIGTERM or SIGINT, or until process exit_with (a pid) is gone:
+    a fake started for a test run must not outlive the run."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -54,8 +66,9 @@ def serve_until_signalled(server, port_file=None):
         with open(tmp, "w") as f:
             f.write(f"{server.server_address[1]}\n")
         os.replace(tmp, port_file)
-    while not stop.wait(1.0):
-        pass
+    while not stop.wait(0.5):
+        if exit_with and not parent_alive(exit_with):
+            break
     server.shutdown()
     server.server_close()
     return 0

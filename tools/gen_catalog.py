@@ -5,9 +5,10 @@ Shapes come from Stripe's current example objects (fixtures3.json); where an exa
 field is null, the older OpenAPI description decides the type.  List filters come from
 the OpenAPI list parameters.  A few objects are special and named in the tables below:
 balance (one object, a row per element of its arrays), the objects Stripe lists only
-under a parent, and those without a retrieve.  Run from the project root:
+under a parent, and those without a retrieve.  Both inputs are vendored in
+test/fixtures/stripe.  Run from the project root:
 
-    python3 tools/gen_catalog.py ../shared/stripe > src/catalog_data.c
+    python3 tools/gen_catalog.py > src/catalog_data.c
 """
 import json
 import sys
@@ -128,9 +129,9 @@ def value_type(name, value, prop, fallback):
     return "JSONB"
 
 
-def main(shared):
-    fixtures = json.load(open(f"{shared}/fixtures3.json"))["resources"]
-    spec = json.load(open(f"{shared}/spec3-2020-03-02.json"))
+def main(data):
+    fixtures = json.load(open(f"{data}/fixtures3.json"))["resources"]
+    spec = json.load(open(f"{data}/openapi-2020-03-02.json"))
     schemas = spec["components"]["schemas"]
     # the type a field name has in most 2020 schemas, for fields new to an object
     votes = {}
@@ -200,4 +201,4 @@ def main(shared):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "../shared/stripe")
+    main(sys.argv[1] if len(sys.argv) > 1 else "test/fixtures/stripe")

@@ -5,8 +5,8 @@
 set -uo pipefail
 
 ENV_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-ENV_SHARED=${STRIPE_SHARED:-$ENV_ROOT/../shared}
-PGBIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=${PG_CONFIG:-$(command -v pg_config || echo /usr/lib/postgresql/15/bin/pg_config)}
+PGBIN=$("$PG_CONFIG" --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
 RUNAS=stripe_test
 
 env_log() { printf '== %s\n' "$*" >&2; }
@@ -22,7 +22,8 @@ env_build() {
       env_log "installing ${need[*]}"
       apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     fi
-    make -C "$ENV_ROOT" -s >/dev/null && make -C "$ENV_ROOT" -s install >/dev/null || { echo "build failed" >&2; exit 1; }
+    PGBIN=$("$PG_CONFIG" --bindir)
+    make -C "$ENV_ROOT" -s PG_CONFIG="$PG_CONFIG" >/dev/null && make -C "$ENV_ROOT" -s PG_CONFIG="$PG_CONFIG" install >/dev/null || { echo "build failed" >&2; exit 1; }
     id "$RUNAS" >/dev/null 2>&1 || useradd --system --create-home --shell /bin/bash "$RUNAS"
   fi
 }
@@ -50,7 +51,7 @@ env_setup() {
     ENV_API_URL=https://api.stripe.com
     ENV_API_KEY=$STRIPE_API_KEY
   else
-    cp "$ENV_ROOT/test/fake_stripe.py" "$ENV_ROOT/test/fakelib.py" "$ENV_SHARED/stripe/fixtures3.json" "$ENV_DIR/"
+    cp "$ENV_ROOT/test/fake_stripe.py" "$ENV_ROOT/test/fakelib.py" "$ENV_ROOT/test/fixtures/stripe/fixtures3.json" "$ENV_DIR/"
     [ "$(id -u)" -eq 0 ] && chown "$RUNAS" "$ENV_DIR"/*
     env_log "starting the fake Stripe ($counts)"
     python3 "$ENV_DIR/fake_stripe.py" --port 0 --port-file "$ENV_DIR/fake.port" \

@@ -56,7 +56,7 @@ sub spawn
 sub start_fake
 {
 	my (%args) = @_;
-	my @args = ('--fixtures', root() . '/shared/stripe/fixtures3.json');
+	my @args = ('--fixtures', root() . '/test/fixtures/stripe/fixtures3.json');
 	push @args, '--counts',
 	  join(',', map { "$_=$args{counts}{$_}" } sort keys %{ $args{counts} })
 	  if $args{counts};

@@ -1,8 +1,12 @@
 # stripe_sync: PGXS build
 MODULE_big = stripe_sync
-OBJS = src/stripe_sync.o src/outbox.o src/payload.o src/http.o src/json_page.o src/options.o src/rowconv.o \
-       src/catalog.o src/catalog_data.o src/fdw.o src/modify.o src/admin.o \
-       src/ratelimit.o src/sync.o src/worker.o src/jsonb_fast.o
+OBJS = src/stripe_sync.o src/guc.o src/xact.o src/bgw.o \
+       src/shmem.o src/catalog.o src/catalog_data.o src/options.o src/ratelimit.o src/http.o src/admin.o \
+       src/json_page.o src/jsonb_fast.o src/rowconv.o src/payload.o \
+       src/fdw.o src/modify.o \
+       src/sync_state.o src/sync_local.o src/sync_outbox.o src/sync_events.o \
+       src/bf_windows.o src/helpers.o src/backfill.o src/sync_run.o \
+       src/launcher.o src/shipper.o
 EXTENSION = stripe_sync
 DATA = sql/stripe_sync--0.1.sql
 PGFILEDESC = "stripe_sync - Stripe in PostgreSQL"

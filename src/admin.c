@@ -16,7 +16,7 @@
 
 #include <json-c/json.h>
 
-#include "stripe_sync.h"
+#include "account.h"
 
 PG_FUNCTION_INFO_V1(stripe_test_connection);
 

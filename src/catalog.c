@@ -1,13 +1,19 @@
 /*-------------------------------------------------------------------------
  * catalog.c
- *		Look-ups in the catalogue of Stripe objects (catalog_data.c).
+ *		Look-ups in the catalogue of Stripe objects (catalog_data.c), and
+ *		stripe_sync.catalog_columns().
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "fmgr.h"
+#include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "utils/builtins.h"
 
-#include "stripe_sync.h"
+#include "catalog.h"
+
+PG_FUNCTION_INFO_V1(stripe_catalog_columns);
 
 const StripeObjectDef *
 stripe_object_by_path(const char *path)
@@ -69,4 +75,43 @@ stripe_object_table_names(void)
 	for (int i = 0; i < stripe_nobjects; i++)
 		appendStringInfo(&buf, "%s%s", i ? ", " : "", stripe_objects[i].table);
 	return buf.data;
+}
+
+/*
+ * The filters a list of this object always carries, unless the query gives
+ * its own: Stripe hides canceled subscriptions unless asked for all statuses.
+ * Returned as "&name=value" to append to a list request.
+ */
+const char *
+stripe_list_default_filters(const StripeObjectDef *def, bool has_status)
+{
+	if (def != NULL && strcmp(def->path, "subscriptions") == 0 && !has_status)
+		return "&status=all";
+	return "";
+}
+
+/* stripe_sync.catalog_columns(object): the typed columns of a catalogued object */
+Datum
+stripe_catalog_columns(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *object = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	const StripeObjectDef *def = stripe_object_by_table(object);
+
+	if (def == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown Stripe object \"%s\"", object),
+				 errdetail("Known objects: %s.", stripe_object_table_names())));
+	InitMaterializedSRF(fcinfo, 0);
+	for (int i = 0; i < def->ncolumns; i++)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		values[0] = CStringGetTextDatum(def->columns[i].name);
+		values[1] = CStringGetTextDatum(stripe_coltype_sql(def->columns[i].type));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

@@ -44,7 +44,10 @@
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
-#include "stripe_sync.h"
+#include "catalog.h"
+#include "http.h"
+#include "modify.h"
+#include "rowconv.h"
 
 PG_FUNCTION_INFO_V1(stripe_fdw_handler);
 

@@ -20,7 +20,9 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "stripe_sync.h"
+#include "guc.h"
+#include "http.h"
+#include "ratelimit.h"
 
 #define MAX_BODY_BYTES		(256 * 1024 * 1024)
 #define MAX_RETRY_WAIT_MS	60000

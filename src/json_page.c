@@ -16,7 +16,8 @@
 #include "common/jsonapi.h"
 #include "mb/pg_wchar.h"
 
-#include "stripe_sync.h"
+#include "catalog.h"
+#include "json_page.h"
 
 typedef struct FieldEntry
 {

@@ -21,7 +21,7 @@
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
-#include "stripe_sync.h"
+#include "rowconv.h"
 
 /* deeper than this is left to jsonb_in (and its stack depth check) */
 #define FAST_MAX_DEPTH	64

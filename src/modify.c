@@ -26,7 +26,10 @@
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
-#include "stripe_sync.h"
+#include "catalog.h"
+#include "http.h"
+#include "modify.h"
+#include "rowconv.h"
 
 #define ROW_ID_NAME "stripe_id"
 

@@ -18,7 +18,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 
-#include "stripe_sync.h"
+#include "options.h"
 
 typedef struct OptionDef
 {

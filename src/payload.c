@@ -8,8 +8,9 @@
  * once per object of a first sync.
  *-------------------------------------------------------------------------
  */
-#include "stripe_sync.h"
+#include "postgres.h"
 
+#include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"

@@ -29,7 +29,9 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
-#include "stripe_sync.h"
+#include "guc.h"
+#include "ratelimit.h"
+#include "shmem.h"
 
 /* accounts tracked at once; past that the least recently used slot is reused */
 #define RATE_SLOTS			64
@@ -42,8 +44,6 @@
  * up to 20 ms of such jitter (1-3 ms measured on loopback), at a cost of 2%.
  */
 #define RATE_GUARD_USEC		20000
-
-#define RATE_TRANCHE		"stripe_sync_ratelimit"
 
 typedef struct RateSlot
 {
@@ -64,49 +64,11 @@ static RateLimitShared *rate_shared = NULL;
 /* this backend's own table, used when the shared one does not exist */
 static RateSlot rate_local[RATE_SLOTS];
 
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
-static void
-ratelimit_shmem_request(void)
-{
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(RateLimitShared)));
-	RequestNamedLWLockTranche(RATE_TRANCHE, 1);
-}
-
-static void
-ratelimit_shmem_startup(void)
-{
-	bool		found;
-
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	rate_shared = ShmemInitStruct("stripe_sync rate limiter",
-								  sizeof(RateLimitShared), &found);
-	if (!found)
-	{
-		memset(rate_shared->slots, 0, sizeof(rate_shared->slots));
-		rate_shared->lock = &(GetNamedLWLockTranche(RATE_TRANCHE))->lock;
-	}
-	LWLockRelease(AddinShmemInitLock);
-}
-
-/*
- * Installs the shared-memory hooks.  Called from _PG_init only while
- * shared_preload_libraries is being processed, the one time shared memory
- * can still be reserved.
- */
+/* Reserves the shared table; _PG_init calls it while preloading. */
 void
 stripe_ratelimit_shmem_init(void)
 {
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = ratelimit_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = ratelimit_shmem_startup;
+	stripe_shmem_add("stripe_sync rate limiter", sizeof(RateLimitShared), (void **) &rate_shared);
 }
 
 /*

@@ -18,7 +18,8 @@
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
-#include "stripe_sync.h"
+#include "catalog.h"
+#include "rowconv.h"
 
 char *
 stripe_column_field(Oid relid, AttrNumber attno)

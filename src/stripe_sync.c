@@ -1,104 +1,36 @@
 /*-------------------------------------------------------------------------
  * stripe_sync.c
- *		Module entry point: configuration parameters; registers the launcher
- *		when preloaded.
+ *		Module entry point: the configuration parameters, and, when the
+ *		library is preloaded, the shared memory and the static workers.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "fmgr.h"
 #include "miscadmin.h"
-#include "utils/guc.h"
 
-#include "stripe_sync.h"
+#include "bgw.h"
+#include "guc.h"
+#include "launcher.h"
+#include "ratelimit.h"
 
 PG_MODULE_MAGIC;
-
-int			stripe_requests_per_second = 20;
-int			stripe_max_concurrent_requests = 8;
-int			stripe_http_timeout = 30;
-int			stripe_max_retries = 5;
-int			stripe_retry_base_delay = 250;
-int			stripe_outbox_batch_size = 50;
-char	   *stripe_outbox_retention = NULL;
-int			stripe_naptime = 1;
-char	   *stripe_database = NULL;
-int			stripe_max_workers = 4;
-int			stripe_backfill_helpers = 1;
 
 void		_PG_init(void);
 
 void
 _PG_init(void)
 {
-	DefineCustomIntVariable("stripe_sync.requests_per_second",
-							"Requests per second allowed to each Stripe account.",
-							"Shared by all backends and workers when the library is preloaded; otherwise each backend has its own budget.",
-							&stripe_requests_per_second, 20, 1, 10000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("stripe_sync.max_concurrent_requests",
-							"Requests a sync keeps in flight at once.",
-							NULL,
-							&stripe_max_concurrent_requests, 8, 1, 256,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("stripe_sync.backfill_helpers",
-							"Helper background workers that share each backfill with its sync.",
-							"Each takes a slot of max_worker_processes while it runs; 0 backfills in the sync's process alone.",
-							&stripe_backfill_helpers, 1, 0, 16,
-							PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("stripe_sync.http_timeout",
-							"Time allowed for one HTTP request, including the connection.",
-							NULL,
-							&stripe_http_timeout, 30, 1, 3600,
-							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomIntVariable("stripe_sync.max_retries",
-							"Retries of a failed Stripe or Intempt request before giving up.",
-							"Rate limits, server errors, timeouts, dropped connections and malformed answers are retried.",
-							&stripe_max_retries, 5, 0, 100,
-							PGC_USERSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("stripe_sync.retry_base_delay",
-							"First backoff delay between retries; it doubles on each retry, with jitter.",
-							"A Retry-After header from the server takes precedence when longer.",
-							&stripe_retry_base_delay, 250, 1, 60000,
-							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("stripe_sync.outbox_batch_size",
-							"Events sent to Intempt in one request.",
-							NULL,
-							&stripe_outbox_batch_size, 50, 1, 1000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomStringVariable("stripe_sync.outbox_retention",
-							   "How long delivered outbox rows are kept.",
-							   NULL,
-							   &stripe_outbox_retention, "7 days",
-							   PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("stripe_sync.naptime",
-							"Scheduler tick of the background workers.",
-							NULL,
-							&stripe_naptime, 1, 1, 3600,
-							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomIntVariable("stripe_sync.max_workers",
-							"Sources synced at the same time, one background worker each.",
-							"Each takes a slot of max_worker_processes, and the launcher one more.",
-							&stripe_max_workers, 4, 1, STRIPE_WORKER_SLOTS,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-
 	/*
-	 * PostgreSQL refuses PGC_POSTMASTER parameters (FATAL) from a library
-	 * loaded after startup, and shared memory and static background workers
-	 * can be set up only while shared_preload_libraries loads.  All belong to
-	 * the preloaded library; loaded later, by the FDW alone, each backend
-	 * limits its own requests and nothing syncs on a schedule.
+	 * Shared memory and static background workers can be set up only while
+	 * shared_preload_libraries loads.  Loaded later, by the FDW alone, each
+	 * backend limits its own requests and nothing syncs on a schedule.
 	 */
+	stripe_define_gucs(process_shared_preload_libraries_in_progress);
 	if (process_shared_preload_libraries_in_progress)
 	{
-		DefineCustomStringVariable("stripe_sync.database",
-								   "Database the background workers connect to.",
-								   NULL,
-								   &stripe_database, "postgres",
-								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 		stripe_ratelimit_shmem_init();
-		stripe_worker_init();
+		stripe_bgw_shmem_init();
+		stripe_launcher_init();
 	}
-
-	MarkGUCPrefixReserved("stripe_sync");
 }

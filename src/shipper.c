@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
- * outbox.c
+ * shipper.c
  *		The shipper: a background worker that delivers stripe_sync.outbox to
- *		Intempt's tracking API (SPEC §5).
+ *		Intempt's tracking API.
  *
  * Each source's rows go out in id order, so the events of one Stripe object
  * arrive in the order they happened.  A batch is claimed (state 'sending')
@@ -11,7 +11,7 @@
  * event can arrive twice.
  *-------------------------------------------------------------------------
  */
-#include "stripe_sync.h"
+#include "postgres.h"
 
 #include "access/xact.h"
 #include "catalog/pg_foreign_data_wrapper.h"
@@ -34,6 +34,12 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+
+#include "bgw.h"
+#include "guc.h"
+#include "http.h"
+#include "shipper.h"
+#include "xact.h"
 
 #define INTEMPT_DEFAULT_API_URL	"https://api.intempt.com/v1"
 /* batches one source may send before the others get a turn */
@@ -82,35 +88,6 @@ static HTAB *ship_states = NULL;
 static MemoryContext ship_cxt = NULL;
 static bool first_pass = true;
 static TimestampTz last_purge = 0;
-
-/* ---------- transactions ---------- */
-
-static void
-begin_xact(void)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-}
-
-static void
-commit_xact(void)
-{
-	PopActiveSnapshot();
-	SPI_finish();
-	CommitTransactionCommand();
-}
-
-static void
-exec(const char *sql, int nargs, Oid *types, Datum *values, int expect)
-{
-	int			ret = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
-
-	if (ret != expect)
-		elog(ERROR, "stripe_sync shipper: \"%s\" failed: %s", sql, SPI_result_code_string(ret));
-}
 
 /* ---------- the destination ---------- */
 
@@ -225,24 +202,24 @@ claim(ShipSource *src, int64 after, int limit, OutRow **rows_out)
 	HASHCTL		ctl;
 	HTAB	   *names_of = NULL;
 
-	begin_xact();
+	stripe_xact_begin(true);
 	/*
 	 * A claim lost in a crash only means sending again: no need to wait for
 	 * the disk.  The claim walks the index in id order from the hint; before
 	 * the first ANALYZE the planner would rather sort every pending row.
 	 */
-	exec("SELECT set_config('synchronous_commit', 'off', true), set_config('enable_seqscan', 'off', true), "
+	stripe_spi("SELECT set_config('synchronous_commit', 'off', true), set_config('enable_seqscan', 'off', true), "
 		 "set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true)",
-		 0, NULL, NULL, SPI_OK_SELECT);
-	exec("SELECT id, event_name, object_id, payload::text FROM stripe_sync.outbox "
+		 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	stripe_spi("SELECT id, event_name, object_id, payload::text FROM stripe_sync.outbox "
 		 "WHERE source = $1 AND state = 'pending' AND id > $3 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-		 3, types, values, SPI_OK_SELECT);
+		 3, types, values, NULL, SPI_OK_SELECT);
 	n = (int) SPI_processed;
 	rows = MemoryContextAlloc(ship_cxt, sizeof(OutRow) * Max(n, 1));
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = NAMEDATALEN * 2;
 	ctl.entrysize = NAMEDATALEN * 2 + sizeof(char *);
-	ctl.hcxt = CurrentMemoryContext;
+	ctl.hcxt = ship_cxt;
 	if (n > 1)
 		names_of = hash_create("stripe_sync batch objects", n, &ctl,
 							   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
@@ -280,10 +257,10 @@ claim(ShipSource *src, int64 after, int limit, OutRow **rows_out)
 		Oid			t[1] = {INT8ARRAYOID};
 		Datum		v[1] = {id_array(rows, n)};
 
-		exec("UPDATE stripe_sync.outbox SET state = 'sending', attempts = attempts + 1 WHERE id = ANY ($1)",
-			 1, t, v, SPI_OK_UPDATE);
+		stripe_spi("UPDATE stripe_sync.outbox SET state = 'sending', attempts = attempts + 1 WHERE id = ANY ($1)",
+			 1, t, v, NULL, SPI_OK_UPDATE);
 	}
-	commit_xact();
+	stripe_xact_commit(true);
 	*rows_out = rows;
 	return n;
 }
@@ -352,7 +329,7 @@ record(OutRow *rows, int n, Outcome out, StripeHttpResult *res, TimestampTz retr
 	Datum		values[4];
 	char	   *err;
 
-	begin_xact();
+	stripe_xact_begin(true);
 	values[0] = id_array(rows, n);
 	err = res->status == 0 ? psprintf("%s", res->error)
 		: psprintf("HTTP %ld", res->status);
@@ -362,26 +339,26 @@ record(OutRow *rows, int n, Outcome out, StripeHttpResult *res, TimestampTz retr
 	switch (out)
 	{
 		case OUT_DELIVERED:
-			exec("UPDATE stripe_sync.outbox SET state = 'delivered', delivered_at = now(), "
+			stripe_spi("UPDATE stripe_sync.outbox SET state = 'delivered', delivered_at = now(), "
 				 "next_attempt_at = NULL, last_error = NULL WHERE id = ANY ($1)",
-				 1, types, values, SPI_OK_UPDATE);
+				 1, types, values, NULL, SPI_OK_UPDATE);
 			break;
 		case OUT_SPLIT:
 			/* not the events' fault: the attempt does not count */
-			exec("UPDATE stripe_sync.outbox SET state = 'pending', attempts = attempts - 1, "
+			stripe_spi("UPDATE stripe_sync.outbox SET state = 'pending', attempts = attempts - 1, "
 				 "last_error = $2 || ': batch too large, sending it in halves' WHERE id = ANY ($1)",
-				 2, types, values, SPI_OK_UPDATE);
+				 2, types, values, NULL, SPI_OK_UPDATE);
 			break;
 		case OUT_RETRY:
-			exec("UPDATE stripe_sync.outbox SET state = 'pending', last_error = $2, next_attempt_at = $4 "
-				 "WHERE id = ANY ($1)", 4, types, values, SPI_OK_UPDATE);
+			stripe_spi("UPDATE stripe_sync.outbox SET state = 'pending', last_error = $2, next_attempt_at = $4 "
+				 "WHERE id = ANY ($1)", 4, types, values, NULL, SPI_OK_UPDATE);
 			break;
 		case OUT_DEAD:
-			exec("UPDATE stripe_sync.outbox SET state = 'dead', last_error = $2, response = $3, "
-				 "next_attempt_at = NULL WHERE id = ANY ($1)", 3, types, values, SPI_OK_UPDATE);
+			stripe_spi("UPDATE stripe_sync.outbox SET state = 'dead', last_error = $2, response = $3, "
+				 "next_attempt_at = NULL WHERE id = ANY ($1)", 3, types, values, NULL, SPI_OK_UPDATE);
 			break;
 	}
-	commit_xact();
+	stripe_xact_commit(true);
 }
 
 /*
@@ -477,11 +454,11 @@ ship_source(ShipSource *src, ShipState *st, MemoryContext pass_cxt)
 	volatile bool more = false;
 
 	/* what outlives a transaction is allocated in a context of ours, not SPI's */
-	begin_xact();
+	stripe_xact_begin(true);
 	old = MemoryContextSwitchTo(pass_cxt);
 	destination_of(src, &url, &authorization);
 	MemoryContextSwitchTo(old);
-	commit_xact();
+	stripe_xact_commit(true);
 
 	PG_TRY();
 	{
@@ -519,33 +496,15 @@ ship_state(const char *source)
 	return st;
 }
 
-/*
- * One pass over the sources with pending rows.  Returns how long to sleep
- * (ms): 0 when there is more to send at once.
- */
-static long
-ship_pass(void)
+/* The first pass resends what was in flight; every pass purges old deliveries. */
+static void
+pass_housekeeping(void)
 {
-	long		sleep_ms = (long) stripe_naptime * 1000;
-	List	   *sources = NIL;
-	ListCell   *lc;
-	MemoryContext pass_cxt = AllocSetContextCreate(TopMemoryContext, "stripe_sync shipper pass",
-												   ALLOCSET_DEFAULT_SIZES);
-	MemoryContext old = MemoryContextSwitchTo(pass_cxt);
-
-	begin_xact();
-	if (!OidIsValid(get_extension_oid("stripe_sync", true)))
-	{
-		commit_xact();
-		MemoryContextSwitchTo(old);
-		MemoryContextDelete(pass_cxt);
-		return sleep_ms;
-	}
 	if (first_pass)
 	{
 		/* batches in flight when a shipper died: send them again */
-		exec("UPDATE stripe_sync.outbox SET state = 'pending' WHERE state = 'sending'",
-			 0, NULL, NULL, SPI_OK_UPDATE);
+		stripe_spi("UPDATE stripe_sync.outbox SET state = 'pending' WHERE state = 'sending'",
+				   0, NULL, NULL, NULL, SPI_OK_UPDATE);
 		if (SPI_processed > 0)
 			ereport(LOG,
 					(errmsg("stripe_sync shipper: " UINT64_FORMAT " events were in flight when delivery stopped; sending them again",
@@ -557,75 +516,113 @@ ship_pass(void)
 		Oid			t[1] = {TEXTOID};
 		Datum		v[1] = {CStringGetTextDatum(stripe_outbox_retention)};
 
-		exec("DELETE FROM stripe_sync.outbox WHERE state = 'delivered' AND delivered_at < now() - $1::interval",
-			 1, t, v, SPI_OK_DELETE);
+		stripe_spi("DELETE FROM stripe_sync.outbox WHERE state = 'delivered' AND delivered_at < now() - $1::interval",
+				   1, t, v, NULL, SPI_OK_DELETE);
 		last_purge = GetCurrentTimestamp();
 	}
-	exec("SELECT s.name, s.owner::oid, s.destination::text FROM stripe_sync.sources s "
-		 "WHERE s.destination IS NOT NULL AND EXISTS "
-		 "(SELECT 1 FROM stripe_sync.outbox o WHERE o.source = s.name AND o.state = 'pending') "
-		 "ORDER BY s.name", 0, NULL, NULL, SPI_OK_SELECT);
+}
+
+/* the sources with pending rows and a destination (in a transaction) */
+static List *
+pending_sources(void)
+{
+	List	   *sources = NIL;
+
+	stripe_spi("SELECT s.name, s.owner::oid, s.destination::text FROM stripe_sync.sources s "
+			   "WHERE s.destination IS NOT NULL AND EXISTS "
+			   "(SELECT 1 FROM stripe_sync.outbox o WHERE o.source = s.name AND o.state = 'pending') "
+			   "ORDER BY s.name", 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	td = SPI_tuptable->tupdesc;
-		ShipSource *s = MemoryContextAlloc(pass_cxt, sizeof(ShipSource));
+		ShipSource *s = palloc(sizeof(ShipSource));
 		bool		isnull;
-		MemoryContext spi_cxt;
 
-		s->name = MemoryContextStrdup(pass_cxt, SPI_getvalue(tup, td, 1));
+		s->name = SPI_getvalue(tup, td, 1);
 		s->owner = DatumGetObjectId(SPI_getbinval(tup, td, 2, &isnull));
-		s->destination = MemoryContextStrdup(pass_cxt, SPI_getvalue(tup, td, 3));
-		spi_cxt = MemoryContextSwitchTo(pass_cxt);
+		s->destination = SPI_getvalue(tup, td, 3);
 		sources = lappend(sources, s);
-		MemoryContextSwitchTo(spi_cxt);
 	}
-	commit_xact();
+	return sources;
+}
+
+typedef struct ShipTurn
+{
+	ShipSource *src;
+	ShipState  *st;
+	MemoryContext pass_cxt;
+	bool		more;
+} ShipTurn;
+
+static void
+ship_turn(void *arg)
+{
+	ShipTurn   *t = arg;
+
+	t->more = ship_source(t->src, t->st, t->pass_cxt);
+}
+
+/* a source's error is logged by the shipper itself, scrubbed of keys */
+static bool
+ship_report(ErrorData *edata, void *arg)
+{
+	return false;
+}
+
+/*
+ * One pass over the sources with pending rows, in the loop's memory context.
+ * Returns how long to sleep (ms): 0 when there is more to send at once.
+ */
+static long
+ship_pass(void)
+{
+	long		sleep_ms = (long) stripe_naptime * 1000;
+	MemoryContext pass_cxt = CurrentMemoryContext;
+	List	   *sources = NIL;
+	ListCell   *lc;
+
+	stripe_xact_begin(true);
+	if (OidIsValid(get_extension_oid("stripe_sync", true)))
+	{
+		pass_housekeeping();
+		sources = pending_sources();
+	}
+	stripe_xact_commit(true);
 
 	foreach(lc, sources)
 	{
-		ShipSource *src = lfirst(lc);
-		ShipState  *st = ship_state(src->name);
+		ShipTurn	t = {lfirst(lc), NULL, pass_cxt, false};
 		TimestampTz now = GetCurrentTimestamp();
+		ErrorData  *edata;
 
-		if (strlen(src->name) >= STRIPE_SOURCE_MAXLEN)
+		if (strlen(t.src->name) >= STRIPE_SOURCE_MAXLEN)
 			continue;
-		if (now < st->not_before)
+		t.st = ship_state(t.src->name);
+		if (now < t.st->not_before)
 		{
-			sleep_ms = Min(sleep_ms, (long) ((st->not_before - now + 999) / 1000));
+			sleep_ms = Min(sleep_ms, (long) ((t.st->not_before - now + 999) / 1000));
 			continue;
 		}
-		PG_TRY();
+		/* a source's broken settings must not stop the others */
+		edata = stripe_try(ship_turn, &t, pass_cxt, ship_report);
+		MemoryContextSwitchTo(pass_cxt);
+		if (edata != NULL)
 		{
-			if (ship_source(src, st, pass_cxt))
-			{
-				now = GetCurrentTimestamp();
-				sleep_ms = Min(sleep_ms, now < st->not_before ? (long) ((st->not_before - now + 999) / 1000) : 0);
-			}
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			/* a source's broken settings must not stop the others */
-			MemoryContextSwitchTo(pass_cxt);
-			edata = CopyErrorData();
-			if (edata->elevel >= FATAL || ProcDiePending || QueryCancelPending)
-				PG_RE_THROW();
-			FlushErrorState();
-			AbortCurrentTransaction();
 			MemoryContextReset(ship_cxt);
 			stripe_scrub_secrets(edata->message);
 			ereport(LOG,
-					(errmsg("stripe_sync shipper: source \"%s\": %s", src->name, edata->message),
+					(errmsg("stripe_sync shipper: source \"%s\": %s", t.src->name, edata->message),
 					 edata->hint ? errhint("%s", edata->hint) : 0));
-			st->not_before = GetCurrentTimestamp() + (int64) CONFIG_RETRY_SECS * USECS_PER_SEC;
+			t.st->not_before = GetCurrentTimestamp() + (int64) CONFIG_RETRY_SECS * USECS_PER_SEC;
 			sleep_ms = Min(sleep_ms, CONFIG_RETRY_SECS * 1000L);
 		}
-		PG_END_TRY();
+		else if (t.more)
+		{
+			now = GetCurrentTimestamp();
+			sleep_ms = Min(sleep_ms, now < t.st->not_before ? (long) ((t.st->not_before - now + 999) / 1000) : 0);
+		}
 	}
-	MemoryContextSwitchTo(old);
-	MemoryContextDelete(pass_cxt);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return sleep_ms;
 }
@@ -635,12 +632,9 @@ stripe_shipper_main(Datum main_arg)
 {
 	HASHCTL		ctl;
 
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
+	stripe_bgw_start();
 	BackgroundWorkerInitializeConnection(stripe_database, NULL, 0);
-	stripe_worker_attach_wakeable(STRIPE_WAKE_SHIPPER);
+	stripe_bgw_attach_wakeable(STRIPE_WAKE_SHIPPER);
 	SetConfigOption("application_name", "stripe_sync shipper", PGC_USERSET, PGC_S_SESSION);
 
 	ship_cxt = AllocSetContextCreate(TopMemoryContext, "stripe_sync shipper batch",
@@ -652,5 +646,5 @@ stripe_shipper_main(Datum main_arg)
 	ship_states = hash_create("stripe_sync shipper sources", 16, &ctl,
 							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
-	stripe_worker_loop(ship_pass);
+	stripe_bgw_loop(ship_pass);
 }

@@ -1,0 +1,14 @@
+/*-------------------------------------------------------------------------
+ * account.h
+ *		The Stripe account behind a connection (admin.c).
+ *-------------------------------------------------------------------------
+ */
+#ifndef STRIPE_ACCOUNT_H
+#define STRIPE_ACCOUNT_H
+
+#include "http.h"
+
+extern char *stripe_fetch_account_id(StripeConn *conn, StripeStats *stats,
+									 int64 *created);
+
+#endif							/* STRIPE_ACCOUNT_H */

@@ -1,0 +1,739 @@
+/*-------------------------------------------------------------------------
+ * backfill.c
+ *		The backfill of a source's objects into their local tables, resumable
+ *		from the last committed page (the words are in bf_windows.h).
+ *
+ * Each object's created range is cut into windows, each listed newest first
+ * with its own cursor, with up to stripe_sync.max_concurrent_requests of
+ * their pages in flight.  Each page's upserts commit together with every
+ * window's cursor, in a short transaction of its own: nothing is held open
+ * while the requests are out.  When a request slot is free, a window with
+ * pages left gives its older part to a new window, which keeps the
+ * concurrency up however unevenly the objects are spread over time.
+ *
+ * Parsing and writing pages takes a core, so when the sync spends half its
+ * time or more on its pages (at zero latency; waiting on the network another
+ * core gains nothing), it deals parts to helper processes: once the first
+ * pages have shown how dense each window is, and whenever a helper is idle,
+ * a new part takes the older quarter of every window with two pages or more
+ * left, carved off the sync's own (a quarter of what is left each time, so
+ * that sync and helper end together).  Windows are disjoint ranges of
+ * created: two processes never write the same row.  A part has an id never
+ * used before (the run's id and a count), and its progress is a row of
+ * stripe_sync.backfill_parts.  The sync's cursor lists the parts not known to
+ * be done with their first windows; it commits with the carving, so after a
+ * crash every part restarts from its row or from its first windows.  The
+ * sync waits for its helpers, finishes every part not done (its helper could
+ * not start, failed or died), and only then marks the backfill done.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "backfill.h"
+#include "bgw.h"
+#include "events.h"
+#include "guc.h"
+#include "json_page.h"
+#include "xact.h"
+
+/* objects in one stream; a request's tag carries its object's index */
+#define BFSET_MAX	64
+
+struct BfSet
+{
+	SyncRun    *run;
+	Backfill  **bf;
+	int			n;
+	bool		last;			/* the events' first page rides the tail */
+	int			in_flight;
+	int			running;		/* helpers at work, as of the last feed */
+	MemoryContext cxt;			/* the stream's, and the events page's */
+	int64		busy;			/* microseconds spent on pages since t0 */
+	TimestampTz t0;
+};
+
+/* tag of the events request a backfill's tail carries */
+#define EVENTS_TAG	(-1)
+
+/* fewer pages than this left: not worth a helper */
+#define DEAL_MIN_PAGES	16
+/* a part takes this fraction of each window: 1/4, then 1/4 of what is left... */
+#define DEAL_SHARE		4
+/* how long the sync watches its own pace before it deals */
+#define DEAL_AFTER_USECS	100000
+
+/* ---------- pages ---------- */
+
+static void bf_deal(Backfill *bf);
+
+static bool
+bf_feed(void *arg, StripeManyReq *req)
+{
+	Backfill   *bf = arg;
+	BfWindow   *w = NULL;
+	StringInfoData path;
+	PageCheck  *pc;
+	MemoryContext old;
+
+	/* a helper whose sync stopped waiting for it ends with the pages in flight */
+	if (bf->mine != NULL && bf->mine->abandoned)
+		return false;
+	if (bf->dealing)
+		bf_deal(bf);
+	/* a set shares its requests in flight out itself */
+	if (bf->set == NULL && bf->in_flight >= bf->slots)
+		return false;
+	for (int i = 0; i < bf->win.n && w == NULL; i++)
+		if (!bf->win.w[i].done && !bf->win.w[i].in_flight)
+			w = &bf->win.w[i];
+	if (w == NULL)
+		w = stripe_windows_split(&bf->win);
+	if (w == NULL)
+		return false;
+
+	req->cxt = AllocSetContextCreate(bf->cxt, "stripe_sync backfill page", ALLOCSET_DEFAULT_SIZES);
+	req->tag = w - bf->win.w;
+	old = MemoryContextSwitchTo(req->cxt);
+	initStringInfo(&path);
+	appendStringInfo(&path, "/v1/%s?limit=%d", bf->lt->def->path, STRIPE_PAGE_SIZE);
+	if (w->lo)
+		appendStringInfo(&path, "&created%%5Bgte%%5D=" INT64_FORMAT, w->lo);
+	if (w->hi)
+		appendStringInfo(&path, "&created%%5Blt%%5D=" INT64_FORMAT, w->hi);
+	appendStringInfoString(&path, stripe_list_default_filters(bf->lt->def, false));
+	if (w->after[0])
+		appendStringInfo(&path, "&starting_after=%s", stripe_urlencode(w->after));
+	pc = palloc0(sizeof(PageCheck));
+	pc->fs = bf->lt->rc->fs;
+	pc->page = palloc0(sizeof(StripePage));
+	pc->is_list = true;
+	req->path = path.data;
+	req->check = stripe_check_page;
+	req->check_arg = pc;
+	MemoryContextSwitchTo(old);
+	w->in_flight = true;
+	bf->in_flight++;
+	return true;
+}
+
+/* progress of the object's backfill here and in the helpers */
+static void
+bf_progress(Backfill *bf, bool done)
+{
+	int64		rows = bf->lt->rows;
+	int64		pages = bf->lt->pages;
+	/* done, and all its own: its rate up to its last page, not to the set's end */
+	TimestampTz end = done && bf->dealt == 0 && bf->t_last > 0 ? bf->t_last : GetCurrentTimestamp();
+	double		secs = (double) (end - bf->t0) / USECS_PER_SEC;
+	ListCell   *lc;
+
+	foreach(lc, bf->parts)
+	{
+		BfPart	   *p = lfirst(lc);
+
+		if (p->proc.hs != NULL)
+		{
+			rows += pg_atomic_read_u64(&p->proc.hs->rows);
+			pages += pg_atomic_read_u64(&p->proc.hs->pages);
+		}
+	}
+	ereport(bf->run->own ? DEBUG1 : NOTICE,
+			(errmsg("%s: backfill of %s: " INT64_FORMAT " rows in " INT64_FORMAT " pages, %.0f rows/s%s",
+					bf->run->src.name, bf->object, rows, pages,
+					secs > 0 ? rows / secs : 0.0, done ? " (done)" : "")));
+}
+
+/* a dealt part's progress row (done: no cursor) */
+static void
+part_update(Backfill *bf, int64 changed, bool done)
+{
+	Oid			types[5] = {TEXTOID, TEXTOID, INT8OID, TEXTOID, INT8OID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', done ? 'n' : ' ', ' '};
+
+	values[0] = CStringGetTextDatum(bf->run->src.name);
+	values[1] = CStringGetTextDatum(bf->object);
+	values[2] = Int64GetDatum(bf->part);
+	values[3] = done ? (Datum) 0 : CStringGetTextDatum(stripe_windows_json(&bf->win, bf->part, bf->parts));
+	values[4] = Int64GetDatum(changed);
+	stripe_spi("INSERT INTO stripe_sync.backfill_parts AS p (source, object, part, cursor, rows, requests) "
+			   "VALUES ($1, $2, $3, $4, $5, 1) ON CONFLICT (source, object, part) DO UPDATE SET "
+			   "cursor = EXCLUDED.cursor, rows = p.rows + EXCLUDED.rows, requests = p.requests + 1",
+			   5, types, values, nulls, SPI_OK_INSERT);
+}
+
+/* One page arrived: its rows and every window's cursor commit together. */
+static void
+bf_done(void *arg, StripeManyReq *req)
+{
+	Backfill   *bf = arg;
+	SyncRun    *run = bf->run;
+	LocalTable *lt = bf->lt;
+	BfWindow   *w = &bf->win.w[req->tag];
+	StripePage *page = ((PageCheck *) req->check_arg)->page;
+	MemoryContext caller = MemoryContextSwitchTo(req->cxt);
+	int			nkeep = page->nrows;
+	int64		changed;
+
+	bf->in_flight--;
+	w->in_flight = false;
+	/* rows older than the window's (possibly split-off) range are another's */
+	if (w->lo && lt->created_slot >= 0)
+		while (nkeep > 0 && stripe_row_created(lt, &page->rows[nkeep - 1]) < w->lo)
+			nkeep--;
+
+	stripe_xact_begin(run->own);
+
+	/*
+	 * The state Stripe gave is at least as new as the moment we asked.
+	 * Events carry whole seconds: one in the second of this fetch, or the
+	 * second before, may be newer than the page, so the page counts as seen
+	 * just before them.  Applying such an event is right even when it is
+	 * older: any later change has an event of its own, applied after.
+	 */
+	changed = stripe_upsert_rows(run, lt, page->rows, nkeep,
+								 time_t_to_timestamptz(timestamptz_to_time_t(req->sent) - 1), 0);
+	stripe_outbox_history(run, lt, page->rows, nkeep);
+	stripe_window_advance(w, page, nkeep, lt->rc->id_slot, lt->created_slot);
+	bf->pages++;
+	lt->rows += changed;
+	lt->pages++;
+	if (bf->part != 0)
+		part_update(bf, changed, stripe_windows_all_done(&bf->win));
+	else
+		/* done only when every dealt part is too: bf_finish says so */
+		stripe_state_update(run, bf->object,
+							psprintf("rows = rows + " INT64_FORMAT ", requests = requests + 1, "
+									 "backfill_cursor = $3", changed),
+							stripe_windows_json(&bf->win, bf->part, bf->parts));
+	stripe_xact_commit(run->own);
+	if (bf->mine != NULL)
+	{
+		pg_atomic_add_fetch_u64(&bf->mine->rows, changed);
+		pg_atomic_add_fetch_u64(&bf->mine->pages, 1);
+		pg_atomic_write_u64(&bf->mine->requests, run->stats.requests);
+	}
+	MemoryContextSwitchTo(caller);
+	MemoryContextDelete(req->cxt);
+	CHECK_FOR_INTERRUPTS();
+	stripe_bgw_reload_config();
+	if (bf->mine == NULL && bf->pages % 20 == 0)
+		bf_progress(bf, false);
+	bf->t_last = GetCurrentTimestamp();
+}
+
+void
+stripe_backfill_init(Backfill *bf, SyncRun *run, LocalTable *lt, const char *object, int64 part,
+					 MemoryContext parent)
+{
+	const StripeColumn *col = lt->def ? stripe_object_column(lt->def, "created") : NULL;
+
+	memset(bf, 0, sizeof(Backfill));
+	bf->run = run;
+	bf->lt = lt;
+	bf->object = object;
+	bf->part = part;
+	bf->slots = Max(stripe_max_concurrent_requests, 1);
+	bf->cxt = AllocSetContextCreate(parent, "stripe_sync backfill", ALLOCSET_DEFAULT_SIZES);
+	bf->t0 = GetCurrentTimestamp();
+	bf->win.cxt = bf->cxt;
+	bf->win.maxdepth = bf->slots;
+	/* nothing created after the events cursor is missed: the events bring it */
+	bf->win.top = run->src.events_cursor;
+	bf->win.base = run->src.has_sync_from ? run->src.sync_from : run->account_created;
+	bf->win.ranged = col != NULL && (col->flags & STRIPE_FILTER_RANGE) != 0;
+}
+
+/* Runs the windows to their end, each page in its own transaction. */
+static void
+bf_stream(Backfill *bf)
+{
+	MemoryContext old = MemoryContextSwitchTo(bf->cxt);
+
+	stripe_request_stream(bf->run->conn, bf_feed, bf_done, bf, &bf->run->stats);
+	MemoryContextSwitchTo(old);
+}
+
+/* ---------- parts dealt to helpers ---------- */
+
+/* Where a dealt part goes on: its committed progress, else its first windows; NULL when done. */
+static char *
+part_cursor(Backfill *bf, BfPart *p)
+{
+	Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
+	Datum		values[3];
+	char	   *cursor;
+
+	values[0] = CStringGetTextDatum(bf->run->src.name);
+	values[1] = CStringGetTextDatum(bf->object);
+	values[2] = Int64GetDatum(p->ref.id);
+	stripe_spi("SELECT cursor FROM stripe_sync.backfill_parts WHERE source = $1 AND object = $2 AND part = $3",
+			   3, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return p->ref.first;
+	cursor = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	return cursor ? MemoryContextStrdup(bf->cxt, cursor) : NULL;
+}
+
+/* one process at a time works a part: a helper of a sync that died may linger a page */
+static void
+part_lock(Backfill *bf, bool lock)
+{
+	const char *s = bf->run->src.name;
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
+						 DatumGetUInt32(hash_any((const unsigned char *) s, strlen(s))),
+						 DatumGetUInt32(hash_any((const unsigned char *) bf->object, strlen(bf->object)) ^
+										hash_bytes_uint32((uint32) bf->part ^ (uint32) (bf->part >> 32))),
+						 3);
+	if (lock)
+		(void) LockAcquire(&tag, ExclusiveLock, true, false);
+	else
+		LockRelease(&tag, ExclusiveLock, true);
+}
+
+/* what a helper of this backfill is told of the run */
+static void
+helper_spec(Backfill *bf, HelperShared *hs, int slots)
+{
+	SyncRun    *run = bf->run;
+
+	memset(hs, 0, offsetof(HelperShared, cursor));
+	hs->dbid = MyDatabaseId;
+	hs->userid = GetUserId();
+	hs->serverid = run->src.serverid;
+	hs->slots = slots;
+	hs->top = bf->win.top;
+	hs->base = bf->win.base;
+	hs->has_sync_from = run->src.has_sync_from;
+	hs->sync_from = run->src.sync_from;
+	hs->history_until = run->src.history_until;
+	hs->emit_history = run->src.emit_history;
+	hs->history = bf->lt->history;
+	strlcpy(hs->source, run->src.name, sizeof(hs->source));
+	strlcpy(hs->object, bf->object, sizeof(hs->object));
+	strlcpy(hs->target_schema, run->src.target_schema, sizeof(hs->target_schema));
+	strlcpy(hs->destination, run->src.destination ? run->src.destination : "", sizeof(hs->destination));
+	strlcpy(hs->account_id, run->src.account_id ? run->src.account_id : "", sizeof(hs->account_id));
+}
+
+/* Starts a helper on part p from cursor; false if none could be had. */
+static bool
+helper_start(Backfill *bf, BfPart *p, const char *cursor, int slots)
+{
+	HelperShared spec;
+	SyncRun    *run = bf->run;
+
+	if (strlen(run->src.name) >= sizeof(spec.source) ||
+		(run->src.account_id && strlen(run->src.account_id) >= sizeof(spec.account_id)))
+		return false;
+	helper_spec(bf, &spec, slots);
+	return stripe_helper_start(&p->proc, p->ref.id, &spec, cursor, bf->cxt);
+}
+
+/* A helper stopped: what it did joins the run's figures; returns whether its part is done. */
+static bool
+helper_account(Backfill *bf, BfPart *p)
+{
+	HelperTally t;
+
+	if (p->proc.hs == NULL)
+		return false;
+	(void) stripe_helper_release(&p->proc, false, &t);
+	bf->lt->rows += t.rows;
+	bf->lt->pages += t.pages;
+	bf->run->stats.requests += t.requests;
+	if (!t.done)
+		ereport(bf->run->own ? LOG : NOTICE,
+				(errmsg("stripe_sync: a backfill helper of source \"%s\" stopped short on %s: %s",
+						bf->run->src.name, bf->object, t.error),
+				 errdetail("The sync finishes its part.")));
+	return t.done;
+}
+
+/* helpers at work for any of the set's objects */
+static int
+set_running(BfSet *set)
+{
+	int			n = 0;
+
+	for (int i = 0; i < set->n; i++)
+	{
+		ListCell   *lc;
+
+		foreach(lc, set->bf[i]->parts)
+			if (stripe_helper_running(&((BfPart *) lfirst(lc))->proc))
+				n++;
+	}
+	return n;
+}
+
+/* Whether the sync should deal a part now (see the header comment). */
+static bool
+bf_should_deal(Backfill *bf, int64 quarters)
+{
+	BfSet	   *set = bf->set;
+	int64		elapsed = GetCurrentTimestamp() - set->t0;
+
+	/* a helper adds a core: it helps a sync busy with its pages, not one waiting on the network */
+	return bf->dealing && set->running < stripe_backfill_helpers && elapsed >= DEAL_AFTER_USECS &&
+		set->busy * 2 >= elapsed && quarters >= DEAL_MIN_PAGES * 4 && bf->dealt < 999;
+}
+
+/*
+ * The sync's own feed calls this: its helpers that stopped are accounted
+ * for, and while fewer than stripe_sync.backfill_helpers run (for all the
+ * set's objects) and enough is left, a new part gets the older quarter of
+ * each window that has two pages or more.
+ */
+static void
+bf_deal(Backfill *bf)
+{
+	int64		quarters = 0;
+	Backfill	t;
+	BfPart	   *p;
+	int64	   *cut;
+	ListCell   *lc;
+	MemoryContext old = MemoryContextSwitchTo(bf->cxt);
+
+	foreach(lc, bf->parts)
+	{
+		BfPart	   *q = lfirst(lc);
+
+		if (q->proc.hs != NULL && !stripe_helper_running(&q->proc))
+		{
+			if (helper_account(bf, q))
+				bf->parts = foreach_delete_current(bf->parts, lc);
+			else
+				bf->dealing = false;	/* one failed: the next would too, likely */
+		}
+	}
+	for (int i = 0; i < bf->win.n; i++)
+		quarters += stripe_window_quarters(&bf->win, &bf->win.w[i]);
+	if (!bf_should_deal(bf, quarters))
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+
+	memset(&t, 0, sizeof(t));
+	t.cxt = bf->cxt;
+	t.win = bf->win;
+	t.win.w = NULL;
+	t.win.n = t.win.cap = 0;
+	/* new in this run, so no row left over from an earlier one has its id */
+	t.part = bf->run->src.run_id * 1000 + bf->dealt + 1;
+	cut = palloc(sizeof(int64) * bf->win.n);
+	for (int i = 0; i < bf->win.n; i++)
+	{
+		BfWindow   *w = &bf->win.w[i];
+		int64		lo = stripe_window_lo(&bf->win, w);
+		BfWindow   *nw;
+
+		cut[i] = 0;
+		if (stripe_window_quarters(&bf->win, w) < 8)
+			continue;
+		cut[i] = lo + (stripe_window_top(&bf->win, w) - lo) / DEAL_SHARE;
+		nw = stripe_windows_add(&t.win, w->lo, cut[i]);
+		nw->span = w->span;
+		nw->depth = w->depth + 1;
+	}
+	p = palloc0(sizeof(BfPart));
+	p->ref.id = t.part;
+	p->ref.first = stripe_windows_json(&t.win, t.part, NIL);
+	if (t.win.n == 0 ||
+		!helper_start(bf, p, p->ref.first,
+					  Max(stripe_max_concurrent_requests / (bf->set->running + 2), 1)))
+	{
+		/* no helper to be had: the sync keeps its windows, and stops dealing */
+		bf->dealing = t.win.n == 0;
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	/* a page of ours in flight may bring rows below a cut: bf_done drops them */
+	for (int i = 0; i < bf->win.n; i++)
+		if (cut[i] != 0)
+			bf->win.w[i].lo = cut[i];
+	bf->parts = lappend(bf->parts, p);
+	bf->dealt++;
+	bf->set->running++;
+	MemoryContextSwitchTo(old);
+}
+
+/* Waits for the helpers to stop, with progress every second. */
+static void
+helpers_wait(Backfill *bf)
+{
+	for (;;)
+	{
+		bool		running = false;
+		ListCell   *lc;
+
+		foreach(lc, bf->parts)
+			if (stripe_helper_running(&((BfPart *) lfirst(lc))->proc))
+				running = true;
+		if (!running)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000L,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		bf_progress(bf, false);
+	}
+}
+
+/* ---------- an object's backfill, and the set ---------- */
+
+/*
+ * An object's backfill joins the set (in a transaction): its windows, and
+ * helpers for parts a crash left.  The set's first object starts with a
+ * window per request slot.  The others start with one: most are small, and
+ * an empty window costs a request; a big one is carved up as soon as its
+ * first page has shown its density (bf_split), while the objects before it
+ * keep the slots busy.
+ */
+static Backfill *
+bf_begin(BfSet *set, BfPending *pend)
+{
+	SyncRun    *run = set->run;
+	Backfill   *bf = MemoryContextAllocZero(run->cxt, sizeof(Backfill));
+	MemoryContext old;
+	ListCell   *lc;
+
+	stripe_backfill_init(bf, run, pend->lt, pend->object, 0, run->cxt);
+	bf->set = set;
+	stripe_state_update(run, pend->object, "state = 'backfilling', last_error = NULL", NULL);
+	old = MemoryContextSwitchTo(bf->cxt);
+	if (pend->cursor == NULL || !stripe_windows_load(&bf->win, pend->cursor, &bf->parts))
+		stripe_windows_first(&bf->win, pend->cursor,
+							 set->n == 0 ? Max(stripe_max_concurrent_requests, 1) : 1,
+							 run->src.has_sync_from ? run->src.sync_from : 0);
+	/* parts come back as BfPartRef: give each its helper's place */
+	foreach(lc, bf->parts)
+	{
+		BfPart	   *p = palloc0(sizeof(BfPart));
+
+		p->ref = *(BfPartRef *) lfirst(lc);
+		lfirst(lc) = p;
+	}
+	if (bf->win.base <= 0)
+		bf->win.base = bf->win.top;	/* unknown: split only what pages reveal */
+	MemoryContextSwitchTo(old);
+	/* a table this transaction created or truncated would keep helpers waiting */
+	bf->dealing = bf->win.ranged && stripe_backfill_helpers > 0 && stripe_max_concurrent_requests > 1 &&
+		!pend->lt->locked_here;
+	foreach(lc, bf->parts)
+	{
+		BfPart	   *p = lfirst(lc);
+		char	   *pc = part_cursor(bf, p);
+
+		if (pc == NULL)
+			bf->parts = foreach_delete_current(bf->parts, lc);
+		else if (bf->dealing && set->running < stripe_backfill_helpers &&
+				 helper_start(bf, p, pc, Max(stripe_max_concurrent_requests / (set->running + 2), 1)))
+			set->running++;
+	}
+	return bf;
+}
+
+/*
+ * Works a dealt part from cursor to its end, in pb's own transactions, as a
+ * helper or as the sync finishing a helper's part: one process at a time.
+ */
+void
+stripe_backfill_part_work(Backfill *pb, const char *cursor)
+{
+	MemoryContext old = MemoryContextSwitchTo(pb->cxt);
+
+	stripe_windows_load(&pb->win, cursor, NULL);
+	MemoryContextSwitchTo(old);
+	part_lock(pb, true);
+	PG_TRY();
+	{
+		bf_stream(pb);
+		/* nothing was left to fetch: say so (a helper told to stop says nothing) */
+		if (pb->pages == 0 && (pb->mine == NULL || !pb->mine->abandoned))
+		{
+			stripe_xact_begin(pb->run->own);
+			part_update(pb, 0, true);
+			stripe_xact_commit(pb->run->own);
+		}
+	}
+	PG_FINALLY();
+	{
+		part_lock(pb, false);
+	}
+	PG_END_TRY();
+}
+
+/* every part done: the backfill is; the parts' figures join the object's */
+static void
+bf_mark_done(Backfill *bf)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(bf->run->src.name), CStringGetTextDatum(bf->object)};
+
+	stripe_xact_begin(bf->run->own);
+	/* a part of a run that failed wrote its rows too (a rewrite of one counts nothing) */
+	stripe_spi("UPDATE stripe_sync.object_state o SET rows = o.rows + p.rows, "
+			   "requests = o.requests + p.requests, backfill_done = true, backfill_cursor = NULL, "
+			   "state = 'synced' FROM (SELECT coalesce(sum(rows), 0) AS rows, "
+			   "coalesce(sum(requests), 0) AS requests FROM stripe_sync.backfill_parts "
+			   "WHERE source = $1 AND object = $2) p "
+			   "WHERE o.source = $1 AND o.object = $2", 2, types, values, NULL, SPI_OK_UPDATE);
+	stripe_spi("DELETE FROM stripe_sync.backfill_parts WHERE source = $1 AND object = $2",
+			   2, types, values, NULL, SPI_OK_DELETE);
+	stripe_xact_commit(bf->run->own);
+}
+
+/* Once the stream has ended: the object's helpers, the parts none finished, and done. */
+static void
+bf_finish(Backfill *bf)
+{
+	SyncRun    *run = bf->run;
+	ListCell   *lc;
+
+	helpers_wait(bf);
+	/* the parts no helper finished */
+	foreach(lc, bf->parts)
+	{
+		BfPart	   *p = lfirst(lc);
+		char	   *pc;
+		Backfill	pb;
+
+		(void) helper_account(bf, p);
+		stripe_xact_begin(run->own);
+		pc = part_cursor(bf, p);
+		stripe_xact_commit(run->own);
+		if (pc == NULL)
+			continue;
+		stripe_backfill_init(&pb, run, bf->lt, bf->object, p->ref.id, bf->cxt);
+		pb.win.top = bf->win.top;
+		pb.win.base = bf->win.base;
+		stripe_backfill_part_work(&pb, pc);
+	}
+	bf_mark_done(bf);
+	bf_progress(bf, true);
+	MemoryContextDelete(bf->cxt);
+}
+
+static bool
+set_feed(void *arg, StripeManyReq *req)
+{
+	BfSet	   *set = arg;
+
+	set->running = set_running(set);
+	/* the requests in flight are shared out with the helpers, not multiplied */
+	if (set->in_flight >= Max(stripe_max_concurrent_requests / (1 + set->running), 1))
+		return false;
+
+	/*
+	 * An object that has not asked for anything yet goes first: its first
+	 * page tells whether it has more (most do not) and how dense it is.
+	 * Then the objects in order.
+	 */
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < set->n; i++)
+		{
+			Backfill   *bf = set->bf[i];
+			bool		fresh = bf->pages == 0 && bf->in_flight == 0;
+
+			if (fresh != (pass == 0))
+				continue;
+			if (bf_feed(bf, req))
+			{
+				req->tag = req->tag * BFSET_MAX + i;
+				set->in_flight++;
+				return true;
+			}
+		}
+	if (!set->last || !stripe_events_feed_first(set->run, set->cxt, req))
+		return false;
+	set->in_flight++;
+	return true;
+}
+
+static void
+set_done(void *arg, StripeManyReq *req)
+{
+	BfSet	   *set = arg;
+	TimestampTz began = GetCurrentTimestamp();
+	Backfill   *bf;
+
+	set->in_flight--;
+	if (req->tag == EVENTS_TAG)
+	{
+		stripe_events_first_done(set->run, req);
+		return;
+	}
+	bf = set->bf[req->tag % BFSET_MAX];
+	req->tag /= BFSET_MAX;
+	bf_done(bf, req);
+	set->busy += GetCurrentTimestamp() - began;
+}
+
+/* Backfills the objects of pending (BfPending) in one stream; BFSET_MAX at most. */
+static void
+backfill_one_set(SyncRun *run, List *pending, bool last)
+{
+	BfSet		set;
+	MemoryContext cxt = AllocSetContextCreate(run->cxt, "stripe_sync backfill set",
+											  ALLOCSET_SMALL_SIZES);
+	ListCell   *lc;
+
+	memset(&set, 0, sizeof(set));
+	set.run = run;
+	set.cxt = cxt;
+	set.last = last;
+	set.t0 = GetCurrentTimestamp();
+	set.bf = MemoryContextAllocZero(cxt, sizeof(Backfill *) * Max(list_length(pending), 1));
+	PG_TRY();
+	{
+		MemoryContext old;
+
+		stripe_xact_begin(run->own);
+		foreach(lc, pending)
+			set.bf[set.n++] = bf_begin(&set, lfirst(lc));
+		stripe_xact_commit(run->own);
+		old = MemoryContextSwitchTo(cxt);
+		stripe_request_stream(run->conn, set_feed, set_done, &set, &run->stats);
+		MemoryContextSwitchTo(old);
+		for (int i = 0; i < set.n; i++)
+			bf_finish(set.bf[i]);
+	}
+	PG_CATCH();
+	{
+		for (int i = 0; i < set.n; i++)
+			foreach(lc, set.bf[i]->parts)
+				stripe_helper_release(&((BfPart *) lfirst(lc))->proc, true, NULL);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	MemoryContextDelete(cxt);
+}
+
+/*
+ * Backfills the objects of pending (BfPending), in streams of BFSET_MAX;
+ * last: these are the run's last backfills, which the events step follows.
+ */
+void
+stripe_backfill_set(SyncRun *run, List *pending, bool last)
+{
+	for (int i = 0; i < list_length(pending); i += BFSET_MAX)
+		backfill_one_set(run, list_copy_head(list_copy_tail(pending, i), BFSET_MAX),
+						 last && i + BFSET_MAX >= list_length(pending));
+}

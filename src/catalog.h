@@ -1,0 +1,79 @@
+/*-------------------------------------------------------------------------
+ * catalog.h
+ *		The catalogue of Stripe objects (catalog.c; the columns are generated
+ *		into catalog_data.c by tools/gen_catalog.py).
+ *-------------------------------------------------------------------------
+ */
+#ifndef STRIPE_CATALOG_H
+#define STRIPE_CATALOG_H
+
+typedef enum StripeColType
+{
+	STRIPE_COL_TEXT,
+	STRIPE_COL_INT8,
+	STRIPE_COL_BOOL,
+	STRIPE_COL_TIMESTAMPTZ,
+	STRIPE_COL_NUMERIC,
+	STRIPE_COL_JSONB
+} StripeColType;
+
+/* StripeColumn.flags: how Stripe's list endpoint can filter on the field */
+#define STRIPE_FILTER_EQ		0x01	/* field=value */
+#define STRIPE_FILTER_RANGE		0x02	/* field[gt|gte|lt|lte]=unix time */
+
+typedef struct StripeColumn
+{
+	const char *name;
+	StripeColType type;
+	int			flags;
+} StripeColumn;
+
+/* StripeObjectDef.rows_from: what one row of the table is */
+typedef enum StripeRowsFrom
+{
+	STRIPE_ROWS_LIST = 0,		/* one object of a list endpoint */
+	STRIPE_ROWS_ARRAYS			/* one element of a top-level array of a single
+								 * object (balance: one row per kind and
+								 * currency); the array's name is the "kind" */
+} StripeRowsFrom;
+
+/*
+ * The fields after ncolumns are zero for ordinary objects, so that the
+ * generated catalogue names only what is special.
+ */
+typedef struct StripeObjectDef
+{
+	const char *table;			/* foreign/local table name */
+	const char *path;			/* list path under /v1/ */
+	const char *object;			/* Stripe's "object" value */
+	const StripeColumn *columns;
+	int			ncolumns;
+	StripeRowsFrom rows_from;
+	bool		no_retrieve;	/* Stripe has no GET /v1/<path>/<id> */
+
+	/*
+	 * Objects Stripe lists only under a parent: the list needs this filter
+	 * (setup_attempts: setup_intent).  With parent_path the value goes into
+	 * the path instead, /v1/<parent_path>/<value>/<path> (payment_methods:
+	 * /v1/customers/cus_…/payment_methods).  required_example is the parent
+	 * id's prefix, for hints ("cus_").
+	 */
+	const char *required_filter;
+	const char *parent_path;
+	const char *required_example;
+} StripeObjectDef;
+
+#define STRIPE_PAGE_SIZE			100
+
+extern const StripeObjectDef stripe_objects[];
+extern const int stripe_nobjects;
+
+extern const StripeObjectDef *stripe_object_by_path(const char *path);
+extern const StripeObjectDef *stripe_object_by_table(const char *table);
+extern const StripeColumn *stripe_object_column(const StripeObjectDef *def,
+												const char *name);
+extern const char *stripe_coltype_sql(StripeColType type);
+extern char *stripe_object_table_names(void);
+extern const char *stripe_list_default_filters(const StripeObjectDef *def, bool has_status);
+
+#endif							/* STRIPE_CATALOG_H */

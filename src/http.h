@@ -1,0 +1,74 @@
+/*-------------------------------------------------------------------------
+ * http.h
+ *		Requests to Stripe's API (http.c): one at a time or many at once,
+ *		with the shared rate limit, retries, and Stripe's errors as ERRORs.
+ *		Also one JSON POST for the Intempt shipper.
+ *-------------------------------------------------------------------------
+ */
+#ifndef STRIPE_HTTP_H
+#define STRIPE_HTTP_H
+
+#include "datatype/timestamp.h"
+#include "options.h"
+
+typedef struct StripeStats
+{
+	int64		requests;
+	int64		retries;
+	int64		pages;
+	int64		bytes;
+} StripeStats;
+
+typedef struct StripeResponse
+{
+	long		status;
+	char	   *body;			/* NUL-terminated, in the caller's context */
+	size_t		len;
+} StripeResponse;
+
+/*
+ * Checks a 2xx body inside the retry loop; returns false (with *why set) when
+ * the body is malformed, which makes the request count as failed and retried.
+ */
+typedef bool (*StripeBodyCheck) (StripeResponse *resp, void *arg, const char **why);
+
+extern bool stripe_request(StripeConn *conn, const char *method,
+						   const char *path, const char *form_body,
+						   const char *idempotency_key, bool allow_404,
+						   StripeBodyCheck check, void *check_arg,
+						   StripeResponse *resp, StripeStats *stats);
+
+/* One GET of stripe_request_stream; feed fills path, check, check_arg, cxt, tag */
+typedef struct StripeManyReq
+{
+	const char *path;
+	StripeBodyCheck check;
+	void	   *check_arg;
+	MemoryContext cxt;			/* body and check's allocations */
+	int			tag;			/* the caller's */
+	StripeResponse resp;		/* filled when done */
+	TimestampTz sent;			/* when the attempt that answered left */
+} StripeManyReq;
+
+typedef bool (*StripeManyFeed) (void *arg, StripeManyReq *req);
+typedef void (*StripeManyDone) (void *arg, StripeManyReq *req);
+
+extern void stripe_request_stream(StripeConn *conn, StripeManyFeed feed,
+								  StripeManyDone done, void *arg,
+								  StripeStats *stats);
+extern char *stripe_urlencode(const char *s);
+/* equal-jitter backoff from stripe_sync.retry_base_delay, at least Retry-After */
+extern long stripe_backoff_ms(int attempt, const char *retry_after);
+typedef struct StripeHttpResult
+{
+	long		status;			/* 0: no answer, see error */
+	char	   *body;			/* NUL-terminated, in the caller's context */
+	size_t		len;
+	char		retry_after[32];
+	char		error[256];
+} StripeHttpResult;
+extern void stripe_http_post_json(const char *url, const char *authorization,
+								  const char *body, StripeHttpResult *res);
+extern void stripe_scrub_secrets(char *msg);
+
+#endif							/* STRIPE_HTTP_H */

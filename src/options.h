@@ -1,0 +1,25 @@
+/*-------------------------------------------------------------------------
+ * options.h
+ *		Options of the stripe_sync and intempt foreign data wrappers, and a
+ *		Stripe server's connection settings (options.c).
+ *-------------------------------------------------------------------------
+ */
+#ifndef STRIPE_OPTIONS_H
+#define STRIPE_OPTIONS_H
+
+#define STRIPE_DEFAULT_API_URL		"https://api.stripe.com"
+#define STRIPE_DEFAULT_API_VERSION	"2026-10-28.endive"
+
+typedef struct StripeConn
+{
+	char	   *api_url;		/* without trailing slash */
+	char	   *api_version;
+	char	   *account;		/* Stripe-Account header, or NULL */
+	char	   *api_key;		/* secret: never printed */
+	char	   *server_name;
+} StripeConn;
+
+extern StripeConn *stripe_conn_for_server(Oid serverid, Oid userid);
+extern bool stripe_valid_url(const char *url);
+
+#endif							/* STRIPE_OPTIONS_H */

@@ -1,0 +1,17 @@
+/*-------------------------------------------------------------------------
+ * run.h
+ *		One sync of a source (sync_run.c), for the sync workers.
+ *-------------------------------------------------------------------------
+ */
+#ifndef STRIPE_RUN_H
+#define STRIPE_RUN_H
+
+/*
+ * Runs one sync of a source in a background worker, outside any
+ * transaction: it commits each step in a transaction of its own, and records
+ * a failure in stripe_sync.status instead of throwing.  Returns whether the
+ * sync ran (false: another sync of the source holds it).
+ */
+extern bool stripe_sync_run(const char *source);
+
+#endif							/* STRIPE_RUN_H */

@@ -1,0 +1,114 @@
+/*-------------------------------------------------------------------------
+ * sync.h
+ *		The sync engine's shared state: a run of one source, its rows in the
+ *		management tables (sync_state.c), its local tables and their upserts
+ *		(sync_local.c), and the outbox rows it writes (sync_outbox.c).
+ *
+ * Every local row carries observed_at: when Stripe's state was seen (the
+ * fetch time of a backfill page, or the event's time).  An upsert only wins
+ * over a row observed no later, so an older state never overwrites a newer
+ * one, whatever order pages and events arrive in; and it writes nothing when
+ * the object did not change.
+ *-------------------------------------------------------------------------
+ */
+#ifndef STRIPE_SYNC_H
+#define STRIPE_SYNC_H
+
+#include "access/tupdesc.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "nodes/pg_list.h"
+
+#include "catalog.h"
+#include "http.h"
+#include "rowconv.h"
+
+typedef struct SourceInfo
+{
+	char	   *name;
+	Oid			serverid;
+	char	   *target_schema;
+	List	   *objects;		/* text */
+	bool		has_sync_from;
+	int64		sync_from;		/* unix seconds */
+	bool		has_cursor;
+	int64		events_cursor;
+	char	   *account_id;
+	int64		run_id;
+	char	   *destination;	/* intempt server, or NULL: no outbox rows */
+	bool		emit_history;
+	int64		history_until;	/* unix seconds; 0 = first backfill not begun */
+} SourceInfo;
+
+/* One local table being written */
+typedef struct LocalTable
+{
+	const StripeObjectDef *def;
+	char	   *qualified;		/* "schema"."table" */
+	StripeRowConv *rc;
+	TupleDesc	tupdesc;
+	TupleTableSlot *slot;
+	SPIPlanPtr	upsert;			/* one statement for a whole page: unnest of arrays */
+	Oid		   *argtypes;		/* array type of each column */
+	int16	   *typlen;
+	bool	   *typbyval;
+	char	   *typalign;
+	int			created_slot;	/* field slot of "created", or -1 */
+	int			att_account,
+				att_synced,
+				att_observed,
+				att_deleted;
+	int64		rows;
+	int64		pages;
+	bool		history;		/* the object's first backfill: it writes history */
+	bool		locked_here;	/* created or truncated in this transaction */
+} LocalTable;
+
+/* One sync of a source, across its transactions */
+typedef struct SyncRun
+{
+	SourceInfo	src;
+	StripeConn *conn;
+	bool		own;			/* a worker's own transactions (see xact.h) */
+	MemoryContext cxt;			/* lives across the run's transactions */
+	List	   *tables;			/* LocalTable */
+	StripeStats stats;
+	int64		events_applied;
+	TimestampTz started;
+	int64		account_created;	/* unix seconds; 0 = not known */
+	bool		events_early;	/* the events' first page was asked for */
+	char	   *events_page;	/* its body, in cxt, when it came */
+	size_t		events_len;
+} SyncRun;
+
+/* a page's objects, parsed by a StripeBodyCheck as the page arrives */
+typedef struct PageCheck
+{
+	StripeFieldSet *fs;
+	StripePage *page;
+	bool		is_list;
+} PageCheck;
+
+extern bool stripe_check_page(StripeResponse *resp, void *arg, const char **why);
+
+/* sync_state.c */
+extern bool stripe_load_source(SyncRun *run, const char *name);
+extern void stripe_state_update(SyncRun *run, const char *object, const char *set_clause,
+								const char *text_arg);
+extern void stripe_set_cursor(SyncRun *run, int64 cursor);
+extern void stripe_source_update(SyncRun *run, const char *set_clause, Oid argtype, Datum arg);
+extern int64 stripe_now_unix(void);
+
+/* sync_local.c */
+extern LocalTable *stripe_open_local_table(SyncRun *run, const char *object);
+extern LocalTable *stripe_table_for_object_type(SyncRun *run, const char *object_type);
+extern int64 stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
+								TimestampTz observed, TimestampTz deleted_at);
+extern int64 stripe_row_created(LocalTable *lt, StripeRow *row);
+
+/* sync_outbox.c */
+extern void stripe_outbox_add(SyncRun *run, Datum ids, Datum types, Datum *times,
+							  Datum *objects, int n);
+extern void stripe_outbox_history(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows);
+
+#endif							/* STRIPE_SYNC_H */

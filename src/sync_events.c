@@ -1,0 +1,515 @@
+/*-------------------------------------------------------------------------
+ * sync_events.c
+ *		A sync's incremental step: read /v1/events since the source's cursor
+ *		(re-reading a short overlap, whose ids already applied are dropped),
+ *		then apply each event's object oldest first, with the cursor moving
+ *		in the same transaction as every batch.
+ *
+ * Stripe lists events newest first and can only be read that way, so the
+ * events are first spooled to a temporary file a page at a time (fetch),
+ * then read back page by page from the last (order), each page's events in
+ * reverse, and applied (apply).  Memory holds one page, however many events
+ * a long gap brings.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "storage/buffile.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "bgw.h"
+#include "events.h"
+#include "json_page.h"
+#include "xact.h"
+
+/* re-read this much before the cursor; applied ids are dropped */
+#define EVENT_OVERLAP_SECS		300
+/* events applied (and the cursor moved) per transaction */
+#define APPLY_BATCH				STRIPE_PAGE_SIZE
+#define EVENT_ID_MAX			(NAMEDATALEN * 2)
+
+/* one event as spooled and read back */
+typedef struct EventRef
+{
+	int64		created;
+	char	   *id;
+	char	   *type;
+	char	   *object;			/* data.object's JSON text, NUL-terminated */
+	int			object_len;
+} EventRef;
+
+/* the events fetched, in Stripe's order, one record per event */
+typedef struct EventSpool
+{
+	BufFile    *file;
+	int			npages;
+	int			cap;
+	off_t	   *page_at;		/* where each page's records start */
+	int		   *page_count;		/* and how many it has */
+	int64		nevents;
+} EventSpool;
+
+/* what applying keeps across batches */
+typedef struct Applier
+{
+	SyncRun    *run;
+	HTAB	   *seen;			/* event ids applied before, in the overlap */
+	HTAB	   *mapped;			/* event types the outbox takes, or NULL */
+	StripeFieldSet *ofs;		/* an event object's "object" */
+	MemoryContext batch_cxt;
+	int64		cursor;
+	int			n;				/* events in the open batch */
+	Datum		ids[APPLY_BATCH],
+				created[APPLY_BATCH];
+	/* the batch's outbox rows */
+	int			nob;
+	Datum		ob_ids[APPLY_BATCH],
+				ob_types[APPLY_BATCH],
+				ob_times[APPLY_BATCH],
+				ob_objects[APPLY_BATCH];
+} Applier;
+
+static char *
+events_path(SyncRun *run, const char *after)
+{
+	return psprintf("/v1/events?limit=%d&created%%5Bgte%%5D=" INT64_FORMAT "%s%s",
+					STRIPE_PAGE_SIZE, run->src.events_cursor - EVENT_OVERLAP_SECS,
+					after[0] ? "&starting_after=" : "", after);
+}
+
+/*
+ * The first free slot the run's last backfills have no page for asks for the
+ * first page of events, which the events step would otherwise ask for alone,
+ * one round trip after the backfill.  Asking early loses nothing: the cursor
+ * only moves up to the events applied, so what happens after this request is
+ * read by the next sync, and observed_at orders these events and the pages.
+ */
+bool
+stripe_events_feed_first(SyncRun *run, MemoryContext parent, StripeManyReq *req)
+{
+	PageCheck  *pc;
+	StripeFieldSet *fs;
+	MemoryContext old;
+
+	if (run->events_early)
+		return false;
+	req->cxt = AllocSetContextCreate(parent, "stripe_sync events page", ALLOCSET_DEFAULT_SIZES);
+	req->tag = -1;
+	old = MemoryContextSwitchTo(req->cxt);
+	fs = stripe_fieldset_create(1);
+	stripe_fieldset_add(fs, "id", 0);
+	stripe_fieldset_finish(fs);
+	pc = palloc0(sizeof(PageCheck));
+	pc->fs = fs;
+	pc->page = palloc0(sizeof(StripePage));
+	pc->is_list = true;
+	req->path = events_path(run, "");
+	req->check = stripe_check_page;
+	req->check_arg = pc;
+	MemoryContextSwitchTo(old);
+	run->events_early = true;
+	return true;
+}
+
+/* the events' first page came: kept for the events step, which parses the body in place */
+void
+stripe_events_first_done(SyncRun *run, StripeManyReq *req)
+{
+	run->events_page = MemoryContextAlloc(run->cxt, req->resp.len + 1);
+	memcpy(run->events_page, req->resp.body, req->resp.len + 1);
+	run->events_len = req->resp.len;
+	MemoryContextDelete(req->cxt);
+}
+
+/* ---------- fetch: every event since the cursor, spooled in Stripe's order ---------- */
+
+static void
+spool_write_str(BufFile *f, const char *s, int32 len)
+{
+	BufFileWrite(f, &len, sizeof(len));
+	BufFileWrite(f, (void *) s, len);
+}
+
+/* A page's events go to the spool; returns the last event's id (for the next page). */
+static char *
+spool_page(EventSpool *sp, StripePage *page)
+{
+	StripeFieldSet *dfs = stripe_fieldset_create(1);
+	int			fileno;
+	int			count = 0;
+
+	stripe_fieldset_add(dfs, "object", 0);
+	stripe_fieldset_finish(dfs);
+	if (sp->npages == sp->cap)
+	{
+		sp->cap = Max(sp->cap * 2, 64);
+		sp->page_at = repalloc_huge(sp->page_at, sizeof(off_t) * sp->cap);
+		sp->page_count = repalloc_huge(sp->page_count, sizeof(int) * sp->cap);
+	}
+	BufFileTell(sp->file, &fileno, &sp->page_at[sp->npages]);
+	for (int i = 0; i < page->nrows; i++)
+	{
+		StripeRow  *r = &page->rows[i];
+		StripePage	data;
+		const char *why;
+		char	   *id,
+				   *type;
+		int64		created;
+
+		/* an event without an id, a time, a type or an object changes nothing here */
+		if (stripe_span_is_null(&r->fields[0]) || stripe_span_is_null(&r->fields[1]) ||
+			stripe_span_is_null(&r->fields[2]) || r->fields[3].start == NULL ||
+			!stripe_parse_page(r->fields[3].start, r->fields[3].len, false, dfs, &data, &why) ||
+			data.rows[0].fields[0].start == NULL)
+			continue;
+		id = stripe_span_text(&r->fields[0]);
+		type = stripe_span_text(&r->fields[2]);
+		created = pg_strtoint64(stripe_span_text(&r->fields[1]));
+		BufFileWrite(sp->file, &created, sizeof(created));
+		spool_write_str(sp->file, id, strlen(id));
+		spool_write_str(sp->file, type, strlen(type));
+		spool_write_str(sp->file, data.rows[0].fields[0].start, data.rows[0].fields[0].len);
+		count++;
+	}
+	sp->page_count[sp->npages++] = count;
+	sp->nevents += count;
+	return page->nrows > 0 ? stripe_span_text(&page->rows[page->nrows - 1].fields[0]) : NULL;
+}
+
+/* Reads every event since the cursor into the spool, a page at a time (no transaction). */
+static void
+events_fetch(SyncRun *run, EventSpool *sp)
+{
+	MemoryContext page_cxt = AllocSetContextCreate(CurrentMemoryContext, "stripe_sync events page",
+												   ALLOCSET_DEFAULT_SIZES);
+	StripeFieldSet *efs = stripe_fieldset_create(4);
+	char		last_id[256] = "";
+
+	stripe_fieldset_add(efs, "id", 0);
+	stripe_fieldset_add(efs, "created", 1);
+	stripe_fieldset_add(efs, "type", 2);
+	stripe_fieldset_add(efs, "data", 3);
+	stripe_fieldset_finish(efs);
+	sp->page_at = palloc(sizeof(off_t));
+	sp->page_count = palloc(sizeof(int));
+	sp->file = BufFileCreateTemp(true);
+	for (;;)
+	{
+		StripePage	page;
+		PageCheck	pc = {efs, &page, true};
+		StripeResponse resp;
+		const char *why;
+		MemoryContext old = MemoryContextSwitchTo(page_cxt);
+		char	   *last;
+		bool		more;
+
+		/* the first page may have come with the backfill's tail */
+		if (run->events_page == NULL ||
+			!stripe_parse_page(run->events_page, run->events_len, true, efs, &page, &why))
+			stripe_request(run->conn, "GET", events_path(run, last_id), NULL, NULL, false,
+						   stripe_check_page, &pc, &resp, &run->stats);
+		run->events_page = NULL;
+		MemoryContextSwitchTo(old);
+		last = spool_page(sp, &page);
+		more = page.has_more && last != NULL;
+		if (more)
+		{
+			if (strcmp(last, last_id) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FDW_ERROR),
+						 errmsg("Stripe listed events after %s again: the list does not advance", last_id)));
+			strlcpy(last_id, last, sizeof(last_id));
+		}
+		MemoryContextReset(page_cxt);
+		CHECK_FOR_INTERRUPTS();
+		if (!more)
+			break;
+	}
+	MemoryContextDelete(page_cxt);
+}
+
+/* ---------- order: the spool read back, oldest first ---------- */
+
+static char *
+spool_read_str(BufFile *f, int32 *len)
+{
+	char	   *s;
+
+	if (BufFileRead(f, len, sizeof(*len)) != sizeof(*len))
+		elog(ERROR, "stripe_sync: could not read the events spool");
+	s = palloc(*len + 1);
+	if (BufFileRead(f, s, *len) != (size_t) *len)
+		elog(ERROR, "stripe_sync: could not read the events spool");
+	s[*len] = '\0';
+	return s;
+}
+
+/*
+ * Page p of the spool, its events reversed: Stripe lists newest first, so
+ * the last page read back first, each reversed, is oldest first (events of
+ * one second keep Stripe's order, reversed).
+ */
+static EventRef *
+spool_read_page(EventSpool *sp, int p)
+{
+	int			n = sp->page_count[p];
+	EventRef   *ev = palloc(sizeof(EventRef) * Max(n, 1));
+
+	if (BufFileSeek(sp->file, 0, sp->page_at[p], SEEK_SET) != 0)
+		elog(ERROR, "stripe_sync: could not seek in the events spool");
+	for (int i = n - 1; i >= 0; i--)
+	{
+		int32		len;
+
+		if (BufFileRead(sp->file, &ev[i].created, sizeof(int64)) != sizeof(int64))
+			elog(ERROR, "stripe_sync: could not read the events spool");
+		ev[i].id = spool_read_str(sp->file, &len);
+		ev[i].type = spool_read_str(sp->file, &len);
+		ev[i].object = spool_read_str(sp->file, &ev[i].object_len);
+	}
+	return ev;
+}
+
+/* ---------- apply ---------- */
+
+static HTAB *
+text_set(const char *name, MemoryContext cxt)
+{
+	HASHCTL		ctl;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = EVENT_ID_MAX;
+	ctl.entrysize = EVENT_ID_MAX;
+	ctl.hcxt = cxt;
+	return hash_create(name, 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+static void
+text_set_add_result(HTAB *set)
+{
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char		key[EVENT_ID_MAX] = {0};
+
+		strlcpy(key, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1), sizeof(key));
+		hash_search(set, key, HASH_ENTER, NULL);
+	}
+}
+
+/* the ids applied in the overlap, and the types the outbox takes (in a transaction) */
+static void
+applier_load(Applier *ap, MemoryContext cxt)
+{
+	SyncRun    *run = ap->run;
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		values[2] = {CStringGetTextDatum(run->src.name),
+	Int64GetDatum(run->src.events_cursor - EVENT_OVERLAP_SECS)};
+
+	ap->seen = text_set("stripe_sync applied events", cxt);
+	stripe_spi("SELECT event_id FROM stripe_sync.applied_events WHERE source = $1 AND created >= $2",
+			   2, types, values, NULL, SPI_OK_SELECT);
+	text_set_add_result(ap->seen);
+	ap->mapped = NULL;
+	if (run->src.destination != NULL)
+	{
+		ap->mapped = text_set("stripe_sync event map", cxt);
+		stripe_spi("SELECT stripe_event FROM stripe_sync.event_map WHERE enabled", 0, NULL, NULL,
+				   NULL, SPI_OK_SELECT);
+		text_set_add_result(ap->mapped);
+	}
+}
+
+/* the batch's applied ids, outbox rows and cursor commit together */
+static void
+applier_flush(Applier *ap)
+{
+	SyncRun    *run = ap->run;
+	Oid			types[4] = {TEXTOID, TEXTARRAYOID, INT8ARRAYOID, INT8OID};
+	Datum		values[4];
+
+	if (ap->n == 0)
+		return;
+	if (ap->nob > 0)
+		stripe_outbox_add(run, PointerGetDatum(construct_array(ap->ob_ids, ap->nob, TEXTOID, -1, false, TYPALIGN_INT)),
+						  PointerGetDatum(construct_array(ap->ob_types, ap->nob, TEXTOID, -1, false, TYPALIGN_INT)),
+						  ap->ob_times, ap->ob_objects, ap->nob);
+	values[0] = CStringGetTextDatum(run->src.name);
+	values[1] = PointerGetDatum(construct_array(ap->ids, ap->n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(ap->created, ap->n, INT8OID, sizeof(int64),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[3] = Int64GetDatum(ap->cursor);
+	stripe_spi("INSERT INTO stripe_sync.applied_events (source, event_id, created) "
+			   "SELECT $1, e.id, e.created FROM unnest($2, $3) e(id, created) ON CONFLICT DO NOTHING",
+			   3, types, values, NULL, SPI_OK_INSERT);
+	stripe_spi("UPDATE stripe_sync.sources SET events_cursor = $4 WHERE name = $1",
+			   4, types, values, NULL, SPI_OK_UPDATE);
+	ap->n = 0;
+	ap->nob = 0;
+}
+
+/*
+ * Applies one event's object to its local table.  Returns false when the
+ * object is not this source's (created before sync_from): its event is not
+ * shipped either.
+ */
+static bool
+apply_object(Applier *ap, EventRef *e)
+{
+	SyncRun    *run = ap->run;
+	StripePage	obj;
+	StripePage	row;
+	const char *why;
+	LocalTable *lt;
+	TimestampTz at = time_t_to_timestamptz((pg_time_t) e->created);
+	size_t		tl = strlen(e->type);
+	bool		deleted = tl > 8 && strcmp(e->type + tl - 8, ".deleted") == 0;
+
+	if (!stripe_parse_page(e->object, e->object_len, false, ap->ofs, &obj, &why) ||
+		obj.rows[0].fields[0].start == NULL)
+		return true;
+	lt = stripe_table_for_object_type(run, stripe_span_text(&obj.rows[0].fields[0]));
+	if (lt == NULL)
+		return true;			/* a type the source does not sync */
+	if (!stripe_parse_page(e->object, e->object_len, false, lt->rc->fs, &row, &why))
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
+				 errmsg("event %s carries a malformed object: %s", e->id, why)));
+	/* an object without an id (invoice.upcoming) is no row */
+	if (stripe_span_is_null(&row.rows[0].fields[lt->rc->id_slot]))
+		return true;
+	/* objects created before sync_from are not this source's */
+	if (run->src.has_sync_from && lt->created_slot >= 0 &&
+		stripe_row_created(lt, &row.rows[0]) < run->src.sync_from &&
+		!stripe_span_is_null(&row.rows[0].fields[lt->created_slot]))
+		return false;
+	if (deleted && row.rows[0].deleted)
+	{
+		/* a deleted object keeps its last full state, marked deleted */
+		Oid			dt[3] = {TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID};
+		Datum		dv[3] = {TimestampTzGetDatum(at), TimestampTzGetDatum(GetCurrentTimestamp()),
+		CStringGetTextDatum(stripe_span_text(&row.rows[0].fields[lt->rc->id_slot]))};
+
+		stripe_spi(psprintf("UPDATE %s SET deleted_at = $1, observed_at = $1, synced_at = $2 "
+							"WHERE id = $3 AND observed_at <= $1 AND deleted_at IS NULL",
+							lt->qualified), 3, dt, dv, NULL, SPI_OK_UPDATE);
+	}
+	else
+		lt->rows += stripe_upsert_rows(run, lt, &row.rows[0], 1, at, deleted ? at : 0);
+	return true;
+}
+
+/* one event, in the open batch's transaction */
+static void
+apply_event(Applier *ap, EventRef *e)
+{
+	SyncRun    *run = ap->run;
+	char		key[EVENT_ID_MAX] = {0};
+	bool		ours;
+
+	strlcpy(key, e->id, sizeof(key));
+	if (hash_search(ap->seen, key, HASH_FIND, NULL) != NULL)
+		return;					/* applied before: re-read in the overlap */
+	ours = apply_object(ap, e);
+	/* mapped events go to the outbox; older ones are the backfill's history */
+	if (ours && ap->mapped != NULL && e->created >= run->src.history_until &&
+		hash_search(ap->mapped, e->type, HASH_FIND, NULL) != NULL)
+	{
+		ap->ob_ids[ap->nob] = CStringGetTextDatum(e->id);
+		ap->ob_types[ap->nob] = CStringGetTextDatum(e->type);
+		ap->ob_times[ap->nob] = Int64GetDatum(e->created);
+		ap->ob_objects[ap->nob] = PointerGetDatum(cstring_to_text_with_len(e->object, e->object_len));
+		ap->nob++;
+	}
+	ap->ids[ap->n] = CStringGetTextDatum(e->id);
+	ap->created[ap->n] = Int64GetDatum(e->created);
+	ap->n++;
+	run->events_applied++;
+	ap->cursor = Max(ap->cursor, e->created);
+}
+
+/* Applies the spool oldest first, a transaction per batch. */
+static void
+events_apply(SyncRun *run, EventSpool *sp, MemoryContext cxt)
+{
+	Applier    *ap = palloc0(sizeof(Applier));
+	bool		open = false;
+
+	ap->run = run;
+	ap->cursor = run->src.events_cursor;
+	ap->ofs = stripe_fieldset_create(1);
+	stripe_fieldset_add(ap->ofs, "object", 0);
+	stripe_fieldset_finish(ap->ofs);
+	ap->batch_cxt = AllocSetContextCreate(cxt, "stripe_sync events batch", ALLOCSET_DEFAULT_SIZES);
+	stripe_xact_begin(run->own);
+	applier_load(ap, cxt);
+	stripe_xact_commit(run->own);
+
+	for (int p = sp->npages - 1; p >= 0; p--)
+	{
+		MemoryContext old = MemoryContextSwitchTo(ap->batch_cxt);
+		EventRef   *ev = spool_read_page(sp, p);
+
+		for (int i = 0; i < sp->page_count[p]; i++)
+		{
+			if (!open)
+				stripe_xact_begin(run->own);
+			open = true;
+			apply_event(ap, &ev[i]);
+			if (ap->n == APPLY_BATCH)
+			{
+				applier_flush(ap);
+				stripe_xact_commit(run->own);
+				open = false;
+				stripe_bgw_reload_config();
+			}
+		}
+		if (!open)
+			MemoryContextReset(ap->batch_cxt);
+		MemoryContextSwitchTo(old);
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (open)
+	{
+		applier_flush(ap);
+		stripe_xact_commit(run->own);
+	}
+	MemoryContextDelete(ap->batch_cxt);
+	run->src.events_cursor = ap->cursor;
+}
+
+void
+stripe_sync_events(SyncRun *run)
+{
+	MemoryContext cxt = AllocSetContextCreate(run->cxt, "stripe_sync events", ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	EventSpool *sp = palloc0(sizeof(EventSpool));
+
+	PG_TRY();
+	{
+		Oid			types[2] = {TEXTOID, INT8OID};
+		Datum		values[2];
+
+		events_fetch(run, sp);
+		events_apply(run, sp, cxt);
+		stripe_xact_begin(run->own);
+		values[0] = CStringGetTextDatum(run->src.name);
+		values[1] = Int64GetDatum(run->src.events_cursor - 2 * EVENT_OVERLAP_SECS);
+		stripe_spi("DELETE FROM stripe_sync.applied_events WHERE source = $1 AND created < $2",
+				   2, types, values, NULL, SPI_OK_DELETE);
+		stripe_xact_commit(run->own);
+	}
+	PG_FINALLY();
+	{
+		if (sp->file)
+			BufFileClose(sp->file);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+}

@@ -1,0 +1,222 @@
+/*-------------------------------------------------------------------------
+ * sync_local.c
+ *		A source's local tables: opening one for a run, and writing objects
+ *		into it, a whole page in one statement (see sync.h for the rule that
+ *		orders them).
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "lib/stringinfo.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "json_page.h"
+#include "sync.h"
+
+/* a StripeBodyCheck: the page is parsed as it arrives, so a malformed one is retried */
+bool
+stripe_check_page(StripeResponse *resp, void *arg, const char **why)
+{
+	PageCheck  *pc = arg;
+
+	return stripe_parse_page(resp->body, resp->len, pc->is_list, pc->fs, pc->page, why);
+}
+
+static int
+attno_of(TupleDesc td, const char *name)
+{
+	for (int i = 0; i < td->natts; i++)
+		if (strcmp(NameStr(TupleDescAttr(td, i)->attname), name) == 0)
+			return i;
+	elog(ERROR, "local table has no column \"%s\"", name);
+	return -1;
+}
+
+/*
+ * The upsert of a whole page: INSERT … SELECT * FROM unnest($1, …, $n), one
+ * array per column.  Newer-or-equal observations win, and only when something
+ * changed.
+ */
+static char *
+upsert_sql(LocalTable *lt)
+{
+	StringInfoData cols,
+				vals,
+				sets;
+
+	initStringInfo(&cols);
+	initStringInfo(&vals);
+	initStringInfo(&sets);
+	for (int i = 0; i < lt->tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(lt->tupdesc, i);
+		const char *c = quote_identifier(NameStr(att->attname));
+
+		if (att->attisdropped)
+		{
+			/* an array argument still stands in its place */
+			lt->argtypes[i] = INT4ARRAYOID;
+			lt->typlen[i] = sizeof(int32);
+			lt->typbyval[i] = true;
+			lt->typalign[i] = TYPALIGN_INT;
+			continue;
+		}
+		lt->argtypes[i] = get_array_type(att->atttypid);
+		get_typlenbyvalalign(att->atttypid, &lt->typlen[i], &lt->typbyval[i], &lt->typalign[i]);
+		appendStringInfo(&cols, "%s%s", cols.len ? ", " : "", c);
+		appendStringInfo(&vals, "%s$%d", vals.len ? ", " : "", i + 1);
+		if (strcmp(NameStr(att->attname), "id") != 0)
+			appendStringInfo(&sets, "%s%s = EXCLUDED.%s", sets.len ? ", " : "", c, c);
+	}
+	return psprintf("INSERT INTO %s AS t (%s) SELECT * FROM unnest(%s) ON CONFLICT (id) DO UPDATE SET %s "
+					"WHERE t.observed_at <= EXCLUDED.observed_at AND "
+					"(t.attrs IS DISTINCT FROM EXCLUDED.attrs OR t.deleted_at IS DISTINCT FROM EXCLUDED.deleted_at)",
+					lt->qualified, cols.data, vals.data, sets.data);
+}
+
+/* Opens the local table of an object for the run and prepares its upsert (in a transaction). */
+LocalTable *
+stripe_open_local_table(SyncRun *run, const char *object)
+{
+	LocalTable *lt;
+	Oid			nsp = get_namespace_oid(run->src.target_schema, false);
+	Oid			relid = get_relname_relid(object, nsp);
+	Relation	rel;
+	MemoryContext old;
+	char	   *sql;
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("local table %s.%s of source \"%s\" does not exist",
+						run->src.target_schema, object, run->src.name),
+				 errhint("alter_source(objects => …) creates the tables it needs.")));
+	old = MemoryContextSwitchTo(run->cxt);
+	lt = palloc0(sizeof(LocalTable));
+	lt->def = stripe_object_by_table(object);
+	lt->qualified = psprintf("%s.%s", quote_identifier(run->src.target_schema),
+							 quote_identifier(object));
+	rel = table_open(relid, AccessShareLock);
+	lt->tupdesc = CreateTupleDescCopy(RelationGetDescr(rel));
+	lt->rc = stripe_rowconv_create(rel, true, NULL);
+	/* other sessions (a backfill's helpers) would wait for this transaction */
+	lt->locked_here = rel->rd_createSubid != InvalidSubTransactionId ||
+		rel->rd_newRelfilenodeSubid != InvalidSubTransactionId;
+	table_close(rel, AccessShareLock);
+	lt->slot = MakeSingleTupleTableSlot(lt->tupdesc, &TTSOpsVirtual);
+	lt->created_slot = -1;
+	for (int i = 0; i < lt->tupdesc->natts; i++)
+		if (strcmp(NameStr(TupleDescAttr(lt->tupdesc, i)->attname), "created") == 0)
+			lt->created_slot = lt->rc->att_slot[i];
+	lt->att_account = attno_of(lt->tupdesc, "account_id");
+	lt->att_synced = attno_of(lt->tupdesc, "synced_at");
+	lt->att_observed = attno_of(lt->tupdesc, "observed_at");
+	lt->att_deleted = attno_of(lt->tupdesc, "deleted_at");
+	lt->argtypes = palloc(sizeof(Oid) * lt->tupdesc->natts);
+	lt->typlen = palloc(sizeof(int16) * lt->tupdesc->natts);
+	lt->typbyval = palloc(sizeof(bool) * lt->tupdesc->natts);
+	lt->typalign = palloc(sizeof(char) * lt->tupdesc->natts);
+	sql = upsert_sql(lt);
+	run->tables = lappend(run->tables, lt);
+	MemoryContextSwitchTo(old);
+	lt->upsert = SPI_prepare(sql, lt->tupdesc->natts, lt->argtypes);
+	if (lt->upsert == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", sql);
+	SPI_keepplan(lt->upsert);
+	/* SPI leaves us in its own context, which the commit frees */
+	MemoryContextSwitchTo(old);
+	return lt;
+}
+
+/* the run's table for Stripe objects of this "object" type, or NULL */
+LocalTable *
+stripe_table_for_object_type(SyncRun *run, const char *object_type)
+{
+	ListCell   *lc;
+
+	foreach(lc, run->tables)
+	{
+		LocalTable *lt = lfirst(lc);
+
+		if (lt->def && strcmp(lt->def->object, object_type) == 0)
+			return lt;
+	}
+	return NULL;
+}
+
+/* an object's created (unix seconds), 0 when it has none */
+int64
+stripe_row_created(LocalTable *lt, StripeRow *row)
+{
+	if (lt->created_slot < 0 || stripe_span_is_null(&row->fields[lt->created_slot]))
+		return 0;
+	return pg_strtoint64(stripe_span_text(&row->fields[lt->created_slot]));
+}
+
+/*
+ * Writes objects, a whole page in one statement; returns how many rows were
+ * inserted or changed.  Values are built in the current memory context.
+ */
+int64
+stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
+				   TimestampTz observed, TimestampTz deleted_at)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	TupleTableSlot *slot = lt->slot;
+	int			natts = lt->tupdesc->natts;
+	Datum	  **values = palloc(sizeof(Datum *) * natts);
+	bool	  **nulls = palloc(sizeof(bool *) * natts);
+	Datum	   *args = palloc(sizeof(Datum) * natts);
+	TimestampTz now = GetCurrentTimestamp();
+	int			dims[1] = {nrows};
+	int			lbs[1] = {1};
+
+	if (nrows == 0)
+		return 0;
+	for (int a = 0; a < natts; a++)
+	{
+		values[a] = palloc(sizeof(Datum) * nrows);
+		nulls[a] = palloc(sizeof(bool) * nrows);
+	}
+	for (int r = 0; r < nrows; r++)
+	{
+		stripe_row_to_slot(lt->rc, &rows[r], slot);
+		slot->tts_values[lt->att_account] = run->src.account_id
+			? CStringGetTextDatum(run->src.account_id) : (Datum) 0;
+		slot->tts_isnull[lt->att_account] = run->src.account_id == NULL;
+		slot->tts_values[lt->att_synced] = TimestampTzGetDatum(now);
+		slot->tts_isnull[lt->att_synced] = false;
+		slot->tts_values[lt->att_observed] = TimestampTzGetDatum(observed);
+		slot->tts_isnull[lt->att_observed] = false;
+		slot->tts_values[lt->att_deleted] = TimestampTzGetDatum(deleted_at);
+		slot->tts_isnull[lt->att_deleted] = deleted_at == 0;
+		for (int a = 0; a < natts; a++)
+		{
+			values[a][r] = slot->tts_values[a];
+			nulls[a][r] = slot->tts_isnull[a];
+		}
+	}
+	for (int a = 0; a < natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(lt->tupdesc, a);
+
+		if (att->attisdropped)
+			for (int r = 0; r < nrows; r++)
+				nulls[a][r] = true;
+		args[a] = PointerGetDatum(construct_md_array(values[a], nulls[a], 1, dims, lbs,
+													 att->attisdropped ? INT4OID : att->atttypid,
+													 lt->typlen[a], lt->typbyval[a], lt->typalign[a]));
+	}
+	if (SPI_execute_plan(lt->upsert, args, NULL, false, 0) < 0)
+		elog(ERROR, "upsert into %s failed", lt->qualified);
+	/* SPI leaves us in its own context, which the commit frees */
+	MemoryContextSwitchTo(cxt);
+	return (int64) SPI_processed;
+}

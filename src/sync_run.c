@@ -1,0 +1,459 @@
+/*-------------------------------------------------------------------------
+ * sync_run.c
+ *		One sync of a source: the account, the events cursor, the backfill of
+ *		the objects not yet backfilled, then the events since the cursor; the
+ *		run's row in stripe_sync.runs; stripe_sync.sync_now(); and the life of
+ *		a backfill helper, which runs one part of a sync's backfill.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "account.h"
+#include "backfill.h"
+#include "bgw.h"
+#include "events.h"
+#include "run.h"
+#include "xact.h"
+
+PG_FUNCTION_INFO_V1(stripe_sync_now);
+
+#define ADVISORY_CLASS			0x53545250	/* "STRP" */
+#define RUNS_KEPT_DAYS			30
+
+/* one sync at a time per source: a session advisory lock, which a crash releases */
+static bool
+lock_source(const char *name, bool lock)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, ADVISORY_CLASS,
+						 DatumGetUInt32(hash_any((const unsigned char *) name, strlen(name))), 2);
+	if (lock)
+		return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+	LockRelease(&tag, ExclusiveLock, true);
+	return true;
+}
+
+static int64
+run_rows(SyncRun *run)
+{
+	int64		rows = 0;
+	ListCell   *lc;
+
+	foreach(lc, run->tables)
+		rows += ((LocalTable *) lfirst(lc))->rows;
+	return rows;
+}
+
+static void
+record_run(SyncRun *run, const char *status, const char *error)
+{
+	Oid			types[5] = {INT8OID, TEXTOID, INT8OID, INT8OID, TEXTOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', error ? ' ' : 'n'};
+
+	values[0] = Int64GetDatum(run->src.run_id);
+	values[1] = CStringGetTextDatum(status);
+	values[2] = Int64GetDatum(run->stats.requests);
+	values[3] = Int64GetDatum(run_rows(run));
+	values[4] = error ? CStringGetTextDatum(error) : (Datum) 0;
+	stripe_spi("UPDATE stripe_sync.runs SET status = $2, requests = $3, rows = $4, error = $5, "
+			   "finished_at = clock_timestamp() WHERE id = $1", 5, types, values, nulls, SPI_OK_UPDATE);
+}
+
+/* the summary sync_now returns */
+static Jsonb *
+run_summary(SyncRun *run)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"source\": ");
+	escape_json(&buf, run->src.name);
+	appendStringInfoString(&buf, ", \"objects\": {");
+	foreach(lc, run->tables)
+	{
+		LocalTable *lt = lfirst(lc);
+
+		appendStringInfo(&buf, "%s\"%s\": {\"rows\": " INT64_FORMAT ", \"pages\": " INT64_FORMAT "}",
+						 foreach_current_index(lc) ? ", " : "", lt->def ? lt->def->table : "?",
+						 lt->rows, lt->pages);
+	}
+	appendStringInfo(&buf, "}, \"rows\": " INT64_FORMAT ", \"events\": " INT64_FORMAT
+					 ", \"requests\": " INT64_FORMAT ", \"retries\": " INT64_FORMAT ", \"seconds\": %.3f}",
+					 run_rows(run), run->events_applied, run->stats.requests, run->stats.retries,
+					 (double) (GetCurrentTimestamp() - run->started) / USECS_PER_SEC);
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/*
+ * The events cursor, set before the first backfill so that nothing that
+ * happens during it is lost; past Stripe's 30-day event retention, every
+ * object is listed again (in a transaction).
+ */
+static void
+run_cursor(SyncRun *run)
+{
+	bool		relist = false;
+
+	if (run->src.has_cursor && run->src.events_cursor < stripe_now_unix() - STRIPE_EVENT_RETENTION_SECS)
+	{
+		Oid			types[1] = {TEXTOID};
+		Datum		values[1] = {CStringGetTextDatum(run->src.name)};
+
+		ereport(LOG,
+				(errmsg("stripe_sync: source \"%s\": events cursor %s is older than Stripe's 30-day event retention; listing every object again",
+						run->src.name,
+						timestamptz_to_str(time_t_to_timestamptz((pg_time_t) run->src.events_cursor)))));
+		stripe_spi("UPDATE stripe_sync.object_state SET backfill_done = false, backfill_cursor = NULL, "
+				   "state = 'relisting', last_error = 'events cursor past the 30-day retention: full re-list' "
+				   "WHERE source = $1", 1, types, values, NULL, SPI_OK_UPDATE);
+		run->src.has_cursor = false;
+		relist = true;
+	}
+	if (run->src.has_cursor)
+		return;
+
+	/*
+	 * A re-list also reads the events Stripe still has (a day short of the
+	 * limit, so that a re-list cut short resumes instead of starting over):
+	 * deletions in the gap, and the gap's events for the outbox.  observed_at
+	 * keeps them from undoing the newer listed state.
+	 */
+	stripe_set_cursor(run, relist ? stripe_now_unix() - (STRIPE_EVENT_RETENTION_SECS - 86400)
+					  : stripe_now_unix());
+	/* the first backfill's cut between history and live events; a re-list keeps it */
+	if (run->src.history_until == 0)
+	{
+		stripe_source_update(run, "history_until = $2", INT8OID, Int64GetDatum(run->src.events_cursor));
+		run->src.history_until = run->src.events_cursor;
+	}
+}
+
+/* The objects not yet backfilled (BfPending), their tables opened (in a transaction). */
+static List *
+run_pending(SyncRun *run, bool *need_account)
+{
+	List	   *pending = NIL;
+	ListCell   *lc;
+
+	*need_account = false;
+	foreach(lc, run->src.objects)
+	{
+		char	   *object = lfirst(lc);
+		Oid			types[2] = {TEXTOID, TEXTOID};
+		Datum		values[2] = {CStringGetTextDatum(run->src.name), CStringGetTextDatum(object)};
+		LocalTable *lt = stripe_open_local_table(run, object);
+		char	   *cursor;
+		BfPending  *p;
+
+		stripe_spi("SELECT backfill_done, backfill_cursor, last_success_at IS NULL "
+				   "FROM stripe_sync.object_state WHERE source = $1 AND object = $2",
+				   2, types, values, NULL, SPI_OK_SELECT);
+		if (SPI_processed != 1)
+			continue;
+		/* never synced yet: this backfill is the object's first */
+		lt->history = stripe_spi_bool(0, 3);
+		if (stripe_spi_bool(0, 1))
+			continue;
+		cursor = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		p = MemoryContextAllocZero(run->cxt, sizeof(BfPending));
+		p->object = MemoryContextStrdup(run->cxt, object);
+		p->lt = lt;
+		p->cursor = cursor ? MemoryContextStrdup(run->cxt, cursor) : NULL;
+		pending = lappend(pending, p);
+		/* a first round of windows spans the account's life */
+		if (cursor == NULL && !run->src.has_sync_from)
+			*need_account = true;
+	}
+	return pending;
+}
+
+/* The account behind the key, asked for once (no transaction open while waiting). */
+static void
+run_account(SyncRun *run, bool need_created)
+{
+	char	   *acct;
+
+	if (run->src.account_id != NULL && (!need_created || run->account_created != 0))
+		return;
+	acct = stripe_fetch_account_id(run->conn, &run->stats, &run->account_created);
+	if (run->src.account_id == NULL)
+	{
+		stripe_xact_begin(run->own);
+		stripe_source_update(run, "account_id = $2", TEXTOID, CStringGetTextDatum(acct));
+		stripe_xact_commit(run->own);
+		run->src.account_id = MemoryContextStrdup(run->cxt, acct);
+	}
+}
+
+static void
+run_source(SyncRun *run)
+{
+	List	   *pending;
+	bool		need_account;
+	ListCell   *lc;
+
+	/* what lives across the run's transactions goes in run->cxt */
+	MemoryContextSwitchTo(run->cxt);
+	stripe_xact_begin(run->own);
+	run->conn = stripe_conn_for_server(run->src.serverid, GetUserId());
+	stripe_xact_commit(run->own);
+	run_account(run, false);
+
+	stripe_xact_begin(run->own);
+	run_cursor(run);
+	pending = run_pending(run, &need_account);
+	stripe_xact_commit(run->own);
+	if (need_account)
+		run_account(run, true);
+
+	stripe_backfill_set(run, pending, true);
+	stripe_sync_events(run);
+
+	stripe_xact_begin(run->own);
+	foreach(lc, run->src.objects)
+		stripe_state_update(run, lfirst(lc),
+							"state = 'synced', last_success_at = now(), last_error = NULL", NULL);
+	stripe_source_update(run, "next_sync_at = now() + sync_interval", InvalidOid, (Datum) 0);
+	record_run(run, "ok", NULL);
+	stripe_xact_commit(run->own);
+}
+
+/* the run's kept plans and slots, which its memory context does not free */
+static void
+run_end(SyncRun *run)
+{
+	ListCell   *lc;
+
+	foreach(lc, run->tables)
+	{
+		LocalTable *lt = lfirst(lc);
+
+		if (lt->upsert)
+			SPI_freeplan(lt->upsert);
+		ExecDropSingleTupleTableSlot(lt->slot);
+	}
+	MemoryContextDelete(run->cxt);
+}
+
+static void
+run_source_fn(void *arg)
+{
+	run_source((SyncRun *) arg);
+}
+
+/* a worker's failed run: kept in status, and the source tried again a minute later */
+static void
+run_failed(SyncRun *run, ErrorData *edata)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(run->src.name),
+		CStringGetTextDatum(edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
+							: edata->message)};
+
+	stripe_xact_begin(true);
+	record_run(run, "error", edata->message);
+	stripe_spi("UPDATE stripe_sync.object_state SET state = 'error', last_error = $2 WHERE source = $1",
+			   2, types, values, NULL, SPI_OK_UPDATE);
+	stripe_spi("UPDATE stripe_sync.sources SET next_sync_at = now() + least(sync_interval, interval '1 minute') "
+			   "WHERE name = $1", 1, types, values, NULL, SPI_OK_UPDATE);
+	stripe_xact_commit(true);
+}
+
+/*
+ * Starts a run: the source loaded, its lock taken and its runs row written.
+ * NULL when another sync of the source holds it.
+ */
+static SyncRun *
+run_start(const char *source, bool own, MemoryContext parent)
+{
+	MemoryContext cxt = AllocSetContextCreate(parent, "stripe_sync run", ALLOCSET_DEFAULT_SIZES);
+	SyncRun    *run = MemoryContextAllocZero(cxt, sizeof(SyncRun));
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(source)};
+
+	run->cxt = cxt;
+	run->own = own;
+	run->started = GetCurrentTimestamp();
+	stripe_xact_begin(own);
+	if (!stripe_load_source(run, source))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("source \"%s\" does not exist", source)));
+	if (!lock_source(source, true))
+	{
+		ereport(own ? DEBUG1 : NOTICE,
+				(errmsg("a sync of source \"%s\" is already running", source)));
+		stripe_xact_commit(own);
+		MemoryContextDelete(cxt);
+		return NULL;
+	}
+	/* the history of runs is kept for RUNS_KEPT_DAYS */
+	stripe_spi("DELETE FROM stripe_sync.runs WHERE source = $1 AND finished_at < now() - "
+			   "make_interval(days => " CppAsString2(RUNS_KEPT_DAYS) ")", 1, types, values, NULL,
+			   SPI_OK_DELETE);
+	stripe_spi("INSERT INTO stripe_sync.runs (source) VALUES ($1) RETURNING id", 1, types, values,
+			   NULL, SPI_OK_INSERT_RETURNING);
+	run->src.run_id = stripe_spi_int64(0, 1, 0);
+	stripe_xact_commit(own);
+	return run;
+}
+
+bool
+stripe_sync_run(const char *source)
+{
+	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "stripe_sync worker run",
+											  ALLOCSET_DEFAULT_SIZES);
+	SyncRun    *run;
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	run = run_start(source, true, cxt);
+	if (run == NULL)
+	{
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextDelete(cxt);
+		return false;
+	}
+	edata = stripe_try(run_source_fn, run, cxt, NULL);
+	if (edata != NULL)
+	{
+		MemoryContextSwitchTo(cxt);
+		run_failed(run, edata);
+	}
+	lock_source(source, false);
+	MemoryContextSwitchTo(TopMemoryContext);
+	run_end(run);
+	MemoryContextDelete(cxt);
+	return true;
+}
+
+/* stripe_sync.sync_now(name): one sync in this session, with NOTICE progress */
+Datum
+stripe_sync_now(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	MemoryContext caller = CurrentMemoryContext;
+	SyncRun    *run = run_start(name, false, caller);
+	Jsonb	   *summary;
+
+	if (run == NULL)
+		PG_RETURN_NULL();
+	PG_TRY();
+	{
+		run_source(run);
+	}
+	PG_FINALLY();
+	{
+		lock_source(name, false);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	summary = run_summary(run);
+	run_end(run);
+	PG_RETURN_JSONB_P(summary);
+}
+
+/* ---------- a backfill helper ---------- */
+
+/* the helper's view of the run, from its sync */
+static SyncRun *
+helper_run(HelperShared *hs, MemoryContext cxt)
+{
+	SyncRun    *run = MemoryContextAllocZero(cxt, sizeof(SyncRun));
+
+	run->cxt = cxt;
+	run->own = true;
+	run->started = GetCurrentTimestamp();
+	run->src.name = MemoryContextStrdup(cxt, hs->source);
+	run->src.serverid = hs->serverid;
+	run->src.target_schema = MemoryContextStrdup(cxt, hs->target_schema);
+	run->src.has_sync_from = hs->has_sync_from;
+	run->src.sync_from = hs->sync_from;
+	run->src.has_cursor = true;
+	run->src.events_cursor = hs->top;
+	run->src.account_id = hs->account_id[0] ? MemoryContextStrdup(cxt, hs->account_id) : NULL;
+	run->src.destination = hs->destination[0] ? MemoryContextStrdup(cxt, hs->destination) : NULL;
+	run->src.emit_history = hs->emit_history;
+	run->src.history_until = hs->history_until;
+	return run;
+}
+
+typedef struct HelperWork
+{
+	HelperShared *hs;
+	MemoryContext cxt;
+} HelperWork;
+
+static void
+helper_work(void *arg)
+{
+	HelperWork *hw = arg;
+	HelperShared *hs = hw->hs;
+	SyncRun    *run = helper_run(hs, hw->cxt);
+	LocalTable *lt;
+	Backfill	bf;
+
+	stripe_xact_begin(true);
+	run->conn = stripe_conn_for_server(run->src.serverid, GetUserId());
+	lt = stripe_open_local_table(run, hs->object);
+	stripe_xact_commit(true);
+	lt->history = hs->history;
+	stripe_backfill_init(&bf, run, lt, MemoryContextStrdup(hw->cxt, hs->object), hs->part, hw->cxt);
+	bf.win.top = hs->top;
+	bf.win.base = hs->base;
+	bf.slots = hs->slots;
+	bf.win.maxdepth = hs->slots;
+	bf.mine = hs;
+	stripe_backfill_part_work(&bf, hs->cursor);
+	/* the sync may count the part done only once that is committed */
+	hs->done = stripe_windows_all_done(&bf.win);
+}
+
+/* A helper's life: one part of one backfill, then exit. */
+void
+stripe_backfill_helper_main(Datum main_arg)
+{
+	dsm_segment *seg;
+	HelperWork	hw;
+	ErrorData  *edata;
+
+	stripe_bgw_start();
+	stripe_bgw_keep_memory();
+	seg = dsm_attach(DatumGetUInt32(main_arg));
+	if (seg == NULL)
+		proc_exit(0);			/* the sync is gone */
+	hw.hs = dsm_segment_address(seg);
+	BackgroundWorkerInitializeConnectionByOid(hw.hs->dbid, hw.hs->userid, 0);
+	SetConfigOption("application_name", psprintf("stripe_sync %s helper", hw.hs->source),
+					PGC_USERSET, PGC_S_SESSION);
+	/* the sync waits for us, so we must not wait long for it: fail, and it takes over */
+	SetConfigOption("lock_timeout", "10s", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION);
+	pgstat_report_activity(STATE_RUNNING, psprintf("backfill of %s for source \"%s\"",
+													hw.hs->object, hw.hs->source));
+	hw.cxt = AllocSetContextCreate(TopMemoryContext, "stripe_sync backfill helper",
+								   ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(hw.cxt);
+	edata = stripe_try(helper_work, &hw, hw.cxt, NULL);
+	if (edata != NULL)
+		strlcpy(hw.hs->error, edata->message, sizeof(hw.hs->error));
+	proc_exit(0);
+}

@@ -6,9 +6,9 @@ OBJS = src/stripe_sync.o src/guc.o src/xact.o src/bgw.o \
        src/fdw.o src/modify.o \
        src/sync_state.o src/sync_local.o src/sync_outbox.o src/sync_events.o \
        src/bf_windows.o src/helpers.o src/backfill.o src/sync_run.o \
-       src/launcher.o src/shipper.o
+       src/manage.o src/launcher.o src/shipper.o
 EXTENSION = stripe_sync
-DATA = sql/stripe_sync--0.1.sql
+DATA = sql/stripe_sync--0.1.sql sql/stripe_sync--0.1--0.2.sql
 PGFILEDESC = "stripe_sync - Stripe in PostgreSQL"
 
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -16,6 +16,9 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # PG_TRY's own _do_rethrow trips -Wclobbered; our variables are volatile.
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-clobbered
 SHLIB_LINK = -lcurl -ljson-c
+# a changed header rebuilds every file that includes it
+PG_CFLAGS += -MMD -MP
+EXTRA_CLEAN = src/*.d
 
 # pg_regress suite: make installcheck, as an unprivileged user after make install.
 # It runs in a temporary instance with the library preloaded, against the fake
@@ -24,8 +27,8 @@ REGRESS = fdw_1_setup fdw_2_options fdw_3_scan fdw_4_faults fdw_5_pushdown \
           fdw_6_writes fdw_7_catalog outbox_1_payload log_check
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(CURDIR)/test/regress.conf \
                --launcher=$(CURDIR)/test/regress_launcher
-CONTRIB_TESTDB = stripe_regress
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+-include $(OBJS:.o=.d)

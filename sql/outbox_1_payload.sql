@@ -15,6 +15,7 @@ SELECT stripe_sync.major_units(1200, 'usd') AS twelve, stripe_sync.major_units(-
 
 -- a source (no destination: nothing ships from here) and its local tables
 CREATE SERVER ob_stripe FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url :'fake_url');
+CREATE USER MAPPING FOR CURRENT_USER SERVER ob_stripe OPTIONS (api_key 'sk_test_fake');
 CREATE SCHEMA ob;
 SELECT stripe_sync.create_source('ob', server => 'ob_stripe', target_schema => 'ob', objects => ARRAY['customers', 'charges']);
 SELECT stripe_sync.alter_source('ob', enabled => false);
@@ -91,7 +92,8 @@ UPDATE stripe_sync.outbox SET state = 'dead', last_error = 'HTTP 400', response 
 SELECT stripe_sync.retry_dead() AS requeued;
 SELECT state, count(*) FROM stripe_sync.outbox WHERE source = 'ob' GROUP BY 1;
 
--- not for PUBLIC
+-- any role may read the outbox and the map (it sees only its own sources'
+-- rows, see 009_privileges) and call retry_dead (on its own sources)
 CREATE ROLE ob_nobody;
 SELECT has_table_privilege('ob_nobody', 'stripe_sync.outbox', 'SELECT') AS outbox_readable,
        has_table_privilege('ob_nobody', 'stripe_sync.event_map', 'SELECT') AS map_readable,
@@ -102,4 +104,4 @@ DROP ROLE ob_nobody;
 SELECT stripe_sync.drop_source('ob');
 SELECT count(*) FROM stripe_sync.outbox;
 DROP SCHEMA ob CASCADE;
-DROP SERVER ob_stripe, ob_intempt;
+DROP SERVER ob_stripe, ob_intempt CASCADE;

@@ -195,7 +195,7 @@ bf_done(void *arg, StripeManyReq *req)
 		while (nkeep > 0 && stripe_row_created(lt, &page->rows[nkeep - 1]) < w->lo)
 			nkeep--;
 
-	stripe_xact_begin(run->own);
+	stripe_run_begin(run);
 
 	/*
 	 * The state Stripe gave is at least as new as the moment we asked.
@@ -206,7 +206,6 @@ bf_done(void *arg, StripeManyReq *req)
 	 */
 	changed = stripe_upsert_rows(run, lt, page->rows, nkeep,
 								 time_t_to_timestamptz(timestamptz_to_time_t(req->sent) - 1), 0);
-	stripe_outbox_history(run, lt, page->rows, nkeep);
 	stripe_window_advance(w, page, nkeep, lt->rc->id_slot, lt->created_slot);
 	bf->pages++;
 	lt->rows += changed;
@@ -219,7 +218,8 @@ bf_done(void *arg, StripeManyReq *req)
 							psprintf("rows = rows + " INT64_FORMAT ", requests = requests + 1, "
 									 "backfill_cursor = $3", changed),
 							stripe_windows_json(&bf->win, bf->part, bf->parts));
-	stripe_xact_commit(run->own);
+	stripe_run_progress(run, changed);
+	stripe_run_commit(run);
 	if (bf->mine != NULL)
 	{
 		pg_atomic_add_fetch_u64(&bf->mine->rows, changed);
@@ -314,20 +314,17 @@ helper_spec(Backfill *bf, HelperShared *hs, int slots)
 
 	memset(hs, 0, offsetof(HelperShared, cursor));
 	hs->dbid = MyDatabaseId;
-	hs->userid = GetUserId();
+	hs->userid = run->src.owner;
 	hs->serverid = run->src.serverid;
+	hs->run_id = run->src.run_id;
 	hs->slots = slots;
 	hs->top = bf->win.top;
 	hs->base = bf->win.base;
 	hs->has_sync_from = run->src.has_sync_from;
 	hs->sync_from = run->src.sync_from;
-	hs->history_until = run->src.history_until;
-	hs->emit_history = run->src.emit_history;
-	hs->history = bf->lt->history;
 	strlcpy(hs->source, run->src.name, sizeof(hs->source));
 	strlcpy(hs->object, bf->object, sizeof(hs->object));
 	strlcpy(hs->target_schema, run->src.target_schema, sizeof(hs->target_schema));
-	strlcpy(hs->destination, run->src.destination ? run->src.destination : "", sizeof(hs->destination));
 	strlcpy(hs->account_id, run->src.account_id ? run->src.account_id : "", sizeof(hs->account_id));
 }
 
@@ -568,9 +565,9 @@ stripe_backfill_part_work(Backfill *pb, const char *cursor)
 		/* nothing was left to fetch: say so (a helper told to stop says nothing) */
 		if (pb->pages == 0 && (pb->mine == NULL || !pb->mine->abandoned))
 		{
-			stripe_xact_begin(pb->run->own);
+			stripe_run_begin(pb->run);
 			part_update(pb, 0, true);
-			stripe_xact_commit(pb->run->own);
+			stripe_run_commit(pb->run);
 		}
 	}
 	PG_FINALLY();
@@ -587,7 +584,7 @@ bf_mark_done(Backfill *bf)
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2] = {CStringGetTextDatum(bf->run->src.name), CStringGetTextDatum(bf->object)};
 
-	stripe_xact_begin(bf->run->own);
+	stripe_run_begin(bf->run);
 	/* a part of a run that failed wrote its rows too (a rewrite of one counts nothing) */
 	stripe_spi("UPDATE stripe_sync.object_state o SET rows = o.rows + p.rows, "
 			   "requests = o.requests + p.requests, backfill_done = true, backfill_cursor = NULL, "
@@ -597,7 +594,7 @@ bf_mark_done(Backfill *bf)
 			   "WHERE o.source = $1 AND o.object = $2", 2, types, values, NULL, SPI_OK_UPDATE);
 	stripe_spi("DELETE FROM stripe_sync.backfill_parts WHERE source = $1 AND object = $2",
 			   2, types, values, NULL, SPI_OK_DELETE);
-	stripe_xact_commit(bf->run->own);
+	stripe_run_commit(bf->run);
 }
 
 /* Once the stream has ended: the object's helpers, the parts none finished, and done. */
@@ -616,9 +613,9 @@ bf_finish(Backfill *bf)
 		Backfill	pb;
 
 		(void) helper_account(bf, p);
-		stripe_xact_begin(run->own);
+		stripe_run_begin(run);
 		pc = part_cursor(bf, p);
-		stripe_xact_commit(run->own);
+		stripe_run_commit(run);
 		if (pc == NULL)
 			continue;
 		stripe_backfill_init(&pb, run, bf->lt, bf->object, p->ref.id, bf->cxt);
@@ -705,10 +702,10 @@ backfill_one_set(SyncRun *run, List *pending, bool last)
 	{
 		MemoryContext old;
 
-		stripe_xact_begin(run->own);
+		stripe_run_begin(run);
 		foreach(lc, pending)
 			set.bf[set.n++] = bf_begin(&set, lfirst(lc));
-		stripe_xact_commit(run->own);
+		stripe_run_commit(run);
 		old = MemoryContextSwitchTo(cxt);
 		stripe_request_stream(run->conn, set_feed, set_done, &set, &run->stats);
 		MemoryContextSwitchTo(old);

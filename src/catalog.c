@@ -9,11 +9,14 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "catalog/pg_type.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 
 #include "catalog.h"
 
 PG_FUNCTION_INFO_V1(stripe_catalog_columns);
+PG_FUNCTION_INFO_V1(stripe_catalog_objects);
 
 const StripeObjectDef *
 stripe_object_by_path(const char *path)
@@ -111,6 +114,41 @@ stripe_catalog_columns(PG_FUNCTION_ARGS)
 
 		values[0] = CStringGetTextDatum(def->columns[i].name);
 		values[1] = CStringGetTextDatum(stripe_coltype_sql(def->columns[i].type));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* stripe_sync.catalog_objects(): every catalogued object and what it supports */
+Datum
+stripe_catalog_objects(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	for (int i = 0; i < stripe_nobjects; i++)
+	{
+		const StripeObjectDef *def = &stripe_objects[i];
+		Datum		values[9];
+		bool		nulls[9] = {0};
+		Datum	   *filters = palloc(sizeof(Datum) * Max(def->ncolumns, 1));
+		int			nfilters = 0;
+
+		for (int c = 0; c < def->ncolumns; c++)
+			if (def->columns[c].flags & STRIPE_FILTER_EQ)
+				filters[nfilters++] = CStringGetTextDatum(def->columns[c].name);
+		values[0] = CStringGetTextDatum(def->table);
+		values[1] = CStringGetTextDatum(def->path);
+		values[2] = CStringGetTextDatum(def->object);
+		values[3] = PointerGetDatum(construct_array(filters, nfilters, TEXTOID, -1, false, TYPALIGN_INT));
+		values[4] = BoolGetDatum(!def->no_retrieve);
+		values[5] = def->required_filter ? CStringGetTextDatum(def->required_filter) : (Datum) 0;
+		nulls[5] = def->required_filter == NULL;
+		values[6] = def->writable ? CStringGetTextDatum(def->writable) : (Datum) 0;
+		nulls[6] = def->writable == NULL;
+		values[7] = BoolGetDatum(def->stays_current != NULL);
+		values[8] = def->stays_current ? CStringGetTextDatum(def->stays_current) : (Datum) 0;
+		nulls[8] = def->stays_current == NULL;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

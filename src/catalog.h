@@ -61,6 +61,11 @@ typedef struct StripeObjectDef
 	const char *required_filter;
 	const char *parent_path;
 	const char *required_example;
+
+	/* a source can sync it, and how its local table stays current; or NULL */
+	const char *stays_current;
+	/* the writes Stripe allows through the foreign table ("insert, update"), or NULL */
+	const char *writable;
 } StripeObjectDef;
 
 #define STRIPE_PAGE_SIZE			100

@@ -19,21 +19,18 @@ typedef struct HelperShared
 {
 	/* from the sync: its view of the run, which sync_now commits only at its end */
 	Oid			dbid;
-	Oid			userid;
+	Oid			userid;			/* the source's owner */
 	Oid			serverid;
+	int64		run_id;
 	int64		part;
 	int			slots;
 	int64		top;
 	int64		base;
 	bool		has_sync_from;
 	int64		sync_from;
-	int64		history_until;
-	bool		emit_history;
-	bool		history;
 	char		source[STRIPE_SOURCE_MAXLEN];
 	char		object[NAMEDATALEN];
 	char		target_schema[NAMEDATALEN];
-	char		destination[NAMEDATALEN];	/* "": none */
 	char		account_id[NAMEDATALEN];
 	volatile bool abandoned;	/* the sync stopped waiting: stop feeding pages */
 	/* from the helper */

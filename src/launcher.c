@@ -692,8 +692,8 @@ launcher_pass(void)
 	reap_workers();
 	stripe_xact_begin(true);
 	pgstat_report_activity(STATE_RUNNING, "stripe_sync: scheduling sources");
-	/* not installed (yet) in this database: look again at the next tick */
-	if (!OidIsValid(get_extension_oid("stripe_sync", true)))
+	/* not installed (yet) in this database, or not updated: look again at the next tick */
+	if (!OidIsValid(get_extension_oid("stripe_sync", true)) || !stripe_schema_current(false))
 		enabled = NIL;
 	else
 	{

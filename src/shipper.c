@@ -583,7 +583,7 @@ ship_pass(void)
 	ListCell   *lc;
 
 	stripe_xact_begin(true);
-	if (OidIsValid(get_extension_oid("stripe_sync", true)))
+	if (OidIsValid(get_extension_oid("stripe_sync", true)) && stripe_schema_current(false))
 	{
 		pass_housekeeping();
 		sources = pending_sources();

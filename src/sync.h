@@ -34,6 +34,9 @@ typedef struct SourceInfo
 	bool		has_cursor;
 	int64		events_cursor;
 	char	   *account_id;
+	Oid			owner;			/* the role the source syncs as */
+	int			failures;		/* runs in a row that failed, this one included */
+	char	   *last_error;		/* the last failure's, logged only when it changes */
 	int64		run_id;
 	char	   *destination;	/* intempt server, or NULL: no outbox rows */
 	bool		emit_history;
@@ -60,7 +63,6 @@ typedef struct LocalTable
 				att_deleted;
 	int64		rows;
 	int64		pages;
-	bool		history;		/* the object's first backfill: it writes history */
 	bool		locked_here;	/* created or truncated in this transaction */
 } LocalTable;
 
@@ -70,6 +72,11 @@ typedef struct SyncRun
 	SourceInfo	src;
 	StripeConn *conn;
 	bool		own;			/* a worker's own transactions (see xact.h) */
+	Oid			caller;			/* the role that asked for the run */
+	Oid			admin;			/* the extension's owner: the management tables */
+	Oid			save_user;		/* the identity a step's transaction began with */
+	int			save_sec;
+	int64		reported_requests;	/* already added to the runs row */
 	MemoryContext cxt;			/* lives across the run's transactions */
 	List	   *tables;			/* LocalTable */
 	StripeStats stats;
@@ -91,7 +98,17 @@ typedef struct PageCheck
 
 extern bool stripe_check_page(StripeResponse *resp, void *arg, const char **why);
 
-/* sync_state.c */
+/*
+ * sync_state.c.  Each step of a run is a transaction (stripe_run_begin and
+ * stripe_run_commit) that works as the extension's owner on the management
+ * tables, and as the source's owner (stripe_run_as_owner), in a restricted
+ * security context, on anything of the owner's: its local tables and the
+ * triggers on them run with the owner's rights, whoever asked for the run.
+ */
+extern void stripe_run_begin(SyncRun *run);
+extern void stripe_run_commit(SyncRun *run);
+extern void stripe_run_as_owner(SyncRun *run, bool owner);
+extern void stripe_run_progress(SyncRun *run, int64 rows);
 extern bool stripe_load_source(SyncRun *run, const char *name);
 extern void stripe_state_update(SyncRun *run, const char *object, const char *set_clause,
 								const char *text_arg);
@@ -109,6 +126,6 @@ extern int64 stripe_row_created(LocalTable *lt, StripeRow *row);
 /* sync_outbox.c */
 extern void stripe_outbox_add(SyncRun *run, Datum ids, Datum types, Datum *times,
 							  Datum *objects, int n);
-extern void stripe_outbox_history(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows);
+extern void stripe_outbox_history(SyncRun *run);
 
 #endif							/* STRIPE_SYNC_H */

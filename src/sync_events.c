@@ -395,9 +395,11 @@ apply_object(Applier *ap, EventRef *e)
 		Datum		dv[3] = {TimestampTzGetDatum(at), TimestampTzGetDatum(GetCurrentTimestamp()),
 		CStringGetTextDatum(stripe_span_text(&row.rows[0].fields[lt->rc->id_slot]))};
 
+		stripe_run_as_owner(run, true);
 		stripe_spi(psprintf("UPDATE %s SET deleted_at = $1, observed_at = $1, synced_at = $2 "
 							"WHERE id = $3 AND observed_at <= $1 AND deleted_at IS NULL",
 							lt->qualified), 3, dt, dv, NULL, SPI_OK_UPDATE);
+		stripe_run_as_owner(run, false);
 	}
 	else
 		lt->rows += stripe_upsert_rows(run, lt, &row.rows[0], 1, at, deleted ? at : 0);
@@ -446,9 +448,9 @@ events_apply(SyncRun *run, EventSpool *sp, MemoryContext cxt)
 	stripe_fieldset_add(ap->ofs, "object", 0);
 	stripe_fieldset_finish(ap->ofs);
 	ap->batch_cxt = AllocSetContextCreate(cxt, "stripe_sync events batch", ALLOCSET_DEFAULT_SIZES);
-	stripe_xact_begin(run->own);
+	stripe_run_begin(run);
 	applier_load(ap, cxt);
-	stripe_xact_commit(run->own);
+	stripe_run_commit(run);
 
 	for (int p = sp->npages - 1; p >= 0; p--)
 	{
@@ -458,13 +460,13 @@ events_apply(SyncRun *run, EventSpool *sp, MemoryContext cxt)
 		for (int i = 0; i < sp->page_count[p]; i++)
 		{
 			if (!open)
-				stripe_xact_begin(run->own);
+				stripe_run_begin(run);
 			open = true;
 			apply_event(ap, &ev[i]);
 			if (ap->n == APPLY_BATCH)
 			{
 				applier_flush(ap);
-				stripe_xact_commit(run->own);
+				stripe_run_commit(run);
 				open = false;
 				stripe_bgw_reload_config();
 			}
@@ -477,7 +479,7 @@ events_apply(SyncRun *run, EventSpool *sp, MemoryContext cxt)
 	if (open)
 	{
 		applier_flush(ap);
-		stripe_xact_commit(run->own);
+		stripe_run_commit(run);
 	}
 	MemoryContextDelete(ap->batch_cxt);
 	run->src.events_cursor = ap->cursor;
@@ -497,12 +499,12 @@ stripe_sync_events(SyncRun *run)
 
 		events_fetch(run, sp);
 		events_apply(run, sp, cxt);
-		stripe_xact_begin(run->own);
+		stripe_run_begin(run);
 		values[0] = CStringGetTextDatum(run->src.name);
 		values[1] = Int64GetDatum(run->src.events_cursor - 2 * EVENT_OVERLAP_SECS);
 		stripe_spi("DELETE FROM stripe_sync.applied_events WHERE source = $1 AND created < $2",
 				   2, types, values, NULL, SPI_OK_DELETE);
-		stripe_xact_commit(run->own);
+		stripe_run_commit(run);
 	}
 	PG_FINALLY();
 	{

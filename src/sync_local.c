@@ -99,6 +99,8 @@ stripe_open_local_table(SyncRun *run, const char *object)
 						run->src.target_schema, object, run->src.name),
 				 errhint("alter_source(objects => …) creates the tables it needs.")));
 	old = MemoryContextSwitchTo(run->cxt);
+	/* the owner's table: opened, and its statement planned, as the owner */
+	stripe_run_as_owner(run, true);
 	lt = palloc0(sizeof(LocalTable));
 	lt->def = stripe_object_by_table(object);
 	lt->qualified = psprintf("%s.%s", quote_identifier(run->src.target_schema),
@@ -130,6 +132,7 @@ stripe_open_local_table(SyncRun *run, const char *object)
 	if (lt->upsert == NULL)
 		elog(ERROR, "SPI_prepare failed: %s", sql);
 	SPI_keepplan(lt->upsert);
+	stripe_run_as_owner(run, false);
 	/* SPI leaves us in its own context, which the commit frees */
 	MemoryContextSwitchTo(old);
 	return lt;
@@ -214,8 +217,11 @@ stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 													 att->attisdropped ? INT4OID : att->atttypid,
 													 lt->typlen[a], lt->typbyval[a], lt->typalign[a]));
 	}
+	/* the owner's table, and its triggers, with the owner's rights */
+	stripe_run_as_owner(run, true);
 	if (SPI_execute_plan(lt->upsert, args, NULL, false, 0) < 0)
 		elog(ERROR, "upsert into %s failed", lt->qualified);
+	stripe_run_as_owner(run, false);
 	/* SPI leaves us in its own context, which the commit frees */
 	MemoryContextSwitchTo(cxt);
 	return (int64) SPI_processed;

@@ -1,70 +1,223 @@
 /*-------------------------------------------------------------------------
  * sync_outbox.c
- *		The outbox rows a sync writes: for the Stripe events it applies, and
- *		for the history of what its first backfill lists.  They are written
- *		in the transaction of the page or batch they come from, so they
- *		commit with the rows they describe or not at all; the shipper
+ *		The outbox rows a sync writes: for the Stripe events it applies (in the
+ *		transaction of their batch, so they commit with the rows they describe
+ *		or not at all), and the history of what an object's first backfill
+ *		listed, sent from the local table once the backfill is done, when
+ *		every customer it names is there to give its identity.  The shipper
  *		(shipper.c) delivers them.
+ *
+ * The rows are computed by stripe_sync.outbox_rows() as the source's owner,
+ * since it reads the owner's local tables, and written as the extension's
+ * owner, since the outbox is the extension's.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
 
 #include "bgw.h"
 #include "sync.h"
 #include "xact.h"
 
+#define HISTORY_BATCH	1000
+#define OUTBOX_COLS		6
+
+static Datum
+text_array(Datum *elems, int n)
+{
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
 /*
  * Outbox rows for Stripe events (ids and types given) or for backfilled
- * objects' history (ids NULL), in the current transaction.
+ * objects' history (ids NULL), in the current step's transaction.  Returns
+ * how many were new.
  */
-void
-stripe_outbox_add(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *objects, int n)
+static int64
+outbox_write(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *objects, int n)
 {
-	Oid			argtypes[6] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT8OID};
-	Datum		values[6];
-	char		nulls[6] = {' ', ids ? ' ' : 'n', types ? ' ' : 'n', ' ', ' ', ' '};
+	Oid			argtypes[7] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT8OID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ids ? ' ' : 'n', types ? ' ' : 'n', ' ', ' ', ' ', ' '};
+	Oid			coltypes[OUTBOX_COLS] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, JSONBOID};
+	Datum	   *cols[OUTBOX_COLS];
+	int			rows;
 
 	if (n == 0)
-		return;
+		return 0;
 	values[0] = CStringGetTextDatum(run->src.name);
 	values[1] = ids;
 	values[2] = types;
 	values[3] = PointerGetDatum(construct_array(times, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[4] = PointerGetDatum(construct_array(objects, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[4] = text_array(objects, n);
 	values[5] = Int64GetDatum(run->src.history_until);
-	stripe_spi("SELECT stripe_sync.outbox_add($1, $2, $3, $4, $5, $6)", 6, argtypes, values, nulls,
-			   SPI_OK_SELECT);
-	if (stripe_spi_int64(0, 1, 0) > 0)
+	stripe_run_as_owner(run, true);
+	stripe_spi("SELECT * FROM stripe_sync.outbox_rows($1, $2, $3, $4, $5, $6)", 6, argtypes, values,
+			   nulls, SPI_OK_SELECT);
+	stripe_run_as_owner(run, false);
+	rows = (int) SPI_processed;
+	if (rows == 0)
+		return 0;
+	for (int c = 0; c < OUTBOX_COLS; c++)
+	{
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+
+		cols[c] = palloc(sizeof(Datum) * rows);
+		for (int r = 0; r < rows; r++)
+		{
+			bool		isnull;
+
+			cols[c][r] = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, c + 1, &isnull);
+		}
+		get_typlenbyvalalign(coltypes[c], &typlen, &typbyval, &typalign);
+		values[c + 1] = PointerGetDatum(construct_array(cols[c], rows, coltypes[c], typlen, typbyval, typalign));
+		argtypes[c + 1] = get_array_type(coltypes[c]);
+	}
+	stripe_spi("INSERT INTO stripe_sync.outbox (source, event_id, event_name, stripe_event, object_id, "
+			   "occurred_at, payload) SELECT $1, r.* FROM unnest($2, $3, $4, $5, $6, $7) r "
+			   "ON CONFLICT (source, event_id) DO NOTHING", 7, argtypes, values, NULL, SPI_OK_INSERT);
+	if (SPI_processed > 0)
 		stripe_bgw_wake_at_commit();	/* the shipper */
+	return (int64) SPI_processed;
 }
 
-/* the historical events of a backfilled page's objects */
 void
-stripe_outbox_history(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows)
+stripe_outbox_add(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *objects, int n)
 {
+	(void) outbox_write(run, ids, types, times, objects, n);
+}
+
+/*
+ * One batch of an object's history, from its local table after the id last
+ * sent; returns the last id of the batch, or NULL when there was none.  In
+ * the step's transaction, with the progress it records.
+ */
+static char *
+history_batch(SyncRun *run, LocalTable *lt, const char *object, const char *after)
+{
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		values[2] = {CStringGetTextDatum(after ? after : ""), Int64GetDatum(run->src.history_until)};
 	Datum	   *times;
 	Datum	   *objects;
-	int			n = 0;
+	char	   *last;
+	int			n;
 
-	/* a re-list (30-day gap, earlier sync_from) sent its history before */
-	if (run->src.destination == NULL || !run->src.emit_history || run->src.history_until == 0 ||
-		lt->created_slot < 0 || !lt->history)
-		return;
-	times = palloc(sizeof(Datum) * Max(nrows, 1));
-	objects = palloc(sizeof(Datum) * Max(nrows, 1));
-	for (int r = 0; r < nrows; r++)
+	stripe_run_as_owner(run, true);
+	stripe_spi(psprintf("SELECT id, (attrs->>'created')::bigint, attrs::text FROM %s "
+						"WHERE deleted_at IS NULL AND id > $1 AND (attrs->>'created')::bigint < $2 "
+						"ORDER BY id LIMIT %d", lt->qualified, HISTORY_BATCH),
+			   2, types, values, NULL, SPI_OK_SELECT);
+	stripe_run_as_owner(run, false);
+	n = (int) SPI_processed;
+	if (n == 0)
+		return NULL;
+	times = palloc(sizeof(Datum) * n);
+	objects = palloc(sizeof(Datum) * n);
+	for (int r = 0; r < n; r++)
 	{
-		int64		created = stripe_row_created(lt, &rows[r]);
-
-		if (created >= run->src.history_until)
-			continue;			/* newer objects have events of their own */
-		times[n] = Int64GetDatum(created);
-		objects[n] = PointerGetDatum(cstring_to_text_with_len(rows[r].object.start, rows[r].object.len));
-		n++;
+		times[r] = Int64GetDatum(stripe_spi_int64(r, 2, 0));
+		objects[r] = PointerGetDatum(cstring_to_text(SPI_getvalue(SPI_tuptable->vals[r],
+																   SPI_tuptable->tupdesc, 3)));
 	}
-	stripe_outbox_add(run, (Datum) 0, (Datum) 0, times, objects, n);
+	last = SPI_getvalue(SPI_tuptable->vals[n - 1], SPI_tuptable->tupdesc, 1);
+	(void) outbox_write(run, (Datum) 0, (Datum) 0, times, objects, n);
+	stripe_state_update(run, object, "history_after = $3", last);
+	return last;
+}
+
+/* the objects owed their history, backfilled, of types that have any (in a step) */
+static List *
+history_owed(SyncRun *run)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(run->src.name)};
+	List	   *owed = NIL;
+
+	/* objects of a type with no history are done with at once */
+	stripe_spi("UPDATE stripe_sync.object_state o SET history = 'sent' WHERE o.source = $1 "
+			   "AND o.history = 'owed' AND o.backfill_done AND NOT EXISTS (SELECT 1 FROM "
+			   "stripe_sync.history_map() m, stripe_sync.catalog_objects() c "
+			   "WHERE c.object = o.object AND m.object = c.stripe_object)",
+			   1, types, values, NULL, SPI_OK_UPDATE);
+	stripe_spi("SELECT o.object, o.history_after FROM stripe_sync.object_state o "
+			   "WHERE o.source = $1 AND o.history = 'owed' AND o.backfill_done ORDER BY o.object",
+			   1, types, values, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		char	   *after = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2);
+
+		owed = lappend(owed, list_make2(SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1),
+										after ? after : NULL));
+	}
+	return owed;
+}
+
+/*
+ * The history of every object owed it whose backfill is done: the historical
+ * events of what existed before the first backfill began (history_until),
+ * from the local tables, a batch per transaction.  It runs when the source
+ * has a destination; until then the history stays owed (a destination given
+ * later gets it).  Every customer is in its table by now, so each event
+ * carries its customer's one identity.
+ */
+void
+stripe_outbox_history(SyncRun *run)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "stripe_sync history",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	MemoryContext batch = AllocSetContextCreate(cxt, "stripe_sync history batch", ALLOCSET_DEFAULT_SIZES);
+	List	   *owed;
+	ListCell   *lc;
+
+	if (run->src.destination == NULL || !run->src.emit_history || run->src.history_until == 0)
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(cxt);
+		return;
+	}
+	stripe_run_begin(run);
+	owed = history_owed(run);
+	stripe_run_commit(run);
+	foreach(lc, owed)
+	{
+		char	   *object = linitial(lfirst(lc));
+		char	   *after = lsecond(lfirst(lc));
+		LocalTable *lt = NULL;
+		ListCell   *tc;
+
+		foreach(tc, run->tables)
+			if (((LocalTable *) lfirst(tc))->def &&
+				strcmp(((LocalTable *) lfirst(tc))->def->table, object) == 0)
+				lt = lfirst(tc);
+		if (lt == NULL)
+			continue;
+		for (;;)
+		{
+			char	   *last;
+
+			MemoryContextSwitchTo(batch);
+			stripe_run_begin(run);
+			last = history_batch(run, lt, object, after);
+			if (last == NULL)
+				stripe_state_update(run, object, "history = 'sent', history_after = NULL", NULL);
+			stripe_run_commit(run);
+			MemoryContextSwitchTo(cxt);
+			after = last ? pstrdup(last) : NULL;
+			MemoryContextReset(batch);
+			CHECK_FOR_INTERRUPTS();
+			if (last == NULL)
+				break;
+		}
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
 }

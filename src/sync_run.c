@@ -9,6 +9,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "common/hashfn.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -35,16 +36,20 @@ PG_FUNCTION_INFO_V1(stripe_sync_now);
 #define ADVISORY_CLASS			0x53545250	/* "STRP" */
 #define RUNS_KEPT_DAYS			30
 
-/* one sync at a time per source: a session advisory lock, which a crash releases */
+/*
+ * One sync at a time per source: a session advisory lock, which a crash
+ * releases.  With wait, a lock held elsewhere is waited for (cancel and
+ * lock_timeout end the wait).
+ */
 static bool
-lock_source(const char *name, bool lock)
+lock_source(const char *name, bool lock, bool wait)
 {
 	LOCKTAG		tag;
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, ADVISORY_CLASS,
 						 DatumGetUInt32(hash_any((const unsigned char *) name, strlen(name))), 2);
 	if (lock)
-		return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+		return LockAcquire(&tag, ExclusiveLock, true, !wait) != LOCKACQUIRE_NOT_AVAIL;
 	LockRelease(&tag, ExclusiveLock, true);
 	return true;
 }
@@ -163,13 +168,11 @@ run_pending(SyncRun *run, bool *need_account)
 		char	   *cursor;
 		BfPending  *p;
 
-		stripe_spi("SELECT backfill_done, backfill_cursor, last_success_at IS NULL "
+		stripe_spi("SELECT backfill_done, backfill_cursor "
 				   "FROM stripe_sync.object_state WHERE source = $1 AND object = $2",
 				   2, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed != 1)
 			continue;
-		/* never synced yet: this backfill is the object's first */
-		lt->history = stripe_spi_bool(0, 3);
 		if (stripe_spi_bool(0, 1))
 			continue;
 		cursor = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
@@ -196,9 +199,9 @@ run_account(SyncRun *run, bool need_created)
 	acct = stripe_fetch_account_id(run->conn, &run->stats, &run->account_created);
 	if (run->src.account_id == NULL)
 	{
-		stripe_xact_begin(run->own);
+		stripe_run_begin(run);
 		stripe_source_update(run, "account_id = $2", TEXTOID, CStringGetTextDatum(acct));
-		stripe_xact_commit(run->own);
+		stripe_run_commit(run);
 		run->src.account_id = MemoryContextStrdup(run->cxt, acct);
 	}
 }
@@ -212,28 +215,30 @@ run_source(SyncRun *run)
 
 	/* what lives across the run's transactions goes in run->cxt */
 	MemoryContextSwitchTo(run->cxt);
-	stripe_xact_begin(run->own);
-	run->conn = stripe_conn_for_server(run->src.serverid, GetUserId());
-	stripe_xact_commit(run->own);
+	stripe_run_begin(run);
+	run->conn = stripe_conn_for_server(run->src.serverid, run->src.owner);
+	stripe_run_commit(run);
 	run_account(run, false);
 
-	stripe_xact_begin(run->own);
+	stripe_run_begin(run);
 	run_cursor(run);
 	pending = run_pending(run, &need_account);
-	stripe_xact_commit(run->own);
+	stripe_run_commit(run);
 	if (need_account)
 		run_account(run, true);
 
 	stripe_backfill_set(run, pending, true);
+	stripe_outbox_history(run);
 	stripe_sync_events(run);
 
-	stripe_xact_begin(run->own);
+	stripe_run_begin(run);
 	foreach(lc, run->src.objects)
 		stripe_state_update(run, lfirst(lc),
 							"state = 'synced', last_success_at = now(), last_error = NULL", NULL);
-	stripe_source_update(run, "next_sync_at = now() + sync_interval", InvalidOid, (Datum) 0);
+	stripe_source_update(run, "next_sync_at = now() + sync_interval, failures = 0, last_error = NULL",
+						 InvalidOid, (Datum) 0);
 	record_run(run, "ok", NULL);
-	stripe_xact_commit(run->own);
+	stripe_run_commit(run);
 }
 
 /* the run's kept plans and slots, which its memory context does not free */
@@ -259,30 +264,83 @@ run_source_fn(void *arg)
 	run_source((SyncRun *) arg);
 }
 
-/* a worker's failed run: kept in status, and the source tried again a minute later */
+/*
+ * A worker's failed run: kept in status, and the source tried again after the
+ * backoff set when the run began.  The error is logged when it differs from
+ * the last one; a source that keeps failing the same way logs it once.
+ */
 static void
 run_failed(SyncRun *run, ErrorData *edata)
 {
 	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2] = {CStringGetTextDatum(run->src.name),
-		CStringGetTextDatum(edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
-							: edata->message)};
+	char	   *error = edata->detail ? psprintf("%s: %s", edata->message, edata->detail) : edata->message;
+	Datum		values[2] = {CStringGetTextDatum(run->src.name), CStringGetTextDatum(error)};
+	bool		installed;
 
+	/* the extension was dropped under the run: nothing to record, nothing to say */
 	stripe_xact_begin(true);
+	installed = OidIsValid(get_extension_oid("stripe_sync", true));
+	stripe_xact_commit(true);
+	if (!installed)
+		return;
+	stripe_run_begin(run);
 	record_run(run, "error", edata->message);
 	stripe_spi("UPDATE stripe_sync.object_state SET state = 'error', last_error = $2 WHERE source = $1",
 			   2, types, values, NULL, SPI_OK_UPDATE);
-	stripe_spi("UPDATE stripe_sync.sources SET next_sync_at = now() + least(sync_interval, interval '1 minute') "
-			   "WHERE name = $1", 1, types, values, NULL, SPI_OK_UPDATE);
-	stripe_xact_commit(true);
+	stripe_spi("UPDATE stripe_sync.sources SET last_error = $2 WHERE name = $1",
+			   2, types, values, NULL, SPI_OK_UPDATE);
+	stripe_run_commit(run);
+	if (run->src.last_error == NULL || strcmp(run->src.last_error, error) != 0)
+	{
+		edata->elevel = LOG;
+		edata->message = psprintf("stripe_sync: sync of source \"%s\" failed: %s", run->src.name,
+								  edata->message);
+		ThrowErrorData(edata);
+	}
+}
+
+/* a worker logs a failure itself, once per change (run_failed) */
+static bool
+run_report(ErrorData *edata, void *arg)
+{
+	return false;
+}
+
+/*
+ * Waits for the sync of source that holds it, then says what that run did:
+ * sync_now right after create_source or a due time meets the worker's run.
+ */
+static Jsonb *
+run_joined(SyncRun *run, const char *source)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(source)};
+	char	   *json;
+
+	ereport(NOTICE,
+			(errmsg("a sync of source \"%s\" is running: waiting for it", source)));
+	(void) lock_source(source, true, true);
+	lock_source(source, false, false);
+	stripe_run_begin(run);
+	stripe_spi("SELECT jsonb_build_object('source', r.source, 'joined', true, 'run', r.id, "
+			   "'status', r.status, 'rows', r.rows, 'requests', r.requests, 'error', r.error, "
+			   "'seconds', round(extract(epoch FROM r.finished_at - r.started_at)::numeric, 3))::text "
+			   "FROM stripe_sync.runs r WHERE r.source = $1 ORDER BY r.id DESC LIMIT 1",
+			   1, types, values, NULL, SPI_OK_SELECT);
+	json = SPI_processed ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
+	stripe_run_commit(run);
+	if (json == NULL)
+		json = psprintf("{\"source\": \"%s\", \"joined\": true}", source);
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
 }
 
 /*
  * Starts a run: the source loaded, its lock taken and its runs row written.
- * NULL when another sync of the source holds it.
+ * NULL when another sync of the source holds it; then, for sync_now, *joined
+ * is what that sync did, once it has ended.
  */
 static SyncRun *
-run_start(const char *source, bool own, MemoryContext parent)
+run_start(const char *source, bool own, MemoryContext parent, Jsonb **joined)
 {
 	MemoryContext cxt = AllocSetContextCreate(parent, "stripe_sync run", ALLOCSET_DEFAULT_SIZES);
 	SyncRun    *run = MemoryContextAllocZero(cxt, sizeof(SyncRun));
@@ -292,16 +350,19 @@ run_start(const char *source, bool own, MemoryContext parent)
 	run->cxt = cxt;
 	run->own = own;
 	run->started = GetCurrentTimestamp();
-	stripe_xact_begin(own);
+	run->caller = GetUserId();
+	stripe_run_begin(run);
+	(void) stripe_schema_current(true);
 	if (!stripe_load_source(run, source))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("source \"%s\" does not exist", source)));
-	if (!lock_source(source, true))
+	if (!lock_source(source, true, false))
 	{
-		ereport(own ? DEBUG1 : NOTICE,
-				(errmsg("a sync of source \"%s\" is already running", source)));
-		stripe_xact_commit(own);
+		ereport(DEBUG1, (errmsg("a sync of source \"%s\" is already running", source)));
+		stripe_run_commit(run);
+		if (joined != NULL)
+			*joined = run_joined(run, source);
 		MemoryContextDelete(cxt);
 		return NULL;
 	}
@@ -312,7 +373,17 @@ run_start(const char *source, bool own, MemoryContext parent)
 	stripe_spi("INSERT INTO stripe_sync.runs (source) VALUES ($1) RETURNING id", 1, types, values,
 			   NULL, SPI_OK_INSERT_RETURNING);
 	run->src.run_id = stripe_spi_int64(0, 1, 0);
-	stripe_xact_commit(own);
+
+	/*
+	 * A worker's run counts as failed until it succeeds: should it crash, the
+	 * source is tried again only after the backoff, 1 minute doubling with
+	 * each failure, at most its interval or an hour.
+	 */
+	if (own)
+		stripe_source_update(run, "failures = failures + 1, next_sync_at = now() + "
+							 "least(interval '1 minute' * power(2, least(failures, 20)), "
+							 "sync_interval, interval '1 hour')", InvalidOid, (Datum) 0);
+	stripe_run_commit(run);
 	return run;
 }
 
@@ -325,20 +396,20 @@ stripe_sync_run(const char *source)
 	ErrorData  *edata;
 
 	MemoryContextSwitchTo(cxt);
-	run = run_start(source, true, cxt);
+	run = run_start(source, true, cxt, NULL);
 	if (run == NULL)
 	{
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextDelete(cxt);
 		return false;
 	}
-	edata = stripe_try(run_source_fn, run, cxt, NULL);
+	edata = stripe_try(run_source_fn, run, cxt, run_report);
 	if (edata != NULL)
 	{
 		MemoryContextSwitchTo(cxt);
 		run_failed(run, edata);
 	}
-	lock_source(source, false);
+	lock_source(source, false, false);
 	MemoryContextSwitchTo(TopMemoryContext);
 	run_end(run);
 	MemoryContextDelete(cxt);
@@ -351,18 +422,18 @@ stripe_sync_now(PG_FUNCTION_ARGS)
 {
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	MemoryContext caller = CurrentMemoryContext;
-	SyncRun    *run = run_start(name, false, caller);
-	Jsonb	   *summary;
+	Jsonb	   *summary = NULL;
+	SyncRun    *run = run_start(name, false, caller, &summary);
 
 	if (run == NULL)
-		PG_RETURN_NULL();
+		PG_RETURN_JSONB_P(summary);
 	PG_TRY();
 	{
 		run_source(run);
 	}
 	PG_FINALLY();
 	{
-		lock_source(name, false);
+		lock_source(name, false, false);
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(caller);
@@ -390,9 +461,9 @@ helper_run(HelperShared *hs, MemoryContext cxt)
 	run->src.has_cursor = true;
 	run->src.events_cursor = hs->top;
 	run->src.account_id = hs->account_id[0] ? MemoryContextStrdup(cxt, hs->account_id) : NULL;
-	run->src.destination = hs->destination[0] ? MemoryContextStrdup(cxt, hs->destination) : NULL;
-	run->src.emit_history = hs->emit_history;
-	run->src.history_until = hs->history_until;
+	run->src.owner = hs->userid;
+	run->src.run_id = hs->run_id;
+	run->caller = hs->userid;
 	return run;
 }
 
@@ -411,11 +482,10 @@ helper_work(void *arg)
 	LocalTable *lt;
 	Backfill	bf;
 
-	stripe_xact_begin(true);
-	run->conn = stripe_conn_for_server(run->src.serverid, GetUserId());
+	stripe_run_begin(run);
+	run->conn = stripe_conn_for_server(run->src.serverid, run->src.owner);
 	lt = stripe_open_local_table(run, hs->object);
-	stripe_xact_commit(true);
-	lt->history = hs->history;
+	stripe_run_commit(run);
 	stripe_backfill_init(&bf, run, lt, MemoryContextStrdup(hw->cxt, hs->object), hs->part, hw->cxt);
 	bf.win.top = hs->top;
 	bf.win.base = hs->base;

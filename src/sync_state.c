@@ -9,6 +9,7 @@
 
 #include "catalog/pg_type.h"
 #include "foreign/foreign.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
@@ -16,22 +17,86 @@
 #include "sync.h"
 #include "xact.h"
 
+void
+stripe_run_begin(SyncRun *run)
+{
+	stripe_xact_begin(run->own);
+	if (!OidIsValid(run->admin))
+		run->admin = stripe_extension_owner();
+	GetUserIdAndSecContext(&run->save_user, &run->save_sec);
+	SetUserIdAndSecContext(run->admin, run->save_sec | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+void
+stripe_run_commit(SyncRun *run)
+{
+	SetUserIdAndSecContext(run->save_user, run->save_sec);
+	stripe_xact_commit(run->own);
+}
+
+/* inside a step: as the source's owner (restricted), or back to the extension's */
+void
+stripe_run_as_owner(SyncRun *run, bool owner)
+{
+	if (owner)
+		SetUserIdAndSecContext(run->src.owner, run->save_sec | SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
+	else
+		SetUserIdAndSecContext(run->admin, run->save_sec | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+/*
+ * The run's row shows its rows and requests as they commit, in the step's
+ * transaction (a run cut short shows what it did).
+ */
+void
+stripe_run_progress(SyncRun *run, int64 rows)
+{
+	Oid			types[3] = {INT8OID, INT8OID, INT8OID};
+	Datum		values[3] = {Int64GetDatum(run->src.run_id), Int64GetDatum(rows),
+	Int64GetDatum(run->stats.requests - run->reported_requests)};
+
+	if (run->src.run_id == 0)
+		return;
+	stripe_spi("UPDATE stripe_sync.runs SET rows = rows + $2, requests = requests + $3 WHERE id = $1",
+			   3, types, values, NULL, SPI_OK_UPDATE);
+	run->reported_requests = run->stats.requests;
+}
+
 int64
 stripe_now_unix(void)
 {
 	return (int64) timestamptz_to_time_t(GetCurrentTimestamp());
 }
 
+/* its owner may no longer use a server the source needs: the run stops */
+static void
+check_usage(SyncRun *run, int ok_col, int server_col, const char *what)
+{
+	char	   *server = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, server_col);
+	char	   *owner = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 11);
+
+	if (server == NULL || stripe_spi_bool(0, ok_col))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("the owner of source \"%s\" has no USAGE on its %s server \"%s\"", run->src.name,
+					what, server),
+			 errdetail("A source syncs as its owner, who must be able to use its servers."),
+			 errhint("GRANT USAGE ON FOREIGN SERVER %s TO %s;", quote_identifier(server), owner)));
+}
+
 /*
  * Reads the source into run->src (in run->cxt); false when there is no such
- * source.  The caller must be the owner (or a member of its role) or a
- * superuser.
+ * source, or none the caller may sync: its owner, a member of the owner's
+ * role, or a superuser.  Each run checks again that the owner may still use
+ * the source's servers.
  */
 bool
 stripe_load_source(SyncRun *run, const char *name)
 {
-	Oid			types[1] = {TEXTOID};
-	Datum		values[1] = {CStringGetTextDatum(name)};
+	Oid			types[2] = {TEXTOID, OIDOID};
+	Datum		values[2] = {CStringGetTextDatum(name), ObjectIdGetDatum(run->caller)};
 	HeapTuple	tup;
 	TupleDesc	td;
 	bool		isnull;
@@ -43,22 +108,21 @@ stripe_load_source(SyncRun *run, const char *name)
 
 	stripe_spi("SELECT s.server::text, s.target_schema::text, s.objects, "
 			   "extract(epoch FROM s.sync_from)::bigint, s.events_cursor, s.account_id, "
-			   "pg_has_role(s.owner, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), "
-			   "s.destination::text, s.emit_history, s.history_until "
-			   "FROM stripe_sync.sources s WHERE s.name = $1",
-			   1, types, values, NULL, SPI_OK_SELECT);
+			   "has_server_privilege(s.owner, s.server, 'USAGE'), "
+			   "s.destination::text, s.emit_history, s.history_until, s.owner::text, s.owner::oid, "
+			   "s.failures, s.last_error, "
+			   "s.destination IS NULL OR has_server_privilege(s.owner, s.destination, 'USAGE') "
+			   "FROM stripe_sync.sources s WHERE s.name = $1 AND pg_has_role($2, s.owner, 'USAGE')",
+			   2, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return false;
 	tup = SPI_tuptable->vals[0];
 	td = SPI_tuptable->tupdesc;
-	if (!stripe_spi_bool(0, 7))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to sync source \"%s\"", name),
-				 errhint("A source syncs as its owner; run it as that role.")));
+	run->src.name = MemoryContextStrdup(run->cxt, name);
+	check_usage(run, 7, 1, "Stripe");
+	check_usage(run, 15, 8, "destination");
 
 	old = MemoryContextSwitchTo(run->cxt);
-	run->src.name = pstrdup(name);
 	run->src.serverid = GetForeignServerByName(SPI_getvalue(tup, td, 1), false)->serverid;
 	run->src.target_schema = SPI_getvalue(tup, td, 2);
 	arr = DatumGetArrayTypeP(SPI_getbinval(tup, td, 3, &isnull));
@@ -79,6 +143,9 @@ stripe_load_source(SyncRun *run, const char *name)
 	run->src.destination = s;
 	run->src.emit_history = stripe_spi_bool(0, 9);
 	run->src.history_until = stripe_spi_int64(0, 10, 0);
+	run->src.owner = DatumGetObjectId(SPI_getbinval(tup, td, 12, &isnull));
+	run->src.failures = DatumGetInt32(SPI_getbinval(tup, td, 13, &isnull));
+	run->src.last_error = SPI_getvalue(tup, td, 14);
 	MemoryContextSwitchTo(old);
 	return true;
 }

@@ -12,10 +12,18 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 
 #include "xact.h"
@@ -91,6 +99,74 @@ stripe_spi_int64(int row, int col, int64 null_value)
 	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
 
 	return isnull ? null_value : DatumGetInt64(d);
+}
+
+/*
+ * Whether the extension in this database is at the version this library
+ * works with (in a transaction).  After the library is upgraded, the schema
+ * follows only with ALTER EXTENSION stripe_sync UPDATE: until then nothing
+ * may use it.  With raise, a mismatch is an ERROR; else it is logged once
+ * per process and false returned.
+ */
+bool
+stripe_schema_current(bool raise)
+{
+	static bool warned = false;
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("stripe_sync"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	if (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion, RelationGetDescr(rel), &isnull);
+
+		version = isnull ? NULL : TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (version == NULL || strcmp(version, STRIPE_SCHEMA_VERSION) == 0)
+		return true;			/* not installed: the caller finds out */
+	if (raise || !warned)
+		ereport(raise ? ERROR : LOG,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension stripe_sync is at version %s, and its library at %s",
+						version, STRIPE_SCHEMA_VERSION),
+				 errdetail("Nothing syncs or ships until the extension is updated."),
+				 errhint("ALTER EXTENSION stripe_sync UPDATE;")));
+	warned = true;
+	return false;
+}
+
+/* the role that owns the extension (a superuser): the management tables are its */
+Oid
+stripe_extension_owner(void)
+{
+	Oid			owner = InvalidOid;
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("stripe_sync"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	if (HeapTupleIsValid(tup = systable_getnext(scan)))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (!OidIsValid(owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("extension stripe_sync is not installed in this database")));
+	return owner;
 }
 
 ErrorData *

@@ -16,6 +16,11 @@
 #include "utils/elog.h"
 #include "utils/palloc.h"
 
+/* the extension's schema version this library works with */
+#define STRIPE_SCHEMA_VERSION	"0.2"
+
+extern bool stripe_schema_current(bool raise);
+extern Oid	stripe_extension_owner(void);
 extern void stripe_xact_begin(bool own);
 extern void stripe_xact_commit(bool own);
 extern int	stripe_spi(const char *sql, int nargs, Oid *types, Datum *values,

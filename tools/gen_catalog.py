@@ -75,6 +75,29 @@ ARRAY_ROWS = {
                 ("source_types", "JSONB"), ("livemode", "BOOL")],
 }
 
+# What a source can sync (a list with created ranges, and events), and how each
+# object's local table stays current after its backfill.
+STAYS_CURRENT = {
+    "customers": "events", "charges": "events", "invoices": "events",
+    "payment_intents": "events", "refunds": "events", "subscriptions": "events",
+    "products": "events", "prices": "events", "plans": "events", "coupons": "events",
+    "promotion_codes": "events", "disputes": "events", "payouts": "events",
+    "transfers": "events", "topups": "events", "setup_intents": "events",
+    "credit_notes": "events", "subscription_schedules": "events", "tax_rates": "events",
+    "application_fees": "events", "early_fraud_warnings": "events", "files": "events",
+    # Stripe sends events for some of their changes only: later changes wait for a re-list
+    "balance_transactions": "events (created only: a later status change waits for a re-list)",
+    "checkout_sessions": "events (completed and expired only)",
+    "invoice_items": "events (created and deleted only)",
+    "file_links": "backfill only (Stripe has no file link events)",
+}
+# INSERT/UPDATE/DELETE through the foreign table: table -> what Stripe allows
+WRITABLE = {
+    "customers": "insert, update, delete", "products": "insert, update, delete",
+    "prices": "insert, update", "coupons": "insert, update, delete",
+    "subscriptions": "insert, update, delete", "refunds": "insert, update",
+}
+
 PAGINATION = {"limit", "starting_after", "ending_before", "expand", "created"}
 # Stripe reports these in seconds since the epoch without marking all of them in 2020.
 TIME_NAMES = {"created", "updated"}
@@ -166,6 +189,10 @@ def main(data):
                     continue
                 cols.append((name, value_type(name, value, props.get(name), fallback)))
         special = []
+        if table in STAYS_CURRENT:
+            special.append(f'.stays_current = "{STAYS_CURRENT[table]}"')
+        if table in WRITABLE:
+            special.append(f'.writable = "{WRITABLE[table]}"')
         if table in ARRAY_ROWS:
             special.append(".rows_from = STRIPE_ROWS_ARRAYS")
         if table in NO_RETRIEVE:

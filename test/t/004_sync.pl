@@ -182,8 +182,12 @@ is($node->safe_psql('postgres', "SELECT events_cursor > extract(epoch FROM now()
 like($err, qr/server "nope" does not exist/, 'unknown server');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT stripe_sync.create_source('x', server => 'stripe', objects => ARRAY['unicorns'])");
 like($err, qr/unknown object "unicorns"/, 'unknown object');
-($rc, $out, $err) = $node->psql('postgres', "SELECT stripe_sync.create_source('x', server => 'stripe', target_schema => 'nope')");
-like($err, qr/schema "nope" does not exist/, 'unknown schema');
+($rc, $out, $err) = $node->psql('postgres', "SELECT stripe_sync.create_source('x', server => 'stripe', target_schema => 'fresh', objects => ARRAY['customers'])");
+is($node->safe_psql('postgres', "SELECT nspowner::regrole = current_user::regrole FROM pg_namespace WHERE nspname = 'fresh'"),
+	't', 'a missing target schema is created, owned by the caller');
+is($node->safe_psql('postgres', "SELECT count(*) FROM pg_tables WHERE schemaname = 'fresh' AND tableowner = current_user"),
+	'1', '... with the local tables in it');
+$node->safe_psql('postgres', "SELECT stripe_sync.drop_source('x'); DROP SCHEMA fresh CASCADE");
 ($rc, $out, $err) = $node->psql('postgres', "SELECT stripe_sync.create_source('x', server => 'stripe', sync_interval => '500 ms')");
 like($err, qr/under one second/, 'interval under a second');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT stripe_sync.create_source('x', server => 'stripe', sync_from => now() + interval '1 day')");
@@ -191,11 +195,11 @@ like($err, qr/in the future/, 'start date in the future');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT stripe_sync.sync_now('nope')");
 like($err, qr/source "nope" does not exist/, 'sync_now of an unknown source');
 
-# management tables are not for PUBLIC
+# another role sees none of the sources (009_privileges has the whole recipe)
 $node->safe_psql('postgres', 'CREATE ROLE nobody LOGIN');
-($rc, $out, $err) = $node->psql('postgres', 'SELECT * FROM stripe_sync.sources', extra_params => [ '-U', 'nobody' ]);
-like($err, qr/permission denied/, 'PUBLIC cannot read stripe_sync.sources');
-($rc, $out, $err) = $node->psql('postgres', 'SELECT * FROM stripe_sync.status', extra_params => [ '-U', 'nobody' ]);
-like($err, qr/permission denied/, 'PUBLIC cannot read stripe_sync.status');
+($rc, $out, $err) = $node->psql('postgres', 'SELECT count(*) FROM stripe_sync.sources', extra_params => [ '-U', 'nobody' ]);
+is($out, '0', 'another role sees no row of stripe_sync.sources');
+($rc, $out, $err) = $node->psql('postgres', 'SELECT count(*) FROM stripe_sync.status', extra_params => [ '-U', 'nobody' ]);
+is($out, '0', '... nor of stripe_sync.status');
 
 done_testing();

@@ -1,0 +1,541 @@
+/* stripe_sync--0.1--0.2.sql: version 0.2.  A new install runs 0.1, then this. */
+
+\echo Use "ALTER EXTENSION stripe_sync UPDATE TO '0.2'" to load this file. \quit
+
+-- ---------------------------------------------------------------------------
+-- State: a source's failures and its last error, each object's history
+-- ---------------------------------------------------------------------------
+
+-- failures in a row set the backoff (1 minute doubling, at most the interval or
+-- an hour); last_error is logged only when it changes
+ALTER TABLE stripe_sync.sources
+  ADD COLUMN failures integer NOT NULL DEFAULT 0,
+  ADD COLUMN last_error text;
+
+-- history: 'owed' until the object's first backfill has sent its historical
+-- events to a destination ('sent'), 'none' without emit_history; history_after
+-- is the last id sent, so that a sync cut short resumes there
+ALTER TABLE stripe_sync.object_state
+  ADD COLUMN history text NOT NULL DEFAULT 'owed' CHECK (history IN ('owed', 'sent', 'none')),
+  ADD COLUMN history_after text;
+-- 0.1 sent an object's history with its first backfill when the source had a
+-- destination, and from the local tables when a destination came later
+UPDATE stripe_sync.object_state o
+   SET history = CASE WHEN NOT s.emit_history THEN 'none'
+                      WHEN s.destination IS NOT NULL AND o.last_success_at IS NOT NULL THEN 'sent'
+                      ELSE 'owed' END
+  FROM stripe_sync.sources s WHERE s.name = o.source;
+
+-- ---------------------------------------------------------------------------
+-- Privileges: a role with USAGE on a server (and on the intempt destination)
+-- and a user mapping may create sources; it owns them and sees and manages
+-- only its own.  The management tables are written by the extension's
+-- functions only (as the extension's owner); every role reads its own rows.
+-- ---------------------------------------------------------------------------
+
+ALTER TABLE stripe_sync.sources ENABLE ROW LEVEL SECURITY;
+ALTER TABLE stripe_sync.object_state ENABLE ROW LEVEL SECURITY;
+ALTER TABLE stripe_sync.runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE stripe_sync.outbox ENABLE ROW LEVEL SECURITY;
+ALTER TABLE stripe_sync.backfill_parts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_sources ON stripe_sync.sources FOR SELECT
+  USING (pg_catalog.pg_has_role(owner, 'USAGE'));
+CREATE POLICY own_sources ON stripe_sync.object_state FOR SELECT
+  USING (source IN (SELECT s.name FROM stripe_sync.sources s));
+CREATE POLICY own_sources ON stripe_sync.runs FOR SELECT
+  USING (source IN (SELECT s.name FROM stripe_sync.sources s));
+CREATE POLICY own_sources ON stripe_sync.outbox FOR SELECT
+  USING (source IN (SELECT s.name FROM stripe_sync.sources s));
+CREATE POLICY own_sources ON stripe_sync.backfill_parts FOR SELECT
+  USING (source IN (SELECT s.name FROM stripe_sync.sources s));
+GRANT SELECT ON stripe_sync.sources, stripe_sync.object_state, stripe_sync.runs,
+                stripe_sync.outbox, stripe_sync.backfill_parts, stripe_sync.event_map TO PUBLIC;
+
+-- rows and requests include a running backfill's helpers (their part rows);
+-- as the caller, so that a role sees its own sources only
+DROP VIEW stripe_sync.status;
+CREATE VIEW stripe_sync.status WITH (security_invoker = true) AS
+SELECT s.name AS source, o.object, o.state, o.rows + coalesce(p.rows, 0) AS rows, o.backfill_done,
+       o.last_success_at, s.enabled, s.next_sync_at, to_timestamp(s.events_cursor) AS events_cursor,
+       o.requests + coalesce(p.requests, 0) AS requests, o.last_error, s.failures,
+       o.history
+  FROM stripe_sync.sources s JOIN stripe_sync.object_state o ON o.source = s.name
+  LEFT JOIN (SELECT source, object, sum(rows)::bigint AS rows, sum(requests)::bigint AS requests
+               FROM stripe_sync.backfill_parts GROUP BY source, object) p
+         ON p.source = o.source AND p.object = o.object;
+GRANT SELECT ON stripe_sync.status TO PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- The catalogue: every object, what it supports, and how a source keeps it
+-- current
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION stripe_sync.catalog_objects(
+    OUT object text, OUT path text, OUT stripe_object text, OUT list_filters text[], OUT retrieve boolean,
+    OUT listed_under text, OUT writable text, OUT syncable boolean, OUT stays_current text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stripe_catalog_objects'
+LANGUAGE C STRICT STABLE;
+
+CREATE VIEW stripe_sync.objects AS SELECT * FROM stripe_sync.catalog_objects();
+GRANT SELECT ON stripe_sync.objects TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION stripe_sync.check_objects(objects text[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  o text;
+BEGIN
+  FOREACH o IN ARRAY objects LOOP
+    IF NOT EXISTS (SELECT 1 FROM stripe_sync.catalog_objects() c WHERE c.object = o AND c.syncable) THEN
+      RAISE EXCEPTION 'unknown object "%"', o
+        USING ERRCODE = 'invalid_parameter_value',
+              DETAIL = 'A source syncs: ' || (SELECT string_agg(c.object, ', ' ORDER BY c.object)
+                                                FROM stripe_sync.catalog_objects() c WHERE c.syncable) || '.',
+              HINT = 'SELECT * FROM stripe_sync.objects shows what each object supports.';
+    END IF;
+  END LOOP;
+END $$;
+
+-- the database the workers use, or NULL when the library is not preloaded
+CREATE FUNCTION stripe_sync.worker_database() RETURNS text
+AS 'MODULE_PATHNAME', 'stripe_worker_database'
+LANGUAGE C STABLE;
+
+-- the installed version of the library, for the workers' check of the schema
+CREATE FUNCTION stripe_sync.library_version() RETURNS text
+AS 'MODULE_PATHNAME', 'stripe_library_version'
+LANGUAGE C IMMUTABLE;
+
+-- ---------------------------------------------------------------------------
+-- Management functions.  Each public one is a C front door (stripe_manage) that
+-- learns who calls it, then runs the private _<name>(caller, …) below as the
+-- extension's owner (SECURITY DEFINER, pinned search_path), and creates the
+-- source's schema and local tables as the source's owner.
+-- ---------------------------------------------------------------------------
+
+-- refuses a caller without USAGE on a server or without a user mapping for it
+CREATE FUNCTION stripe_sync._check_server(caller regrole, server name, fdw name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_foreign_server s JOIN pg_foreign_data_wrapper w ON w.oid = s.srvfdw
+                  WHERE s.srvname = server AND w.fdwname = fdw) THEN
+    RAISE EXCEPTION 'server "%" does not exist or does not use the % foreign data wrapper', server, fdw
+      USING ERRCODE = 'undefined_object',
+            HINT = CASE fdw WHEN 'intempt'
+                   THEN 'CREATE SERVER … FOREIGN DATA WRAPPER intempt OPTIONS (org …, project …, source_id …), and a user mapping with api_key.'
+                   ELSE 'CREATE SERVER … FOREIGN DATA WRAPPER stripe_sync, and a user mapping with api_key.' END;
+  END IF;
+  IF NOT has_server_privilege(caller, server, 'USAGE') THEN
+    RAISE EXCEPTION 'permission denied for server "%"', server
+      USING ERRCODE = 'insufficient_privilege',
+            DETAIL = format('Role %s has no USAGE on server %I.', caller, server),
+            HINT = format('GRANT USAGE ON FOREIGN SERVER %I TO %s;', server, caller);
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_user_mapping m JOIN pg_foreign_server s ON s.oid = m.umserver
+                  WHERE s.srvname = server AND m.umuser IN (caller, 0)) THEN
+    RAISE EXCEPTION 'role % has no user mapping for server "%"', caller, server
+      USING ERRCODE = 'undefined_object',
+            HINT = format('CREATE USER MAPPING FOR %s SERVER %I OPTIONS (api_key ''…'');', caller, server);
+  END IF;
+END $$;
+
+-- refuses a caller that neither owns the source nor is a member of its owner
+CREATE FUNCTION stripe_sync._owned_source(caller regrole, source text) RETURNS stripe_sync.sources
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  src stripe_sync.sources;
+BEGIN
+  SELECT * INTO src FROM stripe_sync.sources s WHERE s.name = source FOR UPDATE;
+  IF NOT FOUND OR NOT pg_has_role(caller, src.owner, 'USAGE') THEN
+    -- another role's source is not there, for this caller
+    RAISE EXCEPTION 'source "%" does not exist', source USING ERRCODE = 'undefined_object';
+  END IF;
+  RETURN src;
+END $$;
+
+CREATE FUNCTION stripe_sync._check_interval(sync_interval interval) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF sync_interval < interval '1 second' THEN
+    RAISE EXCEPTION 'sync_interval % is under one second', sync_interval
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'The default is 1 hour.';
+  END IF;
+END $$;
+
+CREATE FUNCTION stripe_sync._check_sync_from(sync_from timestamptz) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF sync_from > now() THEN
+    RAISE EXCEPTION 'sync_from % is in the future', sync_from
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use NULL for all history, or a past time.';
+  END IF;
+END $$;
+
+-- where a source of this database would not run, and why
+CREATE FUNCTION stripe_sync._warn_unscheduled(source text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  db text := stripe_sync.worker_database();
+BEGIN
+  IF db IS NULL THEN
+    RAISE WARNING 'source "%" will not sync on a schedule: stripe_sync is not preloaded', source
+      USING DETAIL = 'Its background workers start only with shared_preload_libraries = ''stripe_sync''.',
+            HINT = 'Add stripe_sync to shared_preload_libraries and restart; until then, SELECT stripe_sync.sync_now(…) syncs it.';
+  ELSIF db <> current_database() THEN
+    RAISE WARNING 'source "%" will not sync on a schedule: the workers use database "%"', source, db
+      USING DETAIL = format('stripe_sync.database is %s, and this is database %s.', db, current_database()),
+            HINT = format('Set stripe_sync.database = %L and restart, or create the source in database %s.',
+                          current_database(), db);
+  END IF;
+END $$;
+
+CREATE FUNCTION stripe_sync._create_source(caller regrole, name text, server name,
+    sync_interval interval, sync_from timestamptz, objects text[], target_schema name,
+    emit_history boolean, destination name)
+RETURNS regrole LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  objs text[] := coalesce(objects, stripe_sync.default_objects());
+  o text;
+BEGIN
+  IF name IS NULL OR server IS NULL OR target_schema IS NULL OR emit_history IS NULL THEN
+    RAISE EXCEPTION 'name, server, target_schema and emit_history must not be NULL'
+      USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  PERFORM stripe_sync._check_server(caller, server, 'stripe_sync');
+  IF destination IS NOT NULL THEN
+    PERFORM stripe_sync._check_server(caller, destination, 'intempt');
+  END IF;
+  PERFORM stripe_sync._check_interval(coalesce(sync_interval, '1 hour'));
+  PERFORM stripe_sync._check_sync_from(sync_from);
+  IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = target_schema) THEN
+    IF NOT has_schema_privilege(caller, target_schema, 'CREATE') THEN
+      RAISE EXCEPTION 'permission denied for schema %', target_schema
+        USING ERRCODE = 'insufficient_privilege',
+              DETAIL = format('The local tables of the source go in schema %I, where role %s may not create tables.',
+                              target_schema, caller);
+    END IF;
+  ELSIF NOT has_database_privilege(caller, current_database(), 'CREATE') THEN
+    RAISE EXCEPTION 'permission denied to create schema %', target_schema
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'Create the schema first, or use one where you may create tables.';
+  END IF;
+  PERFORM stripe_sync.check_objects(objs);
+  INSERT INTO stripe_sync.sources (name, server, owner, sync_interval, sync_from, objects, target_schema,
+                                   emit_history, destination)
+  VALUES (_create_source.name, _create_source.server, caller, coalesce(_create_source.sync_interval, '1 hour'),
+          _create_source.sync_from, objs, _create_source.target_schema, _create_source.emit_history,
+          _create_source.destination);
+  FOREACH o IN ARRAY objs LOOP
+    INSERT INTO stripe_sync.object_state (source, object, history)
+    VALUES (_create_source.name, o, CASE WHEN _create_source.emit_history THEN 'owed' ELSE 'none' END)
+    ON CONFLICT DO NOTHING;
+  END LOOP;
+  PERFORM stripe_sync._warn_unscheduled(_create_source.name);
+  -- the first sync is due now: the launcher hears of it at commit
+  PERFORM stripe_sync.wake();
+  RETURN caller;
+END $$;
+
+CREATE FUNCTION stripe_sync._alter_source(caller regrole, name text, sync_interval interval,
+    sync_from timestamptz, objects text[], enabled boolean, destination name)
+RETURNS regrole LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  src stripe_sync.sources := stripe_sync._owned_source(caller, name);
+  o text;
+BEGIN
+  IF sync_interval IS NOT NULL THEN
+    PERFORM stripe_sync._check_interval(sync_interval);
+    -- the new interval counts from the last sync, so a shorter one can be due at once
+    UPDATE stripe_sync.sources s SET sync_interval = _alter_source.sync_interval,
+           next_sync_at = least(s.next_sync_at, now() + _alter_source.sync_interval)
+     WHERE s.name = src.name;
+  END IF;
+  IF sync_from IS NOT NULL THEN
+    PERFORM stripe_sync._check_sync_from(sync_from);
+    -- an earlier start needs the backfill again (the upserts keep it idempotent), at once
+    UPDATE stripe_sync.sources s SET sync_from = _alter_source.sync_from, next_sync_at = now()
+     WHERE s.name = src.name;
+    UPDATE stripe_sync.object_state os SET backfill_done = false, backfill_cursor = NULL, state = 'pending'
+     WHERE os.source = src.name;
+  END IF;
+  IF objects IS NOT NULL THEN
+    PERFORM stripe_sync.check_objects(objects);
+    UPDATE stripe_sync.sources s SET objects = _alter_source.objects WHERE s.name = src.name;
+    FOREACH o IN ARRAY objects LOOP
+      INSERT INTO stripe_sync.object_state (source, object, history)
+      VALUES (src.name, o, CASE WHEN src.emit_history THEN 'owed' ELSE 'none' END)
+      ON CONFLICT DO NOTHING;
+    END LOOP;
+    DELETE FROM stripe_sync.object_state os WHERE os.source = src.name AND os.object <> ALL (objects);
+    -- an added object is backfilled at once
+    IF EXISTS (SELECT 1 FROM unnest(objects) n WHERE n <> ALL (src.objects)) THEN
+      UPDATE stripe_sync.sources s SET next_sync_at = now() WHERE s.name = src.name;
+    END IF;
+  END IF;
+  IF enabled IS NOT NULL THEN
+    UPDATE stripe_sync.sources s SET enabled = _alter_source.enabled WHERE s.name = src.name;
+  END IF;
+  IF destination IS NOT NULL THEN
+    PERFORM stripe_sync._check_server(src.owner, destination, 'intempt');
+    UPDATE stripe_sync.sources s SET destination = _alter_source.destination WHERE s.name = src.name;
+    -- a destination given after the first backfill gets the history the next sync
+    -- sends from the local tables (those still owed it): at once
+    IF src.destination IS NULL THEN
+      UPDATE stripe_sync.sources s SET next_sync_at = now() WHERE s.name = src.name;
+    END IF;
+  END IF;
+  PERFORM stripe_sync.wake();
+  RETURN CASE WHEN objects IS NOT NULL THEN src.owner END;
+END $$;
+
+CREATE FUNCTION stripe_sync._drop_source(caller regrole, name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  PERFORM stripe_sync._owned_source(caller, name);
+  DELETE FROM stripe_sync.sources s WHERE s.name = _drop_source.name;
+  -- a running sync of it stops when the launcher hears
+  PERFORM stripe_sync.wake();
+END $$;
+
+CREATE FUNCTION stripe_sync._retry_dead(caller regrole, source text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  n bigint;
+BEGIN
+  IF source IS NOT NULL THEN
+    PERFORM stripe_sync._owned_source(caller, source);
+  END IF;
+  UPDATE stripe_sync.outbox o SET state = 'pending', attempts = 0, next_attempt_at = NULL
+    FROM stripe_sync.sources s
+   WHERE s.name = o.source AND o.state = 'dead'
+     AND (_retry_dead.source IS NULL OR o.source = _retry_dead.source)
+     AND pg_has_role(caller, s.owner, 'USAGE');
+  GET DIAGNOSTICS n = ROW_COUNT;
+  PERFORM stripe_sync.wake();
+  RETURN n;
+END $$;
+
+-- the schema and local tables of a source, created as its owner
+CREATE FUNCTION stripe_sync._local_tables(source text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  src stripe_sync.sources;
+  o text;
+BEGIN
+  SELECT * INTO src FROM stripe_sync.sources s WHERE s.name = source;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = src.target_schema) THEN
+    EXECUTE format('CREATE SCHEMA %I', src.target_schema);
+  END IF;
+  FOREACH o IN ARRAY src.objects LOOP
+    PERFORM stripe_sync.create_local_table(src.target_schema, o);
+  END LOOP;
+END $$;
+
+REVOKE ALL ON FUNCTION stripe_sync._check_server(regrole, name, name),
+                       stripe_sync._owned_source(regrole, text),
+                       stripe_sync._create_source(regrole, text, name, interval, timestamptz, text[], name, boolean, name),
+                       stripe_sync._alter_source(regrole, text, interval, timestamptz, text[], boolean, name),
+                       stripe_sync._drop_source(regrole, text),
+                       stripe_sync._retry_dead(regrole, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION stripe_sync.create_source(name text, server name,
+    sync_interval interval DEFAULT '1 hour',
+    sync_from timestamptz DEFAULT NULL,
+    objects text[] DEFAULT NULL,
+    target_schema name DEFAULT 'stripe_data',
+    emit_history boolean DEFAULT true,
+    destination name DEFAULT NULL)
+RETURNS void AS 'MODULE_PATHNAME', 'stripe_manage'
+LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION stripe_sync.alter_source(name text,
+    sync_interval interval DEFAULT NULL,
+    sync_from timestamptz DEFAULT NULL,
+    objects text[] DEFAULT NULL,
+    enabled boolean DEFAULT NULL,
+    destination name DEFAULT NULL)
+RETURNS void AS 'MODULE_PATHNAME', 'stripe_manage'
+LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION stripe_sync.drop_source(name text) RETURNS void
+AS 'MODULE_PATHNAME', 'stripe_manage'
+LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION stripe_sync.retry_dead(source text DEFAULT NULL) RETURNS bigint
+AS 'MODULE_PATHNAME', 'stripe_manage'
+LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+
+-- sync_now checks the caller itself, and runs as the source's owner
+CREATE OR REPLACE FUNCTION stripe_sync.sync_now(name text) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_sync_now'
+LANGUAGE C STRICT VOLATILE SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION stripe_sync.create_local_table(target_schema name, object text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  cols text;
+BEGIN
+  -- lz4 for every jsonb column: attrs is most of a row, and pglz on the nested
+  -- ones cost a tenth of a backfill's time, more than lz4 on attrs
+  SELECT string_agg(format('%I %s%s%s', column_name, column_type,
+                           CASE WHEN column_type = 'jsonb' THEN ' COMPRESSION lz4' ELSE '' END,
+                           CASE WHEN column_name = 'id' THEN ' PRIMARY KEY' ELSE '' END), ', ')
+    INTO cols FROM stripe_sync.catalog_columns(object);
+  EXECUTE format('CREATE TABLE IF NOT EXISTS %I.%I (%s, attrs jsonb COMPRESSION lz4 NOT NULL, account_id text, '
+                 'synced_at timestamptz NOT NULL, observed_at timestamptz NOT NULL, deleted_at timestamptz)',
+                 target_schema, object, cols);
+  IF EXISTS (SELECT 1 FROM stripe_sync.catalog_columns(object) WHERE column_name = 'customer') THEN
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I.%I (customer)', object || '_customer_idx', target_schema, object);
+  END IF;
+  IF EXISTS (SELECT 1 FROM stripe_sync.catalog_columns(object) WHERE column_name = 'created') THEN
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I.%I (created)', object || '_created_idx', target_schema, object);
+  END IF;
+END $$;
+
+-- what any role may call: the tables it creates are its own
+GRANT EXECUTE ON FUNCTION stripe_sync.create_source(text, name, interval, timestamptz, text[], name, boolean, name),
+                          stripe_sync.alter_source(text, interval, timestamptz, text[], boolean, name),
+                          stripe_sync.drop_source(text), stripe_sync.sync_now(text),
+                          stripe_sync.retry_dead(text), stripe_sync.create_local_table(name, text),
+                          stripe_sync._local_tables(text), stripe_sync.check_objects(text[])
+  TO PUBLIC;
+DROP FUNCTION stripe_sync.check_destination(name);
+
+-- ---------------------------------------------------------------------------
+-- Outbox rows: computed as the source's owner (they read its local tables),
+-- written as the extension's owner.  One Intempt identity per customer: its
+-- email (else its id), found in the batch itself, else in the local customers
+-- table, for every event of the customer.
+-- ---------------------------------------------------------------------------
+
+/*
+ * The outbox rows of Stripe events (event_ids and types given) or of
+ * backfilled objects (NULL: their historical events, for objects created
+ * before history_until).
+ */
+CREATE FUNCTION stripe_sync.outbox_rows(source text, event_ids text[], event_types text[],
+                                        times bigint[], objects text[], history_until bigint,
+    OUT event_id text, OUT event_name text, OUT stripe_event text, OUT object_id text,
+    OUT occurred_at timestamptz, OUT payload jsonb)
+RETURNS SETOF record LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  sch name;
+  customer_email text := 'NULL::text';
+  charge_customer text := 'NULL::text';
+  charge_email text := 'NULL::text';
+BEGIN
+  SELECT s.target_schema INTO sch FROM stripe_sync.sources s WHERE s.name = outbox_rows.source;
+  -- the source's own tables answer who an object belongs to, when it syncs them
+  IF to_regclass(format('%I.customers', sch)) IS NOT NULL THEN
+    customer_email := format('(SELECT c.attrs->>''email'' FROM %I.customers c WHERE c.id = x.cust)', sch);
+  END IF;
+  IF to_regclass(format('%I.charges', sch)) IS NOT NULL THEN
+    charge_customer := format('(SELECT ch.attrs->>''customer'' FROM %I.charges ch WHERE ch.id = x0.charge)', sch);
+    charge_email := format('(SELECT nullif(ch.attrs->''billing_details''->>''email'', '''') FROM %I.charges ch WHERE ch.id = x.charge)', sch);
+  END IF;
+  RETURN QUERY EXECUTE format($q$
+    WITH objs AS MATERIALIZED (  -- each object's text is parsed once, not per reference
+      SELECT r.id, r.type, r.t, r.o::jsonb AS obj, r.ord
+        FROM unnest($1, $2, $3, $4) WITH ORDINALITY r(id, type, t, o, ord)),
+    -- the customers of the batch itself: a customer listed with its charges is known
+    batch_customers AS (
+      SELECT DISTINCT ON (o.obj->>'id') o.obj->>'id' AS id, nullif(o.obj->>'email', '') AS email
+        FROM objs o WHERE o.obj->>'object' = 'customer' ORDER BY o.obj->>'id', o.ord DESC)
+    SELECT e.event_id, m.intempt_event, e.event_type, e.obj->>'id', to_timestamp(e.t),
+           jsonb_build_object('eventId', e.event_id, 'timestamp', e.t * 1000,
+                              'userId', u.user_id,
+                              'data', stripe_sync.intempt_data(e.obj, e.event_id, e.event_type, u.cust))
+      FROM (SELECT coalesce(i.id, 'hist_' || h.h || '_' || (i.obj->>'id')) AS event_id,
+                   coalesce(i.type, h.h) AS event_type, i.t, i.obj, i.ord
+              FROM objs i
+              LEFT JOIN LATERAL stripe_sync.history_events(i.obj) h(h) ON i.type IS NULL
+             WHERE i.type IS NOT NULL
+                OR (h.h IS NOT NULL AND (i.obj->>'created')::bigint < $5)) e
+      JOIN stripe_sync.event_map m ON m.stripe_event = e.event_type AND m.enabled
+      CROSS JOIN LATERAL (
+        SELECT CASE WHEN e.obj->>'object' = 'customer' THEN e.obj->>'id'
+                    WHEN jsonb_typeof(e.obj->'customer') = 'object' THEN e.obj->'customer'->>'id'
+                    ELSE e.obj->>'customer' END AS cust,
+               CASE WHEN jsonb_typeof(e.obj->'charge') = 'object' THEN e.obj->'charge'->>'id'
+                    ELSE coalesce(e.obj->>'charge', e.obj->>'latest_charge') END AS charge) x0
+      CROSS JOIN LATERAL (SELECT coalesce(x0.cust, %2$s) AS cust, x0.charge) x
+      CROSS JOIN LATERAL (
+        -- a customer is one identity: its email, from the batch or the local table,
+        -- else its id; the customer's own events use the same rule
+        SELECT x.cust,
+               coalesce(CASE WHEN x.cust IS NOT NULL THEN
+                          coalesce(CASE WHEN e.obj->>'object' = 'customer' THEN nullif(e.obj->>'email', '') END,
+                                   (SELECT b.email FROM batch_customers b WHERE b.id = x.cust),
+                                   nullif(%1$s, ''), x.cust) END,
+                        nullif(e.obj->'billing_details'->>'email', ''), nullif(e.obj->>'customer_email', ''),
+                        nullif(e.obj->>'receipt_email', ''), %3$s,
+                        e.obj->>'id') AS user_id) u
+     ORDER BY e.ord, e.event_type $q$, customer_email, charge_customer, charge_email)
+    USING event_ids, event_types, times, objects, coalesce(history_until, 0);
+END $$;
+GRANT EXECUTE ON FUNCTION stripe_sync.outbox_rows(text, text[], text[], bigint[], text[], bigint) TO PUBLIC;
+
+-- the same rows written to the outbox in the caller's transaction (superusers:
+-- the sync writes its rows itself, computing them as the source's owner)
+CREATE OR REPLACE FUNCTION stripe_sync.outbox_add(source text, event_ids text[], event_types text[],
+                                                  times bigint[], objects text[], history_until bigint)
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  n bigint;
+BEGIN
+  INSERT INTO stripe_sync.outbox (source, event_id, event_name, stripe_event, object_id, occurred_at, payload)
+  SELECT outbox_add.source, r.event_id, r.event_name, r.stripe_event, r.object_id, r.occurred_at, r.payload
+    FROM stripe_sync.outbox_rows(outbox_add.source, event_ids, event_types, times, objects, history_until) r
+  ON CONFLICT ON CONSTRAINT outbox_source_event_id_key DO NOTHING;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
+END $$;
+
+-- the events a backfilled object stands for, with the status each needs
+CREATE FUNCTION stripe_sync.history_map(OUT object text, OUT event_type text, OUT status text)
+RETURNS SETOF record LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+  VALUES ('customer', 'customer.created', NULL),
+         ('charge', 'charge.succeeded', 'succeeded'),
+         ('charge', 'charge.failed', 'failed'),
+         ('invoice', 'invoice.created', NULL),
+         ('payment_intent', 'payment_intent.created', NULL),
+         ('payment_intent', 'payment_intent.succeeded', 'succeeded'),
+         ('refund', 'refund.created', NULL),
+         ('subscription', 'customer.subscription.created', NULL)
+$$;
+GRANT EXECUTE ON FUNCTION stripe_sync.history_map() TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION stripe_sync.history_events(obj jsonb) RETURNS SETOF text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT v.event_type FROM stripe_sync.history_map() v
+   WHERE v.object = obj->>'object' AND (v.status IS NULL OR v.status = obj->>'status')
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Backups: pg_dump keeps every source, its state and cursors, the undelivered
+-- outbox and the event map with its edits.  A restore's CREATE EXTENSION seeds
+-- the default map first; an inserted row whose type is there replaces it, so
+-- the dumped (edited) rows win.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION stripe_sync._event_map_replace() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  DELETE FROM stripe_sync.event_map m WHERE m.stripe_event = NEW.stripe_event;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER event_map_replace BEFORE INSERT ON stripe_sync.event_map
+  FOR EACH ROW EXECUTE FUNCTION stripe_sync._event_map_replace();
+
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync.sources', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync.object_state', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync.backfill_parts', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync.applied_events', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync.runs', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync.runs_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync.outbox', 'WHERE state <> ''delivered''');
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync.outbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync.event_map', '');

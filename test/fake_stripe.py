@@ -1499,13 +1499,22 @@ class App:
 
     def api(self, h, body):
         """One /v1 request; counts the requests in flight at once (their peak is in
-        /_control/stats), from arrival to the end of the answer, latency included."""
+        /_control/stats), from arrival until just before the answer is written,
+        latency included: a client that has its answer may send its next request
+        at once without the two counting as in flight together."""
         with self.flight_lock:
             self.in_flight += 1
             self.in_flight_peak = max(self.in_flight_peak, self.in_flight)
+        h.in_flight = True
         try:
             self.serve_api(h, body)
         finally:
+            self.landed(h)
+
+    def landed(self, h):
+        """The request is no longer in flight (once, whichever way it ends)."""
+        if h.in_flight:
+            h.in_flight = False
             with self.flight_lock:
                 self.in_flight -= 1
 
@@ -1527,6 +1536,7 @@ class App:
 
         if kind in ("drop", "reset"):
             record(None)
+            self.landed(h)
             h.close_connection = True
             if kind == "reset":
                 h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -1535,6 +1545,7 @@ class App:
         headers = [("Request-Id", rid), ("Stripe-Version", version or API_VERSION)]
         if kind == "redirect":
             record(fault["status"])
+            self.landed(h)
             send(h, fault["status"], b"", headers + [("Location", fault["location"])])
             return
         if fault:
@@ -1575,6 +1586,7 @@ class App:
         elif kind == "empty":
             status, out = 200, b""
         record(status, rate_limited)
+        self.landed(h)
         send(h, status, out, headers, truncate=kind == "truncate")
 
     def fault_error(self, kind, fault, hdrs):

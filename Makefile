@@ -24,7 +24,7 @@ EXTRA_CLEAN = src/*.d
 # It runs in a temporary instance with the library preloaded, against the fake
 # Stripe that test/regress_launcher starts for it.
 REGRESS = fdw_1_setup fdw_2_options fdw_3_scan fdw_4_faults fdw_5_pushdown \
-          fdw_6_writes fdw_7_catalog outbox_1_payload log_check
+          fdw_6_writes fdw_7_catalog fdw_8_readme outbox_1_payload outbox_2_golden log_check
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(CURDIR)/test/regress.conf \
                --launcher=$(CURDIR)/test/regress_launcher
 

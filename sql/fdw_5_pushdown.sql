@@ -79,7 +79,9 @@ CREATE TABLE local_refs AS
     FROM stripe.customers ORDER BY created, id LIMIT 50;
 ANALYZE local_refs;
 EXPLAIN (COSTS OFF) SELECT c.email FROM local_refs r JOIN stripe.customers c ON c.id = r.customer_id;
-SELECT count(*) <= 50 AS at_most_50_requests, count(*) FILTER (WHERE r NOT LIKE 'GET /v1/customers/cus_%') AS others
+-- one retrieve per outer row: 50 requests, each for a different customer of the table
+SELECT count(*) AS requests, count(DISTINCT r) AS distinct_requests,
+       count(*) FILTER (WHERE substr(r, length('GET /v1/customers/') + 1) IN (SELECT customer_id FROM local_refs)) AS retrieves_of_outer_rows
   FROM requests_of('SELECT c.email FROM local_refs r JOIN stripe.customers c ON c.id = r.customer_id') r;
 SELECT (SELECT count(*) FROM local_refs r JOIN stripe.customers c ON c.id = r.customer_id) AS joined,
        (SELECT array_agg(c.attrs ORDER BY c.id) FROM local_refs r JOIN stripe.customers c ON c.id = r.customer_id) =

@@ -10,7 +10,7 @@ EXPLAIN (COSTS OFF) INSERT INTO stripe.customers (email, name) VALUES ('a@b.c', 
 
 SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
 INSERT INTO stripe.customers (email, name, metadata)
-  VALUES ('new@example.com', 'New Customer', '{"plan": "gold", "tier": {"level": 2}}')
+  VALUES ('new@example.com', 'New Customer', '{"plan": "gold", "tier": "2"}')
   RETURNING id LIKE 'cus_%' AS has_id, email, name, metadata, created IS NOT NULL AS has_created;
 SELECT r->>'method' AS method, r->>'path' AS path, r->>'idempotency_key' LIKE 'stripe_sync-%' AS keyed
   FROM jsonb_array_elements(fake('GET', '/_control/requests')->'requests') r;
@@ -22,8 +22,21 @@ UPDATE stripe.customers SET name = 'Renamed', metadata = '{"plan": "platinum"}'
   WHERE id = :'new_id' RETURNING name, metadata->>'plan' AS plan, email;
 UPDATE stripe.customers SET description = 'vip' WHERE email = 'new@example.com' RETURNING description;
 UPDATE stripe.customers SET description = NULL WHERE id = :'new_id' RETURNING description IS NULL AS unset;
--- an id that is not there updates nothing
-UPDATE stripe.customers SET name = 'x' WHERE id = 'cus_missing';
+-- Stripe's metadata values are strings: a nested value is Stripe's 400, param and all
+INSERT INTO stripe.customers (email, metadata) VALUES ('nested@example.com', '{"tier": {"level": 2}}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM stripe.customers WHERE email = 'nested@example.com';
+
+-- an id that is not there updates and deletes nothing: Stripe answered 404
+CREATE FUNCTION fake_log() RETURNS TABLE (method text, path text, status int) LANGUAGE sql AS $$
+  SELECT r->>'method', r->>'path', (r->>'status')::int
+    FROM jsonb_array_elements(fake('GET', '/_control/requests')->'requests') r $$;
+SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
+UPDATE stripe.customers SET name = 'x' WHERE id = 'cus_missing' RETURNING id;
+SELECT * FROM fake_log();
+SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
+DELETE FROM stripe.customers WHERE id = 'cus_missing' RETURNING id;
+SELECT * FROM fake_log();
 
 -- the first attempt is carried out but its answer is lost: the retry reuses the
 -- Idempotency-Key, so Stripe (here the fake) creates exactly one product
@@ -49,7 +62,7 @@ INSERT INTO stripe.prices (currency) VALUES ('usd');
 -- DELETE, with RETURNING of Stripe's answer
 DELETE FROM stripe.customers WHERE id = :'new_id' RETURNING id = :'new_id' AS deleted_it;
 SELECT count(*) FROM stripe.customers WHERE id = :'new_id';
-DELETE FROM stripe.customers WHERE id = :'new_id';
+DELETE FROM stripe.customers WHERE id = :'new_id' RETURNING id;
 
 -- subscriptions: DELETE cancels
 SELECT id AS sub FROM stripe.subscriptions WHERE status = 'active' LIMIT 1 \gset

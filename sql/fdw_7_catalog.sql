@@ -10,9 +10,7 @@ IMPORT FOREIGN SCHEMA stripe
   FROM SERVER stripe INTO stripe;
 
 -- the requests a query sends: requests_of(), defined by fdw_5_pushdown
--- the fake's objects of one type, as Stripe has them
-CREATE FUNCTION fake_objects(kind text) RETURNS SETOF jsonb LANGUAGE sql AS $$
-  SELECT jsonb_array_elements(fake('GET', '/_control/objects/' || kind)->'data') $$;
+-- the fake's objects of one type, as Stripe has them: fake_objects(), defined by fdw_3_scan
 
 -- ---------- balance ----------
 SELECT attname, format_type(atttypid, atttypmod)

@@ -35,6 +35,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -1016,7 +1017,7 @@ def coerce(value, key, param):
     """Decode numbers and booleans of known fields; "" stays (it means unset)."""
     if isinstance(value, dict):
         if key == "metadata":
-            return value
+            return check_metadata(value, param)
         return {k: coerce(v, k, f"{param}[{k}]") for k, v in value.items()}
     if isinstance(value, list):
         return [coerce(v, key, f"{param}[{i}]") for i, v in enumerate(value)]
@@ -1036,6 +1037,32 @@ def coerce(value, key, param):
                            param=param)
         return value == "true"
     return value
+
+
+METADATA_MAX_KEYS, METADATA_KEY_LEN, METADATA_VALUE_LEN = 50, 40, 500
+
+
+def check_metadata(meta, param):
+    """Stripe's metadata is flat: up to 50 keys of at most 40 characters, each value a
+    string of at most 500 characters.  A nested value (metadata[a][b]=…) is refused
+    with a 400 invalid_request_error naming the parameter, as Stripe refuses it."""
+    if len(meta) > METADATA_MAX_KEYS:
+        raise ApiError(400, f"Metadata can have at most {METADATA_MAX_KEYS} keys.",
+                       code="parameter_invalid_string", param=param)
+    for k, v in meta.items():
+        where = f"{param}[{k}]"
+        if not isinstance(v, str):
+            raise ApiError(400, f"Invalid value for {where}: metadata values must be strings, "
+                           "not nested objects or arrays.", code="parameter_invalid_string",
+                           param=where)
+        if len(k) > METADATA_KEY_LEN:
+            raise ApiError(400, f"Metadata keys can be at most {METADATA_KEY_LEN} characters "
+                           f"long: {k!r}.", code="parameter_invalid_string", param=where)
+        if len(v) > METADATA_VALUE_LEN:
+            raise ApiError(400, f"Metadata values can be at most {METADATA_VALUE_LEN} "
+                           f"characters long: {where}.", code="parameter_invalid_string",
+                           param=where)
+    return meta
 
 
 def write_params(body):
@@ -1299,7 +1326,7 @@ class Writes:
 # --------------------------------------------------------------------------- faults, log
 
 FAULT_KINDS = ("429", "500", "503", "status", "401", "delay", "drop", "reset", "truncate",
-               "malformed", "empty")
+               "malformed", "empty", "redirect")
 
 
 class Faults:
@@ -1320,7 +1347,12 @@ class Faults:
                 raise ValueError("status must be an HTTP status code")
         if kind == "delay":
             fault["delay"] = float(spec["delay"])
-        for key in ("retry_after", "should_retry", "after"):
+        if kind == "redirect":
+            fault["status"] = int(spec.get("status", 302))
+            if fault["status"] not in (301, 302, 303, 307, 308):
+                raise ValueError("a redirect's status is 301, 302, 303, 307 or 308")
+            fault["location"] = str(spec["location"])
+        for key in ("retry_after", "should_retry", "after", "message", "code", "param"):
             if spec.get(key) is not None:
                 fault[key] = spec[key]
         with self.lock:
@@ -1428,6 +1460,9 @@ class App:
         self.limiter = RateLimiter()
         self.req_prefix = "req_" + b62(int.from_bytes(os.urandom(5), "big"), 6)
         self.req_counter = itertools.count(1)
+        self.flight_lock = threading.Lock()
+        self.in_flight = 0
+        self.in_flight_peak = 0  # reset with the request log
 
     def handle(self, h):
         length = h.headers.get("Content-Length")
@@ -1463,6 +1498,27 @@ class App:
         return ApiError(401, "Invalid API Key provided: " + masked)
 
     def api(self, h, body):
+        """One /v1 request; counts the requests in flight at once (their peak is in
+        /_control/stats), from arrival until just before the answer is written,
+        latency included: a client that has its answer may send its next request
+        at once without the two counting as in flight together."""
+        with self.flight_lock:
+            self.in_flight += 1
+            self.in_flight_peak = max(self.in_flight_peak, self.in_flight)
+        h.in_flight = True
+        try:
+            self.serve_api(h, body)
+        finally:
+            self.landed(h)
+
+    def landed(self, h):
+        """The request is no longer in flight (once, whichever way it ends)."""
+        if h.in_flight:
+            h.in_flight = False
+            with self.flight_lock:
+                self.in_flight -= 1
+
+    def serve_api(self, h, body):
         started = time.time()
         hdrs = h.headers
         raw_path = h.path
@@ -1480,12 +1536,18 @@ class App:
 
         if kind in ("drop", "reset"):
             record(None)
+            self.landed(h)
             h.close_connection = True
             if kind == "reset":
                 h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 h.server.to_reset.add(h.connection)
             return
         headers = [("Request-Id", rid), ("Stripe-Version", version or API_VERSION)]
+        if kind == "redirect":
+            record(fault["status"])
+            self.landed(h)
+            send(h, fault["status"], b"", headers + [("Location", fault["location"])])
+            return
         if fault:
             if "retry_after" in fault:
                 headers.append(("Retry-After", fault["retry_after"]))
@@ -1524,16 +1586,25 @@ class App:
         elif kind == "empty":
             status, out = 200, b""
         record(status, rate_limited)
+        self.landed(h)
         send(h, status, out, headers, truncate=kind == "truncate")
 
     def fault_error(self, kind, fault, hdrs):
         if kind == "401":
             return self.auth_error(hdrs, force=True)
         if kind == "429":
-            return ApiError(429, "Request rate limit exceeded. Learn more about rate limits here "
-                            "https://stripe.com/docs/rate-limits.", code="rate_limit")
+            return ApiError(429, fault.get("message", "Request rate limit exceeded. Learn more about "
+                                           "rate limits here https://stripe.com/docs/rate-limits."),
+                            code="rate_limit")
         status = fault["status"] if kind == "status" else int(kind)
-        return ApiError(status, "An unknown error occurred", "api_error")
+        # Stripe labels its own failures (5xx) api_error and a refused request (4xx)
+        # invalid_request_error; 402 is a card_error
+        type_ = ("api_error" if status >= 500 else "card_error" if status == 402
+                 else "invalid_request_error")
+        default = ("An unknown error occurred" if status >= 500
+                   else f"The request failed with status {status} (injected).")
+        return ApiError(status, fault.get("message", default), type_, code=fault.get("code"),
+                        param=fault.get("param"))
 
     def route(self, h, raw_path, body, rid):
         """-> (status, body, extra headers) or raises ApiError."""
@@ -1769,10 +1840,15 @@ class App:
             return 200, {"requests": [dict(zip(LOG_FIELDS, e)) for e in entries]}
         if route == ("DELETE", "requests", 1):
             self.log.clear()
+            with self.flight_lock:
+                self.in_flight_peak = self.in_flight
             return 200, {"requests": []}
         if route == ("GET", "stats", 1):
             entries, rate_limited = self.log.snapshot()
-            return 200, {"requests": len(entries), "rate_limited": rate_limited}
+            with self.flight_lock:
+                peak = self.in_flight_peak
+            return 200, {"requests": len(entries), "rate_limited": rate_limited,
+                         "in_flight_peak": peak}
         if route[0] in ("GET", "POST") and route[1:] == ("config", 1):
             if method == "POST":
                 self.configure(data)
@@ -1925,12 +2001,19 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--exit-with", type=int, metavar="PID",
                     help="stop when this process is gone (the test run that started us)")
+    ap.add_argument("--tls-cert", metavar="PEM",
+                    help="serve HTTPS with this certificate (and --tls-key)")
+    ap.add_argument("--tls-key", metavar="PEM")
     args = ap.parse_args(argv)
 
     with open(args.fixtures, encoding="utf-8") as f:
         fixtures = json.load(f)
     app = App(fixtures, args.counts, args.seed, args.api_key)
     server = Server((args.host, args.port), app)
+    if args.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     return serve_until_signalled(server, args.port_file, args.exit_with)
 
 

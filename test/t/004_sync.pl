@@ -121,12 +121,25 @@ my $old_state = $node->safe_psql('postgres',
 my $observed = $node->safe_psql('postgres',
 	"SELECT extract(epoch FROM observed_at)::bigint FROM stripe_data.customers WHERE id = '$upd'");
 # an event older than the state we hold, still inside the window the next sync reads
-$fake->call('POST', '/_control/events', { type => 'customer.updated',
+my $stale = $fake->call('POST', '/_control/events', { type => 'customer.updated',
 	object => decode_json($old_state), created => $observed - 1 });
+$fake->clear_requests;
 $out = $node->safe_psql('postgres', "SELECT stripe_sync.sync_now('main')");
+# the sync read it: one request for the events since the cursor, which the
+# stale event falls in, and the event is recorded as applied ...
+my @ev_reqs = grep { $_->{path} =~ m{^/v1/events\?} } @{ $fake->requests };
+my ($gte) = map { m{created%5Bgte%5D=(\d+)} ? $1 : () } map { $_->{path} } @ev_reqs;
+ok(defined $gte && $gte <= $stale->{created} && $ev_reqs[0]{status} == 200,
+	"the sync read the events since $gte, the stale one's time ($stale->{created}) included");
+is($node->safe_psql('postgres',
+	"SELECT count(*) FROM stripe_sync.applied_events WHERE source = 'main' AND event_id = '$stale->{id}'"),
+	'1', '... and took the stale event in');
+# ... and lost: the row keeps the newer state
 is($node->safe_psql('postgres',
 	"SELECT attrs::text, observed_at FROM stripe_data.customers WHERE id = '$upd'"),
 	$before, 'an older state arriving late does not overwrite a newer one');
+isnt($node->safe_psql('postgres', "SELECT email FROM stripe_data.customers WHERE id = '$upd'"),
+	'stale@example.com', '... its email is not the stale one');
 # a run finished more than 30 days ago is forgotten at the next sync
 $node->safe_psql('postgres', "INSERT INTO stripe_sync.runs (source, started_at, finished_at, status) "
 	  . "VALUES ('main', now() - interval '41 days', now() - interval '40 days', 'ok')");

@@ -7,7 +7,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP;
 use MIME::Base64;
-use StripeTest qw(start_fake start_intempt new_node);
+use StripeTest qw(start_fake start_intempt new_node crash_and_restart);
 
 my $key = 'pk7Xq.s3cr3tIntemptKey';
 my $fake = start_fake();
@@ -254,10 +254,8 @@ ok($node->poll_query_until('postgres',
 	"SELECT count(*) > 0 FROM stripe_sync.outbox WHERE state = 'sending'"), 'a batch is in flight');
 my %in_flight = map { $_ => 1 } split /\n/,
   sql("SELECT event_id FROM stripe_sync.outbox WHERE state = 'sending'");
-$node->kill9;
-sleep 2;
 $it->call('POST', '/_control/config', { latency_ms => 0 });
-$node->start;
+crash_and_restart($node);
 wait_delivered('after kill -9', $before + 120);
 is(missing(), 0, 'after kill -9 mid-delivery, every event arrived');
 my $n = arrivals();
@@ -266,9 +264,13 @@ is(scalar(grep { !$in_flight{$_} } @twice), 0,
 	'only the batch in flight was sent again (' . scalar(@twice) . ' of ' . scalar(keys %in_flight) . ')');
 
 # ---- 400: dead with the answer; retry_dead() sends them again
+# (the five events reach the outbox in one transaction, so one batch carries them)
 $it->call('POST', '/_control/faults', { kind => '400', count => 1 });
 $before = outbox_count();
+sql("SELECT stripe_sync.alter_source('main', enabled => false)");
 update_customers(5);
+sql("SELECT stripe_sync.sync_now('main')");
+sql("SELECT stripe_sync.alter_source('main', enabled => true)");
 ok($node->poll_query_until('postgres', "SELECT count(*) = 5 FROM stripe_sync.outbox WHERE state = 'dead'"),
 	'a 400 makes the batch dead');
 like(sql("SELECT DISTINCT last_error || ' ' || response FROM stripe_sync.outbox WHERE state = 'dead'"),

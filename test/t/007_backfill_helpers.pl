@@ -10,7 +10,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
 use Time::HiRes qw(usleep);
-use StripeTest qw(start_fake new_node);
+use StripeTest qw(start_fake new_node crash_and_restart);
 
 my $N = 15000;
 my $fake = start_fake(counts => { charges => $N, customers => 10 });
@@ -41,11 +41,23 @@ sub differences
 	}) . '/' . sql("SELECT count(*) - count(DISTINCT id) FROM $schema.charges");
 }
 
-# rows helpers wrote progress for, so far (backfill_parts is theirs alone)
-sub part_inserts
+# sync_now of a source in a transaction of its own, after the statements in
+# $before; -> (rows the sync's own backend inserted into <schema>.charges, rows
+# every process inserted, the summary, stderr).  What other processes inserted
+# is the helpers' work: their own transactions, counted by the statistics
+# each process reports (a helper reports them when it exits).
+sub sync_now_counted
 {
-	sql("SELECT pg_stat_force_next_flush()");
-	return sql("SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = 'stripe_sync.backfill_parts'::regclass");
+	my ($name, $before) = @_;
+	my ($out, $err);
+	$node->psql('postgres', ($before // '') . "BEGIN; SELECT stripe_sync.sync_now('$name'); "
+		  . "SELECT 'own ' || pg_stat_get_xact_tuples_inserted('$name.charges'::regclass); COMMIT;",
+		stdout => \$out, stderr => \$err);
+	my ($own) = $out =~ /^own (\d+)$/m;
+	$node->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'stripe_sync backfill helper'");
+	my $all = sql("SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = '$name.charges'::regclass");
+	return ($own // -1, $all, $out, $err);
 }
 
 sub helpers_running
@@ -69,12 +81,12 @@ sub list_requests
 # ---- sync_now with the default helper
 $fake->clear_requests;
 new_source('s1');
-my ($summary, $stderr);
-$node->psql('postgres', "SELECT stripe_sync.sync_now('s1')", stdout => \$summary, stderr => \$stderr);
+my ($own, $all, $summary, $stderr) = sync_now_counted('s1');
 like($summary, qr/"rows": $N\b/, 'sync_now reports every row, the helpers\' too');
 is(differences('s1'), '0/0', 'the local table equals the fake, no duplicate');
-my $ins = part_inserts();
-cmp_ok($ins, '>', 0, "helpers wrote part of the backfill ($ins parts)");
+is($all, $N, "every row was inserted once ($all inserts)");
+cmp_ok($own, '<', $N, 'a helper process wrote part of the backfill: ' . ($N - $own)
+	  . " rows inserted by other processes than the sync's ($own)");
 my %seen;
 $seen{ $_->{path} }++ for @{ list_requests() };
 is(scalar(grep { $_ > 1 } values %seen), 0, 'no page was fetched twice');
@@ -86,18 +98,21 @@ like($stderr, qr/backfill of charges: $N rows in \d+ pages, \d+ rows\/s \(done\)
 
 # ---- no helper when the setting is 0
 new_source('s2');
-$node->psql('postgres', "SET stripe_sync.backfill_helpers = 0; SELECT stripe_sync.sync_now('s2')");
+($own, $all) = sync_now_counted('s2', 'SET stripe_sync.backfill_helpers = 0; ');
 is(differences('s2'), '0/0', 'backfill_helpers = 0: the table equals the fake');
-is(part_inserts(), $ins, '... and no helper worked');
+is("$own/$all", "$N/$N", '... every row inserted by the sync itself: no helper worked');
 
 # ---- nor when the sync's transaction created the table (a helper could not see it)
 sql("CREATE SCHEMA s3");
+my $out;
 $node->psql('postgres', "BEGIN; SELECT stripe_sync.create_source('s3', server => 'stripe', "
 	  . "objects => ARRAY['charges'], target_schema => 's3'); "
 	  . "SELECT stripe_sync.alter_source('s3', enabled => false); "
-	  . "SELECT stripe_sync.sync_now('s3'); COMMIT;");
+	  . "SELECT stripe_sync.sync_now('s3'); "
+	  . "SELECT 'own ' || pg_stat_get_xact_tuples_inserted('s3.charges'::regclass); COMMIT;",
+	stdout => \$out);
 is(differences('s3'), '0/0', 'a source created in the same transaction: the table equals the fake');
-is(part_inserts(), $ins, '... written without a helper');
+like($out, qr/^own $N$/m, '... every row inserted by the sync itself, without a helper');
 
 # ---- sync_now cancelled while a helper works: the helper stops too
 new_source('s4');
@@ -166,9 +181,7 @@ ok($node->poll_query_until('postgres',
 	"SELECT count(*) > 0 FROM stripe_sync.backfill_parts WHERE source = 'w3' AND rows >= 500"),
 	'a helper has committed part of the backfill');
 my $before = sql("SELECT count(*) FROM w3.charges");
-$node->kill9;
-sleep 2;
-$node->start;
+crash_and_restart($node);
 cmp_ok(sql("SELECT count(*) FROM w3.charges"), '>=', 500, 'the committed rows survived the crash');
 sql("SELECT stripe_sync.alter_source('w3', enabled => false)");
 ok($node->poll_query_until('postgres',
@@ -191,10 +204,9 @@ $fake->config(latency_ms => 0);
 $node->append_conf('postgresql.conf', "max_worker_processes = 2\n");
 $node->restart;
 new_source('s5');
-my $ins5 = part_inserts();
-$node->psql('postgres', "SELECT stripe_sync.sync_now('s5')");
+($own, $all) = sync_now_counted('s5');
 is(differences('s5'), '0/0', 'no worker slot for a helper: the table equals the fake');
-is(part_inserts(), $ins5, '... written by the sync alone');
+is("$own/$all", "$N/$N", '... every row inserted by the sync alone');
 
 $node->stop;
 done_testing();

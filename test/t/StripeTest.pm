@@ -11,8 +11,9 @@ use JSON::PP;
 use File::Temp qw(tempdir);
 use Time::HiRes qw(usleep);
 use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
 
-our @EXPORT_OK = qw(start_fake start_intempt new_node);
+our @EXPORT_OK = qw(start_fake start_intempt new_node crash_and_restart server_ms logged_at);
 
 my @fakes;
 
@@ -52,7 +53,7 @@ sub spawn
 	return $self;
 }
 
-# start_fake(counts => {customers => 1050}) -> the fake Stripe
+# start_fake(counts => {customers => 1050}, api_key => 'sk_test_x', args => [...]) -> the fake Stripe
 sub start_fake
 {
 	my (%args) = @_;
@@ -60,16 +61,66 @@ sub start_fake
 	push @args, '--counts',
 	  join(',', map { "$_=$args{counts}{$_}" } sort keys %{ $args{counts} })
 	  if $args{counts};
+	push @args, '--api-key', $args{api_key} if $args{api_key};
+	push @args, @{ $args{args} } if $args{args};
 	return spawn('fake_stripe.py', @args);
 }
 
-# start_intempt(api_key => 'prefix.secret') -> the fake Intempt for org acme,
-# project web, source 123456789
+# start_intempt(api_key => 'prefix.secret', source_id => '123456789') -> the fake
+# Intempt for org acme, project web, source 123456789 unless told otherwise
 sub start_intempt
 {
 	my (%args) = @_;
-	return spawn('fake_intempt.py', '--org', 'acme', '--project', 'web', '--source-id', '123456789',
-		'--api-key', $args{api_key});
+	return spawn('fake_intempt.py', '--org', 'acme', '--project', 'web', '--source-id',
+		$args{source_id} // '123456789', '--api-key', $args{api_key});
+}
+
+# kill -9 of the postmaster, then a start once every process it had started is
+# gone (they notice the postmaster's death on their own; a start before that
+# finds the old shared memory still in use)
+sub crash_and_restart
+{
+	my ($node) = @_;
+	my $pm = $node->{_pid};
+	my @children;
+	for my $stat (glob '/proc/[0-9]*/stat')
+	{
+		open(my $fh, '<', $stat) or next;
+		my $line = <$fh> // '';
+		close $fh;
+		push @children, $1 if $line =~ /^(\d+) \(.*\) \S+ (\d+) / && $2 == $pm;
+	}
+	$node->kill9;
+	for (1 .. 1200)
+	{
+		last unless grep { kill 0, $_ } @children;
+		usleep(50_000);
+	}
+	$node->start;
+	return;
+}
+
+# The server's epoch (seconds, with milliseconds) at which a line matching $re was
+# logged after byte $offset of the log, waiting for it; the node must log with
+# log_line_prefix = '%n ' (the epoch) first.
+sub logged_at
+{
+	my ($node, $re, $offset) = @_;
+	$node->wait_for_log($re, $offset);
+	my $log = PostgreSQL::Test::Utils::slurp_file($node->logfile, $offset);
+	for my $line (split /\n/, $log)
+	{
+		return $1 if $line =~ $re && $line =~ /^(\d+\.\d+) /;
+	}
+	die "no time on the log line matching $re";
+}
+
+# the server's clock, in milliseconds since the epoch: durations measured inside
+# the server do not include a client's round trips
+sub server_ms
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres', 'SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint');
 }
 
 # new_node(name, fake, extra_conf, preload => 0|1) -> started node with the extension, a server

@@ -86,6 +86,12 @@ SELECT event_name, event_id, payload->>'timestamp' AS ts, payload->>'userId' AS 
        payload->'data'->>'historical' AS historical
   FROM stripe_sync.outbox WHERE event_id LIKE 'hist\_%' ORDER BY id;
 
+-- one identity per customer: cus_H's creation, its charge and its subscription
+-- all go to h@example.com, the customer arriving in the same batch
+SELECT DISTINCT payload->>'userId' AS one_identity FROM stripe_sync.outbox
+ WHERE event_id IN ('hist_customer.created_cus_H', 'hist_charge.succeeded_ch_H1',
+                    'hist_customer.subscription.created_sub_H');
+
 -- dead rows come back with retry_dead()
 UPDATE stripe_sync.outbox SET state = 'dead', last_error = 'HTTP 400', response = '{"error": "bad"}'
  WHERE event_id IN ('evt_01', 'evt_02');

@@ -8,6 +8,7 @@
 SET client_min_messages = warning;
 \getenv fake_url FAKE_STRIPE_URL
 CREATE SERVER g_stripe FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url :'fake_url');
+CREATE USER MAPPING FOR CURRENT_USER SERVER g_stripe OPTIONS (api_key 'sk_test_fake');
 CREATE SCHEMA g;
 SELECT stripe_sync.create_source('g', server => 'g_stripe', target_schema => 'g', objects => ARRAY['customers', 'charges']);
 SELECT stripe_sync.alter_source('g', enabled => false);
@@ -91,4 +92,4 @@ SELECT g.type, o.event_name,
 
 SELECT stripe_sync.drop_source('g');
 DROP SCHEMA g CASCADE;
-DROP SERVER g_stripe;
+DROP SERVER g_stripe CASCADE;

@@ -110,6 +110,7 @@ extern void stripe_run_commit(SyncRun *run);
 extern void stripe_run_as_owner(SyncRun *run, bool owner);
 extern void stripe_run_progress(SyncRun *run, int64 rows);
 extern bool stripe_load_source(SyncRun *run, const char *name);
+extern void stripe_check_usage(SyncRun *run);
 extern void stripe_state_update(SyncRun *run, const char *object, const char *set_clause,
 								const char *text_arg);
 extern void stripe_set_cursor(SyncRun *run, int64 cursor);

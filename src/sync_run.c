@@ -216,6 +216,7 @@ run_source(SyncRun *run)
 	/* what lives across the run's transactions goes in run->cxt */
 	MemoryContextSwitchTo(run->cxt);
 	stripe_run_begin(run);
+	stripe_check_usage(run);
 	run->conn = stripe_conn_for_server(run->src.serverid, run->src.owner);
 	stripe_run_commit(run);
 	run_account(run, false);

@@ -71,26 +71,39 @@ stripe_now_unix(void)
 
 /* its owner may no longer use a server the source needs: the run stops */
 static void
-check_usage(SyncRun *run, int ok_col, int server_col, const char *what)
+check_usage(SyncRun *run, const char *server, const char *what)
 {
-	char	   *server = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, server_col);
-	char	   *owner = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 11);
-
-	if (server == NULL || stripe_spi_bool(0, ok_col))
-		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("the owner of source \"%s\" has no USAGE on its %s server \"%s\"", run->src.name,
 					what, server),
 			 errdetail("A source syncs as its owner, who must be able to use its servers."),
-			 errhint("GRANT USAGE ON FOREIGN SERVER %s TO %s;", quote_identifier(server), owner)));
+			 errhint("GRANT USAGE ON FOREIGN SERVER %s TO %s;", quote_identifier(server),
+					 GetUserNameFromId(run->src.owner, false))));
+}
+
+/* Each run checks that the owner may still use the source's servers (in a step). */
+void
+stripe_check_usage(SyncRun *run)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(run->src.name)};
+
+	stripe_spi("SELECT s.server::text, has_server_privilege(s.owner, s.server, 'USAGE'), "
+			   "s.destination::text, s.destination IS NULL OR has_server_privilege(s.owner, s.destination, 'USAGE') "
+			   "FROM stripe_sync.sources s WHERE s.name = $1", 1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return;
+	if (!stripe_spi_bool(0, 2))
+		check_usage(run, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "Stripe");
+	if (!stripe_spi_bool(0, 4))
+		check_usage(run, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), "destination");
 }
 
 /*
  * Reads the source into run->src (in run->cxt); false when there is no such
  * source, or none the caller may sync: its owner, a member of the owner's
- * role, or a superuser.  Each run checks again that the owner may still use
- * the source's servers.
+ * role, or a superuser.
  */
 bool
 stripe_load_source(SyncRun *run, const char *name)
@@ -108,10 +121,8 @@ stripe_load_source(SyncRun *run, const char *name)
 
 	stripe_spi("SELECT s.server::text, s.target_schema::text, s.objects, "
 			   "extract(epoch FROM s.sync_from)::bigint, s.events_cursor, s.account_id, "
-			   "has_server_privilege(s.owner, s.server, 'USAGE'), "
-			   "s.destination::text, s.emit_history, s.history_until, s.owner::text, s.owner::oid, "
-			   "s.failures, s.last_error, "
-			   "s.destination IS NULL OR has_server_privilege(s.owner, s.destination, 'USAGE') "
+			   "NULL, s.destination::text, s.emit_history, s.history_until, s.owner::text, s.owner::oid, "
+			   "s.failures, s.last_error "
 			   "FROM stripe_sync.sources s WHERE s.name = $1 AND pg_has_role($2, s.owner, 'USAGE')",
 			   2, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
@@ -119,8 +130,6 @@ stripe_load_source(SyncRun *run, const char *name)
 	tup = SPI_tuptable->vals[0];
 	td = SPI_tuptable->tupdesc;
 	run->src.name = MemoryContextStrdup(run->cxt, name);
-	check_usage(run, 7, 1, "Stripe");
-	check_usage(run, 15, 8, "destination");
 
 	old = MemoryContextSwitchTo(run->cxt);
 	run->src.serverid = GetForeignServerByName(SPI_getvalue(tup, td, 1), false)->serverid;

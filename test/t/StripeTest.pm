@@ -123,7 +123,7 @@ sub server_ms
 	return $node->safe_psql('postgres', 'SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint');
 }
 
-# new_node(name, fake, extra_conf, preload => 0|1) -> started node with the extension, a server
+# new_node(name, fake, extra_conf, preload => 0|1, bare => 0|1) -> started node with the extension, a server
 # "stripe" at the fake and a user mapping with the fake's key
 sub new_node
 {
@@ -136,6 +136,7 @@ sub new_node
 		  . "stripe_sync.requests_per_second = 10000\n"
 		  . ($conf // ''));
 	$node->start;
+	return $node if $opt{bare};    # nothing created: a restore's target
 	my $url = $fake->{url};
 	$node->safe_psql('postgres', qq{
 		CREATE EXTENSION stripe_sync;

@@ -17,7 +17,8 @@ SHLIB_LINK = -lcurl -ljson-c
 # It runs in a temporary instance with the library preloaded, against the fake
 # Stripe that test/regress_launcher starts for it.
 REGRESS = fdw_1_setup fdw_2_options fdw_3_scan fdw_4_faults fdw_5_pushdown \
-          fdw_6_writes fdw_7_catalog outbox_1_payload log_check
+          fdw_6_writes fdw_7_catalog outbox_1_payload \
+          safe_1_crash log_check
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(CURDIR)/test/regress.conf \
                --launcher=$(CURDIR)/test/regress_launcher
 CONTRIB_TESTDB = stripe_regress

@@ -12,6 +12,7 @@
 
 #include "common/pg_prng.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
@@ -25,6 +26,15 @@
 #define MAX_BODY_BYTES		(256 * 1024 * 1024)
 #define MAX_RETRY_WAIT_MS	60000
 #define POLL_INTERVAL_MS	100
+
+/* what a message shows of Stripe's text, in bytes */
+#define MAX_SHOWN_BODY		300
+#define MAX_SHOWN_MESSAGE	1000
+#define MAX_SHOWN_FIELD		200
+
+#define REDACTED			"[redacted]"
+/* a configured key shorter than this is not a real key: scrubbing it would blank out ordinary text */
+#define MIN_SCRUB_KEY_LEN	8
 
 /* Response under construction; filled by libcurl callbacks, which must not ereport. */
 typedef struct HttpBuffer
@@ -225,7 +235,7 @@ stripe_scrub_secrets(char *msg)
 				q++;
 			if (q - p > 3)
 			{
-				static const char marker[] = "[redacted]";
+				static const char marker[] = REDACTED;
 				size_t		mlen = Min(strlen(marker), (size_t) (q - p));
 
 				memcpy(p, marker, mlen);
@@ -236,6 +246,68 @@ stripe_scrub_secrets(char *msg)
 		}
 		p++;
 	}
+}
+
+/* s with every occurrence of key replaced by the marker (s itself when there is none) */
+static char *
+scrub_key(char *s, const char *key)
+{
+	size_t		keylen = key ? strlen(key) : 0;
+	char	   *hit;
+	StringInfoData out;
+
+	if (keylen < MIN_SCRUB_KEY_LEN || (hit = strstr(s, key)) == NULL)
+		return s;
+	initStringInfo(&out);
+	do
+	{
+		appendBinaryStringInfo(&out, s, hit - s);
+		appendStringInfoString(&out, REDACTED);
+		s = hit + keylen;
+	} while ((hit = strstr(s, key)) != NULL);
+	appendStringInfoString(&out, s);
+	return out.data;
+}
+
+/*
+ * Text from the network (or anything a server could have echoed) made fit
+ * for a message, a log line or a table: valid UTF-8, with '?' for each byte
+ * that is not and for control characters other than newline and tab;
+ * scrubbed of the configured key (key, which may be NULL) and of anything
+ * shaped like a Stripe key; at most max bytes, cut at a character boundary.
+ * Palloc'd.
+ */
+char *
+stripe_safe_text(const char *s, size_t len, size_t max, const char *key)
+{
+	StringInfoData out;
+
+	/* look a little past max, so that no key is cut in two before it is found */
+	size_t		window = max + (key ? strlen(key) : 0) + 64;
+	size_t		i = 0;
+	char	   *res;
+
+	initStringInfo(&out);
+	while (i < len && (size_t) out.len < window)
+	{
+		const unsigned char *c = (const unsigned char *) s + i;
+		int			l = pg_utf_mblen(c);
+
+		if (*c < 0x20 ? (*c != '\n' && *c != '\t') :
+			*c >= 0x80 && ((size_t) l > len - i || !pg_utf8_islegal(c, l)))
+		{
+			appendStringInfoChar(&out, '?');
+			i++;
+			continue;
+		}
+		appendBinaryStringInfo(&out, (const char *) c, l);
+		i += l;
+	}
+	/* the exact key first: the shape scrubber could leave part of it */
+	res = scrub_key(out.data, key);
+	stripe_scrub_secrets(res);
+	res[pg_encoding_mbcliplen(PG_UTF8, res, strlen(res), max)] = '\0';
+	return res;
 }
 
 char *
@@ -319,6 +391,25 @@ status_errcode(long status)
 	}
 }
 
+/* A field of Stripe's error object when it is a string, fit for a message; else NULL */
+static char *
+error_field(StripeConn *conn, json_object *err, const char *name, size_t max)
+{
+	json_object *v;
+
+	if (!json_object_object_get_ex(err, name, &v) || !json_object_is_type(v, json_type_string))
+		return NULL;
+	return stripe_safe_text(json_object_get_string(v), json_object_get_string_len(v),
+							max, conn->api_key);
+}
+
+/* The request path for a message: it may carry ids from a query or from Stripe. */
+static char *
+shown_path(StripeConn *conn, const char *path)
+{
+	return stripe_safe_text(path, strlen(path), MAX_SHOWN_MESSAGE, conn->api_key);
+}
+
 /* Reports a non-2xx answer from Stripe; does not return. */
 static void
 report_stripe_error(StripeConn *conn, const char *method, const char *path,
@@ -337,18 +428,15 @@ report_stripe_error(StripeConn *conn, const char *method, const char *path,
 	{
 		json_object *err;
 
-		if (root && json_object_object_get_ex(root, "error", &err))
+		/* any part of the answer may be of any JSON type: only strings are shown */
+		if (json_object_is_type(root, json_type_object) &&
+			json_object_object_get_ex(root, "error", &err) &&
+			json_object_is_type(err, json_type_object))
 		{
-			json_object *v;
-
-			if (json_object_object_get_ex(err, "message", &v))
-				message = pstrdup(json_object_get_string(v));
-			if (json_object_object_get_ex(err, "type", &v))
-				type = pstrdup(json_object_get_string(v));
-			if (json_object_object_get_ex(err, "code", &v))
-				code = pstrdup(json_object_get_string(v));
-			if (json_object_object_get_ex(err, "param", &v))
-				param = pstrdup(json_object_get_string(v));
+			message = error_field(conn, err, "message", MAX_SHOWN_MESSAGE);
+			type = error_field(conn, err, "type", MAX_SHOWN_FIELD);
+			code = error_field(conn, err, "code", MAX_SHOWN_FIELD);
+			param = error_field(conn, err, "param", MAX_SHOWN_FIELD);
 		}
 	}
 	PG_FINALLY();
@@ -377,13 +465,13 @@ report_stripe_error(StripeConn *conn, const char *method, const char *path,
 		hint = NULL;
 
 	if (message == NULL)
-		message = buf->len > 0 ? pnstrdup(buf->data, Min(buf->len, 300)) : pstrdup("(empty response)");
-	stripe_scrub_secrets(message);
+		message = buf->len > 0 ? stripe_safe_text(buf->data, buf->len, MAX_SHOWN_BODY, conn->api_key)
+			: pstrdup("(empty response)");
 
 	ereport(ERROR,
 			(errcode(status_errcode(status)),
 			 errmsg("Stripe request %s %s failed with HTTP %ld%s%s%s",
-					method, path, status,
+					method, shown_path(conn, path), status,
 					type ? " (" : "", type ? type : "", type ? ")" : ""),
 			 errdetail("%s%s%s%s%s%s",
 					   message,
@@ -391,7 +479,11 @@ report_stripe_error(StripeConn *conn, const char *method, const char *path,
 					   param ? " Param: " : "", param ? param : "",
 					   attempts > 1 ? psprintf(" Attempts: %d.", attempts) : ""),
 			 hint ? errhint("%s", hint) : 0,
-			 buf->request_id[0] ? errcontext("Stripe request id %s", buf->request_id) : 0));
+			 buf->request_id[0]
+			 ? errcontext("Stripe request id %s",
+						  stripe_safe_text(buf->request_id, strlen(buf->request_id),
+										   MAX_SHOWN_FIELD, conn->api_key))
+			 : 0));
 }
 
 /*
@@ -545,6 +637,10 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 			retryable = true;
 	}
 
+	/* a parse error or curl's message may quote what the server sent */
+	if (why != NULL)
+		why = stripe_safe_text(why, strlen(why), MAX_SHOWN_MESSAGE, conn->api_key);
+
 	if (retryable && attempt < stripe_max_retries)
 	{
 		*retry_ms = stripe_backoff_ms(attempt, buf->retry_after);
@@ -552,7 +648,7 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 			stats->retries++;
 		ereport(DEBUG1,
 				(errmsg("retrying Stripe request %s %s in %ld ms: %s",
-						method, path, *retry_ms,
+						method, shown_path(conn, path), *retry_ms,
 						why ? why : psprintf("HTTP %ld", status))));
 		if (buf->data)
 			pfree(buf->data);
@@ -563,11 +659,10 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 	if (status != 0 && why == NULL)
 		report_stripe_error(conn, method, path, status, buf, attempt + 1);
 
-	stripe_scrub_secrets(errbuf);
 	ereport(ERROR,
 			(errcode(rc != CURLE_OK ? ERRCODE_CONNECTION_FAILURE : ERRCODE_FDW_INVALID_DATA_TYPE),
 			 errmsg("Stripe request %s %s failed after %d attempt%s",
-					method, path, attempt + 1, attempt == 0 ? "" : "s"),
+					method, shown_path(conn, path), attempt + 1, attempt == 0 ? "" : "s"),
 			 errdetail("%s", why),
 			 rc != CURLE_OK
 			 ? errhint("Check that the api_url of server \"%s\" is reachable; stripe_sync.http_timeout and stripe_sync.max_retries set the patience.",
@@ -684,9 +779,11 @@ stripe_http_post_json(const char *url, const char *authorization,
 		curl_easy_getinfo(stripe_easy, CURLINFO_RESPONSE_CODE, &res->status);
 	else
 	{
-		strlcpy(res->error, buf.oom ? "response too large or out of memory" :
-				(errbuf[0] ? errbuf : curl_easy_strerror(rc)), sizeof(res->error));
-		stripe_scrub_secrets(res->error);
+		const char *why = buf.oom ? "response too large or out of memory" :
+			(errbuf[0] ? errbuf : curl_easy_strerror(rc));
+
+		strlcpy(res->error, stripe_safe_text(why, strlen(why), sizeof(res->error) - 1, NULL),
+				sizeof(res->error));
 	}
 	res->body = buf.data ? buf.data : pstrdup("");
 	res->len = buf.len;

@@ -174,6 +174,7 @@ typedef struct StripeHttpResult
 extern void stripe_http_post_json(const char *url, const char *authorization,
 								  const char *body, StripeHttpResult *res);
 extern void stripe_scrub_secrets(char *msg);
+extern char *stripe_safe_text(const char *s, size_t len, size_t max, const char *key);
 
 /* ---- rate limiter (ratelimit.c) ---- */
 

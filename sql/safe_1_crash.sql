@@ -18,13 +18,13 @@ CREATE FUNCTION hostile(path text, body text, status int DEFAULT 200, count int 
 LANGUAGE sql AS $$ SELECT hostile_bytes(path, convert_to(body, 'UTF8'), status, count, headers) $$;
 -- the fake answers path once with body; then stmt runs: its first value, or
 -- its error (SQLSTATE, message | detail)
-CREATE FUNCTION after_answer(path text, body text, status int, stmt text) RETURNS text
+CREATE FUNCTION after_bytes(path text, body bytea, status int, stmt text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
   r text;
   detail text;
 BEGIN
-  PERFORM hostile(path, body, status);
+  PERFORM hostile_bytes(path, body, status);
   EXECUTE stmt INTO r;
   RETURN coalesce(r, 'NULL');
 EXCEPTION WHEN OTHERS THEN
@@ -32,6 +32,8 @@ EXCEPTION WHEN OTHERS THEN
   PERFORM fake('DELETE', '/_control/faults');
   RETURN concat_ws(' | ', SQLSTATE || ': ' || SQLERRM, nullif(detail, ''));
 END $$;
+CREATE FUNCTION after_answer(path text, body text, status int, stmt text) RETURNS text
+LANGUAGE sql AS $$ SELECT after_bytes(path, convert_to(body, 'UTF8'), status, stmt) $$;
 
 -- intempt_data (PUBLIC): a subscription's items, data, price of any type
 SELECT o, stripe_sync.intempt_data(o::jsonb, 'evt_1', 'customer.subscription.updated', NULL) AS data

@@ -149,7 +149,9 @@ fieldset_lookup(StripeFieldSet *fs, const char *name, int len)
  * The name of the field whose value is the current token.  The lexer runs
  * without de-escaping (much faster), so take the name's raw text back from
  * the input: it is the string just before the ':' that precedes the value.
- * Returns false for names with escapes, which no Stripe field has.
+ * Returns false for names with escapes, which no Stripe field has: walking
+ * back from the closing quote, a backslash, or a quote that a backslash
+ * escapes ("x\"id" is not "id").
  */
 static bool
 current_field_name(JsonLexContext *lex, const char **name, int *len)
@@ -170,7 +172,7 @@ current_field_name(JsonLexContext *lex, const char **name, int *len)
 			return false;
 		p--;
 	}
-	if (p < lex->input)
+	if (p < lex->input || (p > lex->input && p[-1] == '\\'))
 		return false;
 	*name = p + 1;
 	*len = end - (p + 1);

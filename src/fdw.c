@@ -291,6 +291,16 @@ stripeGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntable
 	Relation	rel;
 
 	info->path = stripe_table_object_path(foreigntableid);
+	/* the table's name when there is no object option: anything may be in it */
+	if (!stripe_valid_object_path(info->path))
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
+				 errmsg("foreign table \"%s\" does not name a Stripe list path",
+						get_rel_name(foreigntableid)),
+				 errdetail("\"%s\" is not a path of Stripe's: lower-case letters, digits and _, in segments separated by /.",
+						   info->path),
+				 errhint("Without an object option the table's name is the path: ALTER FOREIGN TABLE %s OPTIONS (ADD object 'customers');",
+						 quote_identifier(get_rel_name(foreigntableid)))));
 	info->def = stripe_object_by_path(info->path);
 	info->all_pushed = true;
 
@@ -618,11 +628,16 @@ typedef struct RequestPlan
 	char	   *query_rest;		/* "&customer=…&created%5Bgte%5D=…" */
 } RequestPlan;
 
+/* id: a path segment (stripe_path_segment), or NULL for an id no object has */
 static void
 add_retrieve(RequestPlan *rp, const char *path, const char *id)
 {
-	char	   *p = psprintf("/v1/%s/%s", path, id);
+	char	   *p;
 	ListCell   *lc;
+
+	if (id == NULL)
+		return;
+	p = psprintf("/v1/%s/%s", path, id);
 
 	foreach(lc, rp->retrieve_paths)
 		if (strcmp(lfirst(lc), p) == 0)
@@ -678,7 +693,7 @@ build_request(const char *path, const StripeObjectDef *def,
 		if (!v->known)
 			add_retrieve(rp, path, psprintf("$%d", v->paramno));
 		else if (v->kind == PUSH_ID)
-			add_retrieve(rp, path, stripe_urlencode(datum_param_text(v->value, v->type)));
+			add_retrieve(rp, path, stripe_path_segment(datum_param_text(v->value, v->type)));
 		else
 		{
 			ArrayType  *arr = DatumGetArrayTypeP(v->value);
@@ -695,7 +710,7 @@ build_request(const char *path, const StripeObjectDef *def,
 			for (int e = 0; e < n; e++)
 				if (!nulls[e])
 					add_retrieve(rp, path,
-								 stripe_urlencode(datum_param_text(elems[e], ARR_ELEMTYPE(arr))));
+								 stripe_path_segment(datum_param_text(elems[e], ARR_ELEMTYPE(arr))));
 		}
 		/* several id quals: the first decides, the recheck keeps the rest honest */
 		return rp->retrieve_paths != NIL;
@@ -733,6 +748,9 @@ build_request(const char *path, const StripeObjectDef *def,
 				if (def->parent_path != NULL)
 				{
 					/* GET /v1/customers/cus_…/payment_methods */
+					if (v->known &&
+						(value = stripe_path_segment(datum_param_text(v->value, v->type))) == NULL)
+						return false;	/* no parent has such an id: no rows */
 					rp->base_path = psprintf("/v1/%s/%s/%s", def->parent_path, value, path);
 					continue;
 				}
@@ -956,7 +974,7 @@ fetch_page(StripeScanState *st)
 	else
 		path = list_request(st->base_path,
 							st->pages_done == 0 && st->first_limit > 0 ? st->first_limit : STRIPE_PAGE_SIZE,
-							st->query_rest, st->last_id[0] ? st->last_id : NULL);
+							st->query_rest, st->last_id[0] ? stripe_urlencode(st->last_id) : NULL);
 	found = stripe_request(st->conn, "GET", path, NULL, NULL, st->allow_404,
 						   check_page, st, &resp, &st->stats);
 	MemoryContextSwitchTo(old);
@@ -975,24 +993,29 @@ fetch_page(StripeScanState *st)
 		memset(&st->page, 0, sizeof(StripePage));	/* 404: no such parent */
 		st->done = true;
 	}
-	else if (!st->page.has_more || st->page.nrows == 0)
+	else if (!st->page.has_more)
 		st->done = true;
 	else
 	{
-		StripeRow  *last = &st->page.rows[st->page.nrows - 1];
+		const char *why = NULL;
 		char	   *id;
 
-		if (stripe_span_is_null(&last->fields[st->rc->id_slot]))
+		old = MemoryContextSwitchTo(st->page_cxt);
+		id = stripe_page_next_cursor(&st->page, st->rc->id_slot,
+									 st->last_id[0] ? st->last_id : NULL, &why);
+		MemoryContextSwitchTo(old);
+		/* a list that does not move on would be asked for the same page forever */
+		if (id == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
-					 errmsg("Stripe list page for %s has an object without an id", st->path)));
-		old = MemoryContextSwitchTo(st->page_cxt);
-		id = stripe_urlencode(stripe_span_text(&last->fields[st->rc->id_slot]));
-		MemoryContextSwitchTo(old);
+					 errmsg("Stripe list %s does not go on after page %d", st->path, st->pages_done),
+					 errdetail("The page says there is more, but %s.", why),
+					 errhint("The scan stops here rather than ask for that page again.")));
 		if (strlen(id) >= sizeof(st->last_id))
 			ereport(ERROR,
 					(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
-					 errmsg("Stripe object id is too long: \"%.40s…\"", id)));
+					 errmsg("Stripe object id in list %s is longer than %d bytes",
+							st->path, (int) sizeof(st->last_id) - 1)));
 		strcpy(st->last_id, id);
 	}
 }

@@ -328,6 +328,19 @@ stripe_urlencode(const char *s)
 	return out.data;
 }
 
+/*
+ * A value (an id) as one segment of a request path, percent-encoded; NULL
+ * when it cannot be one: empty, "." or "..", which a URL resolves away
+ * (/v1/customers/.. is /v1/).  No Stripe object has such an id.
+ */
+char *
+stripe_path_segment(const char *s)
+{
+	if (s[0] == '\0' || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+		return NULL;
+	return stripe_urlencode(s);
+}
+
 /* Waits ms milliseconds, waking for interrupts. */
 static void
 interruptible_sleep(long ms)

@@ -410,6 +410,40 @@ stripe_parse_page(char *json, size_t len, bool is_list, StripeFieldSet *fs,
 	return true;
 }
 
+/*
+ * The cursor for the page after this list page (has_more): the id of its
+ * last object, de-escaped.  NULL, with *why set ("it holds no object"), when
+ * the page cannot lead on: it has no object, its last object's id is not a
+ * non-empty string, or that id is prev, the cursor this page was asked with
+ * (the next request would be this one again, forever).  For every scan that
+ * follows cursors: the FDW's, the sync's windows.
+ */
+char *
+stripe_page_next_cursor(StripePage *page, int id_slot, const char *prev, const char **why)
+{
+	StripeSpan *span;
+	char	   *id;
+
+	if (page->nrows == 0)
+	{
+		*why = "it holds no object";
+		return NULL;
+	}
+	span = &page->rows[page->nrows - 1].fields[id_slot];
+	if (span->start == NULL || span->len <= 2 || span->start[0] != '"')
+	{
+		*why = "its last object has no id";
+		return NULL;
+	}
+	id = stripe_span_text(span);
+	if (prev != NULL && strcmp(id, prev) == 0)
+	{
+		*why = "its last object is the one it was asked to start after";
+		return NULL;
+	}
+	return id;
+}
+
 bool
 stripe_span_is_null(StripeSpan *span)
 {

@@ -112,6 +112,7 @@ typedef struct StripeConn
 
 extern StripeConn *stripe_conn_for_server(Oid serverid, Oid userid);
 extern bool stripe_valid_url(const char *url);
+extern bool stripe_valid_object_path(const char *path);
 
 /* ---- HTTP (http.c) ---- */
 
@@ -161,6 +162,7 @@ extern void stripe_request_stream(StripeConn *conn, StripeManyFeed feed,
 								  StripeManyDone done, void *arg,
 								  StripeStats *stats);
 extern char *stripe_urlencode(const char *s);
+extern char *stripe_path_segment(const char *s);
 /* equal-jitter backoff from stripe_sync.retry_base_delay, at least Retry-After */
 extern long stripe_backoff_ms(int attempt, const char *retry_after);
 typedef struct StripeHttpResult
@@ -216,6 +218,8 @@ extern bool stripe_parse_page(char *json, size_t len, bool is_list,
 							  const char **why);
 extern char *stripe_span_text(StripeSpan *span);
 extern bool stripe_span_is_null(StripeSpan *span);
+extern char *stripe_page_next_cursor(StripePage *page, int id_slot, const char *prev,
+									 const char **why);
 
 /* ---- row conversion (rowconv.c) ---- */
 

@@ -18,7 +18,7 @@ SHLIB_LINK = -lcurl -ljson-c
 # Stripe that test/regress_launcher starts for it.
 REGRESS = fdw_1_setup fdw_2_options fdw_3_scan fdw_4_faults fdw_5_pushdown \
           fdw_6_writes fdw_7_catalog outbox_1_payload \
-          safe_1_crash safe_2_values safe_3_requests log_check
+          safe_1_crash safe_2_values safe_3_requests safe_4_secrets log_check
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(CURDIR)/test/regress.conf \
                --launcher=$(CURDIR)/test/regress_launcher
 CONTRIB_TESTDB = stripe_regress

@@ -214,9 +214,25 @@ perform_interruptible(void)
 }
 
 /*
- * Replaces anything that looks like a Stripe key ("sk_live_…", "rk_test_…",
- * a masked "sk_test_****abcd") with a marker, in place.
+ * The length of the Stripe key ("sk_live_…", "rk_test_…", a masked
+ * "sk_test_****abcd") that starts at p in msg, or 0 when none does.
  */
+static size_t
+key_shaped_run(const char *msg, const char *p)
+{
+	const char *q = p;
+
+	if (*p == '\0' || strchr("srpSRP", *p) == NULL ||
+		(p > msg && isalnum((unsigned char) p[-1])) ||
+		(pg_strncasecmp(p, "sk_", 3) != 0 && pg_strncasecmp(p, "rk_", 3) != 0 &&
+		 pg_strncasecmp(p, "pk_", 3) != 0))
+		return 0;
+	while (*q && (isalnum((unsigned char) *q) || *q == '_' || *q == '*'))
+		q++;
+	return q - p > 3 ? q - p : 0;
+}
+
+/* Replaces anything that looks like a Stripe key with a marker, in place. */
 void
 stripe_scrub_secrets(char *msg)
 {
@@ -224,48 +240,63 @@ stripe_scrub_secrets(char *msg)
 
 	while ((p = strpbrk(p, "srpSRP")) != NULL)
 	{
-		char	   *q;
+		size_t		n = key_shaped_run(msg, p);
 
-		if ((p == msg || !isalnum((unsigned char) p[-1])) &&
-			(pg_strncasecmp(p, "sk_", 3) == 0 || pg_strncasecmp(p, "rk_", 3) == 0 ||
-			 pg_strncasecmp(p, "pk_", 3) == 0))
+		if (n > 0)
 		{
-			q = p;
-			while (*q && (isalnum((unsigned char) *q) || *q == '_' || *q == '*'))
-				q++;
-			if (q - p > 3)
-			{
-				static const char marker[] = REDACTED;
-				size_t		mlen = Min(strlen(marker), (size_t) (q - p));
+			static const char marker[] = REDACTED;
+			size_t		mlen = Min(strlen(marker), n);
 
-				memcpy(p, marker, mlen);
-				memmove(p + mlen, q, strlen(q) + 1);
-				p += mlen;
-				continue;
-			}
+			memcpy(p, marker, mlen);
+			memmove(p + mlen, p + n, strlen(p + n) + 1);
+			p += mlen;
+			continue;
 		}
 		p++;
 	}
 }
 
-/* s with every occurrence of key replaced by the marker (s itself when there is none) */
+/*
+ * text scrubbed of the configured key (exactly) and of anything shaped like
+ * a key, each replaced by the whole marker.  The exact key goes first: the
+ * shape scrubber stops at a '.' or '-' in a key and would leave the rest.
+ */
 static char *
-scrub_key(char *s, const char *key)
+scrub_copy(const char *text, const char *key)
 {
 	size_t		keylen = key ? strlen(key) : 0;
-	char	   *hit;
+	const char *keyless = text;
+	const char *s;
 	StringInfoData out;
 
-	if (keylen < MIN_SCRUB_KEY_LEN || (hit = strstr(s, key)) == NULL)
-		return s;
-	initStringInfo(&out);
-	do
+	if (keylen >= MIN_SCRUB_KEY_LEN && strstr(text, key) != NULL)
 	{
-		appendBinaryStringInfo(&out, s, hit - s);
-		appendStringInfoString(&out, REDACTED);
-		s = hit + keylen;
-	} while ((hit = strstr(s, key)) != NULL);
-	appendStringInfoString(&out, s);
+		initStringInfo(&out);
+		for (s = text; *s;)
+		{
+			if (strncmp(s, key, keylen) == 0)
+			{
+				appendStringInfoString(&out, REDACTED);
+				s += keylen;
+			}
+			else
+				appendStringInfoChar(&out, *s++);
+		}
+		keyless = out.data;
+	}
+	initStringInfo(&out);
+	for (s = keyless; *s;)
+	{
+		size_t		n = key_shaped_run(keyless, s);
+
+		if (n > 0)
+		{
+			appendStringInfoString(&out, REDACTED);
+			s += n;
+		}
+		else
+			appendStringInfoChar(&out, *s++);
+	}
 	return out.data;
 }
 
@@ -303,9 +334,7 @@ stripe_safe_text(const char *s, size_t len, size_t max, const char *key)
 		appendBinaryStringInfo(&out, (const char *) c, l);
 		i += l;
 	}
-	/* the exact key first: the shape scrubber could leave part of it */
-	res = scrub_key(out.data, key);
-	stripe_scrub_secrets(res);
+	res = scrub_copy(out.data, key);
 	res[pg_encoding_mbcliplen(PG_UTF8, res, strlen(res), max)] = '\0';
 	return res;
 }

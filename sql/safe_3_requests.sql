@@ -23,6 +23,12 @@ SELECT count(*) FROM stripe.customers;
 SELECT hostile('/v1/customers?', page(''));
 SELECT count(*) FROM stripe.customers;
 
+-- a page of far more objects than Stripe's 100 is refused, not held in memory
+SELECT after_answer('/v1/customers?', page(string_agg('{}', ',')), 200, 'SELECT count(*) FROM stripe.customers')
+  FROM generate_series(1, 1001);
+SELECT after_answer('/v1/customers?', page(string_agg('{}', ',')), 200, 'SELECT count(*) FROM stripe.customers')
+  FROM generate_series(1, 1000);
+
 -- the object path: lower-case letters, digits and _, in segments separated by single /
 CREATE FOREIGN TABLE stripe."../../admin?x=1#" (id text) SERVER stripe;
 CREATE FOREIGN TABLE stripe."Customers" (id text) SERVER stripe;

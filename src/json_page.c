@@ -27,6 +27,13 @@ typedef struct FieldEntry
 
 #define MAX_FILTER_LEN 64
 
+/*
+ * Stripe's pages hold at most 100 objects.  Far more is not a Stripe page,
+ * and each object costs a span per wanted field: a body of millions of {}
+ * would take gigabytes.
+ */
+#define MAX_PAGE_ROWS	(STRIPE_PAGE_SIZE * 10)
+
 struct StripeFieldSet
 {
 	FieldEntry *entries;
@@ -184,6 +191,11 @@ begin_row(ParseState *st)
 {
 	StripePage *page = st->page;
 
+	if (page->nrows == MAX_PAGE_ROWS)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
+				 errmsg("Stripe's answer holds more than %d objects", MAX_PAGE_ROWS),
+				 errdetail("A page of a Stripe list holds at most %d.", STRIPE_PAGE_SIZE)));
 	if (page->nrows == st->rows_cap)
 	{
 		st->rows_cap = st->rows_cap ? st->rows_cap * 2 : STRIPE_PAGE_SIZE;

@@ -40,6 +40,19 @@ SELECT after_answer('/v1/account',
                     format('{"id": "acct_1", "settings": {"dashboard": {"display_name": "%s Ltd"}}}', the_key()),
                     200, $$SELECT account_name FROM stripe_sync.test_connection('keyed')$$);
 
+-- a column's input function quotes its input in its errors: Stripe's text, not shown
+CREATE FOREIGN TABLE keyed_values (id text, livemode boolean, balance numeric, metadata jsonb)
+  SERVER keyed OPTIONS (object 'customers');
+CREATE FUNCTION key_page() RETURNS text LANGUAGE sql AS $$
+  SELECT format('{"object": "list", "has_more": false, "data": [{"id": "cus_1", "object": "customer", '
+                '"livemode": ["%1$s"], "balance": "%1$s", "metadata": {"k": "\u0000 %1$s"}}]}', the_key()) $$;
+SELECT hostile('/v1/customers?', key_page());
+SELECT livemode FROM keyed_values;
+SELECT hostile('/v1/customers?', key_page());
+SELECT balance FROM keyed_values;
+SELECT hostile('/v1/customers?', key_page());
+SELECT metadata FROM keyed_values;
+
 -- cut at a character boundary: 299 bytes and a two-byte character
 SELECT after_answer('/v1/customers?', repeat('a', 299) || 'é and more', 400,
                     'SELECT count(*) FROM keyed_customers');

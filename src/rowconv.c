@@ -243,17 +243,64 @@ span_timestamptz(RowConvPriv *priv, int att, StripeSpan *span)
 	return ts;
 }
 
+/*
+ * Stripe's text through the column's input function (json and jsonb: the
+ * raw text, parsed in place).  An input function's error quotes its input,
+ * which is Stripe's to choose (the API key, say): a data error becomes one
+ * that names the field and not the value.
+ */
+static Datum
+input_value(RowConvPriv *priv, int att, StripeSpan *span)
+{
+	StripeRowConv *rc = &priv->pub;
+	Oid			type = rc->att_type[att];
+	bool		raw = (type == JSONBOID || type == JSONOID);
+	char	   *text;
+	char		saved = span->start[span->len];
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile Datum d = (Datum) 0;
+
+	check_utf8(priv, att, span);
+	if (raw)
+	{
+		/* the body is ours: terminate the span for a moment */
+		span->start[span->len] = '\0';
+		text = span->start;
+	}
+	else
+		text = stripe_span_text(span);
+	PG_TRY();
+	{
+		d = InputFunctionCall(&rc->att_in[att], text, rc->att_ioparam[att], rc->att_typmod[att]);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		if (raw)
+			span->start[span->len] = saved;
+		edata = CopyErrorData();
+		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION)
+			PG_RE_THROW();
+		FlushErrorState();
+		value_error(priv, att, span, edata->sqlerrcode,
+					psprintf("is not a valid %s", format_type_be(type)));
+	}
+	PG_END_TRY();
+	if (raw)
+		span->start[span->len] = saved;
+	return d;
+}
+
 /* JSON value → datum of the column's type */
 static Datum
 convert_value(StripeRowConv *rc, int att, StripeSpan *span)
 {
 	RowConvPriv *priv = (RowConvPriv *) rc;
-	Oid			type = rc->att_type[att];
 	char		c = span->start[0];
-	Datum		d;
-	char		saved;
 
-	switch (type)
+	switch (rc->att_type[att])
 	{
 		case JSONBOID:
 			{
@@ -264,16 +311,7 @@ convert_value(StripeRowConv *rc, int att, StripeSpan *span)
 					return JsonbPGetDatum(jb);
 			}
 			/* not a plain object: jsonb_in says what it is */
-			/* FALLTHROUGH */
-		case JSONOID:
-			check_utf8(priv, att, span);
-			/* parse in place: the body is ours, terminate the span for a moment */
-			saved = span->start[span->len];
-			span->start[span->len] = '\0';
-			d = InputFunctionCall(&rc->att_in[att], span->start,
-								  rc->att_ioparam[att], rc->att_typmod[att]);
-			span->start[span->len] = saved;
-			return d;
+			break;
 		case TEXTOID:
 			check_utf8(priv, att, span);
 			return PointerGetDatum(cstring_to_text(stripe_span_text(span)));
@@ -289,9 +327,7 @@ convert_value(StripeRowConv *rc, int att, StripeSpan *span)
 		default:
 			break;
 	}
-	check_utf8(priv, att, span);
-	return InputFunctionCall(&rc->att_in[att], stripe_span_text(span),
-							 rc->att_ioparam[att], rc->att_typmod[att]);
+	return input_value(priv, att, span);
 }
 
 /*

@@ -161,6 +161,7 @@ typedef void (*StripeManyDone) (void *arg, StripeManyReq *req);
 extern void stripe_request_stream(StripeConn *conn, StripeManyFeed feed,
 								  StripeManyDone done, void *arg,
 								  StripeStats *stats);
+/* text.c: URL encoding; network text made fit for messages */
 extern char *stripe_urlencode(const char *s);
 extern char *stripe_path_segment(const char *s);
 /* equal-jitter backoff from stripe_sync.retry_base_delay, at least Retry-After */
@@ -175,7 +176,7 @@ typedef struct StripeHttpResult
 } StripeHttpResult;
 extern void stripe_http_post_json(const char *url, const char *authorization,
 								  const char *body, StripeHttpResult *res);
-extern void stripe_scrub_secrets(char *msg);
+extern void stripe_scrub_secrets(char *msg);	/* text.c */
 extern char *stripe_safe_text(const char *s, size_t len, size_t max, const char *key);
 
 /* ---- rate limiter (ratelimit.c) ---- */

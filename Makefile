@@ -1,7 +1,7 @@
 # stripe_sync: PGXS build
 MODULE_big = stripe_sync
 OBJS = src/stripe_sync.o src/outbox.o src/payload.o src/http.o src/json_page.o src/options.o src/rowconv.o \
-       src/catalog.o src/catalog_data.o src/fdw.o src/modify.o src/admin.o \
+       src/catalog.o src/catalog_data.o src/fdw.o src/fdw_request.o src/modify.o src/admin.o \
        src/ratelimit.o src/sync.o src/worker.o src/jsonb_fast.o src/text.o
 EXTENSION = stripe_sync
 DATA = sql/stripe_sync--0.1.sql

@@ -747,6 +747,60 @@ slot_detach(StreamSlot *s)
 }
 
 /*
+ * Takes the next finished transfer, if any: judges it, then hands it to done
+ * or sets its retry.  Returns false when none has finished.
+ */
+static bool
+stream_finished(StripeConn *conn, StreamSlot *slots, int nslots, StripeManyDone done,
+				void *arg, StripeStats *stats, bool *feed_empty)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(stripe_multi, &left)) != NULL)
+	{
+		StreamSlot *s = NULL;
+		long		ms = 0;
+		CURLcode	rc;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		for (int i = 0; i < nslots; i++)
+			if (slots[i].added && slots[i].easy == msg->easy_handle)
+				s = &slots[i];
+		if (s == NULL)
+			continue;
+		rc = msg->data.result;
+		slot_detach(s);
+		switch (judge_attempt(conn, "GET", s->req->path, s->easy, rc, &s->buf,
+							  s->errbuf, false, s->req->check, s->req->check_arg,
+							  &s->req->resp, s->attempt, stats, &ms))
+		{
+			case ATTEMPT_OK:
+			case ATTEMPT_404:
+				{
+					StripeManyReq *req = s->req;
+
+					s->req = NULL;
+					pfree(s->url);
+					s->url = NULL;
+					/* done may have more work now */
+					*feed_empty = false;
+					done(arg, req);
+					pfree(req);
+					break;
+				}
+			case ATTEMPT_RETRY:
+				s->attempt++;
+				s->retry_at = GetCurrentTimestamp() + ms * 1000L;
+				break;
+		}
+		return true;
+	}
+	return false;
+}
+
+/*
  * Runs GET requests, up to stripe_sync.max_concurrent_requests at a time,
  * each with stripe_request's retry rules and errors.  feed hands out the next
  * request (false: none for now); done receives each one as it completes, in
@@ -788,8 +842,6 @@ stripe_request_stream(StripeConn *conn, StripeManyFeed feed, StripeManyDone done
 			long		wait_ms = POLL_INTERVAL_MS;
 			TimestampTz now = GetCurrentTimestamp();
 			CURLMcode	mc;
-			CURLMsg    *msg;
-			int			left;
 
 			/* start what is due: retries first, then new work */
 			for (int i = 0; i < nslots; i++)
@@ -830,49 +882,8 @@ stripe_request_stream(StripeConn *conn, StripeManyFeed feed, StripeManyDone done
 			if (mc != CURLM_OK)
 				elog(ERROR, "curl_multi_perform failed: %s", curl_multi_strerror(mc));
 
-			while ((msg = curl_multi_info_read(stripe_multi, &left)) != NULL)
-			{
-				StreamSlot *s = NULL;
-				long		ms = 0;
-				CURLcode	rc;
-
-				if (msg->msg != CURLMSG_DONE)
-					continue;
-				for (int i = 0; i < nslots; i++)
-					if (slots[i].added && slots[i].easy == msg->easy_handle)
-						s = &slots[i];
-				if (s == NULL)
-					continue;
-				rc = msg->data.result;
-				slot_detach(s);
-				switch (judge_attempt(conn, "GET", s->req->path, s->easy, rc, &s->buf,
-									  s->errbuf, false, s->req->check, s->req->check_arg,
-									  &s->req->resp, s->attempt, stats, &ms))
-				{
-					case ATTEMPT_OK:
-					case ATTEMPT_404:
-						{
-							StripeManyReq *req = s->req;
-
-							s->req = NULL;
-							pfree(s->url);
-							s->url = NULL;
-							/* done may have more work now */
-							feed_empty = false;
-							done(arg, req);
-							pfree(req);
-							break;
-						}
-					case ATTEMPT_RETRY:
-						s->attempt++;
-						s->retry_at = GetCurrentTimestamp() + ms * 1000L;
-						break;
-				}
-				/* done may have run a while: look at the transfers again */
-				break;
-			}
-			if (msg != NULL)
-				continue;
+			if (stream_finished(conn, slots, nslots, done, arg, stats, &feed_empty))
+				continue;		/* done may have run a while: look at the transfers again */
 
 			if (running > 0 || busy > 0)
 			{

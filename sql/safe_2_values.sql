@@ -33,6 +33,11 @@ SELECT v, read_as_column('balance', v) AS balance
 SELECT v, read_as_column('email', v) AS email
   FROM unnest(ARRAY['"a@example.com"', '"tab\tquote\"u\u00e9"', '5', 'true', '{"a": 1}', 'null',
                     '"\u0000"', '"\ud800"']) v;
+-- what a value's error does not say, its context does
+\set SHOW_CONTEXT always
+SELECT hostile('/v1/customers?', page('{"id": "cus_1", "object": "customer", "email": "\u0000"}'));
+SELECT email FROM stripe.customers;
+\set SHOW_CONTEXT never
 SELECT v, read_as_column('livemode', v) AS livemode
   FROM unnest(ARRAY['true', 'false', 'null', '"t"', '1']) v;
 SELECT v, read_as_column('metadata', v) AS metadata

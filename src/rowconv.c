@@ -32,6 +32,7 @@ typedef struct RowConvPriv
 	const char *table;			/* the relation's name */
 	const char *object;			/* Stripe's "object" value every row must have, or NULL */
 	int			object_slot;	/* the slot of "object" when object is set */
+	int			current_att;	/* the attribute being converted, for the error context */
 } RowConvPriv;
 
 char *
@@ -354,19 +355,38 @@ check_object_type(RowConvPriv *priv, StripeRow *row)
 			 errhint("Check the foreign table's object option: it names the Stripe list the table reads.")));
 }
 
+/* Any error while a value is converted says which field and table it was. */
+static void
+conversion_context(void *arg)
+{
+	RowConvPriv *priv = arg;
+	const char *field = priv->pub.att_field[priv->current_att];
+
+	if (field)
+		errcontext("Stripe field \"%s\" of table \"%s\"", field, priv->table);
+	else
+		errcontext("the Stripe object of table \"%s\"", priv->table);
+}
+
 /* Fills a virtual tuple from one parsed object; allocates in the current context. */
 void
 stripe_row_to_slot(StripeRowConv *rc, StripeRow *row, TupleTableSlot *slot)
 {
 	RowConvPriv *priv = (RowConvPriv *) rc;
 	Jsonb	   *attrs = NULL;
+	ErrorContextCallback errcallback;
 
 	ExecClearTuple(slot);
 	if (priv->object != NULL)
 		check_object_type(priv, row);
+	errcallback.callback = conversion_context;
+	errcallback.arg = priv;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 	/* attrs first: jsonb columns are then taken from it, not parsed again */
 	if (rc->attrs_att >= 0)
 	{
+		priv->current_att = rc->attrs_att;
 		slot->tts_values[rc->attrs_att] = convert_value(rc, rc->attrs_att, &row->object);
 		slot->tts_isnull[rc->attrs_att] = false;
 		attrs = DatumGetJsonbP(slot->tts_values[rc->attrs_att]);
@@ -377,6 +397,7 @@ stripe_row_to_slot(StripeRowConv *rc, StripeRow *row, TupleTableSlot *slot)
 
 		if (i == rc->attrs_att)
 			continue;
+		priv->current_att = i;
 		slot->tts_isnull[i] = true;
 		if (s == STRIPE_ATTRS_SLOT)
 		{
@@ -396,5 +417,6 @@ stripe_row_to_slot(StripeRowConv *rc, StripeRow *row, TupleTableSlot *slot)
 			slot->tts_isnull[i] = false;
 		}
 	}
+	error_context_stack = errcallback.previous;
 	ExecStoreVirtualTuple(slot);
 }

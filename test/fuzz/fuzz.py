@@ -511,13 +511,17 @@ class Workload:
         ])
 
     def options(self):
-        """The validator, and then a scan of what it let through."""
+        """The validators, and then a scan of what they let through."""
         rng = self.rng
         value = lit(rng.choice(["customers", "checkout/sessions", "Customers", "../account", "a//b", "/x",
                                 "x/", "a/b/c", "cüstomers", "customers?limit=1", "customers#", "",
                                 "2026-10-28.endive", "2026-13-01", "acct_1", "acct_1/..", "https://x",
                                 "http://127.0.0.1:1/..", "sk_test_x", "a" * 300]))
-        where = rng.choice(["object", "field", "api_version", "account", "api_url", "api_key"])
+        where = rng.choice(["object", "field", "api_version", "account", "api_url", "api_key", "intempt"])
+        if where == "intempt":
+            return ("CREATE SERVER fuzz_intempt FOREIGN DATA WRAPPER intempt OPTIONS (%s %s); "
+                    "DROP SERVER IF EXISTS fuzz_intempt;"
+                    % (rng.choice(["org", "project", "source_id", "api_url"]), value))
         if where in ("object", "field"):
             opt = "OPTIONS (%s %s)" % (where, value)
             return ("CREATE FOREIGN TABLE fz.opt (id text %s, attrs jsonb) SERVER fuzz %s; "

@@ -58,8 +58,14 @@ CREATE VIEW stripe_sync.status WITH (security_invoker = true) AS
 SELECT s.name AS source, o.object, o.state, o.rows + coalesce(p.rows, 0) AS rows, o.backfill_done,
        o.last_success_at, s.enabled, s.next_sync_at, to_timestamp(s.events_cursor) AS events_cursor,
        o.requests + coalesce(p.requests, 0) AS requests, o.last_error, s.failures,
-       o.history
+       o.history, d.pending_events, d.delivery_error
   FROM stripe_sync.sources s JOIN stripe_sync.object_state o ON o.source = s.name
+  -- the source's delivery: events not yet delivered, and why the oldest waits
+  CROSS JOIN LATERAL (
+    SELECT count(*) AS pending_events,
+           (SELECT ob.last_error FROM stripe_sync.outbox ob
+             WHERE ob.source = s.name AND ob.state IN ('pending', 'sending') ORDER BY ob.id LIMIT 1) AS delivery_error
+      FROM stripe_sync.outbox ob WHERE ob.source = s.name AND ob.state IN ('pending', 'sending')) d
   LEFT JOIN (SELECT source, object, sum(rows)::bigint AS rows, sum(requests)::bigint AS requests
                FROM stripe_sync.backfill_parts GROUP BY source, object) p
          ON p.source = o.source AND p.object = o.object;

@@ -8,6 +8,7 @@
 #include "access/htup_details.h"
 #include "foreign/foreign.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 /* PostgreSQL's SQL function json_object() and json-c's type share a name */
 #define json_object pg_sql_json_object
@@ -17,32 +18,68 @@
 #include <json-c/json.h>
 
 #include "account.h"
+#include "text.h"
 
 PG_FUNCTION_INFO_V1(stripe_test_connection);
 
 typedef struct AccountInfo
 {
+	const char *key;			/* the connection's key, scrubbed from what we keep */
 	char	   *id;
 	char	   *name;
-	bool		has_livemode;
-	bool		livemode;
 	int64		created;		/* unix seconds; 0 when absent */
 } AccountInfo;
 
+/* a Unix time Stripe could mean: from 1970 to the year 10000 */
+#define MAX_ACCOUNT_CREATED		INT64CONST(253402300799)
+
+/*
+ * The string at root.a.b.c, or NULL when a step is absent or not an object,
+ * or the value is not a string.  A string with a NUL or invalid UTF-8 makes
+ * *why say which field it is.
+ */
 static const char *
-json_path_string(json_object *root, const char *a, const char *b, const char *c)
+json_path_string(json_object *root, const char *a, const char *b, const char *c,
+				 const char **why)
 {
 	json_object *o = root;
 	const char *keys[3] = {a, b, c};
+	const char *s;
+	int			len;
 
 	for (int i = 0; i < 3 && keys[i]; i++)
 		if (!json_object_is_type(o, json_type_object) ||
 			!json_object_object_get_ex(o, keys[i], &o))
 			return NULL;
-	return json_object_is_type(o, json_type_string) ? json_object_get_string(o) : NULL;
+	if (!json_object_is_type(o, json_type_string))
+		return NULL;
+	s = json_object_get_string(o);
+	len = json_object_get_string_len(o);
+	if (memchr(s, '\0', len) != NULL || !pg_verify_mbstr(PG_UTF8, s, len, true))
+	{
+		*why = psprintf("Stripe's account object has a NUL or invalid UTF-8 in %s%s%s%s%s",
+						a, b ? "." : "", b ? b : "", c ? "." : "", c ? c : "");
+		return NULL;
+	}
+	return s;
 }
 
-/* A small document: json-c is fine here.  Malformed → retried by the caller. */
+/* Stripe's account ids are acct_ and letters and digits */
+static bool
+is_account_id(const char *id)
+{
+	if (strncmp(id, "acct_", 5) != 0 || id[5] == '\0' || strlen(id) > 255)
+		return false;
+	for (const char *p = id + 5; *p; p++)
+		if (!isalnum((unsigned char) *p))
+			return false;
+	return true;
+}
+
+/*
+ * A small document: json-c is fine here.  Malformed → retried by the caller.
+ * Every value may be of any JSON type: each is checked before use.
+ */
 static bool
 check_account(StripeResponse *resp, void *arg, const char **why)
 {
@@ -57,30 +94,32 @@ check_account(StripeResponse *resp, void *arg, const char **why)
 	}
 	PG_TRY();
 	{
-		const char *id = json_path_string(root, "id", NULL, NULL);
-		const char *name = json_path_string(root, "settings", "dashboard", "display_name");
-		json_object *lm;
+		const char *bad = NULL;
+		const char *id = json_path_string(root, "id", NULL, NULL, &bad);
+		const char *name = json_path_string(root, "settings", "dashboard", "display_name", &bad);
+		json_object *v;
 
 		if (name == NULL)
-			name = json_path_string(root, "business_profile", "name", NULL);
+			name = json_path_string(root, "business_profile", "name", NULL, &bad);
 		if (name == NULL)
-			name = json_path_string(root, "email", NULL, NULL);
-		if (id != NULL)
+			name = json_path_string(root, "email", NULL, NULL, &bad);
+		if (bad != NULL)
+			*why = bad;
+		else if (id == NULL)
+			*why = "Stripe's account object has no id";
+		else if (!is_account_id(id))
+			*why = "Stripe's account id is not acct_ followed by letters and digits";
+		else
 		{
 			info->id = pstrdup(id);
-			info->name = name ? pstrdup(name) : NULL;
+			/* Stripe's text, kept and shown: scrubbed like a message */
+			info->name = name ? stripe_safe_text(name, strlen(name), strlen(name), info->key) : NULL;
 			ok = true;
 		}
-		else
-			*why = "Stripe's account object has no id";
-		if (json_object_object_get_ex(root, "created", &lm) &&
-			json_object_is_type(lm, json_type_int))
-			info->created = json_object_get_int64(lm);
-		if (json_object_object_get_ex(root, "livemode", &lm))
-		{
-			info->has_livemode = true;
-			info->livemode = json_object_get_boolean(lm);
-		}
+		if (json_object_object_get_ex(root, "created", &v) &&
+			json_object_is_type(v, json_type_int) &&
+			json_object_get_int64(v) > 0 && json_object_get_int64(v) <= MAX_ACCOUNT_CREATED)
+			info->created = json_object_get_int64(v);
 	}
 	PG_FINALLY();
 	{
@@ -88,6 +127,18 @@ check_account(StripeResponse *resp, void *arg, const char **why)
 	}
 	PG_END_TRY();
 	return ok;
+}
+
+/* One GET /v1/account, checked */
+static void
+fetch_account(StripeConn *conn, StripeStats *stats, AccountInfo *info)
+{
+	StripeResponse resp;
+
+	memset(info, 0, sizeof(AccountInfo));
+	info->key = conn->api_key;
+	stripe_request(conn, "GET", "/v1/account", NULL, NULL, false,
+				   check_account, info, &resp, stats);
 }
 
 /*
@@ -98,11 +149,9 @@ check_account(StripeResponse *resp, void *arg, const char **why)
 char *
 stripe_fetch_account_id(StripeConn *conn, StripeStats *stats, int64 *created)
 {
-	AccountInfo info = {0};
-	StripeResponse resp;
+	AccountInfo info;
 
-	stripe_request(conn, "GET", "/v1/account", NULL, NULL, false,
-				   check_account, &info, &resp, stats);
+	fetch_account(conn, stats, &info);
 	if (created)
 		*created = info.created;
 	return info.id;
@@ -119,8 +168,7 @@ stripe_test_connection(PG_FUNCTION_ARGS)
 	ForeignServer *server = GetForeignServerByName(servername, false);
 	ForeignDataWrapper *fdw = GetForeignDataWrapper(server->fdwid);
 	StripeConn *conn;
-	AccountInfo info = {0};
-	StripeResponse resp;
+	AccountInfo info;
 	TupleDesc	tupdesc;
 	Datum		values[3];
 	bool		nulls[3] = {false, false, false};
@@ -135,8 +183,7 @@ stripe_test_connection(PG_FUNCTION_ARGS)
 		elog(ERROR, "return type must be a row type");
 
 	conn = stripe_conn_for_server(server->serverid, GetUserId());
-	stripe_request(conn, "GET", "/v1/account", NULL, NULL, false,
-				   check_account, &info, &resp, NULL);
+	fetch_account(conn, NULL, &info);
 
 	values[0] = CStringGetTextDatum(info.id);
 	if (info.name)

@@ -47,6 +47,7 @@
 #include "events.h"
 #include "guc.h"
 #include "json_page.h"
+#include "text.h"
 #include "xact.h"
 
 /* objects in one stream; a request's tag carries its object's index */
@@ -60,6 +61,7 @@ struct BfSet
 	bool		last;			/* the events' first page rides the tail */
 	int			in_flight;
 	int			running;		/* helpers at work, as of the last feed */
+	int			helper_slots;	/* their requests in flight at most */
 	MemoryContext cxt;			/* the stream's, and the events page's */
 	int64		busy;			/* microseconds spent on pages since t0 */
 	TimestampTz t0;
@@ -362,33 +364,56 @@ helper_account(Backfill *bf, BfPart *p)
 	return t.done;
 }
 
-/* helpers at work for any of the set's objects */
+/* helpers at work for any of the set's objects; *slots gets their requests in flight at most */
 static int
-set_running(BfSet *set)
+set_running(BfSet *set, int *slots)
 {
 	int			n = 0;
 
+	*slots = 0;
 	for (int i = 0; i < set->n; i++)
 	{
 		ListCell   *lc;
 
 		foreach(lc, set->bf[i]->parts)
-			if (stripe_helper_running(&((BfPart *) lfirst(lc))->proc))
+		{
+			BfPart	   *p = lfirst(lc);
+
+			if (stripe_helper_running(&p->proc))
+			{
 				n++;
+				*slots += p->proc.hs->slots;
+			}
+		}
 	}
 	return n;
 }
 
-/* Whether the sync should deal a part now (see the header comment). */
+/* requests a new helper may keep in flight: a share of the whole */
+static int
+helper_slots(BfSet *set)
+{
+	return Max(stripe_max_concurrent_requests / (set->running + 2), 1);
+}
+
+/*
+ * Whether the sync should deal a part (see the header comment): a helper adds
+ * a core, which helps a sync busy with its pages, not one waiting on the
+ * network.
+ */
 static bool
-bf_should_deal(Backfill *bf, int64 quarters)
+bf_wants_deal(Backfill *bf)
 {
 	BfSet	   *set = bf->set;
 	int64		elapsed = GetCurrentTimestamp() - set->t0;
+	int64		quarters = 0;
 
-	/* a helper adds a core: it helps a sync busy with its pages, not one waiting on the network */
-	return bf->dealing && set->running < stripe_backfill_helpers && elapsed >= DEAL_AFTER_USECS &&
-		set->busy * 2 >= elapsed && quarters >= DEAL_MIN_PAGES * 4 && bf->dealt < 999;
+	if (!bf->dealing || set->running >= stripe_backfill_helpers || bf->dealt >= 999 ||
+		elapsed < DEAL_AFTER_USECS || set->busy * 2 < elapsed)
+		return false;
+	for (int i = 0; i < bf->win.n; i++)
+		quarters += stripe_window_quarters(&bf->win, &bf->win.w[i]);
+	return quarters >= DEAL_MIN_PAGES * 4;
 }
 
 /*
@@ -400,7 +425,6 @@ bf_should_deal(Backfill *bf, int64 quarters)
 static void
 bf_deal(Backfill *bf)
 {
-	int64		quarters = 0;
 	Backfill	t;
 	BfPart	   *p;
 	int64	   *cut;
@@ -419,9 +443,12 @@ bf_deal(Backfill *bf)
 				bf->dealing = false;	/* one failed: the next would too, likely */
 		}
 	}
-	for (int i = 0; i < bf->win.n; i++)
-		quarters += stripe_window_quarters(&bf->win, &bf->win.w[i]);
-	if (!bf_should_deal(bf, quarters))
+	/*
+	 * The sync's requests in flight, its helpers' and the new one's stay
+	 * within the bound: until they would, the sync sends fewer (set_feed).
+	 */
+	if (!bf_wants_deal(bf) ||
+		bf->set->in_flight + bf->set->helper_slots + helper_slots(bf->set) > stripe_max_concurrent_requests)
 	{
 		MemoryContextSwitchTo(old);
 		return;
@@ -453,8 +480,7 @@ bf_deal(Backfill *bf)
 	p->ref.id = t.part;
 	p->ref.first = stripe_windows_json(&t.win, t.part, NIL);
 	if (t.win.n == 0 ||
-		!helper_start(bf, p, p->ref.first,
-					  Max(stripe_max_concurrent_requests / (bf->set->running + 2), 1)))
+		!helper_start(bf, p, p->ref.first, helper_slots(bf->set)))
 	{
 		/* no helper to be had: the sync keeps its windows, and stops dealing */
 		bf->dealing = t.win.n == 0;
@@ -467,6 +493,7 @@ bf_deal(Backfill *bf)
 			bf->win.w[i].lo = cut[i];
 	bf->parts = lappend(bf->parts, p);
 	bf->dealt++;
+	bf->set->helper_slots += p->proc.hs->slots;
 	bf->set->running++;
 	MemoryContextSwitchTo(old);
 }
@@ -541,8 +568,11 @@ bf_begin(BfSet *set, BfPending *pend)
 		if (pc == NULL)
 			bf->parts = foreach_delete_current(bf->parts, lc);
 		else if (bf->dealing && set->running < stripe_backfill_helpers &&
-				 helper_start(bf, p, pc, Max(stripe_max_concurrent_requests / (set->running + 2), 1)))
+				 helper_start(bf, p, pc, helper_slots(set)))
+		{
+			set->helper_slots += p->proc.hs->slots;
 			set->running++;
+		}
 	}
 	return bf;
 }
@@ -632,10 +662,15 @@ static bool
 set_feed(void *arg, StripeManyReq *req)
 {
 	BfSet	   *set = arg;
+	bool		waits = false;
 
-	set->running = set_running(set);
+	set->running = set_running(set, &set->helper_slots);
+	/* a part to deal waits for the sync's requests to drain to what leaves room for it */
+	for (int i = 0; i < set->n && !waits; i++)
+		waits = bf_wants_deal(set->bf[i]);
 	/* the requests in flight are shared out with the helpers, not multiplied */
-	if (set->in_flight >= Max(stripe_max_concurrent_requests / (1 + set->running), 1))
+	if (set->in_flight >= Max(stripe_max_concurrent_requests - set->helper_slots -
+							  (waits ? helper_slots(set) : 0), 1))
 		return false;
 
 	/*

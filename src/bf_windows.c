@@ -7,6 +7,7 @@
  */
 #include "postgres.h"
 
+#include "common/int.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
@@ -294,23 +295,34 @@ stripe_windows_split(BfWindows *ws)
 void
 stripe_window_advance(BfWindow *w, StripePage *page, int nkeep, int id_slot, int created_slot)
 {
-	if (nkeep > 0)
-	{
-		StripeRow  *last = &page->rows[nkeep - 1];
+	const char *why;
+	char	   *id;
+	int64		newest;
+	int64		diff;
 
-		strlcpy(w->after, stripe_span_text(&last->fields[id_slot]), sizeof(w->after));
-		w->last_created = created_slot >= 0 && !stripe_span_is_null(&last->fields[created_slot])
-			? pg_strtoint64(stripe_span_text(&last->fields[created_slot])) : 0;
-		/* a full page measures how much created time a page covers here */
-		if (nkeep == page->nrows && page->has_more && created_slot >= 0 &&
-			!stripe_span_is_null(&page->rows[0].fields[created_slot]))
-		{
-			int64		newest = pg_strtoint64(stripe_span_text(&page->rows[0].fields[created_slot]));
-
-			w->span = Max((newest - w->last_created) * STRIPE_PAGE_SIZE / nkeep, 1);
-			w->depth = 0;
-		}
-	}
+	/* its last page, or rows below the window: the window is done */
 	if (!page->has_more || nkeep < page->nrows)
+	{
 		w->done = true;
+		return;
+	}
+	/* a page that cannot be followed would be asked for again, forever */
+	id = stripe_page_next_cursor(page, id_slot, w->after[0] ? w->after : NULL, &why);
+	if (id == NULL || strlen(id) >= sizeof(w->after))
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
+				 errmsg("Stripe's list cannot be followed past this page: %s",
+						id == NULL ? why : "its last id is too long"),
+				 errdetail("The page says it has more, but gives no new cursor to ask for it.")));
+	strlcpy(w->after, id, sizeof(w->after));
+	if (created_slot < 0 || !stripe_span_int64(&page->rows[nkeep - 1].fields[created_slot], &w->last_created))
+		w->last_created = 0;
+	/* a full page measures how much created time a page covers here */
+	if (created_slot >= 0 && stripe_span_int64(&page->rows[0].fields[created_slot], &newest) &&
+		!pg_sub_s64_overflow(newest, w->last_created, &diff) && diff >= 0 &&
+		diff < PG_INT64_MAX / STRIPE_PAGE_SIZE)
+	{
+		w->span = Max(diff * STRIPE_PAGE_SIZE / nkeep, 1);
+		w->depth = 0;
+	}
 }

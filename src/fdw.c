@@ -45,24 +45,13 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "fdw_request.h"
 #include "http.h"
 #include "modify.h"
 #include "rowconv.h"
+#include "text.h"
 
 PG_FUNCTION_INFO_V1(stripe_fdw_handler);
-
-/* What a pushed qual asks of Stripe */
-typedef enum PushKind
-{
-	PUSH_ID,					/* id = v: retrieve */
-	PUSH_ID_ANY,				/* id = ANY(array): one retrieve each */
-	PUSH_EQ,					/* field = v: list filter */
-	PUSH_CREATED_GT,
-	PUSH_CREATED_GE,
-	PUSH_CREATED_LT,
-	PUSH_CREATED_LE,
-	PUSH_CREATED_EQ
-} PushKind;
 
 /* Row guesses: Stripe gives no counts, and most accounts are large. */
 #define ROWS_LIST		10000.0
@@ -127,23 +116,6 @@ typedef struct StripeScanState
 } StripeScanState;
 
 /* ---------- helpers ---------- */
-
-/* unix seconds, floor or ceiling, of a finite timestamptz */
-static int64
-ts_to_unix(TimestampTz ts, bool ceiling)
-{
-	int64		us = ts + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
-	int64		s = us / USECS_PER_SEC;
-
-	if (us % USECS_PER_SEC != 0)
-	{
-		if (us < 0 && !ceiling)
-			s--;
-		else if (us > 0 && ceiling)
-			s++;
-	}
-	return s;
-}
 
 static Node *
 strip_relabel(Node *n)
@@ -294,6 +266,16 @@ stripeGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntable
 	Relation	rel;
 
 	info->path = stripe_table_object_path(foreigntableid);
+	/* the table's name when there is no object option: anything may be in it */
+	if (!stripe_valid_object_path(info->path))
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
+				 errmsg("foreign table \"%s\" does not name a Stripe list path",
+						get_rel_name(foreigntableid)),
+				 errdetail("\"%s\" is not a path of Stripe's: lower-case letters, digits and _, in segments separated by /.",
+						   info->path),
+				 errhint("Without an object option the table's name is the path: ALTER FOREIGN TABLE %s OPTIONS (ADD object 'customers');",
+						 quote_identifier(get_rel_name(foreigntableid)))));
 	info->def = stripe_object_by_path(info->path);
 	info->all_pushed = true;
 
@@ -583,268 +565,6 @@ stripeGetForeignPlan(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid,
 							NIL, NIL, outer_plan);
 }
 
-/* ---------- request building ---------- */
-
-typedef struct PushValue
-{
-	PushKind	kind;
-	char	   *key;
-	bool		known;			/* false: EXPLAIN of a parameter */
-	bool		isnull;
-	Datum		value;
-	Oid			type;
-	int			paramno;
-} PushValue;
-
-static char *
-datum_param_text(Datum value, Oid type)
-{
-	Oid			out;
-	bool		isvarlena;
-
-	if (type == BOOLOID)
-		return DatumGetBool(value) ? "true" : "false";
-	if (type == TEXTOID || type == VARCHAROID)
-		return TextDatumGetCString(value);
-	getTypeOutputInfo(type, &out, &isvarlena);
-	return OidOutputFunctionCall(out, value);
-}
-
-/* A request plan: retrieves, or a list with its filters. */
-typedef struct RequestPlan
-{
-	bool		retrieve;
-	bool		allow_404;		/* a 404 means no rows, not an error */
-	bool		lacks_parent;	/* the filter Stripe requires is missing */
-	List	   *retrieve_paths; /* "/v1/customers/cus_…" each */
-	char	   *base_path;		/* "/v1/customers" */
-	char	   *query_rest;		/* "&customer=…&created%5Bgte%5D=…" */
-} RequestPlan;
-
-static void
-add_retrieve(RequestPlan *rp, const char *path, const char *id)
-{
-	char	   *p = psprintf("/v1/%s/%s", path, id);
-	ListCell   *lc;
-
-	foreach(lc, rp->retrieve_paths)
-		if (strcmp(lfirst(lc), p) == 0)
-			return;				/* id IN ('a', 'a') is one retrieve */
-	rp->retrieve_paths = lappend(rp->retrieve_paths, p);
-}
-
-/*
- * Builds the requests for the scan from the pushed values.  Returns false
- * when the quals cannot match anything (a NULL value, an empty created range),
- * in which case no request is needed.  Sets rp->lacks_parent when Stripe
- * lists the object only under a parent and no value names one.
- */
-static bool
-build_request(const char *path, const StripeObjectDef *def,
-			  PushValue *vals, int nvals, RequestPlan *rp)
-{
-	StringInfoData buf;
-	int64		lower = PG_INT64_MIN,
-				upper = PG_INT64_MAX;
-	bool		have_lower = false,
-				have_upper = false;
-	const char *lower_param = NULL,
-			   *upper_param = NULL;
-	bool		status_given = false;
-	bool		parent_given = false;
-	char	   *value;
-	List	   *keys_done = NIL;
-	int			i;
-
-	memset(rp, 0, sizeof(RequestPlan));
-	rp->base_path = psprintf("/v1/%s", path);
-
-	/* GET /v1/balance: one object, no parameters */
-	if (def != NULL && def->rows_from == STRIPE_ROWS_ARRAYS)
-	{
-		rp->retrieve = true;
-		rp->retrieve_paths = list_make1(rp->base_path);
-		return true;
-	}
-
-	/* a retrieve by id wins over everything else: the recheck does the rest */
-	for (i = 0; i < nvals; i++)
-	{
-		PushValue  *v = &vals[i];
-
-		if (v->kind != PUSH_ID && v->kind != PUSH_ID_ANY)
-			continue;
-		if (v->known && v->isnull)
-			return false;		/* id = NULL is never true */
-		rp->retrieve = true;
-		rp->allow_404 = true;	/* no such object: no row */
-		if (!v->known)
-			add_retrieve(rp, path, psprintf("$%d", v->paramno));
-		else if (v->kind == PUSH_ID)
-			add_retrieve(rp, path, stripe_urlencode(datum_param_text(v->value, v->type)));
-		else
-		{
-			ArrayType  *arr = DatumGetArrayTypeP(v->value);
-			Datum	   *elems;
-			bool	   *nulls;
-			int			n;
-			int16		typlen;
-			bool		typbyval;
-			char		typalign;
-
-			get_typlenbyvalalign(ARR_ELEMTYPE(arr), &typlen, &typbyval, &typalign);
-			deconstruct_array(arr, ARR_ELEMTYPE(arr), typlen, typbyval, typalign,
-							  &elems, &nulls, &n);
-			for (int e = 0; e < n; e++)
-				if (!nulls[e])
-					add_retrieve(rp, path,
-								 stripe_urlencode(datum_param_text(elems[e], ARR_ELEMTYPE(arr))));
-		}
-		/* several id quals: the first decides, the recheck keeps the rest honest */
-		return rp->retrieve_paths != NIL;
-	}
-
-	initStringInfo(&buf);
-	for (i = 0; i < nvals; i++)
-	{
-		PushValue  *v = &vals[i];
-
-		if (v->known && v->isnull)
-			return false;		/* col = NULL is never true */
-		if (v->kind == PUSH_EQ)
-		{
-			ListCell   *lc;
-			bool		dup = false;
-
-			/* the same filter twice: send the first, the recheck does the rest */
-			foreach(lc, keys_done)
-				if (strcmp(strVal(lfirst(lc)), v->key) == 0)
-					dup = true;
-			if (dup)
-				continue;
-			keys_done = lappend(keys_done, makeString(v->key));
-			if (strcmp(v->key, "status") == 0)
-				status_given = true;
-			value = v->known ? stripe_urlencode(datum_param_text(v->value, v->type))
-				: psprintf("$%d", v->paramno);
-			if (def != NULL && def->required_filter != NULL &&
-				strcmp(v->key, def->required_filter) == 0)
-			{
-				parent_given = true;
-				/* a parent Stripe does not know has no children: no rows */
-				rp->allow_404 = true;
-				if (def->parent_path != NULL)
-				{
-					/* GET /v1/customers/cus_…/payment_methods */
-					rp->base_path = psprintf("/v1/%s/%s/%s", def->parent_path, value, path);
-					continue;
-				}
-			}
-			appendStringInfo(&buf, "&%s=%s", v->key, value);
-		}
-		else if (!v->known)
-		{
-			/* EXPLAIN of a parameterized range: show where it goes */
-			if (v->kind == PUSH_CREATED_GT || v->kind == PUSH_CREATED_GE || v->kind == PUSH_CREATED_EQ)
-				lower_param = psprintf("$%d", v->paramno);
-			if (v->kind == PUSH_CREATED_LT || v->kind == PUSH_CREATED_LE || v->kind == PUSH_CREATED_EQ)
-				upper_param = psprintf("$%d", v->paramno);
-		}
-		else
-		{
-			TimestampTz ts = DatumGetTimestampTz(v->value);
-			int64		lo = PG_INT64_MIN,
-						hi = PG_INT64_MAX;
-
-			if (TIMESTAMP_NOT_FINITE(ts))
-				continue;		/* left to the local recheck */
-			/* Stripe's created is whole seconds: turn each bound into gte/lte */
-			switch (v->kind)
-			{
-				case PUSH_CREATED_GT:
-					lo = ts_to_unix(ts, false) + 1;
-					break;
-				case PUSH_CREATED_GE:
-					lo = ts_to_unix(ts, true);
-					break;
-				case PUSH_CREATED_LT:
-					hi = ts_to_unix(ts, true) - 1;
-					break;
-				case PUSH_CREATED_LE:
-					hi = ts_to_unix(ts, false);
-					break;
-				case PUSH_CREATED_EQ:
-					lo = ts_to_unix(ts, true);
-					hi = ts_to_unix(ts, false);
-					break;
-				default:
-					break;
-			}
-			if (lo != PG_INT64_MIN && (!have_lower || lo > lower))
-				lower = lo, have_lower = true;
-			if (hi != PG_INT64_MAX && (!have_upper || hi < upper))
-				upper = hi, have_upper = true;
-		}
-	}
-	if (have_lower && have_upper && lower > upper)
-		return false;
-	if (have_lower && have_upper && lower == upper)
-		appendStringInfo(&buf, "&created=" INT64_FORMAT, lower);
-	else
-	{
-		if (have_lower)
-			appendStringInfo(&buf, "&created%%5Bgte%%5D=" INT64_FORMAT, lower);
-		else if (lower_param)
-			appendStringInfo(&buf, "&created%%5Bgte%%5D=%s", lower_param);
-		if (have_upper)
-			appendStringInfo(&buf, "&created%%5Blte%%5D=" INT64_FORMAT, upper);
-		else if (upper_param)
-			appendStringInfo(&buf, "&created%%5Blte%%5D=%s", upper_param);
-	}
-	/* Stripe hides canceled subscriptions unless asked for all statuses */
-	if (strcmp(path, "subscriptions") == 0 && !status_given)
-		appendStringInfoString(&buf, "&status=all");
-	rp->query_rest = buf.data;
-	if (def != NULL && def->required_filter != NULL && !parent_given)
-		rp->lacks_parent = true;
-	return true;
-}
-
-static char *
-list_request(const char *base, int limit, const char *rest, const char *cursor)
-{
-	return psprintf("%s?limit=%d%s%s%s", base, limit, rest,
-					cursor ? "&starting_after=" : "", cursor ? cursor : "");
-}
-
-/* the request line(s) for EXPLAIN */
-static char *
-describe_requests(RequestPlan *rp, const StripeObjectDef *def, int first_limit)
-{
-	StringInfoData buf;
-	ListCell   *lc;
-	int			n = 0;
-
-	if (rp->lacks_parent)
-		return psprintf("none (Stripe lists %s only per %s)",
-						def->path, def->required_filter);
-	if (!rp->retrieve)
-		return psprintf("GET %s", list_request(rp->base_path,
-											   first_limit > 0 ? first_limit : STRIPE_PAGE_SIZE,
-											   rp->query_rest, NULL));
-	initStringInfo(&buf);
-	foreach(lc, rp->retrieve_paths)
-	{
-		if (n++ == 5)
-		{
-			appendStringInfo(&buf, ", … (%d in all)", list_length(rp->retrieve_paths));
-			break;
-		}
-		appendStringInfo(&buf, "%sGET %s", n > 1 ? ", " : "", (char *) lfirst(lc));
-	}
-	return buf.data;
-}
-
 /* ---------- execution ---------- */
 
 static void
@@ -957,9 +677,9 @@ fetch_page(StripeScanState *st)
 		st->retrieve_paths = list_delete_first(st->retrieve_paths);
 	}
 	else
-		path = list_request(st->base_path,
+		path = stripe_list_request(st->base_path,
 							st->pages_done == 0 && st->first_limit > 0 ? st->first_limit : STRIPE_PAGE_SIZE,
-							st->query_rest, st->last_id[0] ? st->last_id : NULL);
+							st->query_rest, st->last_id[0] ? stripe_urlencode(st->last_id) : NULL);
 	found = stripe_request(st->conn, "GET", path, NULL, NULL, st->allow_404,
 						   check_page, st, &resp, &st->stats);
 	MemoryContextSwitchTo(old);
@@ -978,24 +698,29 @@ fetch_page(StripeScanState *st)
 		memset(&st->page, 0, sizeof(StripePage));	/* 404: no such parent */
 		st->done = true;
 	}
-	else if (!st->page.has_more || st->page.nrows == 0)
+	else if (!st->page.has_more)
 		st->done = true;
 	else
 	{
-		StripeRow  *last = &st->page.rows[st->page.nrows - 1];
+		const char *why = NULL;
 		char	   *id;
 
-		if (stripe_span_is_null(&last->fields[st->rc->id_slot]))
+		old = MemoryContextSwitchTo(st->page_cxt);
+		id = stripe_page_next_cursor(&st->page, st->rc->id_slot,
+									 st->last_id[0] ? st->last_id : NULL, &why);
+		MemoryContextSwitchTo(old);
+		/* a list that does not move on would be asked for the same page forever */
+		if (id == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
-					 errmsg("Stripe list page for %s has an object without an id", st->path)));
-		old = MemoryContextSwitchTo(st->page_cxt);
-		id = stripe_urlencode(stripe_span_text(&last->fields[st->rc->id_slot]));
-		MemoryContextSwitchTo(old);
+					 errmsg("Stripe list %s does not go on after page %d", st->path, st->pages_done),
+					 errdetail("The page says there is more, but %s.", why),
+					 errhint("The scan stops here rather than ask for that page again.")));
 		if (strlen(id) >= sizeof(st->last_id))
 			ereport(ERROR,
 					(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
-					 errmsg("Stripe object id is too long: \"%.40s…\"", id)));
+					 errmsg("Stripe object id in list %s is longer than %d bytes",
+							st->path, (int) sizeof(st->last_id) - 1)));
 		strcpy(st->last_id, id);
 	}
 }
@@ -1061,7 +786,7 @@ stripeIterateForeignScan(ForeignScanState *node)
 		st->page.nrows = 0;
 		st->next_row = 0;
 		st->pages_done = 0;
-		st->done = !build_request(st->path, st->def, vals, nvals, &rp);
+		st->done = !stripe_build_request(st->path, st->def, vals, nvals, &rp);
 		if (!st->done && rp.lacks_parent)
 			report_missing_parent(node, st->def);
 		st->retrieve = rp.retrieve;
@@ -1070,7 +795,7 @@ stripeIterateForeignScan(ForeignScanState *node)
 		st->base_path = rp.base_path;
 		st->query_rest = rp.query_rest;
 		if (st->first_request == NULL && !st->done)
-			st->first_request = describe_requests(&rp, st->def, st->first_limit);
+			st->first_request = stripe_describe_requests(&rp, st->def, st->first_limit);
 		MemoryContextSwitchTo(old);
 	}
 
@@ -1126,8 +851,8 @@ stripeExplainForeignScan(ForeignScanState *node, ExplainState *es)
 		PushValue  *vals = evaluate_pushed(node, st, true, &nvals);
 		RequestPlan rp;
 
-		if (build_request(st->path, st->def, vals, nvals, &rp))
-			req = describe_requests(&rp, st->def, st->first_limit);
+		if (stripe_build_request(st->path, st->def, vals, nvals, &rp))
+			req = stripe_describe_requests(&rp, st->def, st->first_limit);
 	}
 	ExplainPropertyText("Stripe Request", req ? req : "none (quals match nothing)", es);
 	if (es->analyze)

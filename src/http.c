@@ -23,10 +23,16 @@
 #include "guc.h"
 #include "http.h"
 #include "ratelimit.h"
+#include "text.h"
 
 #define MAX_BODY_BYTES		(256 * 1024 * 1024)
 #define MAX_RETRY_WAIT_MS	60000
 #define POLL_INTERVAL_MS	100
+
+/* what a message shows of Stripe's text, in bytes */
+#define MAX_SHOWN_BODY		300
+#define MAX_SHOWN_MESSAGE	1000
+#define MAX_SHOWN_FIELD		200
 
 /* Response under construction; filled by libcurl callbacks, which must not ereport. */
 typedef struct HttpBuffer
@@ -205,59 +211,6 @@ perform_interruptible(void)
 	return result;
 }
 
-/*
- * Replaces anything that looks like a Stripe key ("sk_live_…", "rk_test_…",
- * a masked "sk_test_****abcd") with a marker, in place.
- */
-void
-stripe_scrub_secrets(char *msg)
-{
-	char	   *p = msg;
-
-	while ((p = strpbrk(p, "srpSRP")) != NULL)
-	{
-		char	   *q;
-
-		if ((p == msg || !isalnum((unsigned char) p[-1])) &&
-			(pg_strncasecmp(p, "sk_", 3) == 0 || pg_strncasecmp(p, "rk_", 3) == 0 ||
-			 pg_strncasecmp(p, "pk_", 3) == 0))
-		{
-			q = p;
-			while (*q && (isalnum((unsigned char) *q) || *q == '_' || *q == '*'))
-				q++;
-			if (q - p > 3)
-			{
-				static const char marker[] = "[redacted]";
-				size_t		mlen = Min(strlen(marker), (size_t) (q - p));
-
-				memcpy(p, marker, mlen);
-				memmove(p + mlen, q, strlen(q) + 1);
-				p += mlen;
-				continue;
-			}
-		}
-		p++;
-	}
-}
-
-char *
-stripe_urlencode(const char *s)
-{
-	StringInfoData out;
-
-	initStringInfo(&out);
-	for (; *s; s++)
-	{
-		unsigned char c = (unsigned char) *s;
-
-		if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')
-			appendStringInfoChar(&out, c);
-		else
-			appendStringInfo(&out, "%%%02X", c);
-	}
-	return out.data;
-}
-
 /* Waits ms milliseconds, waking for interrupts. */
 static void
 interruptible_sleep(long ms)
@@ -321,6 +274,25 @@ status_errcode(long status)
 	}
 }
 
+/* A field of Stripe's error object when it is a string, fit for a message; else NULL */
+static char *
+error_field(StripeConn *conn, json_object *err, const char *name, size_t max)
+{
+	json_object *v;
+
+	if (!json_object_object_get_ex(err, name, &v) || !json_object_is_type(v, json_type_string))
+		return NULL;
+	return stripe_safe_text(json_object_get_string(v), json_object_get_string_len(v),
+							max, conn->api_key);
+}
+
+/* The request path for a message: it may carry ids from a query or from Stripe. */
+static char *
+shown_path(StripeConn *conn, const char *path)
+{
+	return stripe_safe_text(path, strlen(path), MAX_SHOWN_MESSAGE, conn->api_key);
+}
+
 /* Reports a non-2xx answer from Stripe; does not return. */
 static void
 report_stripe_error(StripeConn *conn, const char *method, const char *path,
@@ -339,18 +311,15 @@ report_stripe_error(StripeConn *conn, const char *method, const char *path,
 	{
 		json_object *err;
 
-		if (root && json_object_object_get_ex(root, "error", &err))
+		/* any part of the answer may be of any JSON type: only strings are shown */
+		if (json_object_is_type(root, json_type_object) &&
+			json_object_object_get_ex(root, "error", &err) &&
+			json_object_is_type(err, json_type_object))
 		{
-			json_object *v;
-
-			if (json_object_object_get_ex(err, "message", &v))
-				message = pstrdup(json_object_get_string(v));
-			if (json_object_object_get_ex(err, "type", &v))
-				type = pstrdup(json_object_get_string(v));
-			if (json_object_object_get_ex(err, "code", &v))
-				code = pstrdup(json_object_get_string(v));
-			if (json_object_object_get_ex(err, "param", &v))
-				param = pstrdup(json_object_get_string(v));
+			message = error_field(conn, err, "message", MAX_SHOWN_MESSAGE);
+			type = error_field(conn, err, "type", MAX_SHOWN_FIELD);
+			code = error_field(conn, err, "code", MAX_SHOWN_FIELD);
+			param = error_field(conn, err, "param", MAX_SHOWN_FIELD);
 		}
 	}
 	PG_FINALLY();
@@ -379,13 +348,13 @@ report_stripe_error(StripeConn *conn, const char *method, const char *path,
 		hint = NULL;
 
 	if (message == NULL)
-		message = buf->len > 0 ? pnstrdup(buf->data, Min(buf->len, 300)) : pstrdup("(empty response)");
-	stripe_scrub_secrets(message);
+		message = buf->len > 0 ? stripe_safe_text(buf->data, buf->len, MAX_SHOWN_BODY, conn->api_key)
+			: pstrdup("(empty response)");
 
 	ereport(ERROR,
 			(errcode(status_errcode(status)),
 			 errmsg("Stripe request %s %s failed with HTTP %ld%s%s%s",
-					method, path, status,
+					method, shown_path(conn, path), status,
 					type ? " (" : "", type ? type : "", type ? ")" : ""),
 			 errdetail("%s%s%s%s%s%s",
 					   message,
@@ -393,7 +362,11 @@ report_stripe_error(StripeConn *conn, const char *method, const char *path,
 					   param ? " Param: " : "", param ? param : "",
 					   attempts > 1 ? psprintf(" Attempts: %d.", attempts) : ""),
 			 hint ? errhint("%s", hint) : 0,
-			 buf->request_id[0] ? errcontext("Stripe request id %s", buf->request_id) : 0));
+			 buf->request_id[0]
+			 ? errcontext("Stripe request id %s",
+						  stripe_safe_text(buf->request_id, strlen(buf->request_id),
+										   MAX_SHOWN_FIELD, conn->api_key))
+			 : 0));
 }
 
 /*
@@ -547,6 +520,10 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 			retryable = true;
 	}
 
+	/* a parse error or curl's message may quote what the server sent */
+	if (why != NULL)
+		why = stripe_safe_text(why, strlen(why), MAX_SHOWN_MESSAGE, conn->api_key);
+
 	if (retryable && attempt < stripe_max_retries)
 	{
 		*retry_ms = stripe_backoff_ms(attempt, buf->retry_after);
@@ -554,7 +531,7 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 			stats->retries++;
 		ereport(DEBUG1,
 				(errmsg("retrying Stripe request %s %s in %ld ms: %s",
-						method, path, *retry_ms,
+						method, shown_path(conn, path), *retry_ms,
 						why ? why : psprintf("HTTP %ld", status))));
 		if (buf->data)
 			pfree(buf->data);
@@ -565,11 +542,10 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 	if (status != 0 && why == NULL)
 		report_stripe_error(conn, method, path, status, buf, attempt + 1);
 
-	stripe_scrub_secrets(errbuf);
 	ereport(ERROR,
 			(errcode(rc != CURLE_OK ? ERRCODE_CONNECTION_FAILURE : ERRCODE_FDW_INVALID_DATA_TYPE),
 			 errmsg("Stripe request %s %s failed after %d attempt%s",
-					method, path, attempt + 1, attempt == 0 ? "" : "s"),
+					method, shown_path(conn, path), attempt + 1, attempt == 0 ? "" : "s"),
 			 errdetail("%s", why),
 			 rc != CURLE_OK
 			 ? errhint("Check that the api_url of server \"%s\" is reachable; stripe_sync.http_timeout and stripe_sync.max_retries set the patience.",
@@ -686,9 +662,11 @@ stripe_http_post_json(const char *url, const char *authorization,
 		curl_easy_getinfo(stripe_easy, CURLINFO_RESPONSE_CODE, &res->status);
 	else
 	{
-		strlcpy(res->error, buf.oom ? "response too large or out of memory" :
-				(errbuf[0] ? errbuf : curl_easy_strerror(rc)), sizeof(res->error));
-		stripe_scrub_secrets(res->error);
+		const char *why = buf.oom ? "response too large or out of memory" :
+			(errbuf[0] ? errbuf : curl_easy_strerror(rc));
+
+		strlcpy(res->error, stripe_safe_text(why, strlen(why), sizeof(res->error) - 1, NULL),
+				sizeof(res->error));
 	}
 	res->body = buf.data ? buf.data : pstrdup("");
 	res->len = buf.len;
@@ -772,6 +750,60 @@ slot_detach(StreamSlot *s)
 }
 
 /*
+ * Takes the next finished transfer, if any: judges it, then hands it to done
+ * or sets its retry.  Returns false when none has finished.
+ */
+static bool
+stream_finished(StripeConn *conn, StreamSlot *slots, int nslots, StripeManyDone done,
+				void *arg, StripeStats *stats, bool *feed_empty)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(stripe_multi, &left)) != NULL)
+	{
+		StreamSlot *s = NULL;
+		long		ms = 0;
+		CURLcode	rc;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		for (int i = 0; i < nslots; i++)
+			if (slots[i].added && slots[i].easy == msg->easy_handle)
+				s = &slots[i];
+		if (s == NULL)
+			continue;
+		rc = msg->data.result;
+		slot_detach(s);
+		switch (judge_attempt(conn, "GET", s->req->path, s->easy, rc, &s->buf,
+							  s->errbuf, false, s->req->check, s->req->check_arg,
+							  &s->req->resp, s->attempt, stats, &ms))
+		{
+			case ATTEMPT_OK:
+			case ATTEMPT_404:
+				{
+					StripeManyReq *req = s->req;
+
+					s->req = NULL;
+					pfree(s->url);
+					s->url = NULL;
+					/* done may have more work now */
+					*feed_empty = false;
+					done(arg, req);
+					pfree(req);
+					break;
+				}
+			case ATTEMPT_RETRY:
+				s->attempt++;
+				s->retry_at = GetCurrentTimestamp() + ms * 1000L;
+				break;
+		}
+		return true;
+	}
+	return false;
+}
+
+/*
  * Runs GET requests, up to stripe_sync.max_concurrent_requests at a time,
  * each with stripe_request's retry rules and errors.  feed hands out the next
  * request (false: none for now); done receives each one as it completes, in
@@ -813,8 +845,6 @@ stripe_request_stream(StripeConn *conn, StripeManyFeed feed, StripeManyDone done
 			long		wait_ms = POLL_INTERVAL_MS;
 			TimestampTz now = GetCurrentTimestamp();
 			CURLMcode	mc;
-			CURLMsg    *msg;
-			int			left;
 
 			/* start what is due: retries first, then new work */
 			for (int i = 0; i < nslots; i++)
@@ -855,49 +885,8 @@ stripe_request_stream(StripeConn *conn, StripeManyFeed feed, StripeManyDone done
 			if (mc != CURLM_OK)
 				elog(ERROR, "curl_multi_perform failed: %s", curl_multi_strerror(mc));
 
-			while ((msg = curl_multi_info_read(stripe_multi, &left)) != NULL)
-			{
-				StreamSlot *s = NULL;
-				long		ms = 0;
-				CURLcode	rc;
-
-				if (msg->msg != CURLMSG_DONE)
-					continue;
-				for (int i = 0; i < nslots; i++)
-					if (slots[i].added && slots[i].easy == msg->easy_handle)
-						s = &slots[i];
-				if (s == NULL)
-					continue;
-				rc = msg->data.result;
-				slot_detach(s);
-				switch (judge_attempt(conn, "GET", s->req->path, s->easy, rc, &s->buf,
-									  s->errbuf, false, s->req->check, s->req->check_arg,
-									  &s->req->resp, s->attempt, stats, &ms))
-				{
-					case ATTEMPT_OK:
-					case ATTEMPT_404:
-						{
-							StripeManyReq *req = s->req;
-
-							s->req = NULL;
-							pfree(s->url);
-							s->url = NULL;
-							/* done may have more work now */
-							feed_empty = false;
-							done(arg, req);
-							pfree(req);
-							break;
-						}
-					case ATTEMPT_RETRY:
-						s->attempt++;
-						s->retry_at = GetCurrentTimestamp() + ms * 1000L;
-						break;
-				}
-				/* done may have run a while: look at the transfers again */
-				break;
-			}
-			if (msg != NULL)
-				continue;
+			if (stream_finished(conn, slots, nslots, done, arg, stats, &feed_empty))
+				continue;		/* done may have run a while: look at the transfers again */
 
 			if (running > 0 || busy > 0)
 			{

@@ -56,7 +56,6 @@ typedef void (*StripeManyDone) (void *arg, StripeManyReq *req);
 extern void stripe_request_stream(StripeConn *conn, StripeManyFeed feed,
 								  StripeManyDone done, void *arg,
 								  StripeStats *stats);
-extern char *stripe_urlencode(const char *s);
 /* equal-jitter backoff from stripe_sync.retry_base_delay, at least Retry-After */
 extern long stripe_backoff_ms(int attempt, const char *retry_after);
 typedef struct StripeHttpResult
@@ -69,6 +68,5 @@ typedef struct StripeHttpResult
 } StripeHttpResult;
 extern void stripe_http_post_json(const char *url, const char *authorization,
 								  const char *body, StripeHttpResult *res);
-extern void stripe_scrub_secrets(char *msg);
 
 #endif							/* STRIPE_HTTP_H */

@@ -28,6 +28,13 @@ typedef struct FieldEntry
 
 #define MAX_FILTER_LEN 64
 
+/*
+ * Stripe's pages hold at most 100 objects.  Far more is not a Stripe page,
+ * and each object costs a span per wanted field: a body of millions of {}
+ * would take gigabytes.
+ */
+#define MAX_PAGE_ROWS	(STRIPE_PAGE_SIZE * 10)
+
 struct StripeFieldSet
 {
 	FieldEntry *entries;
@@ -150,7 +157,9 @@ fieldset_lookup(StripeFieldSet *fs, const char *name, int len)
  * The name of the field whose value is the current token.  The lexer runs
  * without de-escaping (much faster), so take the name's raw text back from
  * the input: it is the string just before the ':' that precedes the value.
- * Returns false for names with escapes, which no Stripe field has.
+ * Returns false for names with escapes, which no Stripe field has: walking
+ * back from the closing quote, a backslash, or a quote that a backslash
+ * escapes ("x\"id" is not "id").
  */
 static bool
 current_field_name(JsonLexContext *lex, const char **name, int *len)
@@ -171,7 +180,7 @@ current_field_name(JsonLexContext *lex, const char **name, int *len)
 			return false;
 		p--;
 	}
-	if (p < lex->input)
+	if (p < lex->input || (p > lex->input && p[-1] == '\\'))
 		return false;
 	*name = p + 1;
 	*len = end - (p + 1);
@@ -183,6 +192,11 @@ begin_row(ParseState *st)
 {
 	StripePage *page = st->page;
 
+	if (page->nrows == MAX_PAGE_ROWS)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
+				 errmsg("Stripe's answer holds more than %d objects", MAX_PAGE_ROWS),
+				 errdetail("A page of a Stripe list holds at most %d.", STRIPE_PAGE_SIZE)));
 	if (page->nrows == st->rows_cap)
 	{
 		st->rows_cap = st->rows_cap ? st->rows_cap * 2 : STRIPE_PAGE_SIZE;
@@ -406,6 +420,75 @@ stripe_parse_page(char *json, size_t len, bool is_list, StripeFieldSet *fs,
 			for (int slot = 0; slot < fs->nslots; slot++)
 				if (page->rows[r].fields[slot].start == NULL)
 					page->rows[r].fields[slot] = st.root_fields[slot];
+	return true;
+}
+
+/*
+ * The cursor for the page after this list page (has_more): the id of its
+ * last object, de-escaped.  NULL, with *why set ("it holds no object"), when
+ * the page cannot lead on: it has no object, its last object's id is not a
+ * non-empty string, or that id is prev, the cursor this page was asked with
+ * (the next request would be this one again, forever).  For every scan that
+ * follows cursors: the FDW's, the sync's windows.
+ */
+char *
+stripe_page_next_cursor(StripePage *page, int id_slot, const char *prev, const char **why)
+{
+	StripeSpan *span;
+	char	   *id;
+
+	if (page->nrows == 0)
+	{
+		*why = "it holds no object";
+		return NULL;
+	}
+	span = &page->rows[page->nrows - 1].fields[id_slot];
+	if (span->start == NULL || span->len <= 2 || span->start[0] != '"')
+	{
+		*why = "its last object has no id";
+		return NULL;
+	}
+	id = stripe_span_text(span);
+	if (prev != NULL && strcmp(id, prev) == 0)
+	{
+		*why = "its last object is the one it was asked to start after";
+		return NULL;
+	}
+	return id;
+}
+
+/*
+ * A JSON integer that fits an int64 (no sign other than '-', no fraction, no
+ * exponent, no string), into *out; false for anything else.
+ */
+bool
+stripe_span_int64(StripeSpan *span, int64 *out)
+{
+	const char *p;
+	const char *end;
+	bool		neg;
+	uint64		v = 0;
+
+	if (span->start == NULL || span->len <= 0 || span->len > 20)
+		return false;
+	p = span->start;
+	end = p + span->len;
+	neg = (*p == '-');
+	if (neg)
+		p++;
+	if (p == end)
+		return false;
+	for (; p < end; p++)
+	{
+		if (*p < '0' || *p > '9')
+			return false;
+		if (v > (PG_UINT64_MAX - (*p - '0')) / 10)
+			return false;
+		v = v * 10 + (*p - '0');
+	}
+	if (neg ? v > (uint64) PG_INT64_MAX + 1 : v > (uint64) PG_INT64_MAX)
+		return false;
+	*out = neg ? (int64) (0 - v) : (int64) v;
 	return true;
 }
 

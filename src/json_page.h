@@ -39,5 +39,8 @@ extern bool stripe_parse_page(char *json, size_t len, bool is_list,
 							  const char **why);
 extern char *stripe_span_text(StripeSpan *span);
 extern bool stripe_span_is_null(StripeSpan *span);
+extern bool stripe_span_int64(StripeSpan *span, int64 *out);
+extern char *stripe_page_next_cursor(StripePage *page, int id_slot, const char *prev,
+									 const char **why);
 
 #endif							/* STRIPE_JSON_PAGE_H */

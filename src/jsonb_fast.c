@@ -9,13 +9,14 @@
  * decimals.  This builds the same JsonbValue tree jsonb_in would (keys in
  * jsonb order, the last of equal keys kept) with strings pointing into the
  * text, and leaves the encoding to JsonbValueToJsonb, as jsonb_in does.  Any
- * input outside that plain subset (escapes, control characters, deep
- * nesting, anything malformed) returns NULL, and the caller uses jsonb_in,
- * which gives the usual result or error.
+ * input outside that plain subset (escapes, control characters, invalid
+ * UTF-8, deep nesting, anything malformed) returns NULL, and the caller
+ * checks the text and uses jsonb_in, which gives the usual result or error.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
@@ -42,11 +43,12 @@ skip_space(FastParse *fp)
 		fp->p++;
 }
 
-/* a string without escapes or control characters, pointing into the text */
+/* a string without escapes or control characters, in UTF-8, pointing into the text */
 static bool
 fast_string(FastParse *fp, JsonbValue *v)
 {
 	const char *s = ++fp->p;
+	unsigned char high = 0;		/* the bits of every byte: is any not ASCII? */
 
 	while (fp->p < fp->end)
 	{
@@ -54,6 +56,9 @@ fast_string(FastParse *fp, JsonbValue *v)
 
 		if (c == '"')
 		{
+			if ((high & 0x80) &&
+				pg_encoding_verifymbstr(PG_UTF8, s, fp->p - s) != fp->p - s)
+				return false;
 			v->type = jbvString;
 			v->val.string.val = (char *) s;
 			v->val.string.len = fp->p - s;
@@ -62,6 +67,7 @@ fast_string(FastParse *fp, JsonbValue *v)
 		}
 		if (c == '\\' || c < 0x20)
 			return false;
+		high |= c;
 		fp->p++;
 	}
 	return false;

@@ -30,6 +30,7 @@
 #include "http.h"
 #include "modify.h"
 #include "rowconv.h"
+#include "text.h"
 
 #define ROW_ID_NAME "stripe_id"
 
@@ -318,6 +319,11 @@ form_body(StripeModifyState *ms, TupleTableSlot *slot, bool skip_nulls)
 				append_param(&buf, field, DatumGetBool(value) ? "true" : "false");
 				break;
 			case TIMESTAMPTZOID:
+				/* Stripe's times are Unix seconds: infinity has none */
+				if (TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(value)))
+					ereport(ERROR,
+							(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+							 errmsg("cannot send an infinite time to Stripe as \"%s\"", field)));
 				append_param(&buf, field,
 							 psprintf(INT64_FORMAT, (int64) timestamptz_to_time_t(DatumGetTimestampTz(value))));
 				break;
@@ -378,17 +384,20 @@ send_write(StripeModifyState *ms, const char *method, const char *path,
 	return slot;
 }
 
+/* The object's path, or NULL for an id no object has ("", "." or "..") */
 static char *
 row_id_path(StripeModifyState *ms, TupleTableSlot *planSlot)
 {
 	bool		isnull;
 	Datum		id = ExecGetJunkAttribute(planSlot, ms->id_junk, &isnull);
+	char	   *segment;
 
 	if (isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("Stripe object id is null")));
-	return psprintf("/v1/%s/%s", ms->path, stripe_urlencode(TextDatumGetCString(id)));
+	segment = stripe_path_segment(TextDatumGetCString(id));
+	return segment ? psprintf("/v1/%s/%s", ms->path, segment) : NULL;
 }
 
 /* One row's request, in a memory context reset for every row. */
@@ -397,18 +406,20 @@ write_row(ResultRelInfo *rinfo, CmdType op, TupleTableSlot *slot, TupleTableSlot
 {
 	StripeModifyState *ms = rinfo->ri_FdwState;
 	MemoryContext old;
-	TupleTableSlot *result;
+	TupleTableSlot *result = NULL;
+	char	   *path;
 
 	MemoryContextReset(ms->row_cxt);
 	old = MemoryContextSwitchTo(ms->row_cxt);
 	if (op == CMD_INSERT)
 		result = send_write(ms, "POST", psprintf("/v1/%s", ms->path),
 							form_body(ms, slot, true), slot);
+	else if ((path = row_id_path(ms, planSlot)) == NULL)
+		result = NULL;			/* like an id Stripe does not know: no row */
 	else if (op == CMD_UPDATE)
-		result = send_write(ms, "POST", row_id_path(ms, planSlot),
-							form_body(ms, slot, false), slot);
+		result = send_write(ms, "POST", path, form_body(ms, slot, false), slot);
 	else
-		result = send_write(ms, "DELETE", row_id_path(ms, planSlot), NULL, slot);
+		result = send_write(ms, "DELETE", path, NULL, slot);
 	MemoryContextSwitchTo(old);
 	return result;
 }

@@ -74,6 +74,32 @@ stripe_valid_url(const char *url)
 	return true;
 }
 
+/*
+ * Stripe's path grammar: lower-case letters, digits and _, in segments
+ * separated by single slashes ("customers", "checkout/sessions").  Nothing
+ * else may reach a request line: no dot segments, no query, no fragment.
+ */
+bool
+stripe_valid_object_path(const char *path)
+{
+	bool		segment_start = true;
+
+	for (const char *p = path; *p; p++)
+	{
+		if (*p == '/')
+		{
+			if (segment_start)
+				return false;	/* a leading or a double slash */
+			segment_start = true;
+		}
+		else if ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_')
+			segment_start = false;
+		else
+			return false;
+	}
+	return !segment_start;		/* not empty, no trailing slash */
+}
+
 static bool
 all_chars_in(const char *s, const char *extra)
 {
@@ -190,8 +216,7 @@ validate(List *options, Oid catalog, const OptionDef *defs, bool intempt)
 		}
 		else if (strcmp(def->defname, "object") == 0)
 		{
-			if (!all_chars_in(value, "_/") || value[0] == '/' ||
-				value[strlen(value) - 1] == '/' || strstr(value, "//") != NULL)
+			if (!stripe_valid_object_path(value))
 				bad_value("object", value,
 						  "The object is a Stripe list path such as customers or checkout/sessions.",
 						  NULL);

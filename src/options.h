@@ -21,5 +21,6 @@ typedef struct StripeConn
 
 extern StripeConn *stripe_conn_for_server(Oid serverid, Oid userid);
 extern bool stripe_valid_url(const char *url);
+extern bool stripe_valid_object_path(const char *path);
 
 #endif							/* STRIPE_OPTIONS_H */

@@ -179,6 +179,13 @@ value_text(JsonbValue *v, int *len)
 	return s;
 }
 
+/* a nested JSON object: only an object's container may be searched by key */
+static bool
+is_object(const JsonbValue *v)
+{
+	return v->type == jbvBinary && JsonContainerIsObject(v->val.binary.data);
+}
+
 /*
  * A subscription's amount per period: its items' price.unit_amount times
  * quantity (1 when absent), when every item has a price amount.
@@ -194,7 +201,7 @@ subscription_amount(JsonbContainer *obj)
 	Datum		sum = NumericGetDatum(int64_to_numeric(0));
 	int			n = 0;
 
-	if (getKeyJsonValueFromContainer(obj, "items", 5, &items) == NULL || items.type != jbvBinary ||
+	if (getKeyJsonValueFromContainer(obj, "items", 5, &items) == NULL || !is_object(&items) ||
 		getKeyJsonValueFromContainer(items.val.binary.data, "data", 4, &data) == NULL ||
 		data.type != jbvBinary || !JsonContainerIsArray(data.val.binary.data))
 		return NULL;
@@ -208,9 +215,9 @@ subscription_amount(JsonbContainer *obj)
 
 		if (tok != WJB_ELEM)
 			continue;
-		if (elem.type != jbvBinary ||
+		if (!is_object(&elem) ||
 			getKeyJsonValueFromContainer(elem.val.binary.data, "price", 5, &price) == NULL ||
-			price.type != jbvBinary ||
+			!is_object(&price) ||
 			getKeyJsonValueFromContainer(price.val.binary.data, "unit_amount", 11, &unit) == NULL ||
 			unit.type != jbvNumeric)
 			return NULL;
@@ -288,7 +295,8 @@ stripe_intempt_data(PG_FUNCTION_ARGS)
 		}
 		else if (name_is(&key, "created") || name_is(&key, "livemode"))
 		{
-			if (val.type != jbvNull)
+			/* a time is a number and livemode a boolean, or they are left out */
+			if (val.type == (name_is(&key, "created") ? jbvNumeric : jbvBool))
 				push_pair(&st, key.val.string.val, key.val.string.len, &val);
 		}
 		else if (val.type == jbvNumeric && is_amount(&key))

@@ -30,15 +30,18 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "bgw.h"
 #include "guc.h"
 #include "http.h"
 #include "shipper.h"
+#include "text.h"
 #include "xact.h"
 
 #define INTEMPT_DEFAULT_API_URL	"https://api.intempt.com/v1"
@@ -50,6 +53,8 @@
 #define MAX_SAVED_RESPONSE		2000
 #define PURGE_EVERY_SECS		10
 #define RESCAN_SECS				5
+/* a destination refusing the credentials (401/403) is tried again after this */
+#define PAUSE_SECS				300
 
 /* what the shipper remembers of a source between passes */
 typedef struct ShipState
@@ -67,6 +72,7 @@ typedef struct ShipState
 	 */
 	int64		after;
 	TimestampTz rescan_at;
+	bool		paused;			/* the destination refused the credentials */
 } ShipState;
 
 typedef struct ShipSource
@@ -74,6 +80,7 @@ typedef struct ShipSource
 	char	   *name;
 	Oid			owner;
 	char	   *destination;
+	char	   *key;			/* the Intempt key, while its turn lasts: scrubbed from answers */
 } ShipSource;
 
 typedef struct OutRow
@@ -172,6 +179,7 @@ destination_of(ShipSource *src, char **url, char **authorization)
 	enc[enclen] = '\0';
 	*authorization = psprintf("Basic %s", enc);
 	explicit_bzero(enc, enclen);
+	src->key = pstrdup(key);
 }
 
 /* ---------- one batch ---------- */
@@ -306,6 +314,7 @@ typedef enum Outcome
 	OUT_DELIVERED,
 	OUT_SPLIT,					/* 413: send again in halves */
 	OUT_RETRY,					/* later, after a backoff */
+	OUT_PAUSE,					/* 401/403: the credentials, not the events */
 	OUT_DEAD					/* refused for good */
 } Outcome;
 
@@ -319,11 +328,14 @@ judge(StripeHttpResult *res, int n)
 		return n > 1 ? OUT_SPLIT : OUT_DEAD;
 	if (res->status == 0 || res->status == 408 || res->status == 429 || res->status >= 500)
 		return OUT_RETRY;
+	if (res->status == 401 || res->status == 403)
+		return OUT_PAUSE;
 	return OUT_DEAD;
 }
 
+/* what the rows keep of a failure: no key, valid UTF-8, at a character boundary */
 static void
-record(OutRow *rows, int n, Outcome out, StripeHttpResult *res, TimestampTz retry_at)
+record(ShipSource *src, OutRow *rows, int n, Outcome out, StripeHttpResult *res, TimestampTz retry_at)
 {
 	Oid			types[4] = {INT8ARRAYOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
 	Datum		values[4];
@@ -331,10 +343,14 @@ record(OutRow *rows, int n, Outcome out, StripeHttpResult *res, TimestampTz retr
 
 	stripe_xact_begin(true);
 	values[0] = id_array(rows, n);
-	err = res->status == 0 ? psprintf("%s", res->error)
+	err = res->status == 0 ? stripe_safe_text(res->error, strlen(res->error), sizeof(res->error), src->key)
+		: out == OUT_PAUSE ? psprintf("HTTP %ld: Intempt refused the credentials; delivery is paused "
+									  "until the user mapping of server %s changes",
+									  res->status, src->destination)
 		: psprintf("HTTP %ld", res->status);
 	values[1] = CStringGetTextDatum(err);
-	values[2] = CStringGetTextDatum(pnstrdup(res->body ? res->body : "", Min(res->len, MAX_SAVED_RESPONSE)));
+	values[2] = CStringGetTextDatum(stripe_safe_text(res->body ? res->body : "", res->len,
+													 MAX_SAVED_RESPONSE, src->key));
 	values[3] = TimestampTzGetDatum(retry_at);
 	switch (out)
 	{
@@ -350,6 +366,7 @@ record(OutRow *rows, int n, Outcome out, StripeHttpResult *res, TimestampTz retr
 				 2, types, values, NULL, SPI_OK_UPDATE);
 			break;
 		case OUT_RETRY:
+		case OUT_PAUSE:
 			stripe_spi("UPDATE stripe_sync.outbox SET state = 'pending', last_error = $2, next_attempt_at = $4 "
 				 "WHERE id = ANY ($1)", 4, types, values, NULL, SPI_OK_UPDATE);
 			break;
@@ -402,7 +419,14 @@ ship_batches(ShipSource *src, ShipState *st, const char *url, const char *author
 			retry_at = GetCurrentTimestamp() + (int64) ms * 1000;
 			st->not_before = retry_at;
 		}
-		record(rows, n, out, &res, retry_at);
+		else if (out == OUT_PAUSE)
+		{
+			/* a change to the user mapping ends the pause sooner (mapping_changed) */
+			retry_at = GetCurrentTimestamp() + (int64) PAUSE_SECS * USECS_PER_SEC;
+			st->not_before = retry_at;
+			st->paused = true;
+		}
+		record(src, rows, n, out, &res, retry_at);
 		MemoryContextSwitchTo(ship_cxt);
 		/* the rows go again unless done with: delivered or dead */
 		st->after = (out == OUT_DELIVERED || out == OUT_DEAD) ? rows[n - 1].id : rows[0].id - 1;
@@ -411,6 +435,7 @@ ship_batches(ShipSource *src, ShipState *st, const char *url, const char *author
 		{
 			case OUT_DELIVERED:
 				st->failures = 0;
+				st->paused = false;
 				/* back towards the configured size after a 413 */
 				if (st->batch_limit < stripe_outbox_batch_size && ++st->successes >= 10)
 				{
@@ -422,6 +447,17 @@ ship_batches(ShipSource *src, ShipState *st, const char *url, const char *author
 				st->batch_limit = Max(n / 2, 1);
 				st->successes = 0;
 				break;
+			case OUT_PAUSE:
+				ereport(WARNING,
+						(errmsg("stripe_sync: Intempt refused the credentials of source \"%s\" with HTTP %ld",
+								src->name, res.status),
+						 errdetail("Its events stay pending; delivery is paused for %d minutes, or until the user mapping changes.",
+								   PAUSE_SECS / 60),
+						 errhint("Check the api_key of the user mapping of server %s for the source's owner.",
+								 src->destination)));
+				MemoryContextSwitchTo(pass_cxt);
+				MemoryContextReset(ship_cxt);
+				return true;
 			case OUT_RETRY:
 				ereport(DEBUG1,
 						(errmsg("stripe_sync: Intempt did not take %d events of source \"%s\" (%s); again in %ld ms",
@@ -468,12 +504,35 @@ ship_source(ShipSource *src, ShipState *st, MemoryContext pass_cxt)
 	{
 		/* the credentials do not linger in freed memory */
 		explicit_bzero(authorization, strlen(authorization));
+		explicit_bzero(src->key, strlen(src->key));
 	}
 	PG_END_TRY();
 	return more;
 }
 
 /* ---------- the worker ---------- */
+
+/*
+ * A user mapping or a server changed: a destination paused for refusing the
+ * credentials is tried again at once.  Invalidations arrive at the start of
+ * the shipper's next transaction.
+ */
+static void
+mapping_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	HASH_SEQ_STATUS seq;
+	ShipState  *st;
+
+	if (ship_states == NULL)
+		return;
+	hash_seq_init(&seq, ship_states);
+	while ((st = hash_seq_search(&seq)) != NULL)
+		if (st->paused)
+		{
+			st->paused = false;
+			st->not_before = 0;
+		}
+}
 
 static ShipState *
 ship_state(const char *source)
@@ -492,6 +551,7 @@ ship_state(const char *source)
 		st->not_before = 0;
 		st->after = 0;
 		st->rescan_at = 0;
+		st->paused = false;
 	}
 	return st;
 }
@@ -645,6 +705,8 @@ stripe_shipper_main(Datum main_arg)
 	ctl.hcxt = TopMemoryContext;
 	ship_states = hash_create("stripe_sync shipper sources", 16, &ctl,
 							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	CacheRegisterSyscacheCallback(USERMAPPINGOID, mapping_changed, (Datum) 0);
+	CacheRegisterSyscacheCallback(FOREIGNSERVEROID, mapping_changed, (Datum) 0);
 
 	stripe_bgw_loop(ship_pass);
 }

@@ -15,6 +15,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/buffile.h"
 #include "utils/array.h"
@@ -33,6 +34,8 @@
 /* events applied (and the cursor moved) per transaction */
 #define APPLY_BATCH				STRIPE_PAGE_SIZE
 #define EVENT_ID_MAX			(NAMEDATALEN * 2)
+/* the last second of year 9999: a later event time is not Stripe's */
+#define MAX_EVENT_TIME			INT64CONST(253402300799)
 
 /* one event as spooled and read back */
 typedef struct EventRef
@@ -53,6 +56,7 @@ typedef struct EventSpool
 	off_t	   *page_at;		/* where each page's records start */
 	int		   *page_count;		/* and how many it has */
 	int64		nevents;
+	int64		skipped;		/* events that change nothing here, or malformed */
 } EventSpool;
 
 /* what applying keeps across batches */
@@ -136,8 +140,14 @@ spool_write_str(BufFile *f, const char *s, int32 len)
 	BufFileWrite(f, (void *) s, len);
 }
 
-/* A page's events go to the spool; returns the last event's id (for the next page). */
-static char *
+static bool
+is_string(StripeSpan *span)
+{
+	return span->start != NULL && span->len >= 2 && span->start[0] == '"';
+}
+
+/* A page's events go to the spool. */
+static void
 spool_page(EventSpool *sp, StripePage *page)
 {
 	StripeFieldSet *dfs = stripe_fieldset_create(1);
@@ -162,15 +172,23 @@ spool_page(EventSpool *sp, StripePage *page)
 				   *type;
 		int64		created;
 
-		/* an event without an id, a time, a type or an object changes nothing here */
-		if (stripe_span_is_null(&r->fields[0]) || stripe_span_is_null(&r->fields[1]) ||
-			stripe_span_is_null(&r->fields[2]) || r->fields[3].start == NULL ||
+		/*
+		 * An event without a string id and type, a time of this world and an
+		 * object changes nothing here; nor does one whose text is not UTF-8
+		 * (it would reach the tables).
+		 */
+		if (!is_string(&r->fields[0]) || !is_string(&r->fields[2]) ||
+			!stripe_span_int64(&r->fields[1], &created) || created < 0 || created > MAX_EVENT_TIME ||
+			r->fields[3].start == NULL ||
 			!stripe_parse_page(r->fields[3].start, r->fields[3].len, false, dfs, &data, &why) ||
-			data.rows[0].fields[0].start == NULL)
+			data.rows[0].fields[0].start == NULL ||
+			!pg_verifymbstr(r->object.start, r->object.len, true))
+		{
+			sp->skipped++;
 			continue;
+		}
 		id = stripe_span_text(&r->fields[0]);
 		type = stripe_span_text(&r->fields[2]);
-		created = pg_strtoint64(stripe_span_text(&r->fields[1]));
 		BufFileWrite(sp->file, &created, sizeof(created));
 		spool_write_str(sp->file, id, strlen(id));
 		spool_write_str(sp->file, type, strlen(type));
@@ -179,7 +197,6 @@ spool_page(EventSpool *sp, StripePage *page)
 	}
 	sp->page_count[sp->npages++] = count;
 	sp->nevents += count;
-	return page->nrows > 0 ? stripe_span_text(&page->rows[page->nrows - 1].fields[0]) : NULL;
 }
 
 /* Reads every event since the cursor into the spool, a page at a time (no transaction). */
@@ -196,6 +213,7 @@ events_fetch(SyncRun *run, EventSpool *sp)
 	stripe_fieldset_add(efs, "type", 2);
 	stripe_fieldset_add(efs, "data", 3);
 	stripe_fieldset_finish(efs);
+	/* the page index lives with the spool, not with a page */
 	sp->page_at = palloc(sizeof(off_t));
 	sp->page_count = palloc(sizeof(int));
 	sp->file = BufFileCreateTemp(true);
@@ -215,17 +233,20 @@ events_fetch(SyncRun *run, EventSpool *sp)
 			stripe_request(run->conn, "GET", events_path(run, last_id), NULL, NULL, false,
 						   stripe_check_page, &pc, &resp, &run->stats);
 		run->events_page = NULL;
-		MemoryContextSwitchTo(old);
-		last = spool_page(sp, &page);
-		more = page.has_more && last != NULL;
+		spool_page(sp, &page);
+		more = page.has_more;
 		if (more)
 		{
-			if (strcmp(last, last_id) == 0)
+			/* a page that cannot be followed would be asked for again, forever */
+			last = stripe_page_next_cursor(&page, 0, last_id[0] ? last_id : NULL, &why);
+			if (last == NULL || strlen(last) >= sizeof(last_id))
 				ereport(ERROR,
-						(errcode(ERRCODE_FDW_ERROR),
-						 errmsg("Stripe listed events after %s again: the list does not advance", last_id)));
+						(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
+						 errmsg("Stripe's list of events cannot be followed past this page: %s",
+								last == NULL ? why : "its last id is too long")));
 			strlcpy(last_id, last, sizeof(last_id));
 		}
+		MemoryContextSwitchTo(old);
 		MemoryContextReset(page_cxt);
 		CHECK_FOR_INTERRUPTS();
 		if (!more)

@@ -154,13 +154,18 @@ stripe_table_for_object_type(SyncRun *run, const char *object_type)
 	return NULL;
 }
 
-/* an object's created (unix seconds), 0 when it has none */
+/*
+ * An object's created (unix seconds), 0 when it has none or not an integer
+ * (the row's conversion then says what is wrong with it, naming the field).
+ */
 int64
 stripe_row_created(LocalTable *lt, StripeRow *row)
 {
-	if (lt->created_slot < 0 || stripe_span_is_null(&row->fields[lt->created_slot]))
+	int64		created;
+
+	if (lt->created_slot < 0 || !stripe_span_int64(&row->fields[lt->created_slot], &created))
 		return 0;
-	return pg_strtoint64(stripe_span_text(&row->fields[lt->created_slot]));
+	return created;
 }
 
 /*

@@ -1326,7 +1326,7 @@ class Writes:
 # --------------------------------------------------------------------------- faults, log
 
 FAULT_KINDS = ("429", "500", "503", "status", "401", "delay", "drop", "reset", "truncate",
-               "malformed", "empty", "redirect")
+               "malformed", "empty", "redirect", "body")
 
 
 class Faults:
@@ -1352,12 +1352,29 @@ class Faults:
             if fault["status"] not in (301, 302, 303, 307, 308):
                 raise ValueError("a redirect's status is 301, 302, 303, 307 or 308")
             fault["location"] = str(spec["location"])
+        if kind == "body":
+            # a hostile answer as it is: any status, text or raw bytes (base64), headers
+            fault["status"] = int(spec.get("status", 200))
+            if not 100 <= fault["status"] <= 599:
+                raise ValueError("status must be an HTTP status code")
+            raw = spec.get("body_b64")
+            fault["body"] = (base64.b64decode(raw) if raw is not None
+                             else str(spec.get("body", "")).encode("utf-8"))
+            headers = spec.get("headers") or {}
+            if not isinstance(headers, dict):
+                raise ValueError("headers must be a JSON object")
+            fault["headers"] = [(str(k), str(v)) for k, v in headers.items()]
         for key in ("retry_after", "should_retry", "after", "message", "code", "param"):
             if spec.get(key) is not None:
                 fault[key] = spec[key]
         with self.lock:
             self.queue.append(fault)
-        return fault
+        return self.shown(fault)
+
+    @staticmethod
+    def shown(fault):
+        """A fault as the control API shows it (a body's bytes are not JSON)."""
+        return {k: v for k, v in fault.items() if k != "body"}
 
     def take(self, raw_path):
         """The first pending fault matching this request (its count is used up)."""
@@ -1374,7 +1391,7 @@ class Faults:
 
     def pending(self):
         with self.lock:
-            return [dict(f) for f in self.queue]
+            return [self.shown(f) for f in self.queue]
 
     def clear(self):
         with self.lock:
@@ -1547,6 +1564,12 @@ class App:
             record(fault["status"])
             self.landed(h)
             send(h, fault["status"], b"", headers + [("Location", fault["location"])])
+            return
+        if kind == "body":
+            # served as given, before auth and routing; its headers come last and win
+            record(fault["status"])
+            self.landed(h)
+            send(h, fault["status"], fault["body"], headers + fault["headers"])
             return
         if fault:
             if "retry_after" in fault:

@@ -489,6 +489,24 @@ class FakeStripeTest(unittest.TestCase):
                          [("drop", None), ("reset", None), ("truncate", 200), ("malformed", 200),
                           ("empty", 200), ("delay", 200), (None, 200), (None, 200), (None, 200)])
 
+    def test_fault_body(self):
+        # any status and body, text or raw bytes, served before auth; its headers win
+        self.fault(kind="body", status=400, body='{"error": {"message": null}}',
+                   headers={"Request-Id": "req_mine"}, path="/v1/customers")
+        self.assertEqual(self.c.ctl("GET", "faults")["faults"][0]["status"], 400)
+        status, headers, body = self.c.raw("GET", "/v1/customers?limit=1")
+        self.assertEqual((status, headers["Request-Id"], body),
+                         (400, "req_mine", b'{"error": {"message": null}}'))
+        self.fault(kind="body", body_b64=base64.b64encode(b'{"id": "\xff"}').decode())
+        status, _, body = self.c.raw("GET", "/v1/account")
+        self.assertEqual((status, body), (200, b'{"id": "\xff"}'))
+        self.assertEqual(self.c.get("/v1/account")[0], 200)
+        log = self.c.ctl("GET", "requests")["requests"]
+        self.assertEqual([(r["fault"], r["status"]) for r in log[-3:]],
+                         [("body", 400), ("body", 200), (None, 200)])
+        self.assertEqual(self.c.raw("POST", "/_control/faults",
+                                    json.dumps({"kind": "body", "status": 99}))[0], 400)
+
     def test_latency(self):
         self.c.ctl("POST", "config", {"latency_ms": 250})
         t = time.time()

@@ -1,0 +1,55 @@
+/*-------------------------------------------------------------------------
+ * fdw_request.h
+ *		Between the FDW's planner and executor (fdw.c) and the building of
+ *		its requests (fdw_request.c).
+ *-------------------------------------------------------------------------
+ */
+#ifndef STRIPE_FDW_REQUEST_H
+#define STRIPE_FDW_REQUEST_H
+
+#include "catalog.h"
+
+/* What a pushed qual asks of Stripe */
+typedef enum PushKind
+{
+	PUSH_ID,					/* id = v: retrieve */
+	PUSH_ID_ANY,				/* id = ANY(array): one retrieve each */
+	PUSH_EQ,					/* field = v: list filter */
+	PUSH_CREATED_GT,
+	PUSH_CREATED_GE,
+	PUSH_CREATED_LT,
+	PUSH_CREATED_LE,
+	PUSH_CREATED_EQ
+} PushKind;
+
+/* A pushed qual's value at execution, or its parameter for EXPLAIN */
+typedef struct PushValue
+{
+	PushKind	kind;
+	char	   *key;
+	bool		known;			/* false: EXPLAIN of a parameter */
+	bool		isnull;
+	Datum		value;
+	Oid			type;
+	int			paramno;
+} PushValue;
+
+/* A request plan: retrieves, or a list with its filters. */
+typedef struct RequestPlan
+{
+	bool		retrieve;
+	bool		allow_404;		/* a 404 means no rows, not an error */
+	bool		lacks_parent;	/* the filter Stripe requires is missing */
+	List	   *retrieve_paths; /* "/v1/customers/cus_…" each */
+	char	   *base_path;		/* "/v1/customers" */
+	char	   *query_rest;		/* "&customer=…&created%5Bgte%5D=…" */
+} RequestPlan;
+
+extern bool stripe_build_request(const char *path, const StripeObjectDef *def,
+								 PushValue *vals, int nvals, RequestPlan *rp);
+extern char *stripe_list_request(const char *base, int limit, const char *rest,
+								 const char *cursor);
+extern char *stripe_describe_requests(RequestPlan *rp, const StripeObjectDef *def,
+									  int first_limit);
+
+#endif							/* STRIPE_FDW_REQUEST_H */

@@ -4,7 +4,7 @@ OBJS = src/stripe_sync.o src/guc.o src/xact.o src/bgw.o \
        src/shmem.o src/catalog.o src/catalog_data.o src/options.o src/ratelimit.o \
        src/text.o src/http.o src/admin.o \
        src/json_page.o src/jsonb_fast.o src/rowconv.o src/payload.o \
-       src/fdw.o src/fdw_request.o src/modify.o \
+       src/fdw.o src/fdw_request.o src/fdw_stats.o src/modify.o \
        src/sync_state.o src/sync_local.o src/sync_outbox.o src/sync_events.o \
        src/bf_windows.o src/helpers.o src/backfill.o src/sync_run.o \
        src/manage.o src/launcher.o src/shipper.o
@@ -25,7 +25,7 @@ EXTRA_CLEAN = src/*.d
 # It runs in a temporary instance with the library preloaded, against the fake
 # Stripe that test/regress_launcher starts for it.
 REGRESS = fdw_1_setup fdw_2_options fdw_3_scan fdw_4_faults fdw_5_pushdown \
-          fdw_6_writes fdw_7_catalog fdw_8_readme outbox_1_payload outbox_2_golden \
+          fdw_6_writes fdw_7_catalog fdw_8_readme outbox_1_payload outbox_2_golden sync_1_manage \
           safe_1_crash safe_2_values safe_3_requests safe_4_secrets log_check
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(CURDIR)/test/regress.conf \
                --launcher=$(CURDIR)/test/regress_launcher

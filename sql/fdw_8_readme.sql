@@ -7,9 +7,8 @@ SET timezone = 'UTC';
 -- stripe.subscription_items: imported by fdw_7_catalog
 
 -- the README's example, as written there: "one list per subscription".  Its items are
--- asked for with one list per active subscription and no list without a parent.
--- (Its customers are left out here: the plan lists every customer instead of
--- retrieving each subscription's, a product bug reported with this test.)
+-- asked for with one list per active subscription and no list without a parent, and
+-- its customers with one retrieve per subscription, never a list of every customer.
 CREATE FUNCTION readme_join() RETURNS text LANGUAGE sql AS $f$ SELECT $q$
 SELECT c.email, it.price->>'id', it.quantity
   FROM stripe.subscriptions s JOIN stripe.customers c ON c.id = s.customer
@@ -26,7 +25,10 @@ CREATE TEMP TABLE active_items AS
   SELECT s->>'id' AS sub, i->>'id' AS item
     FROM fake_objects('subscriptions') s, jsonb_array_elements(s->'items'->'data') i
    WHERE s->>'status' = 'active';
-SELECT count(*) FILTER (WHERE r ~ '^GET /v1/subscriptions\?') AS subscription_lists,
+SELECT count(*) FILTER (WHERE r ~ '^GET /v1/customers\?') AS customer_lists,
+       count(*) FILTER (WHERE r ~ '^GET /v1/customers/cus_') = (SELECT count(DISTINCT sub) FROM active_items)
+         AS one_customer_retrieve_per_subscription,
+       count(*) FILTER (WHERE r ~ '^GET /v1/subscriptions\?') AS subscription_lists,
        count(*) FILTER (WHERE r ~ '^GET /v1/subscription_items\?') AS item_lists,
        array_agg(substring(r FROM 'subscription=(sub_\w+)') ORDER BY r) FILTER (WHERE r ~ '^GET /v1/subscription_items\?')
          = (SELECT array_agg(DISTINCT sub ORDER BY sub) FROM active_items) AS one_per_active_subscription

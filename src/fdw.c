@@ -348,11 +348,17 @@ lacks_parent(StripeRelInfo *info, PushKind kind, const char *key)
 			 (kind == PUSH_EQ && strcmp(key, info->def->required_filter) == 0));
 }
 
-/* requests a scan of this many rows makes */
+/*
+ * What the requests of a scan of this many rows cost.  A retrieve is one
+ * round trip like a list page, but its answer is one object, not a hundred
+ * to transfer and parse: half a page.  So a join that retrieves per outer
+ * row wins over listing a table in full when the rows are as many as the
+ * pages.
+ */
 static double
-scan_requests(double rows, bool by_id)
+scan_requests_cost(double rows, bool by_id)
 {
-	return by_id ? Max(rows, 1) : Max(ceil(rows / STRIPE_PAGE_SIZE), 1);
+	return by_id ? Max(rows, 1) * COST_REQUEST / 2 : Max(ceil(rows / STRIPE_PAGE_SIZE), 1) * COST_REQUEST;
 }
 
 /* ORDER BY created DESC, which Stripe's lists already are */
@@ -441,7 +447,6 @@ add_parameterized_paths(PlannerInfo *root, RelOptInfo *baserel, Oid relid,
 		Relids		required_outer;
 		ParamPathInfo *ppi;
 		double		rows;
-		double		requests;
 
 		if (!join_clause_is_movable_to(ri, baserel) ||
 			!classify_clause(root, baserel, relid, info->def, ri->clause, &kind, &key, &val) ||
@@ -453,11 +458,10 @@ add_parameterized_paths(PlannerInfo *root, RelOptInfo *baserel, Oid relid,
 			continue;
 		ppi = get_baserel_parampathinfo(root, baserel, required_outer);
 		rows = kind == PUSH_ID ? 1 : Max(Min(ppi->ppi_rows, ROWS_FILTERED), 1);
-		requests = scan_requests(rows, kind == PUSH_ID);
 		add_path(baserel, (Path *)
 				 create_foreignscan_path(root, baserel, NULL, rows,
 										 COST_REQUEST / 10,
-										 COST_REQUEST / 10 + requests * COST_REQUEST +
+										 COST_REQUEST / 10 + scan_requests_cost(rows, kind == PUSH_ID) +
 										 rows * cpu_tuple_cost * 10 +
 										 (lacks_parent(info, kind, key) ? disable_cost : 0),
 										 NIL, required_outer, NULL, NIL));
@@ -469,9 +473,8 @@ stripeGetForeignPaths(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid
 {
 	StripeRelInfo *info = baserel->fdw_private;
 	double		rows = baserel->rows;
-	double		requests = scan_requests(rows, info->has_id);
 	Cost		startup = COST_REQUEST / 10;
-	Cost		total = startup + requests * COST_REQUEST + rows * cpu_tuple_cost * 10;
+	Cost		total = startup + scan_requests_cost(rows, info->has_id) + rows * cpu_tuple_cost * 10;
 	List	   *pathkeys = stripe_order_pathkeys(root, baserel, info);
 	int			first_limit = 0;
 

@@ -158,6 +158,21 @@ header_cb(char *ptr, size_t size, size_t nitems, void *userdata)
 }
 
 /*
+ * Waits for the transfers in flight, at most ms, as the wait event Extension:
+ * pg_stat_activity shows a backend waiting on Stripe as waiting.
+ */
+static CURLMcode
+poll_transfers(int ms)
+{
+	CURLMcode	mc;
+
+	pgstat_report_wait_start(PG_WAIT_EXTENSION);
+	mc = curl_multi_poll(stripe_multi, NULL, 0, ms, NULL);
+	pgstat_report_wait_end();
+	return mc;
+}
+
+/*
  * Runs the transfer through the multi interface so that we can wake up every
  * POLL_INTERVAL_MS and honour query cancel, statement_timeout and SIGTERM.
  */
@@ -182,7 +197,7 @@ perform_interruptible(void)
 				elog(ERROR, "curl_multi_perform failed: %s", curl_multi_strerror(mc));
 			if (!running)
 				break;
-			mc = curl_multi_poll(stripe_multi, NULL, 0, POLL_INTERVAL_MS, NULL);
+			mc = poll_transfers(POLL_INTERVAL_MS);
 			if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
 				elog(ERROR, "curl_multi_poll failed: %s", curl_multi_strerror(mc));
 			CHECK_FOR_INTERRUPTS();
@@ -293,6 +308,22 @@ shown_path(StripeConn *conn, const char *path)
 	return stripe_safe_text(path, strlen(path), MAX_SHOWN_MESSAGE, conn->api_key);
 }
 
+/* " (code X; param Y; N attempts)" after Stripe's message, or "" */
+static char *
+detail_suffix(const char *code, const char *param, int attempts)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (code)
+		appendStringInfo(&buf, "code %s", code);
+	if (param)
+		appendStringInfo(&buf, "%sparam %s", buf.len ? "; " : "", param);
+	if (attempts > 1)
+		appendStringInfo(&buf, "%s%d attempts", buf.len ? "; " : "", attempts);
+	return buf.len ? psprintf(" (%s)", buf.data) : "";
+}
+
 /* Reports a non-2xx answer from Stripe; does not return. */
 static void
 report_stripe_error(StripeConn *conn, const char *method, const char *path,
@@ -356,11 +387,7 @@ report_stripe_error(StripeConn *conn, const char *method, const char *path,
 			 errmsg("Stripe request %s %s failed with HTTP %ld%s%s%s",
 					method, shown_path(conn, path), status,
 					type ? " (" : "", type ? type : "", type ? ")" : ""),
-			 errdetail("%s%s%s%s%s%s",
-					   message,
-					   code ? " Code: " : "", code ? code : "",
-					   param ? " Param: " : "", param ? param : "",
-					   attempts > 1 ? psprintf(" Attempts: %d.", attempts) : ""),
+			 errdetail("%s%s", message, detail_suffix(code, param, attempts)),
 			 hint ? errhint("%s", hint) : 0,
 			 buf->request_id[0]
 			 ? errcontext("Stripe request id %s",
@@ -485,7 +512,7 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 			(rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_COULDNT_CONNECT ||
 			 rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
 			 rc == CURLE_GOT_NOTHING || rc == CURLE_PARTIAL_FILE ||
-			 rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_SSL_CONNECT_ERROR ||
+			 rc == CURLE_SSL_CONNECT_ERROR ||
 			 rc == CURLE_HTTP2 || rc == CURLE_HTTP2_STREAM ||
 			 rc == CURLE_BAD_CONTENT_ENCODING);
 	}
@@ -890,7 +917,7 @@ stripe_request_stream(StripeConn *conn, StripeManyFeed feed, StripeManyDone done
 
 			if (running > 0 || busy > 0)
 			{
-				mc = curl_multi_poll(stripe_multi, NULL, 0, (int) wait_ms, NULL);
+				mc = poll_transfers((int) wait_ms);
 				if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
 					elog(ERROR, "curl_multi_poll failed: %s", curl_multi_strerror(mc));
 			}

@@ -34,21 +34,6 @@
 
 #define ROW_ID_NAME "stripe_id"
 
-/* Objects Stripe lets us create, update and delete (SPEC §3) */
-static const struct
-{
-	const char *path;
-	bool		can_delete;
-}			writable[] =
-{
-	{"customers", true},
-	{"products", true},
-	{"prices", false},			/* Stripe archives prices: UPDATE … SET active = false */
-	{"coupons", true},
-	{"subscriptions", true},	/* DELETE cancels */
-	{"refunds", false},
-};
-
 enum
 {
 	ModPrivPath,
@@ -68,24 +53,33 @@ typedef struct StripeModifyState
 	StripeStats stats;
 } StripeModifyState;
 
-static int
-writable_index(const char *path)
-{
-	for (int i = 0; i < (int) lengthof(writable); i++)
-		if (strcmp(writable[i].path, path) == 0)
-			return i;
-	return -1;
-}
-
+/*
+ * The catalogue says what Stripe lets us write (StripeObjectDef.writable).  A
+ * DELETE Stripe has no endpoint for passes here, so that the planner asks
+ * stripePlanForeignModify, which says what to do instead.
+ */
 static int
 stripeIsForeignRelUpdatable(Relation rel)
 {
-	int			i = writable_index(stripe_table_object_path(RelationGetRelid(rel)));
+	const StripeObjectDef *def = stripe_object_by_path(stripe_table_object_path(RelationGetRelid(rel)));
 
-	if (i < 0)
+	if (def == NULL || def->writable == NULL)
 		return 0;
-	return (1 << CMD_INSERT) | (1 << CMD_UPDATE) |
-		(writable[i].can_delete ? (1 << CMD_DELETE) : 0);
+	return (1 << CMD_INSERT) | (1 << CMD_UPDATE) | (1 << CMD_DELETE);
+}
+
+/* Stripe cannot delete these: it archives prices, and a refund stays; say so */
+static void
+refuse_delete(Relation rel, const StripeObjectDef *def)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("cannot delete from foreign table \"%s\": Stripe cannot delete %s",
+					RelationGetRelationName(rel), def->path),
+			 strcmp(def->path, "prices") == 0
+			 ? errhint("Archive a price instead: UPDATE %s SET active = false WHERE id = '…';",
+					   RelationGetRelationName(rel))
+			 : errhint("Stripe allows %s on %s.", def->writable, def->path)));
 }
 
 static AttrNumber
@@ -126,7 +120,11 @@ stripePlanForeignModify(PlannerInfo *root, ModifyTable *plan,
 	RangeTblEntry *rte = planner_rt_fetch(resultRelation, root);
 	Relation	rel = table_open(rte->relid, NoLock);
 	List	   *attrs = NIL;
+	const StripeObjectDef *def = stripe_object_by_path(stripe_table_object_path(rte->relid));
 
+	if (operation == CMD_DELETE && def != NULL && def->writable != NULL &&
+		strstr(def->writable, "delete") == NULL)
+		refuse_delete(rel, def);
 	if (operation == CMD_INSERT)
 	{
 		for (int i = 0; i < RelationGetDescr(rel)->natts; i++)

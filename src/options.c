@@ -17,6 +17,7 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/syscache.h"
 
 #include "options.h"
 
@@ -253,6 +254,29 @@ intempt_fdw_validator(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The user's mapping for a server, or PUBLIC's; without one, an ERROR that
+ * names the server and the fix (GetUserMapping's says only "not found").
+ */
+UserMapping *
+stripe_user_mapping(Oid userid, ForeignServer *server)
+{
+	if (!SearchSysCacheExists2(USERMAPPINGUSERSERVER, ObjectIdGetDatum(userid),
+							   ObjectIdGetDatum(server->serverid)) &&
+		!SearchSysCacheExists2(USERMAPPINGUSERSERVER, ObjectIdGetDatum(InvalidOid),
+							   ObjectIdGetDatum(server->serverid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role %s has no user mapping for server \"%s\"",
+						GetUserNameFromId(userid, true) ? GetUserNameFromId(userid, true) : "?",
+						server->servername),
+				 errdetail("The API key comes from the user mapping, which holds it as api_key."),
+				 errhint("CREATE USER MAPPING FOR %s SERVER %s OPTIONS (api_key '…');",
+						 GetUserNameFromId(userid, true) ? quote_identifier(GetUserNameFromId(userid, true)) : "CURRENT_USER",
+						 quote_identifier(server->servername))));
+	return GetUserMapping(userid, server->serverid);
+}
+
+/*
  * Connection settings of a Stripe server for a user: the server's options
  * and the key from the user's mapping (or PUBLIC's).
  */
@@ -260,7 +284,7 @@ StripeConn *
 stripe_conn_for_server(Oid serverid, Oid userid)
 {
 	ForeignServer *server = GetForeignServer(serverid);
-	UserMapping *um = GetUserMapping(userid, serverid);
+	UserMapping *um = stripe_user_mapping(userid, server);
 	StripeConn *conn = palloc0(sizeof(StripeConn));
 	ListCell   *lc;
 

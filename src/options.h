@@ -20,6 +20,8 @@ typedef struct StripeConn
 } StripeConn;
 
 extern StripeConn *stripe_conn_for_server(Oid serverid, Oid userid);
+struct ForeignServer;
+extern struct UserMapping *stripe_user_mapping(Oid userid, struct ForeignServer *server);
 extern bool stripe_valid_url(const char *url);
 extern bool stripe_valid_object_path(const char *path);
 

@@ -40,6 +40,7 @@
 #include "bgw.h"
 #include "guc.h"
 #include "http.h"
+#include "options.h"
 #include "shipper.h"
 #include "text.h"
 #include "xact.h"
@@ -150,7 +151,7 @@ destination_of(ShipSource *src, char **url, char **authorization)
 						src->destination),
 				 errhint("ALTER SERVER %s OPTIONS (ADD org '…', ADD project '…', ADD source_id '…').",
 						 quote_identifier(src->destination))));
-	um = GetUserMapping(src->owner, server->serverid);	/* ERROR when missing */
+	um = stripe_user_mapping(src->owner, server);	/* ERROR when missing */
 	key = option_value(um->options, "api_key");
 	if (key == NULL || (dot = strchr(key, '.')) == NULL)
 		ereport(ERROR,

@@ -10,6 +10,7 @@
 #include "miscadmin.h"
 
 #include "bgw.h"
+#include "fdw_stats.h"
 #include "guc.h"
 #include "launcher.h"
 #include "ratelimit.h"
@@ -27,6 +28,7 @@ _PG_init(void)
 	 * backend limits its own requests and nothing syncs on a schedule.
 	 */
 	stripe_define_gucs(process_shared_preload_libraries_in_progress);
+	stripe_fdw_stats_init();
 	if (process_shared_preload_libraries_in_progress)
 	{
 		stripe_ratelimit_shmem_init();

@@ -2,7 +2,7 @@
 MODULE_big = stripe_sync
 OBJS = src/stripe_sync.o src/guc.o src/xact.o src/bgw.o \
        src/shmem.o src/catalog.o src/catalog_data.o src/options.o src/ratelimit.o \
-       src/text.o src/http.o src/admin.o \
+       src/text.o src/stripe_api.o src/http.o src/admin.o \
        src/json_page.o src/jsonb_fast.o src/rowconv.o src/payload.o \
        src/fdw.o src/fdw_request.o src/fdw_stats.o src/modify.o \
        src/sync_state.o src/sync_local.o src/sync_outbox.o src/sync_events.o \

@@ -261,9 +261,9 @@ stripe_build_request(const char *path, const StripeObjectDef *def,
 	}
 	if (!append_created(&buf, &cr))
 		return false;
-	/* Stripe hides canceled subscriptions unless asked for all statuses */
-	if (strcmp(path, "subscriptions") == 0 && !status_given)
-		appendStringInfoString(&buf, "&status=all");
+	/* what Stripe would hide without asking (canceled subscriptions): the catalogue says */
+	appendStringInfoString(&buf, stripe_list_default_filters(def != NULL ? def : stripe_object_by_path(path),
+															 status_given));
 	rp->query_rest = buf.data;
 	if (def != NULL && def->required_filter != NULL && !parent_given)
 		rp->lacks_parent = true;

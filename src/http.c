@@ -8,7 +8,6 @@
 #include "postgres.h"
 
 #include <curl/curl.h>
-#include <json-c/json.h>
 
 #include "common/pg_prng.h"
 #include "lib/stringinfo.h"
@@ -23,6 +22,7 @@
 #include "guc.h"
 #include "http.h"
 #include "ratelimit.h"
+#include "stripe_api.h"
 #include "text.h"
 
 #define MAX_BODY_BYTES		(256 * 1024 * 1024)
@@ -30,9 +30,7 @@
 #define POLL_INTERVAL_MS	100
 
 /* what a message shows of Stripe's text, in bytes */
-#define MAX_SHOWN_BODY		300
 #define MAX_SHOWN_MESSAGE	1000
-#define MAX_SHOWN_FIELD		200
 
 /* Response under construction; filled by libcurl callbacks, which must not ereport. */
 typedef struct HttpBuffer
@@ -265,137 +263,6 @@ stripe_backoff_ms(int attempt, const char *retry_after)
 	return ms;
 }
 
-/* SQLSTATE for a Stripe HTTP status */
-static int
-status_errcode(long status)
-{
-	switch (status)
-	{
-		case 401:
-			return ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION;
-		case 403:
-			return ERRCODE_INSUFFICIENT_PRIVILEGE;
-		case 404:
-			return ERRCODE_FDW_TABLE_NOT_FOUND;
-		case 400:
-		case 402:
-		case 409:
-		case 422:
-			return ERRCODE_INVALID_PARAMETER_VALUE;
-		case 429:
-			return ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
-		default:
-			return ERRCODE_FDW_ERROR;
-	}
-}
-
-/* A field of Stripe's error object when it is a string, fit for a message; else NULL */
-static char *
-error_field(StripeConn *conn, json_object *err, const char *name, size_t max)
-{
-	json_object *v;
-
-	if (!json_object_object_get_ex(err, name, &v) || !json_object_is_type(v, json_type_string))
-		return NULL;
-	return stripe_safe_text(json_object_get_string(v), json_object_get_string_len(v),
-							max, conn->api_key);
-}
-
-/* The request path for a message: it may carry ids from a query or from Stripe. */
-static char *
-shown_path(StripeConn *conn, const char *path)
-{
-	return stripe_safe_text(path, strlen(path), MAX_SHOWN_MESSAGE, conn->api_key);
-}
-
-/* " (code X; param Y; N attempts)" after Stripe's message, or "" */
-static char *
-detail_suffix(const char *code, const char *param, int attempts)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	if (code)
-		appendStringInfo(&buf, "code %s", code);
-	if (param)
-		appendStringInfo(&buf, "%sparam %s", buf.len ? "; " : "", param);
-	if (attempts > 1)
-		appendStringInfo(&buf, "%s%d attempts", buf.len ? "; " : "", attempts);
-	return buf.len ? psprintf(" (%s)", buf.data) : "";
-}
-
-/* Reports a non-2xx answer from Stripe; does not return. */
-static void
-report_stripe_error(StripeConn *conn, const char *method, const char *path,
-					long status, HttpBuffer *buf, int attempts)
-{
-	char	   *volatile message = NULL;
-	char	   *volatile type = NULL;
-	char	   *volatile code = NULL;
-	char	   *volatile param = NULL;
-	json_object *volatile root = NULL;
-	const char *hint;
-
-	if (buf->data && buf->len > 0)
-		root = json_tokener_parse(buf->data);
-	PG_TRY();
-	{
-		json_object *err;
-
-		/* any part of the answer may be of any JSON type: only strings are shown */
-		if (json_object_is_type(root, json_type_object) &&
-			json_object_object_get_ex(root, "error", &err) &&
-			json_object_is_type(err, json_type_object))
-		{
-			message = error_field(conn, err, "message", MAX_SHOWN_MESSAGE);
-			type = error_field(conn, err, "type", MAX_SHOWN_FIELD);
-			code = error_field(conn, err, "code", MAX_SHOWN_FIELD);
-			param = error_field(conn, err, "param", MAX_SHOWN_FIELD);
-		}
-	}
-	PG_FINALLY();
-	{
-		if (root)
-			json_object_put(root);
-	}
-	PG_END_TRY();
-
-	if (status == 401)
-	{
-		/* Stripe echoes part of a wrong key: say nothing of what it said */
-		message = pstrdup("Stripe did not accept the API key.");
-		hint = psprintf("Check the api_key option of the user mapping for server \"%s\".",
-						conn->server_name);
-	}
-	else if (status == 403)
-		hint = "The API key lacks a permission this request needs: use a key with read access to this object.";
-	else if (status == 429)
-		hint = "Stripe kept rate-limiting the request: lower stripe_sync.requests_per_second or raise stripe_sync.max_retries.";
-	else if (status >= 500)
-		hint = "Stripe had a server error; the request was retried up to stripe_sync.max_retries times.";
-	else if (status == 404)
-		hint = "Check the foreign table's object option: it must name a Stripe list path such as customers or checkout/sessions.";
-	else
-		hint = NULL;
-
-	if (message == NULL)
-		message = buf->len > 0 ? stripe_safe_text(buf->data, buf->len, MAX_SHOWN_BODY, conn->api_key)
-			: pstrdup("(empty response)");
-
-	ereport(ERROR,
-			(errcode(status_errcode(status)),
-			 errmsg("Stripe request %s %s failed with HTTP %ld%s%s%s",
-					method, shown_path(conn, path), status,
-					type ? " (" : "", type ? type : "", type ? ")" : ""),
-			 errdetail("%s%s", message, detail_suffix(code, param, attempts)),
-			 hint ? errhint("%s", hint) : 0,
-			 buf->request_id[0]
-			 ? errcontext("Stripe request id %s",
-						  stripe_safe_text(buf->request_id, strlen(buf->request_id),
-										   MAX_SHOWN_FIELD, conn->api_key))
-			 : 0));
-}
-
 /*
  * The request headers; the API key only ever lives in the list this returns
  * (the caller frees it with curl_slist_free_all, also on ERROR: pass a
@@ -405,33 +272,24 @@ static struct curl_slist *
 build_headers(StripeConn *conn, const char *idempotency_key)
 {
 	struct curl_slist *headers = NULL;
-	struct curl_slist *next;
-	char	   *h;
+	int			n;
+	char	  **lines = stripe_api_headers(conn, idempotency_key, &n);
 
-	h = psprintf("Authorization: Bearer %s", conn->api_key);
-	headers = curl_slist_append(headers, h);
-	explicit_bzero(h, strlen(h));
-	pfree(h);
-	if (headers == NULL)
-		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	/* a failed append returns NULL and leaves the list alone: free it before throwing */
-#define APPEND(str) \
-	do { \
-		next = curl_slist_append(headers, (str)); \
-		if (next == NULL) \
-		{ \
-			curl_slist_free_all(headers); \
-			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory"))); \
-		} \
-		headers = next; \
-	} while (0)
-	APPEND(psprintf("Stripe-Version: %s", conn->api_version));
-	if (conn->account)
-		APPEND(psprintf("Stripe-Account: %s", conn->account));
-	if (idempotency_key)
-		APPEND(psprintf("Idempotency-Key: %s", idempotency_key));
-	APPEND("Expect:");
-#undef APPEND
+	for (int i = 0; i < n; i++)
+	{
+		struct curl_slist *next = curl_slist_append(headers, lines[i]);
+
+		if (next == NULL)
+		{
+			/* a failed append leaves the list alone: free it before throwing */
+			curl_slist_free_all(headers);
+			explicit_bzero(lines[0], strlen(lines[0]));
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+		}
+		headers = next;
+	}
+	/* the key now lives only in the list */
+	explicit_bzero(lines[0], strlen(lines[0]));
 	return headers;
 }
 
@@ -443,7 +301,7 @@ setup_easy(CURL *easy, const char *url, struct curl_slist *headers,
 {
 	curl_easy_setopt(easy, CURLOPT_URL, url);
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(easy, CURLOPT_USERAGENT, "stripe_sync/0.1");
+	curl_easy_setopt(easy, CURLOPT_USERAGENT, "stripe_sync/0.2");
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
@@ -558,7 +416,7 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 			stats->retries++;
 		ereport(DEBUG1,
 				(errmsg("retrying Stripe request %s %s in %ld ms: %s",
-						method, shown_path(conn, path), *retry_ms,
+						method, stripe_api_shown_path(conn, path), *retry_ms,
 						why ? why : psprintf("HTTP %ld", status))));
 		if (buf->data)
 			pfree(buf->data);
@@ -567,12 +425,12 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 	}
 
 	if (status != 0 && why == NULL)
-		report_stripe_error(conn, method, path, status, buf, attempt + 1);
+		stripe_api_error(conn, method, path, status, buf->data, buf->len, buf->request_id, attempt + 1);
 
 	ereport(ERROR,
 			(errcode(rc != CURLE_OK ? ERRCODE_CONNECTION_FAILURE : ERRCODE_FDW_INVALID_DATA_TYPE),
 			 errmsg("Stripe request %s %s failed after %d attempt%s",
-					method, shown_path(conn, path), attempt + 1, attempt == 0 ? "" : "s"),
+					method, stripe_api_shown_path(conn, path), attempt + 1, attempt == 0 ? "" : "s"),
 			 errdetail("%s", why),
 			 rc != CURLE_OK
 			 ? errhint("Check that the api_url of server \"%s\" is reachable; stripe_sync.http_timeout and stripe_sync.max_retries set the patience.",

@@ -1,0 +1,176 @@
+/*-------------------------------------------------------------------------
+ * stripe_api.c
+ *		What is Stripe's, above the HTTP transport (http.c): its errors made
+ *		ERRORs with the SQLSTATE each status means, and its headers.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <json-c/json.h>
+
+#include "lib/stringinfo.h"
+
+#include "stripe_api.h"
+#include "text.h"
+
+/* how much of what Stripe said a message shows */
+#define MAX_SHOWN_BODY		300
+#define MAX_SHOWN_MESSAGE	1000
+#define MAX_SHOWN_FIELD		200
+
+/* SQLSTATE for a Stripe HTTP status */
+static int
+status_errcode(long status)
+{
+	switch (status)
+	{
+		case 401:
+			return ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION;
+		case 403:
+			return ERRCODE_INSUFFICIENT_PRIVILEGE;
+		case 404:
+			return ERRCODE_FDW_TABLE_NOT_FOUND;
+		case 400:
+		case 402:
+		case 409:
+		case 422:
+			return ERRCODE_INVALID_PARAMETER_VALUE;
+		case 429:
+			return ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
+		default:
+			return ERRCODE_FDW_ERROR;
+	}
+}
+
+/* A field of Stripe's error object when it is a string, fit for a message; else NULL */
+static char *
+error_field(StripeConn *conn, json_object *err, const char *name, size_t max)
+{
+	json_object *v;
+
+	if (!json_object_object_get_ex(err, name, &v) || !json_object_is_type(v, json_type_string))
+		return NULL;
+	return stripe_safe_text(json_object_get_string(v), json_object_get_string_len(v),
+							max, conn->api_key);
+}
+
+/* The request path for a message: it may carry ids from a query or from Stripe. */
+char *
+stripe_api_shown_path(StripeConn *conn, const char *path)
+{
+	return stripe_safe_text(path, strlen(path), MAX_SHOWN_MESSAGE, conn->api_key);
+}
+
+/* " (code X; param Y; N attempts)" after Stripe's message, or "" */
+static char *
+detail_suffix(const char *code, const char *param, int attempts)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (code)
+		appendStringInfo(&buf, "code %s", code);
+	if (param)
+		appendStringInfo(&buf, "%sparam %s", buf.len ? "; " : "", param);
+	if (attempts > 1)
+		appendStringInfo(&buf, "%s%d attempts", buf.len ? "; " : "", attempts);
+	return buf.len ? psprintf(" (%s)", buf.data) : "";
+}
+
+/*
+ * Reports a non-2xx answer from Stripe as an ERROR: Stripe's message, type,
+ * code and param (only when they are strings, and scrubbed of the key), the
+ * SQLSTATE the status means, a hint of what to do, and Stripe's request id.
+ */
+void
+stripe_api_error(StripeConn *conn, const char *method, const char *path, long status,
+				 const char *body, size_t len, const char *request_id, int attempts)
+{
+	char	   *volatile message = NULL;
+	char	   *volatile type = NULL;
+	char	   *volatile code = NULL;
+	char	   *volatile param = NULL;
+	json_object *volatile root = NULL;
+	const char *hint;
+
+	if (body && len > 0)
+		root = json_tokener_parse(body);
+	PG_TRY();
+	{
+		json_object *err;
+
+		/* any part of the answer may be of any JSON type: only strings are shown */
+		if (json_object_is_type(root, json_type_object) &&
+			json_object_object_get_ex(root, "error", &err) &&
+			json_object_is_type(err, json_type_object))
+		{
+			message = error_field(conn, err, "message", MAX_SHOWN_MESSAGE);
+			type = error_field(conn, err, "type", MAX_SHOWN_FIELD);
+			code = error_field(conn, err, "code", MAX_SHOWN_FIELD);
+			param = error_field(conn, err, "param", MAX_SHOWN_FIELD);
+		}
+	}
+	PG_FINALLY();
+	{
+		if (root)
+			json_object_put(root);
+	}
+	PG_END_TRY();
+
+	if (status == 401)
+	{
+		/* Stripe echoes part of a wrong key: say nothing of what it said */
+		message = pstrdup("Stripe did not accept the API key.");
+		hint = psprintf("Check the api_key option of the user mapping for server \"%s\".",
+						conn->server_name);
+	}
+	else if (status == 403)
+		hint = "The API key lacks a permission this request needs: use a key with read access to this object.";
+	else if (status == 429)
+		hint = "Stripe kept rate-limiting the request: lower stripe_sync.requests_per_second or raise stripe_sync.max_retries.";
+	else if (status >= 500)
+		hint = "Stripe had a server error; the request was retried up to stripe_sync.max_retries times.";
+	else if (status == 404)
+		hint = "Check the foreign table's object option: it must name a Stripe list path such as customers or checkout/sessions.";
+	else
+		hint = NULL;
+
+	if (message == NULL)
+		message = len > 0 ? stripe_safe_text(body, len, MAX_SHOWN_BODY, conn->api_key)
+			: pstrdup("(empty response)");
+
+	ereport(ERROR,
+			(errcode(status_errcode(status)),
+			 errmsg("Stripe request %s %s failed with HTTP %ld%s%s%s",
+					method, stripe_api_shown_path(conn, path), status,
+					type ? " (" : "", type ? type : "", type ? ")" : ""),
+			 errdetail("%s%s", message, detail_suffix(code, param, attempts)),
+			 hint ? errhint("%s", hint) : 0,
+			 request_id[0]
+			 ? errcontext("Stripe request id %s",
+						  stripe_safe_text(request_id, strlen(request_id),
+										   MAX_SHOWN_FIELD, conn->api_key))
+			 : 0));
+}
+
+
+/*
+ * The header lines of a request to Stripe, the secret Authorization first:
+ * the caller wipes it once sent.  *n gets how many.
+ */
+char	  **
+stripe_api_headers(StripeConn *conn, const char *idempotency_key, int *n)
+{
+	char	  **h = palloc0(sizeof(char *) * 5);
+
+	*n = 0;
+	h[(*n)++] = psprintf("Authorization: Bearer %s", conn->api_key);
+	h[(*n)++] = psprintf("Stripe-Version: %s", conn->api_version);
+	if (conn->account)
+		h[(*n)++] = psprintf("Stripe-Account: %s", conn->account);
+	if (idempotency_key)
+		h[(*n)++] = psprintf("Idempotency-Key: %s", idempotency_key);
+	/* no "Expect: 100-continue" round trip before a POST body */
+	h[(*n)++] = pstrdup("Expect:");
+	return h;
+}

@@ -26,6 +26,23 @@ UPDATE stripe_sync.object_state o
                       ELSE 'owed' END
   FROM stripe_sync.sources s WHERE s.name = o.source;
 
+-- objects that could not be stored (a value out of range, \u0000, a constraint
+-- or trigger of the owner's): set aside with why and their text, while the
+-- sync goes on; retry_rejected() has the next sync fetch them again
+CREATE TABLE stripe_sync.rejected (
+    source          text NOT NULL REFERENCES stripe_sync.sources ON DELETE CASCADE ON UPDATE CASCADE,
+    object          text NOT NULL,
+    object_id       text NOT NULL,
+    error           text NOT NULL,
+    raw             text,
+    first_seen      timestamptz NOT NULL DEFAULT now(),
+    last_seen       timestamptz NOT NULL DEFAULT now(),
+    attempts        integer NOT NULL DEFAULT 1,
+    retry           boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (source, object, object_id)
+);
+REVOKE ALL ON stripe_sync.rejected FROM PUBLIC;
+
 -- ---------------------------------------------------------------------------
 -- Privileges: a role with USAGE on a server (and on the intempt destination)
 -- and a user mapping may create sources; it owns them and sees and manages
@@ -38,6 +55,7 @@ ALTER TABLE stripe_sync.object_state ENABLE ROW LEVEL SECURITY;
 ALTER TABLE stripe_sync.runs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE stripe_sync.outbox ENABLE ROW LEVEL SECURITY;
 ALTER TABLE stripe_sync.backfill_parts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE stripe_sync.rejected ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_sources ON stripe_sync.sources FOR SELECT
   USING (pg_catalog.pg_has_role(owner, 'USAGE'));
 CREATE POLICY own_sources ON stripe_sync.object_state FOR SELECT
@@ -48,8 +66,11 @@ CREATE POLICY own_sources ON stripe_sync.outbox FOR SELECT
   USING (source IN (SELECT s.name FROM stripe_sync.sources s));
 CREATE POLICY own_sources ON stripe_sync.backfill_parts FOR SELECT
   USING (source IN (SELECT s.name FROM stripe_sync.sources s));
+CREATE POLICY own_sources ON stripe_sync.rejected FOR SELECT
+  USING (source IN (SELECT s.name FROM stripe_sync.sources s));
 GRANT SELECT ON stripe_sync.sources, stripe_sync.object_state, stripe_sync.runs,
-                stripe_sync.outbox, stripe_sync.backfill_parts, stripe_sync.event_map TO PUBLIC;
+                stripe_sync.outbox, stripe_sync.backfill_parts, stripe_sync.rejected,
+                stripe_sync.event_map TO PUBLIC;
 
 -- rows and requests include a running backfill's helpers (their part rows);
 -- as the caller, so that a role sees its own sources only
@@ -58,7 +79,8 @@ CREATE VIEW stripe_sync.status WITH (security_invoker = true) AS
 SELECT s.name AS source, o.object, o.state, o.rows + coalesce(p.rows, 0) AS rows, o.backfill_done,
        o.last_success_at, s.enabled, s.next_sync_at, to_timestamp(s.events_cursor) AS events_cursor,
        o.requests + coalesce(p.requests, 0) AS requests, o.last_error, s.failures,
-       o.history, d.pending_events, d.delivery_error
+       o.history, d.pending_events, d.delivery_error,
+       (SELECT count(*) FROM stripe_sync.rejected r WHERE r.source = s.name AND r.object = o.object) AS rejected
   FROM stripe_sync.sources s JOIN stripe_sync.object_state o ON o.source = s.name
   -- the source's delivery: events not yet delivered, and why the oldest waits
   CROSS JOIN LATERAL (
@@ -321,6 +343,26 @@ BEGIN
   RETURN n;
 END $$;
 
+CREATE FUNCTION stripe_sync._retry_rejected(caller regrole, source text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  n bigint;
+BEGIN
+  IF source IS NOT NULL THEN
+    PERFORM stripe_sync._owned_source(caller, source);
+  END IF;
+  UPDATE stripe_sync.rejected r SET retry = true
+    FROM stripe_sync.sources s
+   WHERE s.name = r.source AND (_retry_rejected.source IS NULL OR r.source = _retry_rejected.source)
+     AND pg_has_role(caller, s.owner, 'USAGE');
+  GET DIAGNOSTICS n = ROW_COUNT;
+  -- the next sync fetches them again: at once
+  UPDATE stripe_sync.sources s SET next_sync_at = now()
+   WHERE s.name IN (SELECT r.source FROM stripe_sync.rejected r WHERE r.retry);
+  PERFORM stripe_sync.wake();
+  RETURN n;
+END $$;
+
 -- the schema and local tables of a source, created as its owner
 CREATE FUNCTION stripe_sync._local_tables(source text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -345,7 +387,8 @@ REVOKE ALL ON FUNCTION stripe_sync._check_server(regrole, name, name),
                        stripe_sync._create_source(regrole, text, name, interval, timestamptz, text[], name, boolean, name),
                        stripe_sync._alter_source(regrole, text, interval, timestamptz, text[], boolean, name),
                        stripe_sync._drop_source(regrole, text),
-                       stripe_sync._retry_dead(regrole, text) FROM PUBLIC;
+                       stripe_sync._retry_dead(regrole, text),
+                       stripe_sync._retry_rejected(regrole, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION stripe_sync.create_source(name text, server name,
     sync_interval interval DEFAULT '1 hour',
@@ -371,6 +414,10 @@ AS 'MODULE_PATHNAME', 'stripe_manage'
 LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
 
 CREATE OR REPLACE FUNCTION stripe_sync.retry_dead(source text DEFAULT NULL) RETURNS bigint
+AS 'MODULE_PATHNAME', 'stripe_manage'
+LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION stripe_sync.retry_rejected(source text DEFAULT NULL) RETURNS bigint
 AS 'MODULE_PATHNAME', 'stripe_manage'
 LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
 
@@ -405,7 +452,8 @@ END $$;
 GRANT EXECUTE ON FUNCTION stripe_sync.create_source(text, name, interval, timestamptz, text[], name, boolean, name),
                           stripe_sync.alter_source(text, interval, timestamptz, text[], boolean, name),
                           stripe_sync.drop_source(text), stripe_sync.sync_now(text),
-                          stripe_sync.retry_dead(text), stripe_sync.create_local_table(name, text),
+                          stripe_sync.retry_dead(text), stripe_sync.retry_rejected(text),
+                          stripe_sync.create_local_table(name, text),
                           stripe_sync._local_tables(text), stripe_sync.check_objects(text[])
   TO PUBLIC;
 DROP FUNCTION stripe_sync.check_destination(name);
@@ -545,3 +593,4 @@ SELECT pg_catalog.pg_extension_config_dump('stripe_sync.runs_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync.outbox', 'WHERE state <> ''delivered''');
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync.outbox_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync.event_map', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_sync.rejected', '');

@@ -93,6 +93,8 @@ bf_feed(void *arg, StripeManyReq *req)
 	/* a helper whose sync stopped waiting for it ends with the pages in flight */
 	if (bf->mine != NULL && bf->mine->abandoned)
 		return false;
+	if (bf->failed)
+		return false;
 	if (bf->dealing)
 		bf_deal(bf);
 	/* a set shares its requests in flight out itself */
@@ -125,10 +127,38 @@ bf_feed(void *arg, StripeManyReq *req)
 	req->path = path.data;
 	req->check = stripe_check_page;
 	req->check_arg = pc;
+	/* Stripe refusing this object's pages fails this object, not the sync */
+	req->soft = true;
 	MemoryContextSwitchTo(old);
 	w->in_flight = true;
 	bf->in_flight++;
 	return true;
+}
+
+/*
+ * Stripe refused a page of this object (a restricted key without its read
+ * permission, a 404, a persistent 400): the object fails, in status, and
+ * the other objects go on.  Nothing more of it is written in this run: its
+ * pages in flight are dropped, and the next run resumes from its last
+ * committed cursor.
+ */
+static void
+bf_fail(Backfill *bf, ErrorData *edata)
+{
+	MemoryContext old = MemoryContextSwitchTo(bf->run->cxt);
+
+	bf->failed = edata->detail ? psprintf("%s: %s", edata->message, edata->detail)
+		: pstrdup(edata->message);
+	MemoryContextSwitchTo(old);
+	if (bf->part != 0)
+		return;					/* its sync says it, when it finishes the part */
+	stripe_run_begin(bf->run);
+	stripe_state_update(bf->run, bf->object, "state = 'error', last_error = $3", bf->failed);
+	stripe_run_commit(bf->run);
+	ereport(bf->run->own ? LOG : WARNING,
+			(errmsg("stripe_sync: source \"%s\": the backfill of %s failed; the other objects go on",
+					bf->run->src.name, bf->object),
+			 errdetail("%s", bf->failed)));
 }
 
 /* progress of the object's backfill here and in the helpers */
@@ -192,6 +222,14 @@ bf_done(void *arg, StripeManyReq *req)
 
 	bf->in_flight--;
 	w->in_flight = false;
+	if (req->error != NULL || bf->failed)
+	{
+		if (bf->failed == NULL)
+			bf_fail(bf, req->error);
+		MemoryContextSwitchTo(caller);
+		MemoryContextDelete(req->cxt);
+		return;
+	}
 	/* rows older than the window's (possibly split-off) range are another's */
 	if (w->lo && lt->created_slot >= 0)
 		while (nkeep > 0 && stripe_row_created(lt, &page->rows[nkeep - 1]) < w->lo)
@@ -648,12 +686,23 @@ bf_finish(Backfill *bf)
 		stripe_run_commit(run);
 		if (pc == NULL)
 			continue;
+		if (bf->failed)
+			continue;			/* the next run finishes it */
 		stripe_backfill_init(&pb, run, bf->lt, bf->object, p->ref.id, bf->cxt);
 		pb.win.top = bf->win.top;
 		pb.win.base = bf->win.base;
 		stripe_backfill_part_work(&pb, pc);
+		if (pb.failed)
+		{
+			ErrorData	e = {.message = pb.failed};
+
+			bf_fail(bf, &e);
+		}
 	}
-	bf_mark_done(bf);
+	if (bf->failed)
+		run->failed = lappend(run->failed, psprintf("%s: %s", bf->object, bf->failed));
+	else
+		bf_mark_done(bf);
 	bf_progress(bf, true);
 	MemoryContextDelete(bf->cxt);
 }

@@ -40,6 +40,7 @@ typedef struct Backfill
 	MemoryContext cxt;			/* outlives the page commits */
 	BfWindows	win;
 	int64		pages;
+	char	   *failed;			/* Stripe refused one of its pages: why (see bf_fail) */
 	TimestampTz t0;
 	TimestampTz t_last;			/* when its last page was written */
 } Backfill;

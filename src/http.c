@@ -578,6 +578,7 @@ typedef struct StreamSlot
 	TimestampTz retry_at;		/* waiting for a retry until then, when !added */
 	bool		reserved;		/* set up, waiting for its rate slot */
 	TimestampTz go_at;			/* that slot's time */
+	CURLcode	rc;				/* how its last transfer ended */
 } StreamSlot;
 
 /*
@@ -638,6 +639,52 @@ slot_detach(StreamSlot *s)
  * Takes the next finished transfer, if any: judges it, then hands it to done
  * or sets its retry.  Returns false when none has finished.
  */
+/* an ERROR that is this request's alone (see StripeManyReq.soft) */
+static bool
+soft_error(int sqlerrcode)
+{
+	return sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE ||
+		sqlerrcode == ERRCODE_FDW_TABLE_NOT_FOUND ||
+		sqlerrcode == ERRCODE_INVALID_PARAMETER_VALUE ||
+		sqlerrcode == ERRCODE_FDW_INVALID_DATA_TYPE;
+}
+
+/*
+ * judge_attempt for a slot of the stream: a soft request's own failure is
+ * kept in req->error, and the request ends as done.  Nothing transactional
+ * happens between the ereport and the catch (the judgement only formats), so
+ * no subtransaction is needed to go on.
+ */
+static AttemptOutcome
+judge_soft(StripeConn *conn, StreamSlot *s, StripeStats *stats, long *ms)
+{
+	StripeManyReq *req = s->req;
+	CURLcode	rc = s->rc;
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile AttemptOutcome out = ATTEMPT_RETRY;
+
+	PG_TRY();
+	{
+		out = judge_attempt(conn, "GET", req->path, s->easy, rc, &s->buf, s->errbuf, false,
+							req->check, req->check_arg, &req->resp, s->attempt, stats, ms);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(req->cxt);
+		edata = CopyErrorData();
+		MemoryContextSwitchTo(cxt);
+		if (!req->soft || !soft_error(edata->sqlerrcode))
+			PG_RE_THROW();
+		FlushErrorState();
+		req->error = edata;
+		out = ATTEMPT_404;		/* done, without an answer */
+	}
+	PG_END_TRY();
+	return out;
+}
+
 static bool
 stream_finished(StripeConn *conn, StreamSlot *slots, int nslots, StripeManyDone done,
 				void *arg, StripeStats *stats, bool *feed_empty)
@@ -649,7 +696,6 @@ stream_finished(StripeConn *conn, StreamSlot *slots, int nslots, StripeManyDone 
 	{
 		StreamSlot *s = NULL;
 		long		ms = 0;
-		CURLcode	rc;
 
 		if (msg->msg != CURLMSG_DONE)
 			continue;
@@ -658,11 +704,9 @@ stream_finished(StripeConn *conn, StreamSlot *slots, int nslots, StripeManyDone 
 				s = &slots[i];
 		if (s == NULL)
 			continue;
-		rc = msg->data.result;
+		s->rc = msg->data.result;
 		slot_detach(s);
-		switch (judge_attempt(conn, "GET", s->req->path, s->easy, rc, &s->buf,
-							  s->errbuf, false, s->req->check, s->req->check_arg,
-							  &s->req->resp, s->attempt, stats, &ms))
+		switch (judge_soft(conn, s, stats, &ms))
 		{
 			case ATTEMPT_OK:
 			case ATTEMPT_404:

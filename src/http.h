@@ -48,6 +48,14 @@ typedef struct StripeManyReq
 	int			tag;			/* the caller's */
 	StripeResponse resp;		/* filled when done */
 	TimestampTz sent;			/* when the attempt that answered left */
+	/*
+	 * With soft, an answer that fails for this request alone (Stripe refusing
+	 * it: 400, 403, 404…, or malformed past the retries) comes to done with
+	 * the ERROR in error (in cxt) instead of ending the stream.  A refused
+	 * key, rate limits, server errors and the network still end it.
+	 */
+	bool		soft;
+	ErrorData  *error;
 } StripeManyReq;
 
 typedef bool (*StripeManyFeed) (void *arg, StripeManyReq *req);

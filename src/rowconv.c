@@ -286,8 +286,11 @@ input_value(RowConvPriv *priv, int att, StripeSpan *span)
 		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION)
 			PG_RE_THROW();
 		FlushErrorState();
+		/* the type's own reason, unless it quotes the value (which may hold a key) */
 		value_error(priv, att, span, edata->sqlerrcode,
-					psprintf("is not a valid %s", format_type_be(type)));
+					strchr(edata->message, '"') == NULL
+					? psprintf("is not a valid %s (%s)", format_type_be(type), edata->message)
+					: psprintf("is not a valid %s", format_type_be(type)));
 	}
 	PG_END_TRY();
 	if (raw)

@@ -64,6 +64,7 @@ typedef struct LocalTable
 	int64		rows;
 	int64		pages;
 	bool		locked_here;	/* created or truncated in this transaction */
+	bool		has_rejects;	/* stripe_sync.rejected holds some of its objects */
 } LocalTable;
 
 /* One sync of a source, across its transactions */
@@ -77,6 +78,8 @@ typedef struct SyncRun
 	Oid			save_user;		/* the identity a step's transaction began with */
 	int			save_sec;
 	int64		reported_requests;	/* already added to the runs row */
+	List	   *failed;			/* "object: why" of the objects that failed */
+	int64		rejected;		/* objects set aside in stripe_sync.rejected */
 	MemoryContext cxt;			/* lives across the run's transactions */
 	List	   *tables;			/* LocalTable */
 	StripeStats stats;
@@ -120,6 +123,7 @@ extern int64 stripe_now_unix(void);
 /* sync_local.c */
 extern LocalTable *stripe_open_local_table(SyncRun *run, const char *object);
 extern LocalTable *stripe_table_for_object_type(SyncRun *run, const char *object_type);
+extern LocalTable *stripe_table_by_name(SyncRun *run, const char *table);
 extern int64 stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 								TimestampTz observed, TimestampTz deleted_at);
 extern int64 stripe_row_created(LocalTable *lt, StripeRow *row);

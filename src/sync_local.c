@@ -8,17 +8,21 @@
 #include "postgres.h"
 
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "lib/stringinfo.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/resowner.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "json_page.h"
 #include "sync.h"
+#include "text.h"
+#include "xact.h"
 
 /* a StripeBodyCheck: the page is parsed as it arrives, so a malformed one is retried */
 bool
@@ -154,6 +158,22 @@ stripe_table_for_object_type(SyncRun *run, const char *object_type)
 	return NULL;
 }
 
+/* the run's table of this name (customers, …), or NULL */
+LocalTable *
+stripe_table_by_name(SyncRun *run, const char *table)
+{
+	ListCell   *lc;
+
+	foreach(lc, run->tables)
+	{
+		LocalTable *lt = lfirst(lc);
+
+		if (lt->def && strcmp(lt->def->table, table) == 0)
+			return lt;
+	}
+	return NULL;
+}
+
 /*
  * An object's created (unix seconds), 0 when it has none or not an integer
  * (the row's conversion then says what is wrong with it, naming the field).
@@ -172,9 +192,9 @@ stripe_row_created(LocalTable *lt, StripeRow *row)
  * Writes objects, a whole page in one statement; returns how many rows were
  * inserted or changed.  Values are built in the current memory context.
  */
-int64
-stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
-				   TimestampTz observed, TimestampTz deleted_at)
+static int64
+upsert_batch(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
+			 TimestampTz observed, TimestampTz deleted_at)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	TupleTableSlot *slot = lt->slot;
@@ -230,4 +250,143 @@ stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 	/* SPI leaves us in its own context, which the commit frees */
 	MemoryContextSwitchTo(cxt);
 	return (int64) SPI_processed;
+}
+
+/*
+ * An object that cannot be stored: a value out of range or not UTF-8, a
+ * \u0000 in jsonb, or a constraint or trigger of the owner's that refuses it.
+ * Anything else (cancel, lack of memory, a lock timeout) is not the object's.
+ */
+static bool
+rejectable(int sqlerrcode)
+{
+	return ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_DATA_EXCEPTION ||
+		ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION ||
+		sqlerrcode == ERRCODE_DATATYPE_MISMATCH || sqlerrcode == ERRCODE_RAISE_EXCEPTION ||
+		sqlerrcode == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+}
+
+/*
+ * upsert_batch in a subtransaction: false, with *edata, when an object of
+ * the batch cannot be stored (the subtransaction undone); other errors go on.
+ */
+static bool
+try_upsert(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows, TimestampTz observed,
+		   TimestampTz deleted_at, int64 *changed, ErrorData **edata)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		*changed = upsert_batch(run, lt, rows, nrows, observed, deleted_at);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		*edata = CopyErrorData();
+		if (!rejectable((*edata)->sqlerrcode))
+			PG_RE_THROW();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/* an object's id for stripe_sync.rejected: its own, made fit to keep */
+static char *
+row_id(SyncRun *run, LocalTable *lt, StripeRow *row)
+{
+	StripeSpan *id = &row->fields[lt->rc->id_slot];
+
+	if (id->start == NULL || id->len < 2 || id->start[0] != '"')
+		return "(no id)";
+	return stripe_safe_text(id->start + 1, id->len - 2, 255, run->conn ? run->conn->api_key : NULL);
+}
+
+/* Sets an object aside in stripe_sync.rejected, with why and its text, and goes on. */
+static void
+reject(SyncRun *run, LocalTable *lt, StripeRow *row, ErrorData *edata)
+{
+	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[5];
+	const char *key = run->conn ? run->conn->api_key : NULL;
+	char	   *why = edata->detail ? psprintf("%s: %s", edata->message, edata->detail) : edata->message;
+
+	values[0] = CStringGetTextDatum(run->src.name);
+	values[1] = CStringGetTextDatum(lt->def ? lt->def->table : "?");
+	values[2] = CStringGetTextDatum(row_id(run, lt, row));
+	values[3] = CStringGetTextDatum(stripe_safe_text(why, strlen(why), 2000, key));
+	values[4] = CStringGetTextDatum(stripe_safe_text(row->object.start, row->object.len,
+													 1024 * 1024, key));
+	stripe_spi("INSERT INTO stripe_sync.rejected AS r (source, object, object_id, error, raw) "
+			   "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (source, object, object_id) DO UPDATE SET "
+			   "error = EXCLUDED.error, raw = EXCLUDED.raw, last_seen = now(), "
+			   "attempts = r.attempts + 1, retry = false",
+			   5, types, values, NULL, SPI_OK_INSERT);
+	run->rejected++;
+}
+
+/* objects of the batch stored at last: no longer rejected */
+static void
+forget_rejects(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows)
+{
+	Oid			types[3] = {TEXTOID, TEXTOID, TEXTARRAYOID};
+	Datum		values[3];
+	Datum	   *ids = palloc(sizeof(Datum) * nrows);
+
+	for (int r = 0; r < nrows; r++)
+		ids[r] = CStringGetTextDatum(row_id(run, lt, &rows[r]));
+	values[0] = CStringGetTextDatum(run->src.name);
+	values[1] = CStringGetTextDatum(lt->def ? lt->def->table : "?");
+	values[2] = PointerGetDatum(construct_array(ids, nrows, TEXTOID, -1, false, TYPALIGN_INT));
+	stripe_spi("DELETE FROM stripe_sync.rejected WHERE source = $1 AND object = $2 AND object_id = ANY ($3)",
+			   3, types, values, NULL, SPI_OK_DELETE);
+}
+
+/*
+ * Writes objects (see upsert_batch), in the step's transaction; an object
+ * that cannot be stored goes to stripe_sync.rejected and the others are
+ * written.  Returns how many rows were inserted or changed.
+ */
+int64
+stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
+				   TimestampTz observed, TimestampTz deleted_at)
+{
+	int64		changed = 0;
+	int64		one;
+	ErrorData  *edata;
+
+	if (nrows == 0)
+		return 0;
+	if (try_upsert(run, lt, rows, nrows, observed, deleted_at, &changed, &edata))
+	{
+		if (lt->has_rejects)
+			forget_rejects(run, lt, rows, nrows);
+		return changed;
+	}
+	/* one of them cannot be stored: each alone, and the ones that fail set aside */
+	changed = 0;
+	for (int r = 0; r < nrows; r++)
+	{
+		if (try_upsert(run, lt, &rows[r], 1, observed, deleted_at, &one, &edata))
+		{
+			changed += one;
+			if (lt->has_rejects)
+				forget_rejects(run, lt, &rows[r], 1);
+		}
+		else
+			reject(run, lt, &rows[r], edata);
+	}
+	return changed;
 }

@@ -29,6 +29,7 @@
 #include "bgw.h"
 #include "events.h"
 #include "run.h"
+#include "text.h"
 #include "xact.h"
 
 PG_FUNCTION_INFO_V1(stripe_sync_now);
@@ -101,9 +102,10 @@ run_summary(SyncRun *run)
 						 lt->rows, lt->pages);
 	}
 	appendStringInfo(&buf, "}, \"rows\": " INT64_FORMAT ", \"events\": " INT64_FORMAT
-					 ", \"requests\": " INT64_FORMAT ", \"retries\": " INT64_FORMAT ", \"seconds\": %.3f}",
-					 run_rows(run), run->events_applied, run->stats.requests, run->stats.retries,
-					 (double) (GetCurrentTimestamp() - run->started) / USECS_PER_SEC);
+					 ", \"rejected\": " INT64_FORMAT ", \"requests\": " INT64_FORMAT
+					 ", \"retries\": " INT64_FORMAT ", \"seconds\": %.3f}",
+					 run_rows(run), run->events_applied, run->rejected, run->stats.requests,
+					 run->stats.retries, (double) (GetCurrentTimestamp() - run->started) / USECS_PER_SEC);
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
@@ -168,6 +170,9 @@ run_pending(SyncRun *run, bool *need_account)
 		char	   *cursor;
 		BfPending  *p;
 
+		stripe_spi("SELECT EXISTS (SELECT 1 FROM stripe_sync.rejected WHERE source = $1 AND object = $2)",
+				   2, types, values, NULL, SPI_OK_SELECT);
+		lt->has_rejects = stripe_spi_bool(0, 1);
 		stripe_spi("SELECT backfill_done, backfill_cursor "
 				   "FROM stripe_sync.object_state WHERE source = $1 AND object = $2",
 				   2, types, values, NULL, SPI_OK_SELECT);
@@ -206,9 +211,82 @@ run_account(SyncRun *run, bool need_created)
 	}
 }
 
+static bool
+object_failed(SyncRun *run, const char *object)
+{
+	ListCell   *lc;
+	size_t		n = strlen(object);
+
+	foreach(lc, run->failed)
+		if (strncmp(lfirst(lc), object, n) == 0 && ((char *) lfirst(lc))[n] == ':')
+			return true;
+	return false;
+}
+
+static char *
+text_join(List *parts, const char *sep)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	foreach(lc, parts)
+		appendStringInfo(&buf, "%s%s", foreach_current_index(lc) ? sep : "", (char *) lfirst(lc));
+	return buf.data;
+}
+
+/*
+ * The rejected objects retry_rejected() asked for: each fetched again and
+ * stored, or set aside again with the new error; one gone from Stripe is
+ * forgotten.  A thousand per run.
+ */
+static void
+run_retry_rejected(SyncRun *run)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(run->src.name)};
+	List	   *todo = NIL;
+	ListCell   *lc;
+
+	stripe_run_begin(run);
+	stripe_spi("SELECT object, object_id FROM stripe_sync.rejected WHERE source = $1 AND retry "
+			   "ORDER BY object, object_id LIMIT 1000", 1, types, values, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+		todo = lappend(todo, list_make2(SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1),
+										SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2)));
+	stripe_run_commit(run);
+	foreach(lc, todo)
+	{
+		char	   *object = linitial(lfirst(lc));
+		char	   *id = lsecond(lfirst(lc));
+		LocalTable *lt = stripe_table_by_name(run, object);
+		char	   *segment = stripe_path_segment(id);
+		StripePage	page;
+		PageCheck	pc = {NULL, &page, false};
+		StripeResponse resp;
+		bool		found;
+		Datum		forget[3] = {values[0], CStringGetTextDatum(object), CStringGetTextDatum(id)};
+		Oid			ftypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+
+		if (lt == NULL || lt->def == NULL || segment == NULL)
+			continue;
+		pc.fs = lt->rc->fs;
+		found = stripe_request(run->conn, "GET", psprintf("/v1/%s/%s", lt->def->path, segment), NULL,
+							   NULL, true, stripe_check_page, &pc, &resp, &run->stats);
+		stripe_run_begin(run);
+		if (found && !page.rows[0].deleted)
+			lt->rows += stripe_upsert_rows(run, lt, page.rows, 1, GetCurrentTimestamp(), 0);
+		else					/* no longer at Stripe: nothing to store */
+			stripe_spi("DELETE FROM stripe_sync.rejected WHERE source = $1 AND object = $2 AND object_id = $3",
+					   3, ftypes, forget, NULL, SPI_OK_DELETE);
+		stripe_run_commit(run);
+	}
+}
+
 static void
 run_source(SyncRun *run)
 {
+	char	   *failed;
 	List	   *pending;
 	bool		need_account;
 	ListCell   *lc;
@@ -229,16 +307,20 @@ run_source(SyncRun *run)
 		run_account(run, true);
 
 	stripe_backfill_set(run, pending, true);
+	run_retry_rejected(run);
 	stripe_outbox_history(run);
 	stripe_sync_events(run);
 
 	stripe_run_begin(run);
 	foreach(lc, run->src.objects)
-		stripe_state_update(run, lfirst(lc),
-							"state = 'synced', last_success_at = now(), last_error = NULL", NULL);
-	stripe_source_update(run, "next_sync_at = now() + sync_interval, failures = 0, last_error = NULL",
-						 InvalidOid, (Datum) 0);
-	record_run(run, "ok", NULL);
+		if (!object_failed(run, lfirst(lc)))
+			stripe_state_update(run, lfirst(lc),
+								"state = 'synced', last_success_at = now(), last_error = NULL", NULL);
+	/* objects Stripe refused keep their error; the rest of the run counts */
+	failed = run->failed ? text_join(run->failed, "; ") : NULL;
+	stripe_source_update(run, "next_sync_at = now() + sync_interval, failures = 0, last_error = $2",
+						 TEXTOID, failed ? CStringGetTextDatum(failed) : (Datum) 0);
+	record_run(run, failed ? "partial" : "ok", failed);
 	stripe_run_commit(run);
 }
 
@@ -495,7 +577,9 @@ helper_work(void *arg)
 	bf.mine = hs;
 	stripe_backfill_part_work(&bf, hs->cursor);
 	/* the sync may count the part done only once that is committed */
-	hs->done = stripe_windows_all_done(&bf.win);
+	hs->done = !bf.failed && stripe_windows_all_done(&bf.win);
+	if (bf.failed)
+		strlcpy(hs->error, bf.failed, sizeof(hs->error));
 }
 
 /* A helper's life: one part of one backfill, then exit. */

@@ -181,9 +181,10 @@ stripe_source_update(SyncRun *run, const char *set_clause, Oid argtype, Datum ar
 {
 	Oid			types[2] = {TEXTOID, argtype};
 	Datum		values[2] = {CStringGetTextDatum(run->src.name), arg};
+	char		nulls[2] = {' ', arg == (Datum) 0 && argtype == TEXTOID ? 'n' : ' '};
 
 	stripe_spi(psprintf("UPDATE stripe_sync.sources SET %s WHERE name = $1", set_clause),
-			   OidIsValid(argtype) ? 2 : 1, types, values, NULL, SPI_OK_UPDATE);
+			   OidIsValid(argtype) ? 2 : 1, types, values, nulls, SPI_OK_UPDATE);
 }
 
 void

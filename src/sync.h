@@ -122,8 +122,7 @@ extern int64 stripe_now_unix(void);
 
 /* sync_local.c */
 extern LocalTable *stripe_open_local_table(SyncRun *run, const char *object);
-extern LocalTable *stripe_table_for_object_type(SyncRun *run, const char *object_type);
-extern LocalTable *stripe_table_by_name(SyncRun *run, const char *table);
+extern LocalTable *stripe_table_find(SyncRun *run, const char *name, bool by_name);
 extern int64 stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 								TimestampTz observed, TimestampTz deleted_at);
 extern int64 stripe_row_created(LocalTable *lt, StripeRow *row);

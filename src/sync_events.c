@@ -394,7 +394,7 @@ apply_object(Applier *ap, EventRef *e)
 	if (!stripe_parse_page(e->object, e->object_len, false, ap->ofs, &obj, &why) ||
 		obj.rows[0].fields[0].start == NULL)
 		return true;
-	lt = stripe_table_for_object_type(run, stripe_span_text(&obj.rows[0].fields[0]));
+	lt = stripe_table_find(run, stripe_span_text(&obj.rows[0].fields[0]), false);
 	if (lt == NULL)
 		return true;			/* a type the source does not sync */
 	if (!stripe_parse_page(e->object, e->object_len, false, lt->rc->fs, &row, &why))

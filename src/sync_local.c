@@ -142,9 +142,12 @@ stripe_open_local_table(SyncRun *run, const char *object)
 	return lt;
 }
 
-/* the run's table for Stripe objects of this "object" type, or NULL */
+/*
+ * The run's table for Stripe objects of this "object" type (customer), or
+ * with by_name, of this table name (customers); NULL when it has none.
+ */
 LocalTable *
-stripe_table_for_object_type(SyncRun *run, const char *object_type)
+stripe_table_find(SyncRun *run, const char *name, bool by_name)
 {
 	ListCell   *lc;
 
@@ -152,23 +155,7 @@ stripe_table_for_object_type(SyncRun *run, const char *object_type)
 	{
 		LocalTable *lt = lfirst(lc);
 
-		if (lt->def && strcmp(lt->def->object, object_type) == 0)
-			return lt;
-	}
-	return NULL;
-}
-
-/* the run's table of this name (customers, …), or NULL */
-LocalTable *
-stripe_table_by_name(SyncRun *run, const char *table)
-{
-	ListCell   *lc;
-
-	foreach(lc, run->tables)
-	{
-		LocalTable *lt = lfirst(lc);
-
-		if (lt->def && strcmp(lt->def->table, table) == 0)
+		if (lt->def && strcmp(by_name ? lt->def->table : lt->def->object, name) == 0)
 			return lt;
 	}
 	return NULL;

@@ -259,7 +259,7 @@ run_retry_rejected(SyncRun *run)
 	{
 		char	   *object = linitial(lfirst(lc));
 		char	   *id = lsecond(lfirst(lc));
-		LocalTable *lt = stripe_table_by_name(run, object);
+		LocalTable *lt = stripe_table_find(run, object, true);
 		char	   *segment = stripe_path_segment(id);
 		StripePage	page;
 		PageCheck	pc = {NULL, &page, false};

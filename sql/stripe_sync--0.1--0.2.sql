@@ -471,7 +471,7 @@ DROP FUNCTION stripe_sync.check_destination(name);
  * before history_until).
  */
 CREATE FUNCTION stripe_sync.outbox_rows(source text, event_ids text[], event_types text[],
-                                        times bigint[], objects text[], history_until bigint,
+                                        times bigint[], objects jsonb[], history_until bigint,
     OUT event_id text, OUT event_name text, OUT stripe_event text, OUT object_id text,
     OUT occurred_at timestamptz, OUT payload jsonb)
 RETURNS SETOF record LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -490,24 +490,27 @@ BEGIN
     charge_customer := format('(SELECT ch.attrs->>''customer'' FROM %I.charges ch WHERE ch.id = x0.charge)', sch);
     charge_email := format('(SELECT nullif(ch.attrs->''billing_details''->>''email'', '''') FROM %I.charges ch WHERE ch.id = x.charge)', sch);
   END IF;
+  -- every lookup is a hash join or an index probe: a batch costs in proportion to its size
   RETURN QUERY EXECUTE format($q$
-    WITH objs AS MATERIALIZED (  -- each object's text is parsed once, not per reference
-      SELECT r.id, r.type, r.t, r.o::jsonb AS obj, r.ord
-        FROM unnest($1, $2, $3, $4) WITH ORDINALITY r(id, type, t, o, ord)),
+    WITH objs AS MATERIALIZED (
+      SELECT r.id, r.type, r.t, r.obj, r.ord
+        FROM unnest($1, $2, $3, $4) WITH ORDINALITY r(id, type, t, obj, ord)),
     -- the customers of the batch itself: a customer listed with its charges is known
-    batch_customers AS (
+    batch_customers AS MATERIALIZED (
       SELECT DISTINCT ON (o.obj->>'id') o.obj->>'id' AS id, nullif(o.obj->>'email', '') AS email
-        FROM objs o WHERE o.obj->>'object' = 'customer' ORDER BY o.obj->>'id', o.ord DESC)
+        FROM objs o WHERE o.obj->>'object' = 'customer' ORDER BY o.obj->>'id', o.ord DESC),
+    hist AS MATERIALIZED (SELECT * FROM stripe_sync.history_map())
     SELECT e.event_id, m.intempt_event, e.event_type, e.obj->>'id', to_timestamp(e.t),
            jsonb_build_object('eventId', e.event_id, 'timestamp', e.t * 1000,
                               'userId', u.user_id,
                               'data', stripe_sync.intempt_data(e.obj, e.event_id, e.event_type, u.cust))
-      FROM (SELECT coalesce(i.id, 'hist_' || h.h || '_' || (i.obj->>'id')) AS event_id,
-                   coalesce(i.type, h.h) AS event_type, i.t, i.obj, i.ord
+      FROM (SELECT coalesce(i.id, 'hist_' || h.event_type || '_' || (i.obj->>'id')) AS event_id,
+                   coalesce(i.type, h.event_type) AS event_type, i.t, i.obj, i.ord
               FROM objs i
-              LEFT JOIN LATERAL stripe_sync.history_events(i.obj) h(h) ON i.type IS NULL
+              LEFT JOIN hist h ON i.type IS NULL AND h.object = i.obj->>'object'
+                              AND (h.status IS NULL OR h.status = i.obj->>'status')
              WHERE i.type IS NOT NULL
-                OR (h.h IS NOT NULL AND (i.obj->>'created')::bigint < $5)) e
+                OR (h.event_type IS NOT NULL AND (i.obj->>'created')::bigint < $5)) e
       JOIN stripe_sync.event_map m ON m.stripe_event = e.event_type AND m.enabled
       CROSS JOIN LATERAL (
         SELECT CASE WHEN e.obj->>'object' = 'customer' THEN e.obj->>'id'
@@ -516,21 +519,21 @@ BEGIN
                CASE WHEN jsonb_typeof(e.obj->'charge') = 'object' THEN e.obj->'charge'->>'id'
                     ELSE coalesce(e.obj->>'charge', e.obj->>'latest_charge') END AS charge) x0
       CROSS JOIN LATERAL (SELECT coalesce(x0.cust, %2$s) AS cust, x0.charge) x
+      LEFT JOIN batch_customers b ON b.id = x.cust
       CROSS JOIN LATERAL (
         -- a customer is one identity: its email, from the batch or the local table,
         -- else its id; the customer's own events use the same rule
         SELECT x.cust,
                coalesce(CASE WHEN x.cust IS NOT NULL THEN
                           coalesce(CASE WHEN e.obj->>'object' = 'customer' THEN nullif(e.obj->>'email', '') END,
-                                   (SELECT b.email FROM batch_customers b WHERE b.id = x.cust),
-                                   nullif(%1$s, ''), x.cust) END,
+                                   b.email, nullif(%1$s, ''), x.cust) END,
                         nullif(e.obj->'billing_details'->>'email', ''), nullif(e.obj->>'customer_email', ''),
                         nullif(e.obj->>'receipt_email', ''), %3$s,
                         e.obj->>'id') AS user_id) u
      ORDER BY e.ord, e.event_type $q$, customer_email, charge_customer, charge_email)
     USING event_ids, event_types, times, objects, coalesce(history_until, 0);
 END $$;
-GRANT EXECUTE ON FUNCTION stripe_sync.outbox_rows(text, text[], text[], bigint[], text[], bigint) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION stripe_sync.outbox_rows(text, text[], text[], bigint[], jsonb[], bigint) TO PUBLIC;
 
 -- the same rows written to the outbox in the caller's transaction (superusers:
 -- the sync writes its rows itself, computing them as the source's owner)
@@ -542,7 +545,7 @@ DECLARE
 BEGIN
   INSERT INTO stripe_sync.outbox (source, event_id, event_name, stripe_event, object_id, occurred_at, payload)
   SELECT outbox_add.source, r.event_id, r.event_name, r.stripe_event, r.object_id, r.occurred_at, r.payload
-    FROM stripe_sync.outbox_rows(outbox_add.source, event_ids, event_types, times, objects, history_until) r
+    FROM stripe_sync.outbox_rows(outbox_add.source, event_ids, event_types, times, objects::jsonb[], history_until) r
   ON CONFLICT ON CONSTRAINT outbox_source_event_id_key DO NOTHING;
   GET DIAGNOSTICS n = ROW_COUNT;
   RETURN n;

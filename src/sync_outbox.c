@@ -28,19 +28,14 @@
 #define HISTORY_BATCH	1000
 #define OUTBOX_COLS		6
 
-static Datum
-text_array(Datum *elems, int n)
-{
-	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
-}
-
 /*
  * Outbox rows for Stripe events (ids and types given) or for backfilled
- * objects' history (ids NULL), in the current step's transaction.  Returns
- * how many were new.
+ * objects' history (ids NULL), in the current step's transaction.  The
+ * objects are text (an event's JSON) or jsonb (a local table's attrs), as
+ * objtype says.  Returns how many were new.
  */
 static int64
-outbox_write(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *objects, int n)
+outbox_write(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *objects, Oid objtype, int n)
 {
 	Oid			argtypes[7] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT8OID};
 	Datum		values[7];
@@ -55,10 +50,11 @@ outbox_write(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *objects,
 	values[1] = ids;
 	values[2] = types;
 	values[3] = PointerGetDatum(construct_array(times, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[4] = text_array(objects, n);
+	values[4] = PointerGetDatum(construct_array(objects, n, objtype, -1, false, TYPALIGN_INT));
+	argtypes[4] = get_array_type(objtype);
 	values[5] = Int64GetDatum(run->src.history_until);
 	stripe_run_as_owner(run, true);
-	stripe_spi("SELECT * FROM stripe_sync.outbox_rows($1, $2, $3, $4, $5, $6)", 6, argtypes, values,
+	stripe_spi("SELECT * FROM stripe_sync.outbox_rows($1, $2, $3, $4, $5::jsonb[], $6)", 6, argtypes, values,
 			   nulls, SPI_OK_SELECT);
 	stripe_run_as_owner(run, false);
 	rows = (int) SPI_processed;
@@ -92,7 +88,7 @@ outbox_write(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *objects,
 void
 stripe_outbox_add(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *objects, int n)
 {
-	(void) outbox_write(run, ids, types, times, objects, n);
+	(void) outbox_write(run, ids, types, times, objects, TEXTOID, n);
 }
 
 /*
@@ -111,8 +107,9 @@ history_batch(SyncRun *run, LocalTable *lt, const char *object, const char *afte
 	int			n;
 
 	stripe_run_as_owner(run, true);
-	stripe_spi(psprintf("SELECT id, (attrs->>'created')::bigint, attrs::text FROM %s "
-						"WHERE deleted_at IS NULL AND id > $1 AND (attrs->>'created')::bigint < $2 "
+	/* the typed created column: attrs, toasted, is read once per object */
+	stripe_spi(psprintf("SELECT id, extract(epoch FROM created)::bigint, attrs FROM %s "
+						"WHERE deleted_at IS NULL AND id > $1 AND created < to_timestamp($2) "
 						"ORDER BY id LIMIT %d", lt->qualified, HISTORY_BATCH),
 			   2, types, values, NULL, SPI_OK_SELECT);
 	stripe_run_as_owner(run, false);
@@ -123,12 +120,15 @@ history_batch(SyncRun *run, LocalTable *lt, const char *object, const char *afte
 	objects = palloc(sizeof(Datum) * n);
 	for (int r = 0; r < n; r++)
 	{
+		bool		isnull;
+
 		times[r] = Int64GetDatum(stripe_spi_int64(r, 2, 0));
-		objects[r] = PointerGetDatum(cstring_to_text(SPI_getvalue(SPI_tuptable->vals[r],
-																   SPI_tuptable->tupdesc, 3)));
+		/* an array holds its elements inline: a toasted value is fetched first */
+		objects[r] = PointerGetDatum(PG_DETOAST_DATUM_COPY(SPI_getbinval(SPI_tuptable->vals[r],
+																		 SPI_tuptable->tupdesc, 3, &isnull)));
 	}
 	last = SPI_getvalue(SPI_tuptable->vals[n - 1], SPI_tuptable->tupdesc, 1);
-	(void) outbox_write(run, (Datum) 0, (Datum) 0, times, objects, n);
+	(void) outbox_write(run, (Datum) 0, (Datum) 0, times, objects, JSONBOID, n);
 	stripe_state_update(run, object, "history_after = $3", last);
 	return last;
 }

@@ -18,13 +18,6 @@ my $node = new_node('shipper', $fake, "stripe_sync.naptime = 1\nstripe_sync.data
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
-sub states
-{
-	my ($source) = @_;
-	return sql("SELECT string_agg(state || ' ' || n, ', ' ORDER BY state) FROM "
-		  . "(SELECT state, count(*) AS n FROM stripe_sync.outbox WHERE source = '$source' GROUP BY state) s");
-}
-
 sub create_source
 {
 	my ($name, $dest) = @_;
@@ -38,7 +31,7 @@ add_intempt($node, $it{$_}, name => "intempt_$_") for qw(a b c);
 $it{a}->call('POST', '/_control/faults', { kind => 'down', seconds => 3600 });
 create_source('a_down', 'intempt_a');
 ok($node->poll_query_until('postgres',
-	"SELECT count(*) = $N AND bool_and(state = 'pending') AND bool_or(attempts > 0) "
+	"SELECT count(*) = $N AND bool_and(state <> 'delivered') AND bool_or(attempts > 0) "
 	  . "FROM stripe_sync.outbox WHERE source = 'a_down'"),
 	"a_down's history waits: its destination refuses it");
 create_source('b_up', 'intempt_b');
@@ -46,7 +39,9 @@ ok($node->poll_query_until('postgres',
 	"SELECT count(*) = $N AND bool_and(state = 'delivered') FROM stripe_sync.outbox WHERE source = 'b_up'"),
 	"b_up's history, written after a_down's, is all delivered meanwhile");
 is($it{b}->call('GET', '/_control/stats')->{events}, $N, '... each event once');
-is(states('a_down'), "pending $N", "a_down's events still wait");
+# (a retry may have a batch in flight: sending, not delivered)
+is(sql("SELECT count(*) FILTER (WHERE state IN ('pending', 'sending')) || ' of ' || count(*) "
+	  . "FROM stripe_sync.outbox WHERE source = 'a_down'"), "$N of $N", "a_down's events still wait");
 my $a_stats = $it{a}->call('GET', '/_control/stats');
 is("$a_stats->{events} events, " . ($a_stats->{by_status}{503} > 0 ? 'refused' : 'not tried'),
 	'0 events, refused', "... and its destination took none ($a_stats->{by_status}{503} tries refused)");

@@ -6,8 +6,8 @@
 #   is the order of next_sync_at, not of the names);
 # - a source whose worker ends without syncing (a sync_now holds the source)
 #   is tried again after 5 s, then 10 s;
-# - a failing source backs off in sources.next_sync_at (1, 2 minutes, then its
-#   interval of 3), failures counts up, and its error is logged once.
+# - a failing source backs off in sources.next_sync_at (1, 2, 4 minutes, then
+#   its interval of 5), failures counts up, and its error is logged once.
 use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
@@ -126,13 +126,13 @@ $fake->release;
 $h->finish;
 like($out, qr/"rows": 300/, 'the sync_now ends, with every customer');
 
-# ---- a failing source: next_sync_at moves 1, 2 minutes, then 3 (its interval)
+# ---- a failing source: next_sync_at moves 1, 2, 4 minutes, then 5 (its interval)
 $fake->fault(kind => '500', path => '/v1/account', count => 1000);
 $offset = -s $node->logfile;
 sql("SELECT stripe_sync.create_source('failing', server => 'stripe', target_schema => 'failing', "
-	  . "objects => ARRAY['customers'], sync_interval => '3 minutes')");
+	  . "objects => ARRAY['customers'], sync_interval => '5 minutes')");
 my @backoff;
-for my $attempt (1 .. 3)
+for my $attempt (1 .. 4)
 {
 	ok($node->poll_query_until('postgres',
 		"SELECT count(*) = $attempt FROM stripe_sync.runs WHERE source = 'failing' AND status = 'error'"),
@@ -142,10 +142,10 @@ for my $attempt (1 .. 3)
 		  . "(SELECT max(id) FROM stripe_sync.runs WHERE source = 'failing')");
 	# due again now, rather than minutes from now
 	sql("UPDATE stripe_sync.sources SET next_sync_at = now() WHERE name = 'failing'; SELECT stripe_sync.wake()")
-	  if $attempt < 3;
+	  if $attempt < 4;
 }
-is(join(', ', @backoff), '1 60, 2 120, 3 180',
-	'failures 1, 2, 3; next_sync_at 60, 120, 180 s after each start (1, 2, 4 minutes capped at the interval)');
+is(join(', ', @backoff), '1 60, 2 120, 3 240, 4 300',
+	'failures 1 to 4; next_sync_at 1, 2, 4 minutes after each start, then 5 (8 capped at the interval)');
 my @logged = slurp_file($node->logfile, $offset) =~ /sync of source "failing" failed/g;
 is(scalar @logged, 1, 'the error is logged once, not once per attempt');
 like(sql("SELECT last_error FROM stripe_sync.sources WHERE name = 'failing'"), qr/500|unknown error/i,

@@ -30,7 +30,8 @@ auth, Content-Type, body.  /_control/* (no auth, JSON bodies; fake_intempt_selft
     GET|POST /_control/config  {"max_body_bytes": N (0 = none), "latency_ms": M,
                                 "success_status": 200|201}
     GET    /_control/events[?name=&eventId=&data=0]    DELETE /_control/events (and stats, log)
-    GET    /_control/stats   GET /_control/requests[?limit=N]   (last 1000; no secrets)
+    GET    /_control/stats   GET /_control/requests[?limit=N]   (last 1000; no secrets; a 413's
+                             "oversized_events" counts the events its body carried)
 
     python3 test/fake_intempt.py --port 0 --port-file /tmp/x.port [--host 127.0.0.1]
         [--org ORG] [--project P] [--source-id S] [--api-key prefix.secret]
@@ -66,7 +67,7 @@ REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 4
            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 EVENT_FIELDS = ("name", "eventId", "timestamp", "userId", "request", "received")
 REQUEST_FIELDS = ("request", "time", "method", "path", "status", "events", "bytes",
-                  "auth_header", "authorized", "fault")
+                  "auth_header", "authorized", "fault", "oversized_events")
 ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
@@ -267,6 +268,16 @@ def parse_track(body):
     return out
 
 
+def count_events(body):
+    """The events a track body carries, counted leniently (a body refused unread, for its
+    size, is not validated), or None when it is not a track body at all."""
+    try:
+        doc = json.loads(body)
+        return sum(len(item["payload"]) for item in doc["track"])
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        return None
+
+
 def send(h, status, body, headers=()):
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
              "Content-Type: application/json", f"Content-Length: {len(body)}"]
@@ -300,6 +311,7 @@ class App:
         started = time.time()
         n = self.rec.next_request()
         kind, nevents, events, status, body, size = None, 0, None, None, None, 0
+        h.oversized = None
         auth = h.headers.get("Authorization")
         authorized = False
         headers = []
@@ -352,7 +364,8 @@ class App:
         finally:
             # Recorded before the answer goes out: a client holding its answer finds it here.
             self.rec.finish((n, started, h.command, path, status, nevents, size,
-                             auth is not None, authorized, kind), events, body)
+                             auth is not None, authorized, kind,
+                             count_events(h.oversized) if status == 413 else None), events, body)
             if self.verbose:
                 print(f"fake_intempt: #{n} {h.command} {path} -> {status or 'drop'} "
                       f"events={nevents} fault={kind}", file=sys.stderr, flush=True)
@@ -383,7 +396,10 @@ class App:
                     parts.append(h.rfile.read(size))
                     h.rfile.readline(16)
                 body = b"".join(parts)
-                return (body if not limit or len(body) <= limit else None), len(body)
+                if limit and len(body) > limit:
+                    h.oversized = body
+                    return None, len(body)
+                return body, len(body)
             length = int(h.headers.get("Content-Length") or 0)
             if length < 0:
                 raise ValueError
@@ -393,9 +409,12 @@ class App:
         if limit and length > limit:
             left = length if length <= DISCARD_LIMIT else 0
             h.close_connection = not left
+            dropped = []
             while left > 0:
                 chunk = h.rfile.read(min(left, 1 << 16))
+                dropped.append(chunk)
                 left = left - len(chunk) if chunk else 0
+            h.oversized = b"".join(dropped)
             return None, length
         return (h.rfile.read(length) if length else b""), length
 

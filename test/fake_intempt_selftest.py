@@ -316,6 +316,31 @@ def check_max_body():
     ctl("POST", "config", {"max_body_bytes": 5 * 1024 * 1024})
 
 
+def check_oversized_events():
+    """A 413's log entry counts the events its body carried (the client's batch size); other
+    answers have None there."""
+    ctl("POST", "config", {"max_body_bytes": 1500})
+    try:
+        eq(track({"a": [ev(f"evt_ov{i}") for i in range(30)], "b": [ev("evt_ovb")]})[0], 413, "too large")
+        eq(track({"a": [ev("evt_ov_fits")]})[0], 200, "fits")
+        eq(track(b"x" * 2000)[0], 413, "not JSON")
+        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
+        try:  # chunked, too large
+            body = json.dumps({"track": [{"name": "a", "payload": [ev(f"evt_ovc{i}") for i in range(25)]}]})
+            conn.request("POST", PATH, iter([body.encode()]),
+                         {"Authorization": AUTH, "Content-Type": "application/json"}, encode_chunked=True)
+            resp = conn.getresponse()
+            resp.read()
+            eq(resp.status, 413, "chunked too large")
+        finally:
+            conn.close()
+    finally:
+        ctl("POST", "config", {"max_body_bytes": 5 * 1024 * 1024})
+    log = ctl("GET", "requests?limit=4")
+    eq([(r["status"], r["events"], r["oversized_events"]) for r in log],
+       [(413, 0, 31), (200, 1, None), (413, 0, None), (413, 0, 25)], "log")
+
+
 def check_stats_and_duplicates():
     eq(ctl("DELETE", "events")["events"], 0, "reset")
     eq(ctl("GET", "events"), [], "reset events")
@@ -422,7 +447,7 @@ def check_base_path_and_clean_exit():
 
 CHECKS = [check_good_request, check_auth, check_paths_and_methods, check_bad_bodies,
           check_status_faults, check_delay_drop_accept_then_500, check_refuse_ratio,
-          check_down_window, check_max_body, check_stats_and_duplicates,
+          check_down_window, check_max_body, check_oversized_events, check_stats_and_duplicates,
           check_request_log_hides_secrets, check_keep_alive, check_chunked_body, check_bad_framing,
           check_base_path_and_clean_exit]
 

@@ -8,6 +8,12 @@ with events and idempotency keys.  /_control/* (no auth, JSON) lets tests inject
 faults, read the request log, add latency or a rate limit, reseed, and change
 objects directly (GET /_control/balance shows the balance).
 
+A "hold" fault ({"kind": "hold", "path": "/v1/customers", "count": 1, "timeout": 300})
+keeps the requests it takes waiting, before they are carried out, until POST
+/_control/release (or DELETE /_control/faults, or its timeout); GET /_control/held lists
+the requests waiting.  A test can so stop a client at a chosen request, change the
+account meanwhile, and let it go on: the answer is computed after the release.
+
 Besides the top-level lists it serves GET /v1/balance (one object, with amounts in a few
 currencies), the lists Stripe keeps only under a parent (GET
 /v1/customers/{customer}/payment_methods, /v1/setup_attempts?setup_intent=…,
@@ -1326,7 +1332,7 @@ class Writes:
 # --------------------------------------------------------------------------- faults, log
 
 FAULT_KINDS = ("429", "500", "503", "status", "401", "delay", "drop", "reset", "truncate",
-               "malformed", "empty", "redirect", "body")
+               "malformed", "empty", "redirect", "body", "hold")
 
 
 class Faults:
@@ -1347,6 +1353,10 @@ class Faults:
                 raise ValueError("status must be an HTTP status code")
         if kind == "delay":
             fault["delay"] = float(spec["delay"])
+        if kind == "hold":
+            fault["timeout"] = float(spec.get("timeout", 300))
+            if fault["timeout"] <= 0:
+                raise ValueError("timeout must be > 0")
         if kind == "redirect":
             fault["status"] = int(spec.get("status", 302))
             if fault["status"] not in (301, 302, 303, 307, 308):
@@ -1396,6 +1406,35 @@ class Faults:
     def clear(self):
         with self.lock:
             self.queue.clear()
+
+
+class Holds:
+    """Requests a "hold" fault keeps waiting until they are released."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.waiting = []  # [(entry dict, threading.Event)]
+
+    def wait(self, method, path, timeout):
+        entry, released = {"method": method, "path": path, "since": time.time()}, threading.Event()
+        with self.lock:
+            self.waiting.append((entry, released))
+        try:
+            released.wait(timeout)
+        finally:
+            with self.lock:
+                self.waiting = [w for w in self.waiting if w[1] is not released]
+
+    def held(self):
+        with self.lock:
+            return [dict(e) for e, _ in self.waiting]
+
+    def release(self):
+        """Lets every waiting request go on; -> how many."""
+        with self.lock:
+            for _, released in self.waiting:
+                released.set()
+            return len(self.waiting)
 
 
 LOG_FIELDS = ("method", "path", "status", "stripe_version", "stripe_account", "idempotency_key",
@@ -1473,6 +1512,7 @@ class App:
         self.api_keys = {api_key}
         self.latency_ms = 0.0
         self.faults = Faults()
+        self.holds = Holds()
         self.log = RequestLog()
         self.limiter = RateLimiter()
         self.req_prefix = "req_" + b62(int.from_bytes(os.urandom(5), "big"), 6)
@@ -1543,6 +1583,8 @@ class App:
         version = hdrs.get("Stripe-Version")
         fault = self.faults.take(raw_path)
         kind = fault["kind"] if fault else None
+        if kind == "hold":
+            self.holds.wait(h.command, raw_path, fault["timeout"])
         auth = self.auth_error(hdrs)
 
         def record(status, rate_limited=0):
@@ -1857,7 +1899,12 @@ class App:
             return 200, {"faults": self.faults.pending()}
         if route == ("DELETE", "faults", 1):
             self.faults.clear()
+            self.holds.release()
             return 200, {"faults": []}
+        if route == ("GET", "held", 1):
+            return 200, {"held": self.holds.held()}
+        if route == ("POST", "release", 1):
+            return 200, {"released": self.holds.release()}
         if route == ("GET", "requests", 1):
             entries, _ = self.log.snapshot()
             return 200, {"requests": [dict(zip(LOG_FIELDS, e)) for e in entries]}

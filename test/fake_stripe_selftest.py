@@ -435,6 +435,52 @@ class FakeStripeTest(unittest.TestCase):
         self.c.ctl("DELETE", "requests")
         self.assertEqual(self.c.ctl("GET", "stats")["in_flight_peak"], 0)
 
+    def test_fault_hold(self):
+        """A held request waits, before it is carried out, until released: its answer
+        shows what changed meanwhile; other paths pass; DELETE faults releases too."""
+        import threading
+        self.c.ctl("DELETE", "requests")
+        self.fault(kind="hold", path="/v1/customers", count=1)
+        answers = []
+        held = threading.Thread(target=lambda: answers.append(self.c.get("/v1/customers?limit=100")))
+        held.start()
+        deadline = time.time() + 60
+        while not self.c.ctl("GET", "held")["held"] and time.time() < deadline:
+            time.sleep(0.02)
+        waiting = self.c.ctl("GET", "held")["held"]
+        self.assertEqual([(w["method"], w["path"]) for w in waiting], [("GET", "/v1/customers?limit=100")])
+        self.assertAlmostEqual(waiting[0]["since"], time.time(), delta=60)
+        self.assertEqual(self.c.get("/v1/charges?limit=1")[0], 200)  # another path passes
+        new = self.c.ctl("POST", "objects/customers", {"email": "while-held@example.com"})
+        self.assertTrue(held.is_alive())
+        self.assertEqual(self.c.ctl("POST", "release"), {"released": 1})
+        held.join(60)
+        status, _, body = answers[0]
+        self.assertEqual(status, 200)
+        self.assertIn(new["id"], [o["id"] for o in body["data"]])  # carried out after the release
+        self.assertEqual(self.c.ctl("GET", "held"), {"held": []})
+        self.assertEqual(self.c.get("/v1/customers?limit=1")[0], 200)  # count 1: the next passes
+        log = self.c.ctl("GET", "requests")["requests"]
+        self.assertEqual([(r["path"].split("?")[0], r["fault"]) for r in log],
+                         [("/v1/charges", None), ("/v1/customers", "hold"), ("/v1/customers", None)])
+        # DELETE /_control/faults lets held requests go too; a timeout ends a hold by itself
+        self.fault(kind="hold", timeout=0.3)
+        t = time.time()
+        self.assertEqual(self.c.get("/v1/customers?limit=1")[0], 200)
+        self.assertGreaterEqual(time.time() - t, 0.3)
+        other = threading.Thread(target=lambda: answers.append(self.c.get("/v1/customers?limit=1")))
+        self.fault(kind="hold")
+        other.start()
+        while not self.c.ctl("GET", "held")["held"] and time.time() < deadline:
+            time.sleep(0.02)
+        t = time.time()
+        self.c.ctl("DELETE", "faults")
+        other.join(60)
+        self.assertEqual(answers[-1][0], 200)
+        self.assertLess(time.time() - t, 60)  # released, not timed out (300 s)
+        with self.assertRaises(AssertionError):
+            self.fault(kind="hold", timeout=0)
+
     def test_metadata_is_flat_strings(self):
         # Stripe's metadata (docs "Metadata"): key-value pairs whose values are strings;
         # a nested value is refused with a 400 naming the parameter, and nothing is made

@@ -13,7 +13,8 @@ use Time::HiRes qw(usleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
-our @EXPORT_OK = qw(start_fake start_intempt new_node crash_and_restart server_ms logged_at);
+our @EXPORT_OK = qw(start_fake start_intempt new_node crash_and_restart server_ms logged_at
+  add_intempt expected_history);
 
 my @fakes;
 
@@ -71,8 +72,56 @@ sub start_fake
 sub start_intempt
 {
 	my (%args) = @_;
-	return spawn('fake_intempt.py', '--org', 'acme', '--project', 'web', '--source-id',
+	my $it = spawn('fake_intempt.py', '--org', 'acme', '--project', 'web', '--source-id',
 		$args{source_id} // '123456789', '--api-key', $args{api_key});
+	$it->{api_key} = $args{api_key};
+	$it->{source_id} = $args{source_id} // '123456789';
+	return $it;
+}
+
+# add_intempt(node, fake Intempt, name => 'intempt'): a server of the intempt
+# wrapper at the fake, and the current user's mapping with the fake's key
+sub add_intempt
+{
+	my ($node, $it, %opt) = @_;
+	my $name = $opt{name} // 'intempt';
+	my $url = $it->url;
+	$node->safe_psql('postgres', qq{
+		CREATE SERVER $name FOREIGN DATA WRAPPER intempt
+		  OPTIONS (api_url '$url/v1', org 'acme', project 'web', source_id '$it->{source_id}');
+		CREATE USER MAPPING FOR CURRENT_USER SERVER $name OPTIONS (api_key '$it->{api_key}');
+	});
+	return;
+}
+
+# The historical events (name => count) the fake's objects of these types stand
+# for, as README's "History" lists them: what a first backfill owes a destination.
+sub expected_history
+{
+	my ($fake, @types) = @_;
+	my %want;
+	for my $type (@types)
+	{
+		for my $o (@{ $fake->objects($type) })
+		{
+			my $st = $o->{status} // '';
+			if ($type eq 'customers') { $want{'Customer created'}++; }
+			elsif ($type eq 'charges')
+			{
+				$want{'Charge succeeded'}++ if $st eq 'succeeded';
+				$want{'Charge failed'}++ if $st eq 'failed';
+			}
+			elsif ($type eq 'invoices') { $want{'Invoice created'}++; }
+			elsif ($type eq 'payment_intents')
+			{
+				$want{'Payment intent created'}++;
+				$want{'Payment intent succeeded'}++ if $st eq 'succeeded';
+			}
+			elsif ($type eq 'refunds') { $want{'Refund issued'}++; }
+			elsif ($type eq 'subscriptions') { $want{'Subscription created'}++; }
+		}
+	}
+	return \%want;
 }
 
 # kill -9 of the postmaster, then a start once every process it had started is
@@ -185,5 +234,25 @@ sub clear_requests { return $_[0]->call('DELETE', '/_control/requests'); }
 sub config { my ($self, %c) = @_; return $self->call('POST', '/_control/config', \%c); }
 sub reseed { my ($self, %c) = @_; return $self->call('POST', '/_control/reseed', \%c); }
 sub objects { my ($self, $type) = @_; return $self->call('GET', "/_control/objects/$type")->{data}; }
+
+# the fake Stripe's "hold" fault: requests to paths starting with $path wait,
+# before they are carried out, until release (count: how many it takes)
+sub hold { my ($self, $path, %opt) = @_; return $self->fault(kind => 'hold', path => $path, %opt); }
+sub held { return $_[0]->call('GET', '/_control/held')->{held}; }
+sub release { return $_[0]->call('POST', '/_control/release')->{released}; }
+
+# Waits until at least $n requests are held, polling as poll_query_until does;
+# false when they are not within the harness's timeout.
+sub wait_held
+{
+	my ($self, $n) = @_;
+	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
+	while (time < $deadline)
+	{
+		return 1 if @{ $self->held } >= ($n // 1);
+		Time::HiRes::usleep(50_000);
+	}
+	return 0;
+}
 
 1;

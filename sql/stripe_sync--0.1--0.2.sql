@@ -172,13 +172,37 @@ CREATE FUNCTION stripe_sync._owned_source(caller regrole, source text) RETURNS s
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   src stripe_sync.sources;
+  holder int;
 BEGIN
-  SELECT * INTO src FROM stripe_sync.sources s WHERE s.name = source FOR UPDATE;
+  SELECT * INTO src FROM stripe_sync.sources s WHERE s.name = source;
   IF NOT FOUND OR NOT pg_has_role(caller, src.owner, 'USAGE') THEN
     -- another role's source is not there, for this caller
     RAISE EXCEPTION 'source "%" does not exist', source USING ERRCODE = 'undefined_object';
   END IF;
-  RETURN src;
+  -- a worker holds the row for one page's step; a sync_now, for its caller's
+  -- whole transaction: wait out the first, name the second at once
+  FOR i IN 1..50 LOOP
+    BEGIN
+      SELECT * INTO src FROM stripe_sync.sources s WHERE s.name = source FOR UPDATE NOWAIT;
+      IF NOT FOUND THEN
+        RAISE EXCEPTION 'source "%" does not exist', source USING ERRCODE = 'undefined_object';
+      END IF;
+      RETURN src;
+    EXCEPTION WHEN lock_not_available THEN
+      PERFORM pg_sleep(0.1);
+    END;
+  END LOOP;
+  -- the sync's advisory lock (sync_run.c: class "STRP", the name's hash, 2)
+  SELECT l.pid INTO holder FROM pg_locks l
+   WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 1398035024::oid
+     AND l.objid = (hashtext(source)::bigint & 4294967295)::oid AND l.objsubid = 2
+     AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+  RAISE EXCEPTION 'source "%" is busy', source USING ERRCODE = 'lock_not_available',
+    DETAIL = 'Another transaction holds it' || CASE WHEN holder IS NOT NULL
+             THEN format(': process %s is syncing it', holder) ELSE '' END
+             || '. A sync_now keeps its source until the transaction it runs in ends.',
+    HINT = 'Try again when that transaction ends' || CASE WHEN holder IS NOT NULL
+           THEN format(', or cancel it with SELECT pg_cancel_backend(%s)', holder) ELSE '' END || '.';
 END $$;
 
 CREATE FUNCTION stripe_sync._check_interval(sync_interval interval) RETURNS void

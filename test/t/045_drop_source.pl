@@ -53,5 +53,31 @@ is(join(' ', map { "$_->{fault}:" . (split /\?/, $_->{path})[0] } @s1), 'hold:/v
 is(sql("SELECT count(*) FROM stripe_sync.sources WHERE name = 's1'") . ' '
 	  . sql("SELECT count(*) FROM s1.customers"), '0 100', 's1 is gone; its local table stays as it was');
 
+# ---- a sync_now holds its source for its caller's whole transaction: alter_source
+# and drop_source say so at once, naming the process, instead of waiting for it
+sql(q{
+	BEGIN;
+	SELECT stripe_sync.create_source('s3', server => 'stripe', target_schema => 's3', objects => ARRAY['customers']);
+	SELECT stripe_sync.alter_source('s3', enabled => false);
+	COMMIT;
+});
+$fake->hold('/v1/customers?limit=100&starting_after=', count => 1);
+my $bg = $node->background_psql('postgres');
+$bg->query_until(qr/started/, "\\echo started\nSELECT stripe_sync.sync_now('s3');\n");
+ok($fake->wait_held(1), "a sync_now of s3 waits at the fake for its second page");
+my $pid = sql("SELECT pid FROM pg_stat_activity WHERE query LIKE '%sync_now(''s3'')%' AND pid <> pg_backend_pid()");
+my $t0 = time;
+my ($rc, $out, $err) = $node->psql('postgres', "SELECT stripe_sync.drop_source('s3')");
+like($err, qr/source "s3" is busy.*DETAIL:  Another transaction holds it: process $pid is syncing it.*pg_cancel_backend\($pid\)/s,
+	"drop_source during a sync_now: busy, naming the process ($pid) and how to cancel it");
+ok(time - $t0 < 30, '... within seconds (' . (time - $t0) . ' s), not when the sync ends');
+($rc, $out, $err) = $node->psql('postgres', "SELECT stripe_sync.alter_source('s3', sync_interval => '1 day')");
+like($err, qr/source "s3" is busy/, '... and so does alter_source');
+is($fake->release, 1, 'the held page is answered');
+$bg->quit;
+is(sql("SELECT count(*) FROM s3.customers"), '500', 'the sync_now ends with every customer');
+sql("SELECT stripe_sync.drop_source('s3')");
+is(sql("SELECT count(*) FROM stripe_sync.sources WHERE name = 's3'"), '0', '... and the source drops then');
+
 $node->stop;
 done_testing();

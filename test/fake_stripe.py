@@ -1933,6 +1933,8 @@ class App:
             return 200, {"counts": sizes}
         if route == ("POST", "events", 1):
             return 200, self.control_event(data)
+        if route == ("POST", "churn", 1):
+            return 200, self.control_churn(data)
         if route == ("GET", "balance", 1):
             # what GET /v1/balance answers, for tests to compare with (no key needed)
             with store.lock:
@@ -2009,6 +2011,25 @@ class App:
         new = deep_merge(store.get(kind, oid), fields)
         prev = {k: old.get(k) for k in fields if old.get(k) != new.get(k)}
         return store.replace(kind, old, new, prev)
+
+    def control_churn(self, data):
+        """{"object": path, "events": N}: N updates of that kind's objects, round robin,
+        each a metadata change with its .updated event, as a busy account makes them."""
+        kind = KINDS.get(data.get("object"))
+        n = int(data.get("events", 0))
+        if kind is None or kind.obj == "event" or not 0 < n <= 10_000_000:
+            raise ValueError("object must be a listed type and events between 1 and 10,000,000")
+        store = self.store
+        with store.lock:
+            ids = sorted(store.colls[kind.path].records)
+            if not ids:
+                raise ValueError(f"no {kind.path} to update")
+            for i in range(n):
+                oid = ids[i % len(ids)]
+                old = store.get(kind, oid)
+                new = dict(old, metadata=dict(old.get("metadata") or {}, churn=str(i)))
+                store.replace(kind, old, new, {"metadata": old.get("metadata")})
+        return {"events": n, "objects": len(ids)}
 
     def control_event(self, data):
         type_, obj = data["type"], data["object"]

@@ -767,6 +767,17 @@ class FakeStripeTest(unittest.TestCase):
         self.assertEqual(self.c.raw("GET", "/_control/objects/widgets")[0], 404)
         self.assertEqual(self.c.raw("POST", "/_control/faults", json.dumps({"kind": "boom"}))[0], 400)
 
+    def test_control_churn(self):
+        mark = self.newest_event_id()
+        out = self.c.ctl("POST", "churn", {"object": "customers", "events": 5})
+        self.assertEqual(out["events"], 5)
+        events = self.events_since(mark)
+        self.assertEqual([e["type"] for e in events], ["customer.updated"] * 5)
+        self.assertEqual([e["data"]["object"]["metadata"]["churn"] for e in events], ["0", "1", "2", "3", "4"])
+        ids = sorted(o["id"] for o in self.all_of("customers"))
+        self.assertEqual([e["data"]["object"]["id"] for e in events], [ids[i % len(ids)] for i in range(5)])
+        self.assertEqual(self.c.raw("POST", "/_control/churn", json.dumps({"object": "events", "events": 1}))[0], 400)
+
     def test_reseed_counts_only(self):
         out = self.c.ctl("POST", "reseed", {"counts": {"customers": 3, "events": 2}, "only": True, "seed": 7})
         self.assertEqual(out["counts"]["customers"], 3)

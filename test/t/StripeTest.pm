@@ -13,7 +13,7 @@ use Time::HiRes qw(usleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
-our @EXPORT_OK = qw(start_fake start_intempt new_node crash_and_restart server_ms logged_at);
+our @EXPORT_OK = qw(start_fake start_intempt intempt_server new_node crash_and_restart server_ms logged_at);
 
 my @fakes;
 
@@ -73,6 +73,20 @@ sub start_intempt
 	my (%args) = @_;
 	return spawn('fake_intempt.py', '--org', 'acme', '--project', 'web', '--source-id',
 		$args{source_id} // '123456789', '--api-key', $args{api_key});
+}
+
+# intempt_server(node, fake Intempt, key): a server "intempt" at the fake (org
+# acme, project web, source 123456789) and the current user's mapping with key
+sub intempt_server
+{
+	my ($node, $it, $key) = @_;
+	my $url = $it->url;
+	$node->safe_psql('postgres', qq{
+		CREATE SERVER intempt FOREIGN DATA WRAPPER intempt
+		  OPTIONS (api_url '$url/v1', org 'acme', project 'web', source_id '123456789');
+		CREATE USER MAPPING FOR CURRENT_USER SERVER intempt OPTIONS (api_key '$key');
+	});
+	return;
 }
 
 # kill -9 of the postmaster, then a start once every process it had started is

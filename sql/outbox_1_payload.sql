@@ -111,3 +111,11 @@ SELECT stripe_sync.drop_source('ob');
 SELECT count(*) FROM stripe_sync.outbox;
 DROP SCHEMA ob CASCADE;
 DROP SERVER ob_stripe, ob_intempt CASCADE;
+
+-- the shipper's settings: batches of up to outbox_batch_size events, up to
+-- outbox_concurrency of them in flight at once; both reloadable, not per session
+SELECT name, setting, min_val, max_val, context FROM pg_settings
+ WHERE name IN ('stripe_sync.outbox_batch_size', 'stripe_sync.outbox_concurrency') ORDER BY name;
+SET stripe_sync.outbox_concurrency = 2;
+ALTER SYSTEM SET stripe_sync.outbox_concurrency = 0;
+ALTER SYSTEM SET stripe_sync.outbox_concurrency = 65;

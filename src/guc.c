@@ -9,13 +9,15 @@
 #include "utils/guc.h"
 
 #include "guc.h"
+#include "http_post.h"
 
 int			stripe_requests_per_second = 20;
 int			stripe_max_concurrent_requests = 8;
 int			stripe_http_timeout = 30;
 int			stripe_max_retries = 5;
 int			stripe_retry_base_delay = 250;
-int			stripe_outbox_batch_size = 50;
+int			stripe_outbox_batch_size = 500;
+int			stripe_outbox_concurrency = 8;
 char	   *stripe_outbox_retention = NULL;
 int			stripe_naptime = 1;
 char	   *stripe_database = NULL;
@@ -62,8 +64,13 @@ stripe_define_gucs(bool preloading)
 							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("stripe_sync.outbox_batch_size",
 							"Events sent to Intempt in one request.",
-							NULL,
-							&stripe_outbox_batch_size, 50, 1, 1000,
+							"A request's body is also kept within 1 MiB; Intempt answering 413 halves both.",
+							&stripe_outbox_batch_size, 500, 1, 1000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("stripe_sync.outbox_concurrency",
+							"Requests to Intempt the shipper keeps in flight at once.",
+							"No two of them carry events of the same Stripe object; 1 sends one batch at a time.",
+							&stripe_outbox_concurrency, 8, 1, STRIPE_POSTS_MAX,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("stripe_sync.outbox_retention",
 							   "How long delivered outbox rows are kept.",

@@ -12,6 +12,7 @@ extern int	stripe_http_timeout;		/* seconds */
 extern int	stripe_max_retries;
 extern int	stripe_retry_base_delay;	/* milliseconds */
 extern int	stripe_outbox_batch_size;
+extern int	stripe_outbox_concurrency;
 extern char *stripe_outbox_retention;
 extern int	stripe_naptime;				/* seconds */
 extern char *stripe_database;

@@ -7,8 +7,6 @@
  */
 #include "postgres.h"
 
-#include <curl/curl.h>
-
 #include "common/pg_prng.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -21,6 +19,7 @@
 
 #include "guc.h"
 #include "http.h"
+#include "http_curl.h"
 #include "ratelimit.h"
 #include "stripe_api.h"
 #include "text.h"
@@ -32,32 +31,29 @@
 /* what a message shows of Stripe's text, in bytes */
 #define MAX_SHOWN_MESSAGE	1000
 
-/* Response under construction; filled by libcurl callbacks, which must not ereport. */
-typedef struct HttpBuffer
-{
-	MemoryContext cxt;
-	char	   *data;
-	size_t		len;
-	size_t		cap;
-	bool		oom;
-	char		request_id[64];
-	char		retry_after[32];
-	char		should_retry[8];
-	char		content_length[24];
-} HttpBuffer;
-
 static CURL *stripe_easy = NULL;
 static CURLM *stripe_multi = NULL;
+
+void
+stripe_curl_init(void)
+{
+	static bool done = false;
+
+	if (done)
+		return;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not initialize libcurl")));
+	done = true;
+}
 
 static void
 ensure_curl(void)
 {
 	if (stripe_easy != NULL)
 		return;
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_SYSTEM_ERROR),
-				 errmsg("could not initialize libcurl")));
+	stripe_curl_init();
 	stripe_multi = curl_multi_init();
 	stripe_easy = curl_easy_init();
 	if (stripe_multi == NULL || stripe_easy == NULL)
@@ -157,17 +153,33 @@ header_cb(char *ptr, size_t size, size_t nitems, void *userdata)
 
 /*
  * Waits for the transfers in flight, at most ms, as the wait event Extension:
- * pg_stat_activity shows a backend waiting on Stripe as waiting.
+ * pg_stat_activity shows a backend waiting on Stripe or Intempt as waiting.
  */
-static CURLMcode
-poll_transfers(int ms)
+CURLMcode
+stripe_curl_poll(CURLM *multi, int ms)
 {
 	CURLMcode	mc;
 
 	pgstat_report_wait_start(PG_WAIT_EXTENSION);
-	mc = curl_multi_poll(stripe_multi, NULL, 0, ms, NULL);
+	mc = curl_multi_poll(multi, NULL, 0, ms, NULL);
 	pgstat_report_wait_end();
 	return mc;
+}
+
+void
+stripe_curl_interrupts(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	/* as WL_EXIT_ON_PM_DEATH does for latch waits: no orphans after a crash */
+	if (!PostmasterIsAlive())
+		proc_exit(1);
+}
+
+const char *
+stripe_curl_why(CURLcode rc, const HttpBuffer *buf, const char *errbuf)
+{
+	return buf->oom ? "response too large or out of memory" :
+		(errbuf[0] ? errbuf : curl_easy_strerror(rc));
 }
 
 /*
@@ -195,13 +207,10 @@ perform_interruptible(void)
 				elog(ERROR, "curl_multi_perform failed: %s", curl_multi_strerror(mc));
 			if (!running)
 				break;
-			mc = poll_transfers(POLL_INTERVAL_MS);
+			mc = stripe_curl_poll(stripe_multi, POLL_INTERVAL_MS);
 			if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
 				elog(ERROR, "curl_multi_poll failed: %s", curl_multi_strerror(mc));
-			CHECK_FOR_INTERRUPTS();
-			/* as WL_EXIT_ON_PM_DEATH does for latch waits: no orphans after a crash */
-			if (!PostmasterIsAlive())
-				proc_exit(1);
+			stripe_curl_interrupts();
 		}
 		for (;;)
 		{
@@ -293,11 +302,10 @@ build_headers(StripeConn *conn, const char *idempotency_key)
 	return headers;
 }
 
-/* Points an easy handle at one request; the buffer and errbuf must outlive it. */
-static void
-setup_easy(CURL *easy, const char *url, struct curl_slist *headers,
-		   const char *method, const char *form_body,
-		   HttpBuffer *buf, char *errbuf)
+void
+stripe_curl_setup(CURL *easy, const char *url, struct curl_slist *headers,
+				  const char *method, const char *form_body,
+				  HttpBuffer *buf, char *errbuf)
 {
 	curl_easy_setopt(easy, CURLOPT_URL, url);
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
@@ -364,8 +372,7 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 
 	if (rc != CURLE_OK)
 	{
-		why = buf->oom ? "response too large or out of memory" :
-			(errbuf[0] ? errbuf : curl_easy_strerror(rc));
+		why = stripe_curl_why(rc, buf, errbuf);
 		retryable = !buf->oom &&
 			(rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_COULDNT_CONNECT ||
 			 rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
@@ -473,7 +480,7 @@ stripe_request(StripeConn *conn, const char *method, const char *path,
 		PG_TRY();
 		{
 			headers = build_headers(conn, idempotency_key);
-			setup_easy(stripe_easy, url, headers, method, form_body, &buf, errbuf);
+			stripe_curl_setup(stripe_easy, url, headers, method, form_body, &buf, errbuf);
 			stripe_ratelimit_wait(conn);
 			if (stats)
 				stats->requests++;
@@ -498,64 +505,6 @@ stripe_request(StripeConn *conn, const char *method, const char *path,
 				break;
 		}
 	}
-}
-
-/*
- * One POST of a JSON body to any HTTP API (the Intempt shipper's), without
- * retries: the caller judges the answer.  A transport failure comes back as
- * status 0 with the reason in res->error.  authorization is a whole header
- * value and, being a secret, is wiped from our memory after use.
- */
-void
-stripe_http_post_json(const char *url, const char *authorization,
-					  const char *body, StripeHttpResult *res)
-{
-	HttpBuffer	buf;
-	struct curl_slist *volatile headers = NULL;
-	volatile CURLcode rc = CURLE_OK;
-	char		errbuf[CURL_ERROR_SIZE];
-
-	ensure_curl();
-	memset(res, 0, sizeof(*res));
-	memset(&buf, 0, sizeof(buf));
-	buf.cxt = CurrentMemoryContext;
-	errbuf[0] = '\0';
-
-	PG_TRY();
-	{
-		char	   *h = psprintf("Authorization: %s", authorization);
-		struct curl_slist *next;
-
-		headers = curl_slist_append(NULL, h);
-		explicit_bzero(h, strlen(h));
-		pfree(h);
-		if (headers == NULL ||
-			(next = curl_slist_append(headers, "Content-Type: application/json")) == NULL ||
-			(next = curl_slist_append(headers, "Expect:")) == NULL)
-			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-		setup_easy(stripe_easy, url, headers, "POST", body, &buf, errbuf);
-		rc = perform_interruptible();
-	}
-	PG_FINALLY();
-	{
-		curl_easy_setopt(stripe_easy, CURLOPT_HTTPHEADER, NULL);
-		curl_slist_free_all(headers);
-	}
-	PG_END_TRY();
-
-	if (rc == CURLE_OK)
-		curl_easy_getinfo(stripe_easy, CURLINFO_RESPONSE_CODE, &res->status);
-	else
-	{
-		const char *why = buf.oom ? "response too large or out of memory" :
-			(errbuf[0] ? errbuf : curl_easy_strerror(rc));
-
-		strlcpy(res->error, stripe_safe_text(why, strlen(why), sizeof(res->error) - 1, NULL),
-				sizeof(res->error));
-	}
-	res->body = buf.data ? buf.data : pstrdup("");
-	res->len = buf.len;
-	strlcpy(res->retry_after, buf.retry_after, sizeof(res->retry_after));
 }
 
 /* ---------- many requests at once ---------- */
@@ -600,7 +549,7 @@ slot_start(StripeConn *conn, StreamSlot *s, MemoryContext cxt, StripeStats *stat
 		MemoryContextSwitchTo(old);
 	}
 	s->headers = build_headers(conn, NULL);
-	setup_easy(s->easy, s->url, s->headers, "GET", NULL, &s->buf, s->errbuf);
+	stripe_curl_setup(s->easy, s->url, s->headers, "GET", NULL, &s->buf, s->errbuf);
 	/* every request takes its turn with the shared limit before it leaves */
 	s->go_at = stripe_ratelimit_reserve(conn);
 	s->reserved = true;
@@ -819,14 +768,11 @@ stripe_request_stream(StripeConn *conn, StripeManyFeed feed, StripeManyDone done
 
 			if (running > 0 || busy > 0)
 			{
-				mc = poll_transfers((int) wait_ms);
+				mc = stripe_curl_poll(stripe_multi, (int) wait_ms);
 				if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
 					elog(ERROR, "curl_multi_poll failed: %s", curl_multi_strerror(mc));
 			}
-			CHECK_FOR_INTERRUPTS();
-			/* as WL_EXIT_ON_PM_DEATH does for latch waits: no orphans after a crash */
-			if (!PostmasterIsAlive())
-				proc_exit(1);
+			stripe_curl_interrupts();
 		}
 	}
 	PG_FINALLY();

@@ -2,7 +2,7 @@
  * http.h
  *		Requests to Stripe's API (http.c): one at a time or many at once,
  *		with the shared rate limit, retries, and Stripe's errors as ERRORs.
- *		Also one JSON POST for the Intempt shipper.
+ *		The backoff is the shipper's too (its POSTs: http_post.h).
  *-------------------------------------------------------------------------
  */
 #ifndef STRIPE_HTTP_H
@@ -66,15 +66,5 @@ extern void stripe_request_stream(StripeConn *conn, StripeManyFeed feed,
 								  StripeStats *stats);
 /* equal-jitter backoff from stripe_sync.retry_base_delay, at least Retry-After */
 extern long stripe_backoff_ms(int attempt, const char *retry_after);
-typedef struct StripeHttpResult
-{
-	long		status;			/* 0: no answer, see error */
-	char	   *body;			/* NUL-terminated, in the caller's context */
-	size_t		len;
-	char		retry_after[32];
-	char		error[256];
-} StripeHttpResult;
-extern void stripe_http_post_json(const char *url, const char *authorization,
-								  const char *body, StripeHttpResult *res);
 
 #endif							/* STRIPE_HTTP_H */

@@ -3,12 +3,20 @@
  *		The shipper: a background worker that delivers stripe_sync.outbox to
  *		Intempt's tracking API.
  *
- * Each source's rows go out in id order, so the events of one Stripe object
- * arrive in the order they happened.  A batch is claimed (state 'sending')
- * in one transaction, posted outside any transaction, and its outcome
- * recorded in another.  A crash between the post and the record leaves the
- * batch 'sending'; the next shipper sends it again, which is the only way an
- * event can arrive twice.
+ * Up to stripe_sync.outbox_concurrency batches are in flight at once, the
+ * sources taking turns to fill the free places.  A batch is claimed (state
+ * 'sending') in one short transaction, posted outside any transaction, and
+ * its outcome recorded in another when its answer comes (ship_batch.c).  No
+ * two batches in flight carry events of the same Stripe object, and each
+ * batch carries an object's events in order, so that they arrive in the
+ * order they happened whatever Intempt answers first.  A batch that must go
+ * again (413, a retryable failure, refused credentials) goes back to pending
+ * before any later row of its objects can be claimed.
+ *
+ * A crash between a post and its record leaves the batch 'sending'; the next
+ * shipper sends it again, which is the only way an event can arrive twice.
+ * An ERROR in a pass drops what is in flight likewise: the next pass sends
+ * it again.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -23,45 +31,48 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
-#include "postmaster/interrupt.h"
 #include "storage/latch.h"
-#include "tcop/tcopprot.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
-#include "utils/json.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "bgw.h"
 #include "guc.h"
 #include "http.h"
+#include "http_post.h"
 #include "options.h"
+#include "ship_batch.h"
 #include "shipper.h"
 #include "text.h"
 #include "xact.h"
 
 #define INTEMPT_DEFAULT_API_URL	"https://api.intempt.com/v1"
-/* batches one source may send before the others get a turn */
-#define BATCHES_PER_TURN		50
+/*
+ * A request's body, at most: well within what Intempt takes (the fake's
+ * 5 MiB), and a 413 halves it further.
+ */
+#define MAX_BODY_BYTES			(1024 * 1024)
 /* a source whose settings are broken is looked at again after this */
 #define CONFIG_RETRY_SECS		30
-/* how much of a refusing answer an outbox row keeps */
-#define MAX_SAVED_RESPONSE		2000
 #define PURGE_EVERY_SECS		10
 #define RESCAN_SECS				5
+/* a pass stops claiming after this, lets its batches land, and reads the sources again */
+#define PASS_SECS				5
 /* a destination refusing the credentials (401/403) is tried again after this */
 #define PAUSE_SECS				300
+/* how long the pump waits for an answer before it looks around again */
+#define WAIT_MS					100
 
 /* what the shipper remembers of a source between passes */
 typedef struct ShipState
 {
 	char		source[STRIPE_SOURCE_MAXLEN];	/* hash key */
-	int			batch_limit;	/* halved by 413, restored by successes */
+	int			batch_limit;	/* events: halved by 413, restored by successes */
+	size_t		byte_limit;		/* of a body: likewise */
 	int			successes;		/* since the last halving */
 	int			failures;		/* retryable failures in a row */
 	TimestampTz not_before;
@@ -76,26 +87,38 @@ typedef struct ShipState
 	bool		paused;			/* the destination refused the credentials */
 } ShipState;
 
+/* a source with pending rows, during one pass */
 typedef struct ShipSource
 {
 	char	   *name;
 	Oid			owner;
 	char	   *destination;
-	char	   *key;			/* the Intempt key, while its turn lasts: scrubbed from answers */
+	ShipState  *st;
+	/* read at its first claim, wiped at the end of the pass */
+	char	   *url;
+	char	   *authorization;	/* the header: a secret */
+	char	   *key;			/* the Intempt key: scrubbed from answers */
+	uint64		mapping_gen;	/* mapping_gen when they were read */
+	HTAB	   *flying;			/* the objects of its batches in flight */
+	bool		dry;			/* nothing to claim since its last batch landed */
 } ShipSource;
 
-typedef struct OutRow
+/* one pass's batches in flight, and whose turn it is */
+typedef struct ShipPump
 {
-	int64		id;
-	char	   *name;
-	char	   *object_id;
-	char	   *payload;
-} OutRow;
+	List	   *sources;		/* ShipSource */
+	int			next;			/* the source that claims next */
+	MemoryContext cxt;			/* the pass's */
+	TimestampTz stop_at;		/* no claim after this */
+	bool		more;			/* go again at once */
+} ShipPump;
 
 static HTAB *ship_states = NULL;
-static MemoryContext ship_cxt = NULL;
-static bool first_pass = true;
+/* batches may be 'sending' without a post behind them: at start, and after an ERROR */
+static bool flights_lost = true;
 static TimestampTz last_purge = 0;
+/* moves on when a user mapping or a server changes: the credentials are read again */
+static uint64 mapping_gen = 0;
 
 /* ---------- the destination ---------- */
 
@@ -115,11 +138,12 @@ option_value(List *options, const char *name)
 }
 
 /*
- * The track URL and the Authorization header of a source's destination, as
- * its owner's user mapping gives them.  The header is a secret.
+ * The track URL, the Authorization header and the key of a source's
+ * destination, as its owner's user mapping gives them (in a transaction).
+ * The header and the key are secrets.
  */
 static void
-destination_of(ShipSource *src, char **url, char **authorization)
+destination_of(ShipSource *src)
 {
 	ForeignServer *server = GetForeignServerByName(src->destination, true);
 	UserMapping *um;
@@ -164,7 +188,7 @@ destination_of(ShipSource *src, char **url, char **authorization)
 	len = strlen(api_url);
 	while (len > 0 && api_url[len - 1] == '/')
 		len--;
-	*url = psprintf("%.*s/%s/projects/%s/sources/%s/track", len, api_url,
+	src->url = psprintf("%.*s/%s/projects/%s/sources/%s/track", len, api_url,
 					stripe_urlencode(org), stripe_urlencode(project), stripe_urlencode(source_id));
 
 	/* Basic base64(prefix:secret) */
@@ -178,345 +202,293 @@ destination_of(ShipSource *src, char **url, char **authorization)
 	if (enclen < 0)
 		elog(ERROR, "could not encode the Intempt credentials");
 	enc[enclen] = '\0';
-	*authorization = psprintf("Basic %s", enc);
+	src->authorization = psprintf("Basic %s", enc);
 	explicit_bzero(enc, enclen);
 	src->key = pstrdup(key);
 }
 
-/* ---------- one batch ---------- */
-
-static Datum
-id_array(OutRow *rows, int n)
-{
-	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
-
-	for (int i = 0; i < n; i++)
-		ids[i] = Int64GetDatum(rows[i].id);
-	return PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-}
-
-/*
- * Claims the source's next rows in id order, at most limit.  Returns how
- * many, copied into ship_cxt.  Rows are grouped by event name in the request,
- * so the batch ends before an object that would reappear under another name:
- * that keeps each object's events in order.
- */
-static int
-claim(ShipSource *src, int64 after, int limit, OutRow **rows_out)
-{
-	Oid			types[3] = {TEXTOID, INT4OID, INT8OID};
-	Datum		values[3] = {CStringGetTextDatum(src->name), Int32GetDatum(limit), Int64GetDatum(after)};
-	OutRow	   *rows;
-	int			n;
-	HASHCTL		ctl;
-	HTAB	   *names_of = NULL;
-
-	stripe_xact_begin(true);
-	/*
-	 * A claim lost in a crash only means sending again: no need to wait for
-	 * the disk.  The claim walks the index in id order from the hint; before
-	 * the first ANALYZE the planner would rather sort every pending row.
-	 */
-	stripe_spi("SELECT set_config('synchronous_commit', 'off', true), set_config('enable_seqscan', 'off', true), "
-		 "set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true)",
-		 0, NULL, NULL, NULL, SPI_OK_SELECT);
-	stripe_spi("SELECT id, event_name, object_id, payload::text FROM stripe_sync.outbox "
-		 "WHERE source = $1 AND state = 'pending' AND id > $3 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-		 3, types, values, NULL, SPI_OK_SELECT);
-	n = (int) SPI_processed;
-	rows = MemoryContextAlloc(ship_cxt, sizeof(OutRow) * Max(n, 1));
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = NAMEDATALEN * 2;
-	ctl.entrysize = NAMEDATALEN * 2 + sizeof(char *);
-	ctl.hcxt = ship_cxt;
-	if (n > 1)
-		names_of = hash_create("stripe_sync batch objects", n, &ctl,
-							   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-	for (int i = 0; i < n; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	td = SPI_tuptable->tupdesc;
-		bool		isnull;
-		MemoryContext old;
-
-		rows[i].id = DatumGetInt64(SPI_getbinval(tup, td, 1, &isnull));
-		old = MemoryContextSwitchTo(ship_cxt);
-		rows[i].name = SPI_getvalue(tup, td, 2);
-		rows[i].object_id = SPI_getvalue(tup, td, 3);
-		rows[i].payload = SPI_getvalue(tup, td, 4);
-		MemoryContextSwitchTo(old);
-		if (names_of)
-		{
-			char		key[NAMEDATALEN * 2] = {0};
-			bool		found;
-			char	  **name;
-
-			strlcpy(key, rows[i].object_id, sizeof(key));
-			name = (char **) ((char *) hash_search(names_of, key, HASH_ENTER, &found) + NAMEDATALEN * 2);
-			if (found && strcmp(*name, rows[i].name) != 0)
-			{
-				n = i;
-				break;
-			}
-			*name = rows[i].name;
-		}
-	}
-	if (n > 0)
-	{
-		Oid			t[1] = {INT8ARRAYOID};
-		Datum		v[1] = {id_array(rows, n)};
-
-		stripe_spi("UPDATE stripe_sync.outbox SET state = 'sending', attempts = attempts + 1 WHERE id = ANY ($1)",
-			 1, t, v, NULL, SPI_OK_UPDATE);
-	}
-	stripe_xact_commit(true);
-	*rows_out = rows;
-	return n;
-}
-
-/* {"track":[{"name":…,"payload":[…]},…]}, grouped by name in order of appearance */
-static char *
-build_body(OutRow *rows, int n)
-{
-	StringInfoData buf;
-	bool	   *done = palloc0(sizeof(bool) * n);
-	bool		first_group = true;
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"track\":[");
-	for (int i = 0; i < n; i++)
-	{
-		bool		first = true;
-
-		if (done[i])
-			continue;
-		appendStringInfoString(&buf, first_group ? "{\"name\":" : ",{\"name\":");
-		first_group = false;
-		escape_json(&buf, rows[i].name);
-		appendStringInfoString(&buf, ",\"payload\":[");
-		for (int j = i; j < n; j++)
-		{
-			if (done[j] || strcmp(rows[j].name, rows[i].name) != 0)
-				continue;
-			done[j] = true;
-			if (!first)
-				appendStringInfoChar(&buf, ',');
-			first = false;
-			appendStringInfoString(&buf, rows[j].payload);
-		}
-		appendStringInfoString(&buf, "]}");
-	}
-	appendStringInfoString(&buf, "]}");
-	return buf.data;
-}
-
-typedef enum Outcome
-{
-	OUT_DELIVERED,
-	OUT_SPLIT,					/* 413: send again in halves */
-	OUT_RETRY,					/* later, after a backoff */
-	OUT_PAUSE,					/* 401/403: the credentials, not the events */
-	OUT_DEAD					/* refused for good */
-} Outcome;
-
-static Outcome
-judge(StripeHttpResult *res, int n)
-{
-	/* Intempt answers 200 or 201; any 2xx means it has the events */
-	if (res->status >= 200 && res->status < 300)
-		return OUT_DELIVERED;
-	if (res->status == 413)
-		return n > 1 ? OUT_SPLIT : OUT_DEAD;
-	if (res->status == 0 || res->status == 408 || res->status == 429 || res->status >= 500)
-		return OUT_RETRY;
-	if (res->status == 401 || res->status == 403)
-		return OUT_PAUSE;
-	return OUT_DEAD;
-}
-
-/* what the rows keep of a failure: no key, valid UTF-8, at a character boundary */
 static void
-record(ShipSource *src, OutRow *rows, int n, Outcome out, StripeHttpResult *res, TimestampTz retry_at)
+load_destination(void *arg)
 {
-	Oid			types[4] = {INT8ARRAYOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
-	Datum		values[4];
-	char	   *err;
-
 	stripe_xact_begin(true);
-	values[0] = id_array(rows, n);
-	err = res->status == 0 ? stripe_safe_text(res->error, strlen(res->error), sizeof(res->error), src->key)
-		: out == OUT_PAUSE ? psprintf("HTTP %ld: Intempt refused the credentials; delivery is paused "
-									  "until the user mapping of server %s changes",
-									  res->status, src->destination)
-		: psprintf("HTTP %ld", res->status);
-	values[1] = CStringGetTextDatum(err);
-	values[2] = CStringGetTextDatum(stripe_safe_text(res->body ? res->body : "", res->len,
-													 MAX_SAVED_RESPONSE, src->key));
-	values[3] = TimestampTzGetDatum(retry_at);
-	switch (out)
-	{
-		case OUT_DELIVERED:
-			stripe_spi("UPDATE stripe_sync.outbox SET state = 'delivered', delivered_at = now(), "
-				 "next_attempt_at = NULL, last_error = NULL WHERE id = ANY ($1)",
-				 1, types, values, NULL, SPI_OK_UPDATE);
-			break;
-		case OUT_SPLIT:
-			/* not the events' fault: the attempt does not count */
-			stripe_spi("UPDATE stripe_sync.outbox SET state = 'pending', attempts = attempts - 1, "
-				 "last_error = $2 || ': batch too large, sending it in halves' WHERE id = ANY ($1)",
-				 2, types, values, NULL, SPI_OK_UPDATE);
-			break;
-		case OUT_RETRY:
-		case OUT_PAUSE:
-			stripe_spi("UPDATE stripe_sync.outbox SET state = 'pending', last_error = $2, next_attempt_at = $4 "
-				 "WHERE id = ANY ($1)", 4, types, values, NULL, SPI_OK_UPDATE);
-			break;
-		case OUT_DEAD:
-			stripe_spi("UPDATE stripe_sync.outbox SET state = 'dead', last_error = $2, response = $3, "
-				 "next_attempt_at = NULL WHERE id = ANY ($1)", 3, types, values, NULL, SPI_OK_UPDATE);
-			break;
-	}
+	destination_of((ShipSource *) arg);
 	stripe_xact_commit(true);
 }
 
+/* the credentials do not linger in freed memory */
+static void
+wipe_destination(ShipSource *src)
+{
+	if (src->authorization)
+		explicit_bzero(src->authorization, strlen(src->authorization));
+	if (src->key)
+		explicit_bzero(src->key, strlen(src->key));
+	src->url = src->authorization = src->key = NULL;
+}
+
+/* a source's error is logged by the shipper itself, scrubbed of keys */
+static bool
+ship_report(ErrorData *edata, void *arg)
+{
+	return false;
+}
+
+/* A source's broken settings, or a failed claim, must not stop the others. */
+static void
+source_failed(ShipSource *src, ErrorData *edata)
+{
+	stripe_scrub_secrets(edata->message);
+	ereport(LOG,
+			(errmsg("stripe_sync shipper: source \"%s\": %s", src->name, edata->message),
+			 edata->hint ? errhint("%s", edata->hint) : 0));
+	src->st->not_before = GetCurrentTimestamp() + (int64) CONFIG_RETRY_SECS * USECS_PER_SEC;
+}
+
+/* ---------- the batches in flight ---------- */
+
+typedef struct ClaimTurn
+{
+	ShipSource *src;
+	MemoryContext cxt;
+	ShipBatch  *batch;
+} ClaimTurn;
+
+static void
+claim_turn(void *arg)
+{
+	ClaimTurn  *t = arg;
+	ShipState  *st = t->src->st;
+
+	t->batch = stripe_ship_claim(t->src->name, &st->after,
+								 Min(st->batch_limit, stripe_outbox_batch_size),
+								 st->byte_limit, t->src->flying, t->cxt);
+}
+
 /*
- * Ships batches of one source until it has nothing deliverable, a failure
- * asks for a pause, or its turn ends.  Returns true when rows may remain.
+ * Claims a batch of the source and posts it.  Returns false when the source
+ * has nothing to send now.
  */
 static bool
-ship_batches(ShipSource *src, ShipState *st, const char *url, const char *authorization,
-			 MemoryContext pass_cxt)
+launch(ShipPump *p, ShipSource *src)
 {
-	for (int b = 0; b < BATCHES_PER_TURN; b++)
-	{
-		OutRow	   *rows;
-		int			limit = Min(st->batch_limit, stripe_outbox_batch_size);
-		int			n;
-		StripeHttpResult res;
-		Outcome		out;
-		TimestampTz retry_at = 0;
+	ShipState  *st = src->st;
+	ClaimTurn	t = {src, p->cxt, NULL};
+	ErrorData  *edata;
+	TimestampTz now = GetCurrentTimestamp();
 
-		CHECK_FOR_INTERRUPTS();
-		if (GetCurrentTimestamp() >= st->rescan_at)
+	if (src->url == NULL || src->mapping_gen != mapping_gen)
+	{
+		wipe_destination(src);
+		src->mapping_gen = mapping_gen;
+		if ((edata = stripe_try(load_destination, src, p->cxt, ship_report)) != NULL)
 		{
-			st->after = 0;
-			st->rescan_at = GetCurrentTimestamp() + (int64) RESCAN_SECS * USECS_PER_SEC;
-		}
-		n = claim(src, st->after, Max(limit, 1), &rows);
-		if (n == 0)
-		{
-			MemoryContextSwitchTo(pass_cxt);
+			wipe_destination(src);
+			source_failed(src, edata);
 			return false;
 		}
-		MemoryContextSwitchTo(ship_cxt);
-		pgstat_report_activity(STATE_RUNNING,
-							   psprintf("shipping %d events of source \"%s\"", n, src->name));
-		stripe_http_post_json(url, authorization, build_body(rows, n), &res);
-		out = judge(&res, n);
-		if (out == OUT_RETRY)
-		{
-			long		ms = stripe_backoff_ms(st->failures++, res.retry_after);
-
-			retry_at = GetCurrentTimestamp() + (int64) ms * 1000;
-			st->not_before = retry_at;
-		}
-		else if (out == OUT_PAUSE)
-		{
-			/* a change to the user mapping ends the pause sooner (mapping_changed) */
-			retry_at = GetCurrentTimestamp() + (int64) PAUSE_SECS * USECS_PER_SEC;
-			st->not_before = retry_at;
-			st->paused = true;
-		}
-		record(src, rows, n, out, &res, retry_at);
-		MemoryContextSwitchTo(ship_cxt);
-		/* the rows go again unless done with: delivered or dead */
-		st->after = (out == OUT_DELIVERED || out == OUT_DEAD) ? rows[n - 1].id : rows[0].id - 1;
-
-		switch (out)
-		{
-			case OUT_DELIVERED:
-				st->failures = 0;
-				st->paused = false;
-				/* back towards the configured size after a 413 */
-				if (st->batch_limit < stripe_outbox_batch_size && ++st->successes >= 10)
-				{
-					st->batch_limit = Min(st->batch_limit * 2, stripe_outbox_batch_size);
-					st->successes = 0;
-				}
-				break;
-			case OUT_SPLIT:
-				st->batch_limit = Max(n / 2, 1);
-				st->successes = 0;
-				break;
-			case OUT_PAUSE:
-				ereport(WARNING,
-						(errmsg("stripe_sync: Intempt refused the credentials of source \"%s\" with HTTP %ld",
-								src->name, res.status),
-						 errdetail("Its events stay pending; delivery is paused for %d minutes, or until the user mapping changes.",
-								   PAUSE_SECS / 60),
-						 errhint("Check the api_key of the user mapping of server %s for the source's owner.",
-								 src->destination)));
-				MemoryContextSwitchTo(pass_cxt);
-				MemoryContextReset(ship_cxt);
-				return true;
-			case OUT_RETRY:
-				ereport(DEBUG1,
-						(errmsg("stripe_sync: Intempt did not take %d events of source \"%s\" (%s); again in %ld ms",
-								n, src->name, res.status ? psprintf("HTTP %ld", res.status) : res.error,
-								(long) ((retry_at - GetCurrentTimestamp()) / 1000))));
-				MemoryContextSwitchTo(pass_cxt);
-				MemoryContextReset(ship_cxt);
-				return true;
-			case OUT_DEAD:
-				st->failures = 0;
-				ereport(WARNING,
-						(errmsg("stripe_sync: Intempt refused %d events of source \"%s\" with HTTP %ld",
-								n, src->name, res.status),
-						 errdetail("The rows are marked dead in stripe_sync.outbox with the answer."),
-						 errhint("Fix the cause, then SELECT stripe_sync.retry_dead();")));
-				break;
-		}
-		MemoryContextSwitchTo(pass_cxt);
-		MemoryContextReset(ship_cxt);
 	}
+	if (now >= st->rescan_at)
+	{
+		st->after = 0;
+		st->rescan_at = now + (int64) RESCAN_SECS * USECS_PER_SEC;
+	}
+	if ((edata = stripe_try(claim_turn, &t, p->cxt, ship_report)) != NULL)
+	{
+		source_failed(src, edata);
+		return false;
+	}
+	if (t.batch == NULL)
+	{
+		src->dry = true;
+		return false;
+	}
+	t.batch->owner = src;
+	t.batch->credentials = src->mapping_gen;
+	stripe_ship_flying(src->flying, t.batch, true);
+	pgstat_report_activity(STATE_RUNNING,
+						   psprintf("shipping %d events of source \"%s\" (%d requests in flight)",
+									t.batch->n, src->name, stripe_posts_in_flight() + 1));
+	/* the rows are 'sending': an ERROR from here on has the next pass send them again */
+	stripe_post_start(src->url, src->authorization, t.batch->body, t.batch, t.batch->cxt);
+	/* libcurl has its copy */
+	pfree(t.batch->body);
+	t.batch->body = NULL;
 	return true;
 }
 
+/* the next source in turn that has a batch to send, if any, sends it */
 static bool
-ship_source(ShipSource *src, ShipState *st, MemoryContext pass_cxt)
+launch_next(ShipPump *p)
 {
-	char	   *url;
-	char	   *authorization;
-	MemoryContext old;
-	volatile bool more = false;
+	int			n = list_length(p->sources);
+	TimestampTz now = GetCurrentTimestamp();
 
-	/* what outlives a transaction is allocated in a context of ours, not SPI's */
-	stripe_xact_begin(true);
-	old = MemoryContextSwitchTo(pass_cxt);
-	destination_of(src, &url, &authorization);
-	MemoryContextSwitchTo(old);
-	stripe_xact_commit(true);
+	for (int k = 0; k < n; k++)
+	{
+		int			i = (p->next + k) % n;
+		ShipSource *src = list_nth(p->sources, i);
 
-	PG_TRY();
-	{
-		more = ship_batches(src, st, url, authorization, pass_cxt);
+		if (src->dry || now < src->st->not_before)
+			continue;
+		if (launch(p, src))
+		{
+			p->next = (i + 1) % n;
+			return true;
+		}
 	}
-	PG_FINALLY();
+	return false;
+}
+
+/*
+ * When a retryable failure lets the source's batches go again.  Batches in
+ * flight beside it may fail too: they wait as long, not longer, unless
+ * Intempt's Retry-After says so.
+ */
+static TimestampTz
+backoff(ShipState *st, const StripeHttpResult *res, TimestampTz now)
+{
+	TimestampTz at;
+
+	if (now < st->not_before)
+		at = Max(st->not_before, now + (int64) stripe_backoff_ms(0, res->retry_after) * 1000);
+	else
+		at = now + (int64) stripe_backoff_ms(st->failures++, res->retry_after) * 1000;
+	st->not_before = at;
+	return at;
+}
+
+/* the source's batch size after an outcome: halved by 413, back towards the settings */
+static void
+resize(ShipState *st, ShipBatch *b, ShipOutcome out)
+{
+	if (out == SHIP_SPLIT)
 	{
-		/* the credentials do not linger in freed memory */
-		explicit_bzero(authorization, strlen(authorization));
-		explicit_bzero(src->key, strlen(src->key));
+		st->batch_limit = Min(st->batch_limit, Max(b->n / 2, 1));
+		st->byte_limit = Min(st->byte_limit, Max(b->bytes / 2, 1));
+		st->successes = 0;
 	}
-	PG_END_TRY();
-	return more;
+	else if (out == SHIP_DELIVERED &&
+			 (st->batch_limit < stripe_outbox_batch_size || st->byte_limit < MAX_BODY_BYTES) &&
+			 ++st->successes >= 10)
+	{
+		st->batch_limit = Min(st->batch_limit * 2, stripe_outbox_batch_size);
+		st->byte_limit = Min(st->byte_limit * 2, MAX_BODY_BYTES);
+		st->successes = 0;
+	}
+}
+
+/* what the log says of an outcome; a pause once, not for each batch in flight */
+static void
+report_outcome(ShipSource *src, ShipBatch *b, ShipOutcome out, const StripeHttpResult *res,
+	   TimestampTz retry_at, bool was_paused)
+{
+	if (out == SHIP_PAUSE && !was_paused)
+		ereport(WARNING,
+				(errmsg("stripe_sync: Intempt refused the credentials of source \"%s\" with HTTP %ld",
+						src->name, res->status),
+				 errdetail("Its events stay pending; delivery is paused for %d minutes, or until the user mapping changes.",
+						   PAUSE_SECS / 60),
+				 errhint("Check the api_key of the user mapping of server %s for the source's owner.",
+						 src->destination)));
+	else if (out == SHIP_RETRY)
+		ereport(DEBUG1,
+				(errmsg("stripe_sync: Intempt did not take %d events of source \"%s\" (%s); again in %ld ms",
+						b->n, src->name, res->status ? psprintf("HTTP %ld", res->status) : res->error,
+						(long) ((retry_at - GetCurrentTimestamp()) / 1000))));
+	else if (out == SHIP_DEAD)
+		ereport(WARNING,
+				(errmsg("stripe_sync: Intempt refused %d events of source \"%s\" with HTTP %ld",
+						b->n, src->name, res->status),
+				 errdetail("The rows are marked dead in stripe_sync.outbox with the answer."),
+				 errhint("Fix the cause, then SELECT stripe_sync.retry_dead();")));
+}
+
+/* Intempt answered a batch: the outcome is recorded, and its objects may fly again. */
+static void
+land(ShipBatch *b, StripeHttpResult *res)
+{
+	ShipSource *src = b->owner;
+	ShipState  *st = src->st;
+	ShipOutcome out = stripe_ship_judge(res, b->n);
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz retry_at = 0;
+	bool		was_paused = st->paused;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	/* credentials refused after they changed: the new ones go after a backoff, no pause */
+	if (out == SHIP_PAUSE && b->credentials != mapping_gen)
+		out = SHIP_RETRY;
+	if (out == SHIP_RETRY)
+		retry_at = backoff(st, res, now);
+	else if (out == SHIP_PAUSE)
+	{
+		/* a change to the user mapping ends the pause sooner (mapping_changed) */
+		retry_at = now + (int64) PAUSE_SECS * USECS_PER_SEC;
+		st->not_before = Max(st->not_before, retry_at);
+		st->paused = true;
+	}
+	MemoryContextSwitchTo(b->cxt);
+	stripe_ship_record(b, out, res, retry_at, src->key, src->destination);
+	MemoryContextSwitchTo(cxt);
+	stripe_ship_flying(src->flying, b, false);
+	src->dry = false;
+	/* rows going again are claimed before any later row of their objects */
+	if (out == SHIP_SPLIT || out == SHIP_RETRY || out == SHIP_PAUSE)
+		st->after = Min(st->after, b->ids[0] - 1);
+	if (out == SHIP_DELIVERED)
+		st->paused = false;
+	if (out == SHIP_DELIVERED || out == SHIP_DEAD)
+		st->failures = 0;
+	resize(st, b, out);
+	report_outcome(src, b, out, res, retry_at, was_paused);
+	MemoryContextDelete(b->cxt);
+}
+
+/*
+ * Keeps up to stripe_sync.outbox_concurrency batches in flight until no
+ * source has anything to send now, or the pass's time is up, and every
+ * answer has come.
+ */
+static void
+pump(ShipPump *p)
+{
+	for (;;)
+	{
+		StripeHttpResult res;
+		ShipBatch  *b;
+
+		stripe_bgw_reload_config();
+		if (MyLatch->is_set)
+		{
+			ListCell   *lc;
+
+			/* a sync committed rows: the sources that had none may have some */
+			ResetLatch(MyLatch);
+			foreach(lc, p->sources)
+				((ShipSource *) lfirst(lc))->dry = false;
+			p->more = true;
+		}
+		if (GetCurrentTimestamp() < p->stop_at)
+		{
+			while (stripe_posts_in_flight() < stripe_outbox_concurrency && launch_next(p))
+				CHECK_FOR_INTERRUPTS();
+		}
+		else
+			p->more = true;
+		if (stripe_posts_in_flight() == 0)
+			break;
+		b = stripe_post_wait(WAIT_MS, &res);
+		if (b != NULL)
+			land(b, &res);
+	}
 }
 
 /* ---------- the worker ---------- */
 
 /*
- * A user mapping or a server changed: a destination paused for refusing the
- * credentials is tried again at once.  Invalidations arrive at the start of
- * the shipper's next transaction.
+ * A user mapping or a server changed: the credentials are read again, and a
+ * destination paused for refusing them is tried again at once.
+ * Invalidations arrive at the start of the shipper's next transaction.
  */
 static void
 mapping_changed(Datum arg, int cacheid, uint32 hashvalue)
@@ -524,6 +496,7 @@ mapping_changed(Datum arg, int cacheid, uint32 hashvalue)
 	HASH_SEQ_STATUS seq;
 	ShipState  *st;
 
+	mapping_gen++;
 	if (ship_states == NULL)
 		return;
 	hash_seq_init(&seq, ship_states);
@@ -547,6 +520,7 @@ ship_state(const char *source)
 	if (!found)
 	{
 		st->batch_limit = stripe_outbox_batch_size;
+		st->byte_limit = MAX_BODY_BYTES;
 		st->successes = 0;
 		st->failures = 0;
 		st->not_before = 0;
@@ -557,20 +531,28 @@ ship_state(const char *source)
 	return st;
 }
 
-/* The first pass resends what was in flight; every pass purges old deliveries. */
+/*
+ * At start, and after a pass that failed, what was in flight is sent again;
+ * every pass purges old deliveries.
+ */
 static void
 pass_housekeeping(void)
 {
-	if (first_pass)
+	if (flights_lost)
 	{
-		/* batches in flight when a shipper died: send them again */
+		HASH_SEQ_STATUS seq;
+		ShipState  *st;
+
 		stripe_spi("UPDATE stripe_sync.outbox SET state = 'pending' WHERE state = 'sending'",
 				   0, NULL, NULL, NULL, SPI_OK_UPDATE);
 		if (SPI_processed > 0)
 			ereport(LOG,
 					(errmsg("stripe_sync shipper: " UINT64_FORMAT " events were in flight when delivery stopped; sending them again",
 							SPI_processed)));
-		first_pass = false;
+		hash_seq_init(&seq, ship_states);
+		while ((st = hash_seq_search(&seq)) != NULL)
+			st->after = 0;
+		flights_lost = false;
 	}
 	if (GetCurrentTimestamp() - last_purge >= (int64) PURGE_EVERY_SECS * USECS_PER_SEC)
 	{
@@ -597,38 +579,19 @@ pending_sources(void)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	td = SPI_tuptable->tupdesc;
-		ShipSource *s = palloc(sizeof(ShipSource));
+		ShipSource *s = palloc0(sizeof(ShipSource));
 		bool		isnull;
 
 		s->name = SPI_getvalue(tup, td, 1);
 		s->owner = DatumGetObjectId(SPI_getbinval(tup, td, 2, &isnull));
 		s->destination = SPI_getvalue(tup, td, 3);
+		if (strlen(s->name) >= STRIPE_SOURCE_MAXLEN)
+			continue;
+		s->st = ship_state(s->name);
+		s->flying = stripe_ship_object_set("stripe_sync objects in flight", CurrentMemoryContext);
 		sources = lappend(sources, s);
 	}
 	return sources;
-}
-
-typedef struct ShipTurn
-{
-	ShipSource *src;
-	ShipState  *st;
-	MemoryContext pass_cxt;
-	bool		more;
-} ShipTurn;
-
-static void
-ship_turn(void *arg)
-{
-	ShipTurn   *t = arg;
-
-	t->more = ship_source(t->src, t->st, t->pass_cxt);
-}
-
-/* a source's error is logged by the shipper itself, scrubbed of keys */
-static bool
-ship_report(ErrorData *edata, void *arg)
-{
-	return false;
 }
 
 /*
@@ -639,53 +602,43 @@ static long
 ship_pass(void)
 {
 	long		sleep_ms = (long) stripe_naptime * 1000;
-	MemoryContext pass_cxt = CurrentMemoryContext;
-	List	   *sources = NIL;
+	ShipPump	p = {NIL, 0, CurrentMemoryContext, 0, false};
 	ListCell   *lc;
+	TimestampTz now;
 
 	stripe_xact_begin(true);
 	if (OidIsValid(get_extension_oid("stripe_sync", true)) && stripe_schema_current(false))
 	{
 		pass_housekeeping();
-		sources = pending_sources();
+		p.sources = pending_sources();
 	}
 	stripe_xact_commit(true);
 
-	foreach(lc, sources)
+	p.stop_at = GetCurrentTimestamp() + (int64) PASS_SECS * USECS_PER_SEC;
+	flights_lost = true;
+	PG_TRY();
 	{
-		ShipTurn	t = {lfirst(lc), NULL, pass_cxt, false};
-		TimestampTz now = GetCurrentTimestamp();
-		ErrorData  *edata;
-
-		if (strlen(t.src->name) >= STRIPE_SOURCE_MAXLEN)
-			continue;
-		t.st = ship_state(t.src->name);
-		if (now < t.st->not_before)
-		{
-			sleep_ms = Min(sleep_ms, (long) ((t.st->not_before - now + 999) / 1000));
-			continue;
-		}
-		/* a source's broken settings must not stop the others */
-		edata = stripe_try(ship_turn, &t, pass_cxt, ship_report);
-		MemoryContextSwitchTo(pass_cxt);
-		if (edata != NULL)
-		{
-			MemoryContextReset(ship_cxt);
-			stripe_scrub_secrets(edata->message);
-			ereport(LOG,
-					(errmsg("stripe_sync shipper: source \"%s\": %s", t.src->name, edata->message),
-					 edata->hint ? errhint("%s", edata->hint) : 0));
-			t.st->not_before = GetCurrentTimestamp() + (int64) CONFIG_RETRY_SECS * USECS_PER_SEC;
-			sleep_ms = Min(sleep_ms, CONFIG_RETRY_SECS * 1000L);
-		}
-		else if (t.more)
-		{
-			now = GetCurrentTimestamp();
-			sleep_ms = Min(sleep_ms, now < t.st->not_before ? (long) ((t.st->not_before - now + 999) / 1000) : 0);
-		}
+		pump(&p);
 	}
+	PG_FINALLY();
+	{
+		stripe_posts_abort();
+		foreach(lc, p.sources)
+			wipe_destination(lfirst(lc));
+	}
+	PG_END_TRY();
+	flights_lost = false;
 	pgstat_report_activity(STATE_IDLE, NULL);
-	return sleep_ms;
+
+	now = GetCurrentTimestamp();
+	foreach(lc, p.sources)
+	{
+		ShipState  *st = ((ShipSource *) lfirst(lc))->st;
+
+		if (now < st->not_before)
+			sleep_ms = Min(sleep_ms, (long) ((st->not_before - now + 999) / 1000));
+	}
+	return p.more ? 0 : sleep_ms;
 }
 
 void
@@ -698,8 +651,6 @@ stripe_shipper_main(Datum main_arg)
 	stripe_bgw_attach_wakeable(STRIPE_WAKE_SHIPPER);
 	SetConfigOption("application_name", "stripe_sync shipper", PGC_USERSET, PGC_S_SESSION);
 
-	ship_cxt = AllocSetContextCreate(TopMemoryContext, "stripe_sync shipper batch",
-									 ALLOCSET_DEFAULT_SIZES);
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = STRIPE_SOURCE_MAXLEN;
 	ctl.entrysize = sizeof(ShipState);

@@ -28,10 +28,16 @@ auth, Content-Type, body.  /_control/* (no auth, JSON bodies; fake_intempt_selft
                              {"kind": "down", "seconds": S, "retry_after": S?}   503 meanwhile
     GET    /_control/faults  DELETE /_control/faults (clears all three)
     GET|POST /_control/config  {"max_body_bytes": N (0 = none), "latency_ms": M,
-                                "success_status": 200|201}
+                                "latency_jitter_ms": J, "success_status": 200|201}
+                             every track request waits M ms plus a random 0..J ms (seeded)
     GET    /_control/events[?name=&eventId=&data=0]    DELETE /_control/events (and stats, log)
     GET    /_control/stats   GET /_control/requests[?limit=N]   (last 1000; no secrets; a 413's
                              "oversized_events" counts the events its body carried)
+
+Requests are served concurrently, one thread each.  Events are recorded, and listed by
+/_control/events, in the order their requests were accepted (arrival order): with requests in
+flight at once, a later request that is accepted first has its events listed first.  The stats
+count "in_flight" track requests and "max_in_flight", the most at once since the last reset.
 
     python3 test/fake_intempt.py --port 0 --port-file /tmp/x.port [--host 127.0.0.1]
         [--org ORG] [--project P] [--source-id S] [--api-key prefix.secret]
@@ -177,6 +183,7 @@ class Recorder:
     def __init__(self):
         self.lock = threading.Lock()
         self.request_no = 0  # never reset: request numbers stay unique
+        self.in_flight = 0   # track requests being answered now (never reset)
         self.reset()
 
     def reset(self):
@@ -189,16 +196,21 @@ class Recorder:
             self.by_status = collections.Counter()
             self.requests = 0
             self.accepted_requests = 0
+            self.max_in_flight = self.in_flight
             self.log = collections.deque(maxlen=REQUEST_LOG_SIZE)
 
     def next_request(self):
+        """A track request begins (finish ends it) -> its number."""
         with self.lock:
             self.request_no += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
             return self.request_no
 
     def finish(self, entry, events=None, body=None):
         """entry in REQUEST_FIELDS order; events: [(name, eventId, ts, userId)] of body."""
         with self.lock:
+            self.in_flight -= 1
             self.requests += 1
             status = entry[4]
             self.by_status["drop" if status is None else str(status)] += 1
@@ -222,7 +234,8 @@ class Recorder:
             return {"requests": self.requests, "accepted_requests": self.accepted_requests,
                     "events": len(self.events), "by_status": dict(self.by_status),
                     "duplicates": self.duplicates, "distinct_event_ids": len(self.id_counts),
-                    "by_name": dict(self.by_name)}
+                    "by_name": dict(self.by_name), "in_flight": self.in_flight,
+                    "max_in_flight": self.max_in_flight}
 
 
 def bad(where, what):
@@ -299,6 +312,8 @@ class App:
         self.auth_value = "Basic " + base64.b64encode(self.credentials).decode("ascii")
         self.max_body = args.max_body_bytes
         self.latency_ms = 0.0
+        self.latency_jitter_ms = 0.0
+        self.jitter = random.Random(0)
         self.success_status = 200
         self.verbose = args.verbose
         self.faults = Faults()
@@ -323,6 +338,8 @@ class App:
                 raise Reject(405, f"{h.command} not allowed, use POST", [("Allow", "POST")])
             kind, fault = self.faults.take()
             pause = self.latency_ms + (fault["ms"] if kind == "delay" else 0.0)
+            if self.latency_jitter_ms:
+                pause += self.jitter.uniform(0.0, self.latency_jitter_ms)
             if pause:
                 time.sleep(pause / 1000.0)
             if kind == "drop":
@@ -449,6 +466,7 @@ class App:
             if method == "POST":
                 self.configure(data)
             return 200, {"max_body_bytes": self.max_body, "latency_ms": self.latency_ms,
+                         "latency_jitter_ms": self.latency_jitter_ms,
                          "success_status": self.success_status, "track_path": self.track_path}
         if route == ("GET", "events"):
             with self.rec.lock:
@@ -482,6 +500,7 @@ class App:
 
     CONFIG = {"max_body_bytes": ("max_body", int, lambda v: v >= 0, ">= 0 (0 = no limit)"),
               "latency_ms": ("latency_ms", float, lambda v: v >= 0, ">= 0"),
+              "latency_jitter_ms": ("latency_jitter_ms", float, lambda v: v >= 0, ">= 0"),
               "success_status": ("success_status", int, lambda v: v in (200, 201), "200 or 201")}
 
     def configure(self, data):

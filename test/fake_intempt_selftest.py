@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.error
@@ -243,6 +244,49 @@ def check_delay_drop_accept_then_500():
     ctl("POST", "config", {"latency_ms": 0})
 
 
+def check_concurrency_and_arrival_order():
+    ctl("DELETE", "events")
+    ctl("POST", "config", {"latency_ms": 300})
+    results = {}
+
+    def send(i):
+        results[i] = track({"c": [ev(f"evt_cc{i}")]})[0]
+
+    t = time.time()
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    took = time.time() - t
+    ctl("POST", "config", {"latency_ms": 0})
+    eq(sorted(results.values()), [200] * 4, "four at once")
+    st = ctl("GET", "stats")
+    eq((st["in_flight"], st["max_in_flight"] >= 2), (0, True), f"in flight (max {st['max_in_flight']})")
+    assert took < 1.0, f"served one at a time ({took:.2f} s)"
+    # events are listed in the order their requests were accepted, not sent
+    fault(kind="delay", ms=400, count=1)
+    slow = threading.Thread(target=send, args=(10,))
+    slow.start()
+    time.sleep(0.1)
+    send(11)
+    slow.join()
+    eq([e["eventId"] for e in ctl("GET", "events?name=c")][-2:], ["evt_cc11", "evt_cc10"],
+       "arrival order")
+    eq(ctl("DELETE", "events")["max_in_flight"], 0, "reset")
+    ctl("POST", "config", {"latency_jitter_ms": 200})
+    eq(ctl("GET", "config")["latency_jitter_ms"], 200, "jitter set")
+    times = []
+    for i in range(5):
+        t = time.time()
+        track({"c": [ev(f"evt_cj{i}")]})
+        times.append(time.time() - t)
+    ctl("POST", "config", {"latency_jitter_ms": 0})
+    assert max(times) < 1.0 and max(times) - min(times) > 0.01, times
+    eq(request("POST", "/_control/config", {"latency_jitter_ms": -1})[0], 400, "bad jitter")
+    return f"max {st['max_in_flight']} in flight, {took:.2f} s for 4 x 300 ms"
+
+
 def check_refuse_ratio():
     fault(kind="refuse_ratio", ratio=0.3, seed=1)
     statuses = [track({"a": [ev(f"evt_rr{i}")]})[0] for i in range(300)]
@@ -446,7 +490,8 @@ def check_base_path_and_clean_exit():
 
 
 CHECKS = [check_good_request, check_auth, check_paths_and_methods, check_bad_bodies,
-          check_status_faults, check_delay_drop_accept_then_500, check_refuse_ratio,
+          check_status_faults, check_delay_drop_accept_then_500,
+          check_concurrency_and_arrival_order, check_refuse_ratio,
           check_down_window, check_max_body, check_oversized_events, check_stats_and_duplicates,
           check_request_log_hides_secrets, check_keep_alive, check_chunked_body, check_bad_framing,
           check_base_path_and_clean_exit]

@@ -44,7 +44,7 @@ env_cleanup() {
 # env_setup "<fake --counts>" "<extra postgresql.conf lines>"
 env_setup() {
   local counts=$1 conf=${2:-}
-  ENV_DIR=$(mktemp -d /tmp/stripe_sync_env.XXXXXX)
+  ENV_DIR=$(mktemp -d "${TMPDIR:-/tmp}/stripe_sync_env.XXXXXX")
   trap env_cleanup EXIT
   [ "$(id -u)" -eq 0 ] && chown "$RUNAS" "$ENV_DIR"
   if [ -n "${STRIPE_API_KEY:-}" ]; then

@@ -67,6 +67,15 @@ struct BfSet
 	TimestampTz t0;
 };
 
+/*
+ * 2010-01-01, before Stripe's first account: the oldest a backfill looks when
+ * the account's creation is unknown (a restricted key cannot read it).  Its
+ * first round is then one window, whatever the object, so the empty years
+ * cost nothing unless the pages show a density that carves toward them
+ * (bf_windows.c bounds how far an unmeasured chain of carvings runs).
+ */
+#define STRIPE_FLOOR	INT64CONST(1262304000)
+
 /* tag of the events request a backfill's tail carries */
 #define EVENTS_TAG	(-1)
 
@@ -293,7 +302,9 @@ stripe_backfill_init(Backfill *bf, SyncRun *run, LocalTable *lt, const char *obj
 	bf->win.maxdepth = bf->slots;
 	/* nothing created after the events cursor is missed: the events bring it */
 	bf->win.top = run->src.events_cursor;
-	bf->win.base = run->src.has_sync_from ? run->src.sync_from : run->account_created;
+	/* the oldest an object can be; Stripe's beginning when the account cannot be read */
+	bf->win.base = run->src.has_sync_from ? run->src.sync_from
+		: run->account_created > 0 ? run->account_created : STRIPE_FLOOR;
 	bf->win.ranged = col != NULL && (col->flags & STRIPE_FILTER_RANGE) != 0;
 }
 
@@ -582,7 +593,8 @@ bf_begin(BfSet *set, BfPending *pend)
 	old = MemoryContextSwitchTo(bf->cxt);
 	if (pend->cursor == NULL || !stripe_windows_load(&bf->win, pend->cursor, &bf->parts))
 		stripe_windows_first(&bf->win, pend->cursor,
-							 set->n == 0 ? Max(stripe_max_concurrent_requests, 1) : 1,
+							 set->n == 0 && bf->win.base != STRIPE_FLOOR
+							 ? Max(stripe_max_concurrent_requests, 1) : 1,
 							 run->src.has_sync_from ? run->src.sync_from : 0);
 	/* parts come back as BfPartRef: give each its helper's place */
 	foreach(lc, bf->parts)
@@ -592,8 +604,6 @@ bf_begin(BfSet *set, BfPending *pend)
 		p->ref = *(BfPartRef *) lfirst(lc);
 		lfirst(lc) = p;
 	}
-	if (bf->win.base <= 0)
-		bf->win.base = bf->win.top;	/* unknown: split only what pages reveal */
 	MemoryContextSwitchTo(old);
 	/* a table this transaction created or truncated would keep helpers waiting */
 	bf->dealing = bf->win.ranged && stripe_backfill_helpers > 0 && stripe_max_concurrent_requests > 1 &&

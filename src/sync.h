@@ -86,6 +86,7 @@ typedef struct SyncRun
 	int64		events_applied;
 	TimestampTz started;
 	int64		account_created;	/* unix seconds; 0 = not known */
+	bool		account_asked;	/* GET /v1/account was sent in this run */
 	bool		events_early;	/* the events' first page was asked for */
 	char	   *events_page;	/* its body, in cxt, when it came */
 	size_t		events_len;

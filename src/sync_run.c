@@ -193,15 +193,33 @@ run_pending(SyncRun *run, bool *need_account)
 	return pending;
 }
 
-/* The account behind the key, asked for once (no transaction open while waiting). */
+/*
+ * The account behind the key, asked for at most once a run (no transaction
+ * open while waiting).  A key Stripe refuses the account (a restricted key)
+ * syncs without it: account_id stays NULL, and a backfill reaches back to
+ * Stripe's beginning instead of the account's (see stripe_backfill_init).
+ */
 static void
 run_account(SyncRun *run, bool need_created)
 {
 	char	   *acct;
+	char	   *refused;
 
-	if (run->src.account_id != NULL && (!need_created || run->account_created != 0))
+	if (run->account_asked ||
+		(run->src.account_id != NULL && (!need_created || run->account_created != 0)))
 		return;
-	acct = stripe_fetch_account_id(run->conn, &run->stats, &run->account_created);
+	run->account_asked = true;
+	acct = stripe_fetch_account_id(run->conn, &run->stats, &run->account_created, &refused);
+	if (acct == NULL)
+	{
+		ereport(run->own ? LOG : NOTICE,
+				(errmsg("stripe_sync: source \"%s\": the API key cannot read the account; syncing without it",
+						run->src.name),
+				 errdetail("%s", refused),
+				 errhint("account_id stays NULL in the local tables, and a backfill lists from %s.",
+						 "2010-01-01")));
+		return;
+	}
 	if (run->src.account_id == NULL)
 	{
 		stripe_run_begin(run);
@@ -297,7 +315,9 @@ run_source(SyncRun *run)
 	stripe_check_usage(run);
 	run->conn = stripe_conn_for_server(run->src.serverid, run->src.owner);
 	stripe_run_commit(run);
-	run_account(run, false);
+	/* the source's first run learns its account; later ones when a backfill needs it */
+	if (!run->src.has_cursor)
+		run_account(run, false);
 
 	stripe_run_begin(run);
 	run_cursor(run);

@@ -170,6 +170,29 @@ bf_fail(Backfill *bf, ErrorData *edata)
 			 errdetail("%s", bf->failed)));
 }
 
+/*
+ * Stripe no longer knows the object the window's cursor names (deleted since
+ * the page that named it: 400 resource_missing on starting_after).  The
+ * window goes on from that object's second without a cursor, created[lt] =
+ * its created + 1 (a list without created filters, from its top): the rows
+ * of that second already written come again, and the upsert leaves them as
+ * they are.  The page that follows asks for no cursor, so Stripe cannot
+ * refuse it so; each recovery costs a page, and they end with the deletions.
+ */
+static void
+bf_resume_gone_cursor(Backfill *bf, BfWindow *w, ErrorData *edata)
+{
+	ereport(bf->run->own ? DEBUG1 : NOTICE,
+			(errmsg("%s: backfill of %s: the object its cursor named is gone; going on from its second",
+					bf->run->src.name, bf->object),
+			 errdetail("%s", edata->detail ? edata->detail : edata->message)));
+	if (bf->win.ranged && w->last_created > 0 && w->last_created >= w->lo)
+		w->hi = w->last_created + 1;
+	w->after[0] = '\0';
+	w->last_created = 0;
+	bf->resumed++;
+}
+
 /* progress of the object's backfill here and in the helpers */
 static void
 bf_progress(Backfill *bf, bool done)
@@ -233,7 +256,10 @@ bf_done(void *arg, StripeManyReq *req)
 	w->in_flight = false;
 	if (req->error != NULL || bf->failed)
 	{
-		if (bf->failed == NULL)
+		if (bf->failed == NULL && w->after[0] && bf->resumed < 1000 &&
+			stripe_refusal_cursor_gone(&req->refusal))
+			bf_resume_gone_cursor(bf, w, req->error);
+		else if (bf->failed == NULL)
 			bf_fail(bf, req->error);
 		MemoryContextSwitchTo(caller);
 		MemoryContextDelete(req->cxt);

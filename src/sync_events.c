@@ -199,7 +199,14 @@ spool_page(EventSpool *sp, StripePage *page)
 	sp->nevents += count;
 }
 
-/* Reads every event since the cursor into the spool, a page at a time (no transaction). */
+/*
+ * Reads every event since the cursor into the spool, a page at a time (no
+ * transaction).  The pages follow starting_after, which Stripe refuses (400
+ * resource_missing) once it no longer has the event named: events are kept
+ * 30 days and the cursor is never older than 29 (a re-list reads from 28), so
+ * that cannot happen while a sync pages.  Should it, the run fails, and the
+ * next reads again from the committed cursor: no cursor id outlives a run.
+ */
 static void
 events_fetch(SyncRun *run, EventSpool *sp)
 {

@@ -7,7 +7,7 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use StripeTest qw(start_fake new_node);
+use StripeTest qw(start_fake new_node disabled_source);
 
 my $fake = start_fake(counts => { customers => 250, invoices => 30, charges => 120 });
 my $node = new_node('restricted', $fake);
@@ -28,13 +28,7 @@ like($err, qr/rak_accounts_kyc_id_numbers_read/, '... with the permission Stripe
 unlike($err, qr/\Q@{[substr($rk, -6)]}\E|RestrictedKey/, '... and never the key');
 
 # ---- a sync: customers and charges, invoices refused
-sql(q{
-	BEGIN;
-	SELECT stripe_sync.create_source('main', server => 'stripe',
-	                                 objects => ARRAY['customers', 'invoices', 'charges']);
-	SELECT stripe_sync.alter_source('main', enabled => false);
-	COMMIT;
-});
+disabled_source($node, 'main', q{objects => ARRAY['customers', 'invoices', 'charges']});
 $fake->clear_requests;
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT stripe_sync.sync_now('main')});
 is($rc, 0, 'a sync with a restricted key runs') or diag($err);
@@ -65,13 +59,7 @@ unlike(join("\n", grep { !/USER MAPPING/ } split /\n/, slurp_file($node->logfile
 sub lists_of_sync
 {
 	my ($source, $schema) = @_;
-	sql(qq{
-		BEGIN;
-		SELECT stripe_sync.create_source('$source', server => 'stripe', objects => ARRAY['customers', 'charges'],
-		                                 target_schema => '$schema');
-		SELECT stripe_sync.alter_source('$source', enabled => false);
-		COMMIT;
-	});
+	disabled_source($node, $source, qq{objects => ARRAY['customers', 'charges'], target_schema => '$schema'});
 	$fake->clear_requests;
 	sql(qq{SELECT stripe_sync.sync_now('$source')});
 	return scalar grep { $_->{path} =~ m{^/v1/(customers|charges)\?} } @{ $fake->requests };

@@ -10,7 +10,7 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use StripeTest qw(start_fake new_node);
+use StripeTest qw(start_fake new_node disabled_source);
 use JSON::PP;
 
 my $fake = start_fake(counts => { customers => 40, invoices => 20, subscriptions => 16, products => 5,
@@ -28,13 +28,7 @@ sub fake_object
 	return $obj ? JSON::PP->new->canonical->encode($obj) =~ s/'/''/gr : 'null';
 }
 
-sql(q{
-	BEGIN;
-	SELECT stripe_sync.create_source('main', server => 'stripe',
-	                                 objects => ARRAY['customers', 'invoices', 'subscriptions']);
-	SELECT stripe_sync.alter_source('main', enabled => false);
-	COMMIT;
-});
+disabled_source($node, 'main', q{objects => ARRAY['customers', 'invoices', 'subscriptions']});
 sql(q{SELECT stripe_sync.sync_now('main')});
 
 # ---- a subscription that ends is canceled, not deleted

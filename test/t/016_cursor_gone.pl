@@ -9,7 +9,7 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use StripeTest qw(start_fake new_node);
+use StripeTest qw(start_fake new_node disabled_source);
 
 my $fake = start_fake(counts => { customers => 350 });
 my $node = new_node('cursor', $fake,
@@ -79,12 +79,7 @@ is(sql(q{SELECT count(*) || ' ' || count(DISTINCT id) FROM scan_rows}), "$total 
 	'... every object once');
 
 # ---- a backfill resumes past its cursor object, deleted while the sync was away
-sql(q{
-	BEGIN;
-	SELECT stripe_sync.create_source('main', server => 'stripe', objects => ARRAY['customers']);
-	SELECT stripe_sync.alter_source('main', enabled => false);
-	COMMIT;
-});
+disabled_source($node, 'main', q{objects => ARRAY['customers']});
 # the first page commits, the next are refused: the sync stops with its cursor
 $fake->fault(kind => 'status', status => 403, path => '/v1/customers?limit=100&starting_after=',
 	count => 1000);

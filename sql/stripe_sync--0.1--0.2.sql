@@ -12,6 +12,13 @@ ALTER TABLE stripe_sync.sources
   ADD COLUMN failures integer NOT NULL DEFAULT 0,
   ADD COLUMN last_error text;
 
+-- a run's events: applied to the local tables, and skipped, changing none (a
+-- preview such as invoice.upcoming, a type the source does not sync, an object
+-- Stripe no longer has, one created before sync_from)
+ALTER TABLE stripe_sync.runs
+  ADD COLUMN events bigint NOT NULL DEFAULT 0,
+  ADD COLUMN events_skipped bigint NOT NULL DEFAULT 0;
+
 -- history: 'owed' until the object's first backfill has sent its historical
 -- events to a destination ('sent'), 'none' without emit_history; history_after
 -- is the last id sent, so that a sync cut short resumes there

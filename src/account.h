@@ -9,6 +9,6 @@
 #include "http.h"
 
 extern char *stripe_fetch_account_id(StripeConn *conn, StripeStats *stats,
-									 int64 *created);
+									 int64 *created, char **refused);
 
 #endif							/* STRIPE_ACCOUNT_H */

@@ -28,6 +28,7 @@ typedef struct AccountInfo
 	char	   *id;
 	char	   *name;
 	int64		created;		/* unix seconds; 0 when absent */
+	ErrorData  *refused;		/* Stripe's 403: the key may not read the account */
 } AccountInfo;
 
 /* a Unix time Stripe could mean: from 1970 to the year 10000 */
@@ -129,37 +130,61 @@ check_account(StripeResponse *resp, void *arg, const char **why)
 	return ok;
 }
 
-/* One GET /v1/account, checked */
-static void
+/*
+ * One GET /v1/account, checked.  Returns false when Stripe refuses the key
+ * the account (a 403: a restricted key, which in practice never has the
+ * permission), with Stripe's error in info->refused; any other failure is an
+ * ERROR.
+ */
+static bool
 fetch_account(StripeConn *conn, StripeStats *stats, AccountInfo *info)
 {
 	StripeResponse resp;
+	StripeRefusal refusal;
 
 	memset(info, 0, sizeof(AccountInfo));
 	info->key = conn->api_key;
-	stripe_request(conn, "GET", "/v1/account", NULL, NULL, false,
-				   check_account, info, &resp, stats);
+	(void) stripe_request_refusable(conn, "/v1/account", false, check_account, info, &resp,
+									stats, &info->refused, &refusal);
+	if (info->refused != NULL && info->refused->sqlerrcode != ERRCODE_INSUFFICIENT_PRIVILEGE)
+		ReThrowError(info->refused);
+	return info->refused == NULL;
+}
+
+/* Stripe's words for a refusal, as the ERROR's detail has them (already scrubbed) */
+static char *
+refusal_text(ErrorData *edata)
+{
+	return edata->detail ? edata->detail : edata->message;
 }
 
 /*
  * The id of the account behind a connection: one GET /v1/account.  *created
- * (if not NULL) gets the account's creation time, the oldest any of its
- * objects can be, or 0 when Stripe did not say.
+ * gets the account's creation time, the oldest any of its objects can be, or
+ * 0 when Stripe did not say.  NULL when the key may not read the account
+ * (a restricted key): *refused then says what Stripe said.
  */
 char *
-stripe_fetch_account_id(StripeConn *conn, StripeStats *stats, int64 *created)
+stripe_fetch_account_id(StripeConn *conn, StripeStats *stats, int64 *created, char **refused)
 {
 	AccountInfo info;
 
-	fetch_account(conn, stats, &info);
-	if (created)
-		*created = info.created;
+	*refused = NULL;
+	*created = 0;
+	if (!fetch_account(conn, stats, &info))
+	{
+		*refused = refusal_text(info.refused);
+		return NULL;
+	}
+	*created = info.created;
 	return info.id;
 }
 
 /*
  * stripe_sync.test_connection(server name) → (account_id, account_name, api_version)
- * One GET /v1/account with the caller's user mapping.
+ * One GET /v1/account with the caller's user mapping.  A key Stripe refuses
+ * the account (a restricted key) gets NULL for both, and a NOTICE: the key
+ * works (a wrong one is a 401), and the rest depends on its permissions.
  */
 Datum
 stripe_test_connection(PG_FUNCTION_ARGS)
@@ -183,9 +208,17 @@ stripe_test_connection(PG_FUNCTION_ARGS)
 		elog(ERROR, "return type must be a row type");
 
 	conn = stripe_conn_for_server(server->serverid, GetUserId());
-	fetch_account(conn, NULL, &info);
+	if (!fetch_account(conn, NULL, &info))
+		ereport(NOTICE,
+				(errmsg("the API key of server \"%s\" cannot read the account", servername),
+				 errdetail("%s", refusal_text(info.refused)),
+				 errhint("A restricted key serves the foreign tables and syncs of the objects it may read; "
+						 "account_id stays NULL.")));
 
-	values[0] = CStringGetTextDatum(info.id);
+	if (info.id)
+		values[0] = CStringGetTextDatum(info.id);
+	else
+		nulls[0] = true;
 	if (info.name)
 		values[1] = CStringGetTextDatum(info.name);
 	else

@@ -67,6 +67,15 @@ struct BfSet
 	TimestampTz t0;
 };
 
+/*
+ * 2010-01-01, before Stripe's first account: the oldest a backfill looks when
+ * the account's creation is unknown (a restricted key cannot read it).  Its
+ * first round is then one window, whatever the object, so the empty years
+ * cost nothing unless the pages show a density that carves toward them
+ * (bf_windows.c bounds how far an unmeasured chain of carvings runs).
+ */
+#define STRIPE_FLOOR	INT64CONST(1262304000)
+
 /* tag of the events request a backfill's tail carries */
 #define EVENTS_TAG	(-1)
 
@@ -161,6 +170,29 @@ bf_fail(Backfill *bf, ErrorData *edata)
 			 errdetail("%s", bf->failed)));
 }
 
+/*
+ * Stripe no longer knows the object the window's cursor names (deleted since
+ * the page that named it: 400 resource_missing on starting_after).  The
+ * window goes on from that object's second without a cursor, created[lt] =
+ * its created + 1 (a list without created filters, from its top): the rows
+ * of that second already written come again, and the upsert leaves them as
+ * they are.  The page that follows asks for no cursor, so Stripe cannot
+ * refuse it so; each recovery costs a page, and they end with the deletions.
+ */
+static void
+bf_resume_gone_cursor(Backfill *bf, BfWindow *w, ErrorData *edata)
+{
+	ereport(bf->run->own ? DEBUG1 : NOTICE,
+			(errmsg("%s: backfill of %s: the object its cursor named is gone; going on from its second",
+					bf->run->src.name, bf->object),
+			 errdetail("%s", edata->detail ? edata->detail : edata->message)));
+	if (bf->win.ranged && w->last_created > 0 && w->last_created >= w->lo)
+		w->hi = w->last_created + 1;
+	w->after[0] = '\0';
+	w->last_created = 0;
+	bf->resumed++;
+}
+
 /* progress of the object's backfill here and in the helpers */
 static void
 bf_progress(Backfill *bf, bool done)
@@ -224,7 +256,10 @@ bf_done(void *arg, StripeManyReq *req)
 	w->in_flight = false;
 	if (req->error != NULL || bf->failed)
 	{
-		if (bf->failed == NULL)
+		if (bf->failed == NULL && w->after[0] && bf->resumed < 1000 &&
+			stripe_refusal_cursor_gone(&req->refusal))
+			bf_resume_gone_cursor(bf, w, req->error);
+		else if (bf->failed == NULL)
 			bf_fail(bf, req->error);
 		MemoryContextSwitchTo(caller);
 		MemoryContextDelete(req->cxt);
@@ -293,7 +328,9 @@ stripe_backfill_init(Backfill *bf, SyncRun *run, LocalTable *lt, const char *obj
 	bf->win.maxdepth = bf->slots;
 	/* nothing created after the events cursor is missed: the events bring it */
 	bf->win.top = run->src.events_cursor;
-	bf->win.base = run->src.has_sync_from ? run->src.sync_from : run->account_created;
+	/* the oldest an object can be; Stripe's beginning when the account cannot be read */
+	bf->win.base = run->src.has_sync_from ? run->src.sync_from
+		: run->account_created > 0 ? run->account_created : STRIPE_FLOOR;
 	bf->win.ranged = col != NULL && (col->flags & STRIPE_FILTER_RANGE) != 0;
 }
 
@@ -582,7 +619,8 @@ bf_begin(BfSet *set, BfPending *pend)
 	old = MemoryContextSwitchTo(bf->cxt);
 	if (pend->cursor == NULL || !stripe_windows_load(&bf->win, pend->cursor, &bf->parts))
 		stripe_windows_first(&bf->win, pend->cursor,
-							 set->n == 0 ? Max(stripe_max_concurrent_requests, 1) : 1,
+							 set->n == 0 && bf->win.base != STRIPE_FLOOR
+							 ? Max(stripe_max_concurrent_requests, 1) : 1,
 							 run->src.has_sync_from ? run->src.sync_from : 0);
 	/* parts come back as BfPartRef: give each its helper's place */
 	foreach(lc, bf->parts)
@@ -592,8 +630,6 @@ bf_begin(BfSet *set, BfPending *pend)
 		p->ref = *(BfPartRef *) lfirst(lc);
 		lfirst(lc) = p;
 	}
-	if (bf->win.base <= 0)
-		bf->win.base = bf->win.top;	/* unknown: split only what pages reveal */
 	MemoryContextSwitchTo(old);
 	/* a table this transaction created or truncated would keep helpers waiting */
 	bf->dealing = bf->win.ranged && stripe_backfill_helpers > 0 && stripe_max_concurrent_requests > 1 &&

@@ -41,6 +41,7 @@ typedef struct Backfill
 	BfWindows	win;
 	int64		pages;
 	char	   *failed;			/* Stripe refused one of its pages: why (see bf_fail) */
+	int			resumed;		/* windows gone on past a cursor Stripe lost */
 	TimestampTz t0;
 	TimestampTz t_last;			/* when its last page was written */
 } Backfill;

@@ -108,10 +108,10 @@ typedef struct StripeScanState
 	bool		retrieve;
 	bool		allow_404;		/* a 404 means no rows */
 	List	   *retrieve_paths; /* retrieves still to send */
-	char	   *base_path;		/* "/v1/<object>" */
-	char	   *query_rest;		/* "&filter=…" after limit= */
+	RequestPlan rp;				/* the list's base path and parameters */
 	char	   *first_request;	/* for EXPLAIN ANALYZE */
 	char		last_id[256];
+	ScanPlace	place;			/* to go on from, should Stripe lose the cursor */
 	StripeStats stats;
 } StripeScanState;
 
@@ -663,6 +663,55 @@ check_page(StripeResponse *resp, void *arg, const char **why)
 							 &st->page, why);
 }
 
+/* Stripe's top-level lists are newest first and take created[lte]: a scan can go on from a second */
+static bool
+can_resume(StripeScanState *st)
+{
+	const StripeColumn *col = st->def ? stripe_object_column(st->def, "created") : NULL;
+
+	return st->place.known && col != NULL && (col->flags & STRIPE_FILTER_RANGE) &&
+		st->def->required_filter == NULL && st->place.resumptions < 1000;
+}
+
+/*
+ * The next page of a list.  When Stripe no longer knows the object the cursor
+ * names (deleted, or out of the list's filters: 400 resource_missing), the
+ * scan goes on from the second of the last row it returned, and skips the
+ * rows of that second it returned before (see ScanPlace).
+ */
+static bool
+fetch_list_page(StripeScanState *st)
+{
+	StripeResponse resp;
+	ErrorData  *error;
+	StripeRefusal refusal;
+	int			limit = st->pages_done == 0 && st->first_limit > 0 ? st->first_limit : STRIPE_PAGE_SIZE;
+	char	   *path = stripe_list_request(st->rp.base_path, limit, st->rp.query_rest,
+										   st->last_id[0] ? stripe_urlencode(st->last_id) : NULL);
+	bool		found;
+
+	if (!st->last_id[0])
+		return stripe_request(st->conn, "GET", path, NULL, NULL, st->allow_404, check_page, st,
+							  &resp, &st->stats);
+	found = stripe_request_refusable(st->conn, path, st->allow_404, check_page, st, &resp,
+									 &st->stats, &error, &refusal);
+	if (error == NULL)
+		return found;
+	if (!stripe_refusal_cursor_gone(&refusal) || !can_resume(st))
+	{
+		if (stripe_refusal_cursor_gone(&refusal))
+			error->hint = psprintf("The object the scan's cursor names was deleted while it read %s; run the query again.",
+								   st->path);
+		ReThrowError(error);
+	}
+	st->place.resumed = true;
+	st->place.resumptions++;
+	path = stripe_list_request(st->rp.base_path, STRIPE_PAGE_SIZE,
+							   stripe_list_rest_upto(&st->rp, st->place.second), NULL);
+	return stripe_request(st->conn, "GET", path, NULL, NULL, st->allow_404, check_page, st,
+						  &resp, &st->stats);
+}
+
 /* Fetches the next page (or the next retrieved object) into st->page. */
 static void
 fetch_page(StripeScanState *st)
@@ -672,19 +721,20 @@ fetch_page(StripeScanState *st)
 	MemoryContext old;
 	bool		found;
 
+	/* the page whose rows were all returned: the place to go on from */
+	if (!st->retrieve && st->last_id[0])
+		stripe_place_note(&st->place, &st->page, st->rc->id_slot, st->rc->created_slot);
 	MemoryContextReset(st->page_cxt);
 	old = MemoryContextSwitchTo(st->page_cxt);
 	if (st->retrieve)
 	{
 		path = linitial(st->retrieve_paths);
 		st->retrieve_paths = list_delete_first(st->retrieve_paths);
+		found = stripe_request(st->conn, "GET", path, NULL, NULL, st->allow_404,
+							   check_page, st, &resp, &st->stats);
 	}
 	else
-		path = stripe_list_request(st->base_path,
-							st->pages_done == 0 && st->first_limit > 0 ? st->first_limit : STRIPE_PAGE_SIZE,
-							st->query_rest, st->last_id[0] ? stripe_urlencode(st->last_id) : NULL);
-	found = stripe_request(st->conn, "GET", path, NULL, NULL, st->allow_404,
-						   check_page, st, &resp, &st->stats);
+		found = fetch_list_page(st);
 	MemoryContextSwitchTo(old);
 	st->stats.pages++;
 	st->pages_done++;
@@ -795,8 +845,8 @@ stripeIterateForeignScan(ForeignScanState *node)
 		st->retrieve = rp.retrieve;
 		st->allow_404 = rp.allow_404;
 		st->retrieve_paths = rp.retrieve_paths;
-		st->base_path = rp.base_path;
-		st->query_rest = rp.query_rest;
+		st->rp = rp;
+		stripe_place_init(&st->place, node->ss.ps.state->es_query_cxt);
 		if (st->first_request == NULL && !st->done)
 			st->first_request = stripe_describe_requests(&rp, st->def, st->first_limit);
 		MemoryContextSwitchTo(old);
@@ -807,7 +857,8 @@ stripeIterateForeignScan(ForeignScanState *node)
 		if (st->next_row < st->page.nrows)
 		{
 			row = &st->page.rows[st->next_row++];
-			if (!row->deleted)
+			if (!row->deleted &&
+				!stripe_place_returned(&st->place, row, st->rc->id_slot, st->rc->created_slot))
 				break;
 			continue;
 		}

@@ -13,21 +13,11 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "fdw_request.h"
 #include "text.h"
-
-/* The range of created the quals allow, in Unix seconds; parameters for EXPLAIN */
-typedef struct CreatedRange
-{
-	int64		lower;
-	int64		upper;
-	bool		have_lower;
-	bool		have_upper;
-	const char *lower_param;
-	const char *upper_param;
-} CreatedRange;
 
 /* unix seconds, floor or ceiling, of a finite timestamptz */
 static int64
@@ -259,15 +249,42 @@ stripe_build_request(const char *path, const StripeObjectDef *def,
 		}
 		appendStringInfo(&buf, "&%s=%s", v->key, value);
 	}
+	rp->filters = pstrdup(buf.data);
+	rp->created = cr;
 	if (!append_created(&buf, &cr))
 		return false;
 	/* what Stripe would hide without asking (canceled subscriptions): the catalogue says */
-	appendStringInfoString(&buf, stripe_list_default_filters(def != NULL ? def : stripe_object_by_path(path),
-															 status_given));
+	rp->defaults = stripe_list_default_filters(def != NULL ? def : stripe_object_by_path(path),
+											   status_given);
+	appendStringInfoString(&buf, rp->defaults);
 	rp->query_rest = buf.data;
 	if (def != NULL && def->required_filter != NULL && !parent_given)
 		rp->lacks_parent = true;
 	return true;
+}
+
+/*
+ * The list's parameters after limit= (query_rest) with created at most upper
+ * (whole seconds): where a scan goes on from the second of the last row it
+ * returned, when Stripe no longer knows its cursor.
+ */
+char *
+stripe_list_rest_upto(RequestPlan *rp, int64 upper)
+{
+	StringInfoData buf;
+	CreatedRange cr = rp->created;
+
+	if (!cr.have_upper || upper < cr.upper)
+	{
+		cr.upper = upper;
+		cr.have_upper = true;
+	}
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, rp->filters);
+	/* not empty: a row of the range was created in that second */
+	(void) append_created(&buf, &cr);
+	appendStringInfoString(&buf, rp->defaults);
+	return buf.data;
 }
 
 /* A list page's request line: base?limit=n&filters[&starting_after=cursor] */
@@ -304,4 +321,83 @@ stripe_describe_requests(RequestPlan *rp, const StripeObjectDef *def, int first_
 		appendStringInfo(&buf, "%sGET %s", n > 1 ? ", " : "", (char *) lfirst(lc));
 	}
 	return buf.data;
+}
+
+/* ---------- where a list scan is ---------- */
+
+#define PLACE_ID_LEN	256
+
+/* Sets pl up for a scan (again, at a rescan), its memory under parent. */
+void
+stripe_place_init(ScanPlace *pl, MemoryContext parent)
+{
+	if (pl->cxt == NULL)
+		pl->cxt = AllocSetContextCreate(parent, "stripe_sync scan place", ALLOCSET_SMALL_SIZES);
+	else
+		MemoryContextReset(pl->cxt);
+	pl->known = false;
+	pl->ids = NULL;
+	pl->resumed = false;
+	pl->resumptions = 0;
+}
+
+/*
+ * A page the scan has returned every row of, before it asks for the next:
+ * the place moves to its last row's second, with the page's ids of that
+ * second (added to those before when the second has not changed).
+ */
+void
+stripe_place_note(ScanPlace *pl, StripePage *page, int id_slot, int created_slot)
+{
+	int64		second;
+
+	if (page->nrows == 0)
+		return;
+	if (!stripe_span_int64(&page->rows[page->nrows - 1].fields[created_slot], &second))
+	{
+		pl->known = false;
+		return;
+	}
+	if (!pl->known || second != pl->second || pl->ids == NULL)
+	{
+		HASHCTL		ctl;
+
+		MemoryContextReset(pl->cxt);
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = PLACE_ID_LEN;
+		ctl.entrysize = PLACE_ID_LEN;
+		ctl.hcxt = pl->cxt;
+		pl->ids = hash_create("stripe_sync scan place", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		pl->known = true;
+		pl->second = second;
+	}
+	for (int i = page->nrows - 1; i >= 0; i--)
+	{
+		StripeSpan *id = &page->rows[i].fields[id_slot];
+		int64		created;
+		char		key[PLACE_ID_LEN] = {0};
+
+		if (!stripe_span_int64(&page->rows[i].fields[created_slot], &created) || created != second)
+			break;
+		if (id->start == NULL || id->len < 2 || id->start[0] != '"' || id->len - 2 >= PLACE_ID_LEN)
+			continue;
+		memcpy(key, id->start + 1, id->len - 2);
+		hash_search(pl->ids, key, HASH_ENTER, NULL);
+	}
+}
+
+/* Whether the scan returned this row before it went on from its place. */
+bool
+stripe_place_returned(ScanPlace *pl, StripeRow *row, int id_slot, int created_slot)
+{
+	StripeSpan *id = &row->fields[id_slot];
+	int64		created;
+	char		key[PLACE_ID_LEN] = {0};
+
+	if (!pl->resumed || pl->ids == NULL ||
+		!stripe_span_int64(&row->fields[created_slot], &created) || created != pl->second ||
+		id->start == NULL || id->len < 2 || id->start[0] != '"' || id->len - 2 >= PLACE_ID_LEN)
+		return false;
+	memcpy(key, id->start + 1, id->len - 2);
+	return hash_search(pl->ids, key, HASH_FIND, NULL) != NULL;
 }

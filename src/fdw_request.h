@@ -7,7 +7,10 @@
 #ifndef STRIPE_FDW_REQUEST_H
 #define STRIPE_FDW_REQUEST_H
 
+#include "utils/hsearch.h"
+
 #include "catalog.h"
+#include "json_page.h"
 
 /* What a pushed qual asks of Stripe */
 typedef enum PushKind
@@ -34,6 +37,17 @@ typedef struct PushValue
 	int			paramno;
 } PushValue;
 
+/* The range of created the quals allow, in Unix seconds; parameters for EXPLAIN */
+typedef struct CreatedRange
+{
+	int64		lower;
+	int64		upper;
+	bool		have_lower;
+	bool		have_upper;
+	const char *lower_param;
+	const char *upper_param;
+} CreatedRange;
+
 /* A request plan: retrieves, or a list with its filters. */
 typedef struct RequestPlan
 {
@@ -42,13 +56,38 @@ typedef struct RequestPlan
 	bool		lacks_parent;	/* the filter Stripe requires is missing */
 	List	   *retrieve_paths; /* "/v1/customers/cus_…" each */
 	char	   *base_path;		/* "/v1/customers" */
-	char	   *query_rest;		/* "&customer=…&created%5Bgte%5D=…" */
+	char	   *query_rest;		/* "&customer=…&created%5Bgte%5D=…": the three below */
+	char	   *filters;		/* "&customer=…" */
+	CreatedRange created;
+	const char *defaults;		/* what Stripe would hide without asking: "&status=all" */
 } RequestPlan;
+
+/*
+ * Where a list scan is, so that it can go on when Stripe no longer knows the
+ * object its cursor names (deleted, or no longer taken by the list's
+ * filters): the created second of the last row it returned, and the ids it
+ * returned in that second.  Stripe's top-level lists are newest first, so
+ * the scan goes on with created at most that second, skipping those ids.
+ */
+typedef struct ScanPlace
+{
+	MemoryContext cxt;			/* the ids' */
+	bool		known;			/* second is the last row's created */
+	int64		second;
+	HTAB	   *ids;			/* ids returned in that second */
+	bool		resumed;		/* the scan went on from second: those ids are skipped */
+	int			resumptions;
+} ScanPlace;
+
+extern void stripe_place_init(ScanPlace *pl, MemoryContext parent);
+extern void stripe_place_note(ScanPlace *pl, StripePage *page, int id_slot, int created_slot);
+extern bool stripe_place_returned(ScanPlace *pl, StripeRow *row, int id_slot, int created_slot);
 
 extern bool stripe_build_request(const char *path, const StripeObjectDef *def,
 								 PushValue *vals, int nvals, RequestPlan *rp);
 extern char *stripe_list_request(const char *base, int limit, const char *rest,
 								 const char *cursor);
+extern char *stripe_list_rest_upto(RequestPlan *rp, int64 upper);
 extern char *stripe_describe_requests(RequestPlan *rp, const StripeObjectDef *def,
 									  int first_limit);
 

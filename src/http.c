@@ -364,7 +364,10 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 	long		status = 0;
 	const char *why = NULL;
 	bool		retryable;
+	StripeRefusal stale;
 
+	/* a refusal reported before belongs to an ERROR nobody caught as such */
+	stripe_api_take_refusal(&stale);
 	if (stats)
 		stats->bytes += buf->len;
 	if (rc == CURLE_OK)
@@ -507,6 +510,60 @@ stripe_request(StripeConn *conn, const char *method, const char *path,
 	}
 }
 
+/* an ERROR that is one request's alone (see StripeManyReq.soft) */
+static bool
+soft_error(int sqlerrcode)
+{
+	return sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE ||
+		sqlerrcode == ERRCODE_FDW_TABLE_NOT_FOUND ||
+		sqlerrcode == ERRCODE_INVALID_PARAMETER_VALUE ||
+		sqlerrcode == ERRCODE_FDW_INVALID_DATA_TYPE;
+}
+
+/*
+ * Catches the ERROR a request just threw when it is soft_error's: copied
+ * into cxt with what Stripe said; anything else goes on up.  Nothing
+ * transactional happens between the request's ereport and the catch (the
+ * judgement only formats), so no subtransaction is needed to go on.
+ */
+static ErrorData *
+catch_refusal(MemoryContext cxt, StripeRefusal *refusal)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	ErrorData  *edata = CopyErrorData();
+
+	MemoryContextSwitchTo(old);
+	if (!soft_error(edata->sqlerrcode))
+		PG_RE_THROW();
+	FlushErrorState();
+	stripe_api_take_refusal(refusal);
+	return edata;
+}
+
+bool
+stripe_request_refusable(StripeConn *conn, const char *path, bool allow_404,
+						 StripeBodyCheck check, void *check_arg, StripeResponse *resp,
+						 StripeStats *stats, ErrorData **error, StripeRefusal *refusal)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool found = false;
+
+	*error = NULL;
+	memset(refusal, 0, sizeof(StripeRefusal));
+	PG_TRY();
+	{
+		found = stripe_request(conn, "GET", path, NULL, NULL, allow_404, check, check_arg,
+							   resp, stats);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		*error = catch_refusal(cxt, refusal);
+	}
+	PG_END_TRY();
+	return found;
+}
+
 /* ---------- many requests at once ---------- */
 
 #define MAX_POOL	256			/* the GUC's upper bound */
@@ -585,24 +642,8 @@ slot_detach(StreamSlot *s)
 }
 
 /*
- * Takes the next finished transfer, if any: judges it, then hands it to done
- * or sets its retry.  Returns false when none has finished.
- */
-/* an ERROR that is this request's alone (see StripeManyReq.soft) */
-static bool
-soft_error(int sqlerrcode)
-{
-	return sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE ||
-		sqlerrcode == ERRCODE_FDW_TABLE_NOT_FOUND ||
-		sqlerrcode == ERRCODE_INVALID_PARAMETER_VALUE ||
-		sqlerrcode == ERRCODE_FDW_INVALID_DATA_TYPE;
-}
-
-/*
  * judge_attempt for a slot of the stream: a soft request's own failure is
- * kept in req->error, and the request ends as done.  Nothing transactional
- * happens between the ereport and the catch (the judgement only formats), so
- * no subtransaction is needed to go on.
+ * kept in req->error (see catch_refusal), and the request ends as done.
  */
 static AttemptOutcome
 judge_soft(StripeConn *conn, StreamSlot *s, StripeStats *stats, long *ms)
@@ -619,21 +660,20 @@ judge_soft(StripeConn *conn, StreamSlot *s, StripeStats *stats, long *ms)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(req->cxt);
-		edata = CopyErrorData();
 		MemoryContextSwitchTo(cxt);
-		if (!req->soft || !soft_error(edata->sqlerrcode))
+		if (!req->soft)
 			PG_RE_THROW();
-		FlushErrorState();
-		req->error = edata;
+		req->error = catch_refusal(req->cxt, &req->refusal);
 		out = ATTEMPT_404;		/* done, without an answer */
 	}
 	PG_END_TRY();
 	return out;
 }
 
+/*
+ * Takes the next finished transfer, if any: judges it, then hands it to done
+ * or sets its retry.  Returns false when none has finished.
+ */
 static bool
 stream_finished(StripeConn *conn, StreamSlot *slots, int nslots, StripeManyDone done,
 				void *arg, StripeStats *stats, bool *feed_empty)

@@ -10,6 +10,7 @@
 
 #include "datatype/timestamp.h"
 #include "options.h"
+#include "stripe_api.h"
 
 typedef struct StripeStats
 {
@@ -38,6 +39,18 @@ extern bool stripe_request(StripeConn *conn, const char *method,
 						   StripeBodyCheck check, void *check_arg,
 						   StripeResponse *resp, StripeStats *stats);
 
+/*
+ * A GET like stripe_request, except that an answer that fails for this
+ * request alone (Stripe refusing it: 400, 403, 404…, or malformed past the
+ * retries) comes back instead of being thrown: false, with the ERROR in
+ * *error (in the caller's context) and what Stripe said in *refusal.  Else
+ * *error is NULL and the result is stripe_request's.
+ */
+extern bool stripe_request_refusable(StripeConn *conn, const char *path, bool allow_404,
+									 StripeBodyCheck check, void *check_arg,
+									 StripeResponse *resp, StripeStats *stats,
+									 ErrorData **error, StripeRefusal *refusal);
+
 /* One GET of stripe_request_stream; feed fills path, check, check_arg, cxt, tag */
 typedef struct StripeManyReq
 {
@@ -56,6 +69,7 @@ typedef struct StripeManyReq
 	 */
 	bool		soft;
 	ErrorData  *error;
+	StripeRefusal refusal;		/* with error: what Stripe said, if it was Stripe */
 } StripeManyReq;
 
 typedef bool (*StripeManyFeed) (void *arg, StripeManyReq *req);

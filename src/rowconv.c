@@ -94,8 +94,8 @@ stripe_rowconv_create(Relation rel, bool all, Bitmapset *wanted)
 	rc->att_in = palloc0(sizeof(FmgrInfo) * rc->natts);
 	rc->att_ioparam = palloc0(sizeof(Oid) * rc->natts);
 	rc->att_typmod = palloc0(sizeof(int32) * rc->natts);
-	/* a slot per attribute, then "id" and "object" */
-	rc->fs = stripe_fieldset_create(rc->natts + 2);
+	/* a slot per attribute, then "id", "object" and "created" */
+	rc->fs = stripe_fieldset_create(rc->natts + 3);
 	priv->table = pstrdup(RelationGetRelationName(rel));
 	/* sync also converts into local tables, which have no object option */
 	if (rel->rd_rel->relkind == RELKIND_FOREIGN_TABLE)
@@ -134,6 +134,8 @@ stripe_rowconv_create(Relation rel, bool all, Bitmapset *wanted)
 		stripe_fieldset_rows_from_arrays(rc->fs, kind_slot);
 	/* the page cursor needs every object's id, whether or not a column reads it */
 	rc->id_slot = stripe_fieldset_add(rc->fs, "id", rc->natts);
+	/* and its created, for a scan to go on from should Stripe lose its cursor */
+	rc->created_slot = stripe_fieldset_add(rc->fs, "created", rc->natts + 2);
 	/* a list of customers holds customers: anything else is refused, not shown */
 	if (def != NULL && def->object != NULL && def->rows_from == STRIPE_ROWS_LIST)
 	{

@@ -30,6 +30,7 @@ typedef struct StripeRowConv
 	int32	   *att_typmod;
 	StripeFieldSet *fs;
 	int			id_slot;
+	int			created_slot;	/* "created", read whether or not a column does */
 } StripeRowConv;
 
 extern char *stripe_column_field(Oid relid, AttrNumber attno);

@@ -18,6 +18,28 @@
 #define MAX_SHOWN_MESSAGE	1000
 #define MAX_SHOWN_FIELD		200
 
+/* the refusal stripe_api_error reported last, until a caller takes it */
+static StripeRefusal last_refusal;
+
+void
+stripe_api_take_refusal(StripeRefusal *r)
+{
+	*r = last_refusal;
+	memset(&last_refusal, 0, sizeof(last_refusal));
+}
+
+/*
+ * Stripe no longer knows the object a list's cursor names: it was deleted,
+ * or the list's filters no longer take it (400 resource_missing on
+ * starting_after or ending_before).
+ */
+bool
+stripe_refusal_cursor_gone(const StripeRefusal *r)
+{
+	return r->status == 400 && strcmp(r->code, "resource_missing") == 0 &&
+		(strcmp(r->param, "starting_after") == 0 || strcmp(r->param, "ending_before") == 0);
+}
+
 /* SQLSTATE for a Stripe HTTP status */
 static int
 status_errcode(long status)
@@ -138,6 +160,10 @@ stripe_api_error(StripeConn *conn, const char *method, const char *path, long st
 	if (message == NULL)
 		message = len > 0 ? stripe_safe_text(body, len, MAX_SHOWN_BODY, conn->api_key)
 			: pstrdup("(empty response)");
+
+	last_refusal.status = status;
+	strlcpy(last_refusal.code, code ? code : "", sizeof(last_refusal.code));
+	strlcpy(last_refusal.param, param ? param : "", sizeof(last_refusal.param));
 
 	ereport(ERROR,
 			(errcode(status_errcode(status)),

@@ -8,6 +8,20 @@
 
 #include "options.h"
 
+/*
+ * What Stripe said when it refused a request, for a caller that catches the
+ * ERROR stripe_api_error threw: taken (and forgotten) with
+ * stripe_api_take_refusal right after the catch.
+ */
+typedef struct StripeRefusal
+{
+	long		status;			/* 0: the ERROR was not Stripe refusing the request */
+	char		code[64];		/* Stripe's error code ("resource_missing"), or "" */
+	char		param[64];		/* the parameter it names ("starting_after"), or "" */
+} StripeRefusal;
+
+extern void stripe_api_take_refusal(StripeRefusal *r);
+extern bool stripe_refusal_cursor_gone(const StripeRefusal *r);
 extern void stripe_api_error(StripeConn *conn, const char *method, const char *path, long status,
 							 const char *body, size_t len, const char *request_id,
 							 int attempts) pg_attribute_noreturn();

@@ -83,9 +83,11 @@ typedef struct SyncRun
 	MemoryContext cxt;			/* lives across the run's transactions */
 	List	   *tables;			/* LocalTable */
 	StripeStats stats;
-	int64		events_applied;
+	int64		events_applied;	/* events whose object's state reached a local table */
+	int64		events_skipped;	/* events that change no local table */
 	TimestampTz started;
 	int64		account_created;	/* unix seconds; 0 = not known */
+	bool		account_asked;	/* GET /v1/account was sent in this run */
 	bool		events_early;	/* the events' first page was asked for */
 	char	   *events_page;	/* its body, in cxt, when it came */
 	size_t		events_len;
@@ -112,6 +114,7 @@ extern void stripe_run_begin(SyncRun *run);
 extern void stripe_run_commit(SyncRun *run);
 extern void stripe_run_as_owner(SyncRun *run, bool owner);
 extern void stripe_run_progress(SyncRun *run, int64 rows);
+extern bool stripe_run_object_failed(SyncRun *run, const char *object);
 extern bool stripe_load_source(SyncRun *run, const char *name);
 extern void stripe_check_usage(SyncRun *run);
 extern void stripe_state_update(SyncRun *run, const char *object, const char *set_clause,

@@ -9,7 +9,9 @@
  * events are first spooled to a temporary file a page at a time (fetch),
  * then read back page by page from the last (order), each page's events in
  * reverse, and applied (apply).  Memory holds one page, however many events
- * a long gap brings.
+ * a long gap brings.  An event whose object is rendered in another API
+ * version than the source's has its object read again (sync_reread.c); one
+ * that changes no local table is skipped, and counted.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -43,6 +45,7 @@ typedef struct EventRef
 	int64		created;
 	char	   *id;
 	char	   *type;
+	char	   *api_version;	/* the version data.object is rendered in; "" if none */
 	char	   *object;			/* data.object's JSON text, NUL-terminated */
 	int			object_len;
 } EventRef;
@@ -65,7 +68,8 @@ typedef struct Applier
 	SyncRun    *run;
 	HTAB	   *seen;			/* event ids applied before, in the overlap */
 	HTAB	   *mapped;			/* event types the outbox takes, or NULL */
-	StripeFieldSet *ofs;		/* an event object's "object" */
+	StripeFieldSet *ofs;		/* an event object's "object", "id" and "created" */
+	Rereads    *rereads;		/* objects of events in another API version */
 	MemoryContext batch_cxt;
 	int64		cursor;
 	int			n;				/* events in the open batch */
@@ -169,7 +173,8 @@ spool_page(EventSpool *sp, StripePage *page)
 		StripePage	data;
 		const char *why;
 		char	   *id,
-				   *type;
+				   *type,
+				   *version;
 		int64		created;
 
 		/*
@@ -189,9 +194,11 @@ spool_page(EventSpool *sp, StripePage *page)
 		}
 		id = stripe_span_text(&r->fields[0]);
 		type = stripe_span_text(&r->fields[2]);
+		version = is_string(&r->fields[4]) ? stripe_span_text(&r->fields[4]) : "";
 		BufFileWrite(sp->file, &created, sizeof(created));
 		spool_write_str(sp->file, id, strlen(id));
 		spool_write_str(sp->file, type, strlen(type));
+		spool_write_str(sp->file, version, strlen(version));
 		spool_write_str(sp->file, data.rows[0].fields[0].start, data.rows[0].fields[0].len);
 		count++;
 	}
@@ -199,19 +206,27 @@ spool_page(EventSpool *sp, StripePage *page)
 	sp->nevents += count;
 }
 
-/* Reads every event since the cursor into the spool, a page at a time (no transaction). */
+/*
+ * Reads every event since the cursor into the spool, a page at a time (no
+ * transaction).  The pages follow starting_after, which Stripe refuses (400
+ * resource_missing) once it no longer has the event named: events are kept
+ * 30 days and the cursor is never older than 29 (a re-list reads from 28), so
+ * that cannot happen while a sync pages.  Should it, the run fails, and the
+ * next reads again from the committed cursor: no cursor id outlives a run.
+ */
 static void
 events_fetch(SyncRun *run, EventSpool *sp)
 {
 	MemoryContext page_cxt = AllocSetContextCreate(CurrentMemoryContext, "stripe_sync events page",
 												   ALLOCSET_DEFAULT_SIZES);
-	StripeFieldSet *efs = stripe_fieldset_create(4);
+	StripeFieldSet *efs = stripe_fieldset_create(5);
 	char		last_id[256] = "";
 
 	stripe_fieldset_add(efs, "id", 0);
 	stripe_fieldset_add(efs, "created", 1);
 	stripe_fieldset_add(efs, "type", 2);
 	stripe_fieldset_add(efs, "data", 3);
+	stripe_fieldset_add(efs, "api_version", 4);
 	stripe_fieldset_finish(efs);
 	/* the page index lives with the spool, not with a page */
 	sp->page_at = palloc(sizeof(off_t));
@@ -292,6 +307,7 @@ spool_read_page(EventSpool *sp, int p)
 			elog(ERROR, "stripe_sync: could not read the events spool");
 		ev[i].id = spool_read_str(sp->file, &len);
 		ev[i].type = spool_read_str(sp->file, &len);
+		ev[i].api_version = spool_read_str(sp->file, &len);
 		ev[i].object = spool_read_str(sp->file, &ev[i].object_len);
 	}
 	return ev;
@@ -375,56 +391,226 @@ applier_flush(Applier *ap)
 }
 
 /*
- * Applies one event's object to its local table.  Returns false when the
- * object is not this source's (created before sync_from): its event is not
- * shipped either.
+ * Stripe's *.deleted events of the objects a source can sync (catalog_data.c),
+ * each checked against Stripe's list of event types: whether the object is
+ * gone, or lives on in a final state.  A subscription that ends
+ * ("customer.subscription.deleted: occurs whenever a customer's subscription
+ * ends") is canceled, and stays listed (status=all) and retrievable: it is
+ * applied as an update, so that it looks like the canceled subscriptions a
+ * backfill lists.  The other catalogued objects have no *.deleted event; one
+ * not listed here is taken for a deletion, as its name says.
+ */
+static const struct
+{
+	const char *type;
+	bool		gone;
+}			deleted_events[] =
+{
+	{"coupon.deleted", true},
+	{"customer.deleted", true},
+	{"customer.subscription.deleted", false},
+	{"invoice.deleted", true},	/* a draft invoice deleted */
+	{"invoiceitem.deleted", true},
+	{"plan.deleted", true},
+	{"price.deleted", true},
+	{"product.deleted", true},
+};
+
+/* Stripe's events whose object is a preview, no object of the account */
+static const char *const preview_events[] = {
+	"invoice.upcoming",			/* the next invoice of a subscription; it has no id */
+};
+
+/* whether the event deletes its object */
+static bool
+event_deletes(const char *type)
+{
+	size_t		tl = strlen(type);
+
+	for (size_t i = 0; i < lengthof(deleted_events); i++)
+		if (strcmp(type, deleted_events[i].type) == 0)
+			return deleted_events[i].gone;
+	return tl > 8 && strcmp(type + tl - 8, ".deleted") == 0;
+}
+
+static bool
+event_is_preview(const char *type)
+{
+	for (size_t i = 0; i < lengthof(preview_events); i++)
+		if (strcmp(type, preview_events[i]) == 0)
+			return true;
+	return false;
+}
+
+/* what became of an event here */
+typedef enum EventFate
+{
+	EVENT_APPLIED,				/* its object's state is in the local table */
+	EVENT_SKIPPED,				/* it changes no local table */
+	EVENT_NOT_OURS				/* its object was created before sync_from */
+} EventFate;
+
+/*
+ * The local table of an event's object, with its id (NULL when it has none)
+ * and created (0 when absent), parsed with ap->ofs; NULL when the object is
+ * a preview, or of a type the source does not sync.
+ */
+static LocalTable *
+event_target(Applier *ap, EventRef *e, char **id, int64 *created)
+{
+	StripePage	obj;
+	const char *why;
+	LocalTable *lt;
+
+	*id = NULL;
+	*created = 0;
+	if (event_is_preview(e->type) ||
+		!stripe_parse_page(e->object, e->object_len, false, ap->ofs, &obj, &why) ||
+		!is_string(&obj.rows[0].fields[0]))
+		return NULL;
+	lt = stripe_table_find(ap->run, stripe_span_text(&obj.rows[0].fields[0]), false);
+	if (lt == NULL)
+		return NULL;
+	if (is_string(&obj.rows[0].fields[1]))
+		*id = stripe_span_text(&obj.rows[0].fields[1]);
+	if (!stripe_span_int64(&obj.rows[0].fields[2], created))
+		*created = 0;
+	return lt;
+}
+
+/* an object created before sync_from is not this source's */
+static bool
+before_sync_from(Applier *ap, int64 created)
+{
+	return ap->run->src.has_sync_from && created != 0 && created < ap->run->src.sync_from;
+}
+
+/* whether the event's object is rendered in another API version than the source's */
+static bool
+other_version(Applier *ap, EventRef *e)
+{
+	return strcmp(e->api_version, ap->run->conn->api_version) != 0;
+}
+
+/* the row of a deleted object keeps its last full state, marked deleted */
+static void
+mark_deleted(SyncRun *run, LocalTable *lt, const char *id, TimestampTz at)
+{
+	Oid			dt[3] = {TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID};
+	Datum		dv[3] = {TimestampTzGetDatum(at), TimestampTzGetDatum(GetCurrentTimestamp()),
+	CStringGetTextDatum(id)};
+
+	stripe_run_as_owner(run, true);
+	stripe_spi(psprintf("UPDATE %s SET deleted_at = $1, observed_at = $1, synced_at = $2 "
+						"WHERE id = $3 AND observed_at <= $1 AND deleted_at IS NULL",
+						lt->qualified), 3, dt, dv, NULL, SPI_OK_UPDATE);
+	stripe_run_as_owner(run, false);
+}
+
+/*
+ * The events of page ev in another API version than the source's ask for
+ * their objects to be read again; returns whether any is to be read.
  */
 static bool
+rereads_wanted(Applier *ap, EventRef *ev, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		EventRef   *e = &ev[i];
+		char		key[EVENT_ID_MAX] = {0};
+		LocalTable *lt;
+		char	   *id;
+		int64		created;
+
+		strlcpy(key, e->id, sizeof(key));
+		if (!other_version(ap, e) || event_deletes(e->type) ||
+			hash_search(ap->seen, key, HASH_FIND, NULL) != NULL)
+			continue;
+		lt = event_target(ap, e, &id, &created);
+		if (lt != NULL && id != NULL && !before_sync_from(ap, created))
+			(void) stripe_rereads_want(ap->rereads, lt, id);
+	}
+	return stripe_rereads_pending(ap->rereads);
+}
+
+/*
+ * An event in another API version: its object as read again at the source's
+ * version (stripe_rereads_fetch), applied once; the later events of the
+ * object in the sync are older than that state, which covers them.
+ */
+static EventFate
+apply_reread(Applier *ap, EventRef *e, LocalTable *lt, const char *id)
+{
+	SyncRun    *run = ap->run;
+	RereadEntry *r = stripe_rereads_get(ap->rereads, lt, id);
+	char	   *why;
+
+	if (r != NULL && r->state == REREAD_FOUND)
+	{
+		lt->rows += stripe_upsert_rows(run, lt, r->row, 1, r->observed, 0);
+		r->state = REREAD_APPLIED;
+		r->row = NULL;
+	}
+	if (r != NULL && r->state == REREAD_APPLIED)
+		return EVENT_APPLIED;
+	/* gone at Stripe: its deletion has an event of its own */
+	if (r != NULL && r->state == REREAD_GONE)
+		return EVENT_SKIPPED;
+	/* Stripe refused it (a permission, say): the event changes nothing, and the run says why, once */
+	if (r != NULL && r->state == REREAD_FAILED && r->why != NULL)
+	{
+		why = psprintf("event %s is in API version %s, and %s %s could not be read again at %s: %s",
+					   e->id, e->api_version[0] ? e->api_version : "(none)", lt->def->object, id,
+					   run->conn->api_version, r->why);
+		r->why = NULL;
+		ereport(run->own ? LOG : WARNING,
+				(errmsg("stripe_sync: source \"%s\": %s", run->src.name, why)));
+		if (!stripe_run_object_failed(run, lt->def->table))
+		{
+			MemoryContext old = MemoryContextSwitchTo(run->cxt);
+
+			run->failed = lappend(run->failed, psprintf("%s: %s", lt->def->table, why));
+			MemoryContextSwitchTo(old);
+			stripe_state_update(run, lt->def->table, "state = 'error', last_error = $3", why);
+		}
+	}
+	return EVENT_SKIPPED;
+}
+
+/*
+ * Applies one event's object to its local table, or says why it changes
+ * none: its object is a preview (invoice.upcoming) or has no id, its type is
+ * not synced here, Stripe no longer has it; or it is not this source's
+ * (created before sync_from), and then its event is not shipped either.
+ */
+static EventFate
 apply_object(Applier *ap, EventRef *e)
 {
 	SyncRun    *run = ap->run;
-	StripePage	obj;
 	StripePage	row;
 	const char *why;
-	LocalTable *lt;
+	char	   *id;
+	int64		created;
+	LocalTable *lt = event_target(ap, e, &id, &created);
 	TimestampTz at = time_t_to_timestamptz((pg_time_t) e->created);
-	size_t		tl = strlen(e->type);
-	bool		deleted = tl > 8 && strcmp(e->type + tl - 8, ".deleted") == 0;
+	bool		deletes = event_deletes(e->type);
 
-	if (!stripe_parse_page(e->object, e->object_len, false, ap->ofs, &obj, &why) ||
-		obj.rows[0].fields[0].start == NULL)
-		return true;
-	lt = stripe_table_find(run, stripe_span_text(&obj.rows[0].fields[0]), false);
-	if (lt == NULL)
-		return true;			/* a type the source does not sync */
+	if (lt == NULL || id == NULL)
+		return EVENT_SKIPPED;
+	if (before_sync_from(ap, created))
+		return EVENT_NOT_OURS;
+	/* a deletion needs no state; any other change, the object as the source's version has it */
+	if (other_version(ap, e) && !deletes)
+		return apply_reread(ap, e, lt, id);
 	if (!stripe_parse_page(e->object, e->object_len, false, lt->rc->fs, &row, &why))
 		ereport(ERROR,
 				(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
 				 errmsg("event %s carries a malformed object: %s", e->id, why)));
-	/* an object without an id (invoice.upcoming) is no row */
-	if (stripe_span_is_null(&row.rows[0].fields[lt->rc->id_slot]))
-		return true;
-	/* objects created before sync_from are not this source's */
-	if (run->src.has_sync_from && lt->created_slot >= 0 &&
-		stripe_row_created(lt, &row.rows[0]) < run->src.sync_from &&
-		!stripe_span_is_null(&row.rows[0].fields[lt->created_slot]))
-		return false;
-	if (deleted && row.rows[0].deleted)
-	{
-		/* a deleted object keeps its last full state, marked deleted */
-		Oid			dt[3] = {TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID};
-		Datum		dv[3] = {TimestampTzGetDatum(at), TimestampTzGetDatum(GetCurrentTimestamp()),
-		CStringGetTextDatum(stripe_span_text(&row.rows[0].fields[lt->rc->id_slot]))};
-
-		stripe_run_as_owner(run, true);
-		stripe_spi(psprintf("UPDATE %s SET deleted_at = $1, observed_at = $1, synced_at = $2 "
-							"WHERE id = $3 AND observed_at <= $1 AND deleted_at IS NULL",
-							lt->qualified), 3, dt, dv, NULL, SPI_OK_UPDATE);
-		stripe_run_as_owner(run, false);
-	}
+	if (deletes && (row.rows[0].deleted || other_version(ap, e)))
+		mark_deleted(run, lt, id, at);
 	else
-		lt->rows += stripe_upsert_rows(run, lt, &row.rows[0], 1, at, deleted ? at : 0);
-	return true;
+		lt->rows += stripe_upsert_rows(run, lt, &row.rows[0], 1, at, deletes ? at : 0);
+	return EVENT_APPLIED;
 }
 
 /* one event, in the open batch's transaction */
@@ -433,14 +619,14 @@ apply_event(Applier *ap, EventRef *e)
 {
 	SyncRun    *run = ap->run;
 	char		key[EVENT_ID_MAX] = {0};
-	bool		ours;
+	EventFate	fate;
 
 	strlcpy(key, e->id, sizeof(key));
 	if (hash_search(ap->seen, key, HASH_FIND, NULL) != NULL)
 		return;					/* applied before: re-read in the overlap */
-	ours = apply_object(ap, e);
+	fate = apply_object(ap, e);
 	/* mapped events go to the outbox; older ones are the backfill's history */
-	if (ours && ap->mapped != NULL && e->created >= run->src.history_until &&
+	if (fate != EVENT_NOT_OURS && ap->mapped != NULL && e->created >= run->src.history_until &&
 		hash_search(ap->mapped, e->type, HASH_FIND, NULL) != NULL)
 	{
 		ap->ob_ids[ap->nob] = CStringGetTextDatum(e->id);
@@ -452,32 +638,59 @@ apply_event(Applier *ap, EventRef *e)
 	ap->ids[ap->n] = CStringGetTextDatum(e->id);
 	ap->created[ap->n] = Int64GetDatum(e->created);
 	ap->n++;
-	run->events_applied++;
+	if (fate == EVENT_APPLIED)
+		run->events_applied++;
+	else
+		run->events_skipped++;
 	ap->cursor = Max(ap->cursor, e->created);
 }
 
-/* Applies the spool oldest first, a transaction per batch. */
-static void
-events_apply(SyncRun *run, EventSpool *sp, MemoryContext cxt)
+static Applier *
+applier_create(SyncRun *run, MemoryContext cxt)
 {
 	Applier    *ap = palloc0(sizeof(Applier));
-	bool		open = false;
 
 	ap->run = run;
 	ap->cursor = run->src.events_cursor;
-	ap->ofs = stripe_fieldset_create(1);
+	ap->ofs = stripe_fieldset_create(3);
 	stripe_fieldset_add(ap->ofs, "object", 0);
+	stripe_fieldset_add(ap->ofs, "id", 1);
+	stripe_fieldset_add(ap->ofs, "created", 2);
 	stripe_fieldset_finish(ap->ofs);
 	ap->batch_cxt = AllocSetContextCreate(cxt, "stripe_sync events batch", ALLOCSET_DEFAULT_SIZES);
+	ap->rereads = stripe_rereads_create(run, cxt);
 	stripe_run_begin(run);
 	applier_load(ap, cxt);
 	stripe_run_commit(run);
+	return ap;
+}
+
+/*
+ * Applies the spool oldest first, a transaction per batch.  The objects of a
+ * page's events in another API version are read first, outside any
+ * transaction (the open batch commits before).
+ */
+static void
+events_apply(SyncRun *run, EventSpool *sp, MemoryContext cxt)
+{
+	Applier    *ap = applier_create(run, cxt);
+	bool		open = false;
 
 	for (int p = sp->npages - 1; p >= 0; p--)
 	{
 		MemoryContext old = MemoryContextSwitchTo(ap->batch_cxt);
 		EventRef   *ev = spool_read_page(sp, p);
 
+		if (rereads_wanted(ap, ev, sp->page_count[p]))
+		{
+			if (open)
+			{
+				applier_flush(ap);
+				stripe_run_commit(run);
+				open = false;
+			}
+			stripe_rereads_fetch(ap->rereads, ap->batch_cxt);
+		}
 		for (int i = 0; i < sp->page_count[p]; i++)
 		{
 			if (!open)

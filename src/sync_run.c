@@ -69,17 +69,20 @@ run_rows(SyncRun *run)
 static void
 record_run(SyncRun *run, const char *status, const char *error)
 {
-	Oid			types[5] = {INT8OID, TEXTOID, INT8OID, INT8OID, TEXTOID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', error ? ' ' : 'n'};
+	Oid			types[7] = {INT8OID, TEXTOID, INT8OID, INT8OID, TEXTOID, INT8OID, INT8OID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', error ? ' ' : 'n', ' ', ' '};
 
 	values[0] = Int64GetDatum(run->src.run_id);
 	values[1] = CStringGetTextDatum(status);
 	values[2] = Int64GetDatum(run->stats.requests);
 	values[3] = Int64GetDatum(run_rows(run));
 	values[4] = error ? CStringGetTextDatum(error) : (Datum) 0;
+	values[5] = Int64GetDatum(run->events_applied);
+	values[6] = Int64GetDatum(run->events_skipped);
 	stripe_spi("UPDATE stripe_sync.runs SET status = $2, requests = $3, rows = $4, error = $5, "
-			   "finished_at = clock_timestamp() WHERE id = $1", 5, types, values, nulls, SPI_OK_UPDATE);
+			   "events = $6, events_skipped = $7, finished_at = clock_timestamp() WHERE id = $1",
+			   7, types, values, nulls, SPI_OK_UPDATE);
 }
 
 /* the summary sync_now returns */
@@ -102,9 +105,10 @@ run_summary(SyncRun *run)
 						 lt->rows, lt->pages);
 	}
 	appendStringInfo(&buf, "}, \"rows\": " INT64_FORMAT ", \"events\": " INT64_FORMAT
+					 ", \"events_skipped\": " INT64_FORMAT
 					 ", \"rejected\": " INT64_FORMAT ", \"requests\": " INT64_FORMAT
 					 ", \"retries\": " INT64_FORMAT ", \"seconds\": %.3f}",
-					 run_rows(run), run->events_applied, run->rejected, run->stats.requests,
+					 run_rows(run), run->events_applied, run->events_skipped, run->rejected, run->stats.requests,
 					 run->stats.retries, (double) (GetCurrentTimestamp() - run->started) / USECS_PER_SEC);
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
@@ -193,15 +197,33 @@ run_pending(SyncRun *run, bool *need_account)
 	return pending;
 }
 
-/* The account behind the key, asked for once (no transaction open while waiting). */
+/*
+ * The account behind the key, asked for at most once a run (no transaction
+ * open while waiting).  A key Stripe refuses the account (a restricted key)
+ * syncs without it: account_id stays NULL, and a backfill reaches back to
+ * Stripe's beginning instead of the account's (see stripe_backfill_init).
+ */
 static void
 run_account(SyncRun *run, bool need_created)
 {
 	char	   *acct;
+	char	   *refused;
 
-	if (run->src.account_id != NULL && (!need_created || run->account_created != 0))
+	if (run->account_asked ||
+		(run->src.account_id != NULL && (!need_created || run->account_created != 0)))
 		return;
-	acct = stripe_fetch_account_id(run->conn, &run->stats, &run->account_created);
+	run->account_asked = true;
+	acct = stripe_fetch_account_id(run->conn, &run->stats, &run->account_created, &refused);
+	if (acct == NULL)
+	{
+		ereport(run->own ? LOG : NOTICE,
+				(errmsg("stripe_sync: source \"%s\": the API key cannot read the account; syncing without it",
+						run->src.name),
+				 errdetail("%s", refused),
+				 errhint("account_id stays NULL in the local tables, and a backfill lists from %s.",
+						 "2010-01-01")));
+		return;
+	}
 	if (run->src.account_id == NULL)
 	{
 		stripe_run_begin(run);
@@ -209,18 +231,6 @@ run_account(SyncRun *run, bool need_created)
 		stripe_run_commit(run);
 		run->src.account_id = MemoryContextStrdup(run->cxt, acct);
 	}
-}
-
-static bool
-object_failed(SyncRun *run, const char *object)
-{
-	ListCell   *lc;
-	size_t		n = strlen(object);
-
-	foreach(lc, run->failed)
-		if (strncmp(lfirst(lc), object, n) == 0 && ((char *) lfirst(lc))[n] == ':')
-			return true;
-	return false;
 }
 
 static char *
@@ -297,7 +307,9 @@ run_source(SyncRun *run)
 	stripe_check_usage(run);
 	run->conn = stripe_conn_for_server(run->src.serverid, run->src.owner);
 	stripe_run_commit(run);
-	run_account(run, false);
+	/* the source's first run learns its account; later ones when a backfill needs it */
+	if (!run->src.has_cursor)
+		run_account(run, false);
 
 	stripe_run_begin(run);
 	run_cursor(run);
@@ -313,7 +325,7 @@ run_source(SyncRun *run)
 
 	stripe_run_begin(run);
 	foreach(lc, run->src.objects)
-		if (!object_failed(run, lfirst(lc)))
+		if (!stripe_run_object_failed(run, lfirst(lc)))
 			stripe_state_update(run, lfirst(lc),
 								"state = 'synced', last_success_at = now(), last_error = NULL", NULL);
 	/* objects Stripe refused keep their error; the rest of the run counts */
@@ -406,7 +418,8 @@ run_joined(SyncRun *run, const char *source)
 	lock_source(source, false, false);
 	stripe_run_begin(run);
 	stripe_spi("SELECT jsonb_build_object('source', r.source, 'joined', true, 'run', r.id, "
-			   "'status', r.status, 'rows', r.rows, 'requests', r.requests, 'error', r.error, "
+			   "'status', r.status, 'rows', r.rows, 'events', r.events, 'events_skipped', r.events_skipped, "
+			   "'requests', r.requests, 'error', r.error, "
 			   "'seconds', round(extract(epoch FROM r.finished_at - r.started_at)::numeric, 3))::text "
 			   "FROM stripe_sync.runs r WHERE r.source = $1 ORDER BY r.id DESC LIMIT 1",
 			   1, types, values, NULL, SPI_OK_SELECT);

@@ -63,6 +63,19 @@ stripe_run_progress(SyncRun *run, int64 rows)
 	run->reported_requests = run->stats.requests;
 }
 
+/* whether an object failed in this run (run->failed holds "object: why") */
+bool
+stripe_run_object_failed(SyncRun *run, const char *object)
+{
+	ListCell   *lc;
+	size_t		n = strlen(object);
+
+	foreach(lc, run->failed)
+		if (strncmp(lfirst(lc), object, n) == 0 && ((char *) lfirst(lc))[n] == ':')
+			return true;
+	return false;
+}
+
 int64
 stripe_now_unix(void)
 {

@@ -20,6 +20,16 @@ currencies), the lists Stripe keeps only under a parent (GET
 /v1/subscription_items?subscription=…, each 400 parameter_missing without its parent, as
 on Stripe; subscription items are read from their subscriptions' items).
 
+Like Stripe it also answers a restricted key (rk_…, set up with POST /_control/config
+{"restricted_keys": {"rk_test_…": ["customer_read", …]}}) 403 on an endpoint it has no
+permission for, naming the permission (GET /v1/account needs one such keys lack); refuses
+a list cursor (starting_after, ending_before) that names a deleted object or one the
+list's filters no longer take (400 resource_missing); renders an event's object in the
+event's api_version (the account's default version, POST /_control/config
+{"event_api_version": "2024-06-20"}, or per event) and a retrieve in the request's
+Stripe-Version, for the changes listed in VERSION_CHANGES; and sends invoice.upcoming,
+whose invoice has no id (POST /_control/upcoming_invoice {"subscription": "sub_…"}).
+
     python3 test/fake_stripe.py --port 0 --port-file /tmp/x.port \
         [--host 127.0.0.1] [--fixtures PATH] [--counts charges=100000,...] \
         [--api-key sk_test_fake] [--seed 1]
@@ -91,6 +101,72 @@ OBJ_PLACEHOLDER_JSON = JSON_ENCODER.encode(OBJ_PLACEHOLDER).encode()
 
 def dumps(value):
     return JSON_ENCODER.encode(value).encode("utf-8")
+
+
+# ---- API versions: an object is rendered in the version a request asks for
+# (Stripe-Version) and an event's data.object in the version in force when the event
+# was created (the account's default API version then: the event's api_version).
+# The fake keeps its objects in API_VERSION's shape and renders older versions for the
+# changes listed here (single-object answers and events; list pages stay in the
+# current shape).
+
+def invoice_before_basil(obj):
+    """2025-03-31.basil moved an invoice's subscription, subscription_details and quote
+    under parent (Stripe's changelog, "Invoicing resources now specify how they were
+    generated"): before it they are top-level fields and there is no parent."""
+    parent = obj.pop("parent", None) or {}
+    sub = parent.get("subscription_details") or {}
+    obj["subscription"] = sub.get("subscription")
+    obj["subscription_details"] = {"metadata": sub.get("metadata")} if sub else None
+    obj["quote"] = (parent.get("quote_details") or {}).get("quote")
+    obj["subscription_proration_date"] = sub.get("subscription_proration_date")
+    return obj
+
+
+# (first version with the current shape, object type, to the shape before it)
+VERSION_CHANGES = (("2025-03-31", "invoice", invoice_before_basil),)
+NEWEST_CHANGE = max(since for since, _, _ in VERSION_CHANGES)
+
+
+def render_version(blob, version):
+    """An object's JSON bytes as API `version` shows it (None: the current one)."""
+    if not version or version[:10] >= NEWEST_CHANGE:
+        return blob
+    obj = None
+    for since, obj_type, downgrade in reversed(VERSION_CHANGES):
+        if version[:10] < since and b'"object":"%s"' % obj_type.encode() in blob[:4096]:
+            obj = downgrade(json.loads(blob) if obj is None else obj)
+    return blob if obj is None else dumps(obj)
+
+
+# ---- restricted keys (rk_…): each endpoint needs a permission on its resource,
+# rak_<resource>_read (GET) or rak_<resource>_write (which includes read).  A key
+# without it gets Stripe's 403, which names the permission.  GET /v1/account needs one
+# restricted keys are not given in practice (stripe-node#2246 shows Stripe naming
+# rak_accounts_kyc_id_numbers_read for a key with every read permission).
+ACCOUNT_PERMISSION = "accounts_kyc_id_numbers_read"
+PATH_RESOURCE = {"account": None, "balance": "balance", "subscription_items": "subscription_item"}
+
+
+def required_permission(method, path):
+    """The permission a request needs (without "rak_"), or None for a URL Stripe
+    does not know (its 404 comes first)."""
+    parts = path[4:].split("/") if path.startswith("/v1/") else []
+    if not parts:
+        return None
+    if parts[0] == "account":
+        return ACCOUNT_PERMISSION
+    if parts[0] == "customers" and len(parts) == 3 and parts[2] == "payment_methods":
+        parts = ["payment_methods"]
+    kind = KINDS.get(parts[0])
+    resource = PATH_RESOURCE.get(parts[0]) or (kind.obj if kind else None)
+    if resource is None:
+        return None
+    return resource + ("_read" if method == "GET" else "_write")
+
+
+def permitted(needed, granted):
+    return needed in granted or (needed.endswith("_read") and needed[:-5] + "_write" in granted)
 
 
 # ASCII order (0-9 < A-Z < a-z): fixed-width encodings sort like the numbers.
@@ -385,6 +461,8 @@ class Store:
         self.balance = balance_object(res["balance"])
         self.seed_value = 1
         self.counter = itertools.count()
+        # the account's default API version, which new events are rendered in
+        self.event_api_version = API_VERSION
 
     def template(self, kind):
         return json.loads(self.templates[kind.path])
@@ -402,8 +480,11 @@ class Store:
     def put(self, kind, obj):
         self.colls[kind.path].put(Record(kind, obj))
 
-    def emit(self, type_, obj_blob, previous=None, request=None, created=None):
-        """Append an event whose data.object is `obj_blob`; ids increase with each event."""
+    def emit(self, type_, obj_blob, previous=None, request=None, created=None, api_version=None):
+        """Append an event whose data.object is `obj_blob`, rendered in api_version (else
+        the account's default version, event_api_version); ids increase with each event."""
+        api_version = api_version or self.event_api_version
+        obj_blob = render_version(obj_blob, api_version)
         if created is None:
             created = max(int(time.time()), self.last_event_created)
         self.last_event_created = max(self.last_event_created, created)
@@ -415,7 +496,7 @@ class Store:
         data = {"object": OBJ_PLACEHOLDER}
         if previous is not None:
             data["previous_attributes"] = previous
-        env = {"id": eid, "object": "event", "api_version": API_VERSION, "created": created,
+        env = {"id": eid, "object": "event", "api_version": api_version, "created": created,
                "data": data, "livemode": False, "pending_webhooks": 0,
                "request": request or {"id": None, "idempotency_key": None}, "type": type_}
         head, tail = dumps(env).split(OBJ_PLACEHOLDER_JSON, 1)
@@ -475,11 +556,13 @@ class Store:
             hi = bisect.bisect_right(coll.neg_created, -gte)
         if lte is not None:
             lo = bisect.bisect_left(coll.neg_created, -lte)
+        cursor_at = None
         for param, cursor in (("starting_after", starting_after), ("ending_before", ending_before)):
             if cursor is not None:
                 p = coll.pos.get(cursor)
                 if p is None:
                     raise no_such(kind.obj, cursor, param, status=400)
+                cursor_at = (param, cursor, p)
                 if param == "starting_after":
                     lo = max(lo, p + 1)
                 else:
@@ -490,6 +573,7 @@ class Store:
             lists = [idx[k] for k in keys_of(idx) if k in idx]
             pos = lists[0] if len(lists) == 1 else sorted(set(itertools.chain.from_iterable(lists)))
             cands = pos if cands is None else intersect(cands, pos)
+        self.check_cursor_listed(kind, cands, cursor_at)
         if cands is None:
             if ending_before is not None:
                 a, b = max(lo, hi - limit), hi
@@ -509,6 +593,18 @@ class Store:
             blobs = [coll.blobs[p] for p in cands[a:b]]
         return b"".join((b'{"object":"list","data":[', b",".join(blobs), b'],"has_more":',
                          b"true" if more else b"false", b',"url":"', url or kind.url, b'"}'))
+
+    @staticmethod
+    def check_cursor_listed(kind, cands, cursor_at):
+        """A cursor must name an object of the list as it is now: a deleted one is "No
+        such …" (list_page), and so is one the list's filters no longer take (a
+        subscription canceled under the default status filter, stripe-node#2368)."""
+        if cursor_at is None or cands is None:
+            return
+        param, cursor, p = cursor_at
+        i = bisect.bisect_left(cands, p)
+        if i == len(cands) or cands[i] != p:
+            raise no_such(kind.obj, cursor, param, status=400)
 
     def check_parent(self, kind, oid):
         """404 when the parent a per-parent list names does not exist (a deleted one
@@ -571,6 +667,27 @@ class Store:
             for t in self.updated_events(kind, old.get("status"), new.get("status")):
                 self.emit(t, blob, previous=previous, request=request)
         return blob
+
+    def upcoming_invoice(self, sub_id):
+        """invoice.upcoming for a subscription: its next invoice as a preview, which
+        has no id (Stripe: "The received Invoice object will not have an invoice ID")
+        and is in no list.  Returns the event's id."""
+        sub = self.get(KINDS["subscriptions"], sub_id, "subscription", 400)
+        inv = self.template(KINDS["invoices"])
+        del inv["id"]
+        now = int(time.time())
+        total = sum((it["price"].get("unit_amount") or 0) * (it.get("quantity") or 1)
+                    for it in sub["items"]["data"])
+        inv.update(object="invoice", livemode=False, metadata={}, created=now,
+                   customer=sub["customer"], subscription=sub_id, status="draft",
+                   billing_reason="upcoming", number=None, hosted_invoice_url=None,
+                   invoice_pdf=None, currency=sub.get("currency"), total=total, subtotal=total,
+                   amount_due=total, amount_paid=0, amount_remaining=total,
+                   parent={"type": "subscription_details", "quote_details": None,
+                           "subscription_details": {"metadata": {}, "subscription": sub_id}})
+        inv["lines"] = {"object": "list", "data": [], "has_more": False, "total_count": 0,
+                        "url": "/v1/invoices/upcoming/lines"}
+        return self.emit("invoice.upcoming", dumps(inv))
 
     def delete(self, kind, oid, request=None, created=None):
         """Delete (subscriptions: cancel).  Returns the response body.  created
@@ -1510,6 +1627,7 @@ class App:
         self.writes = Writes(self.store)
         self.store.reseed(counts, seed)
         self.api_keys = {api_key}
+        self.restricted_keys = {}  # rk_… -> the permissions it has (customer_read, …)
         self.latency_ms = 0.0
         self.faults = Faults()
         self.holds = Holds()
@@ -1532,8 +1650,9 @@ class App:
 
     # ---- /v1
 
-    def auth_error(self, headers, force=False):
-        """None if the request carries a valid key, else the 401 ApiError."""
+    @staticmethod
+    def request_key(headers):
+        """The API key a request carries (bearer or basic auth), or None."""
         value = headers.get("Authorization") or ""
         scheme, _, cred = value.partition(" ")
         key = None
@@ -1544,11 +1663,16 @@ class App:
                 key = base64.b64decode(cred.strip()).decode("utf-8").split(":", 1)[0]
             except ValueError:
                 key = cred.strip()
+        return key
+
+    def auth_error(self, headers, force=False):
+        """None if the request carries a valid key, else the 401 ApiError."""
+        key = self.request_key(headers)
         if not key:
             return ApiError(401, "You did not provide an API key. You need to provide your API "
                             "key in the Authorization header, using Bearer auth (e.g. "
                             "'Authorization: Bearer YOUR_SECRET_KEY').")
-        if key in self.api_keys and not force:
+        if (key in self.api_keys or key in self.restricted_keys) and not force:
             return None
         m = KEY_PREFIX_RE.match(key)
         masked = (m.group(0) if m else "") + "****" + key[-4:]
@@ -1632,6 +1756,7 @@ class App:
                                headers={"Retry-After": "1"})
             if auth is not None:
                 raise auth
+            self.check_permission(hdrs, h.command, raw_path.partition("?")[0])
             status, out, extra = self.route(h, raw_path, body, rid)
             if failing:
                 raise self.fault_error(kind, fault, hdrs)
@@ -1653,6 +1778,25 @@ class App:
         record(status, rate_limited)
         self.landed(h)
         send(h, status, out, headers, truncate=kind == "truncate")
+
+    def check_permission(self, hdrs, method, path):
+        """A restricted key without the permission the endpoint needs gets Stripe's 403
+        (invalid_request_error, no code), which names the permission; the key is shown
+        masked, as Stripe shows it."""
+        key = self.request_key(hdrs)
+        granted = self.restricted_keys.get(key)
+        if granted is None:
+            return
+        needed = required_permission(method, path)
+        if needed is None or permitted(needed, granted):
+            return
+        m = KEY_PREFIX_RE.match(key)
+        prefix = m.group(0) if m else ""
+        masked = prefix + "*" * max(len(key) - len(prefix) - 6, 4) + key[-6:]
+        account = hdrs.get("Stripe-Account") or ACCOUNT_ID
+        raise ApiError(403, f"The provided key '{masked}' does not have the required permissions "
+                       f"for this endpoint on account '{account}'. Having the 'rak_{needed}' "
+                       "permission would allow this request to continue.")
 
     def fault_error(self, kind, fault, hdrs):
         if kind == "401":
@@ -1709,7 +1853,8 @@ class App:
                     return 200, self.store.list_page(kind, *args), []
             self.check_retrieve_params(query)
             with self.store.lock:
-                return 200, self.store.retrieve(kind, parts[1]), []
+                blob = self.store.retrieve(kind, parts[1])
+            return 200, render_version(blob, h.headers.get("Stripe-Version")), []
         if method == "POST" and kind.writable:
             params = write_params(body)
             if len(parts) == 1:
@@ -1923,7 +2068,9 @@ class App:
             if method == "POST":
                 self.configure(data)
             return 200, {"latency_ms": self.latency_ms, "rate_limit": self.limiter.rate,
-                         "api_keys": sorted(self.api_keys)}
+                         "api_keys": sorted(self.api_keys),
+                         "restricted_keys": {k: sorted(v) for k, v in self.restricted_keys.items()},
+                         "event_api_version": store.event_api_version}
         if route == ("POST", "reseed", 1):
             counts = self.parse_counts(data.get("counts", {}), only=bool(data.get("only")))
             with store.lock:
@@ -1935,6 +2082,10 @@ class App:
             return 200, self.control_event(data)
         if route == ("POST", "churn", 1):
             return 200, self.control_churn(data)
+        if route == ("POST", "upcoming_invoice", 1):
+            with store.lock:
+                eid = store.upcoming_invoice(str(data["subscription"]))
+                return 200, RawJSON(store.colls["events"].records[eid].blob)
         if route == ("GET", "balance", 1):
             # what GET /v1/balance answers, for tests to compare with (no key needed)
             with store.lock:
@@ -1978,6 +2129,27 @@ class App:
             if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
                 raise ValueError("api_keys must be a list of non-empty strings")
             self.api_keys = set(keys)
+        if "restricted_keys" in data:
+            self.restricted_keys = self.parse_restricted(data["restricted_keys"])
+        if "event_api_version" in data:
+            version = data["event_api_version"]
+            if not isinstance(version, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?", version):
+                raise ValueError("event_api_version must be a version such as 2024-06-20")
+            with self.store.lock:
+                self.store.event_api_version = version
+
+    @staticmethod
+    def parse_restricted(keys):
+        """{"rk_test_…": ["customer_read", "rak_invoice_write", …]} -> key -> permissions"""
+        if not isinstance(keys, dict):
+            raise ValueError("restricted_keys must map keys to lists of permissions")
+        out = {}
+        for key, perms in keys.items():
+            if not key.startswith("rk_") or not isinstance(perms, list) or \
+                    not all(isinstance(p, str) for p in perms):
+                raise ValueError("restricted_keys: each rk_… key maps to a list of permissions")
+            out[key] = frozenset(p[4:] if p.startswith("rak_") else p for p in perms)
+        return out
 
     @staticmethod
     def parse_counts(counts, only=False):
@@ -2038,7 +2210,8 @@ class App:
         created = data.get("created")
         with self.store.lock:
             eid = self.store.emit(type_, dumps(obj), previous=data.get("previous_attributes"),
-                                  created=None if created is None else int(created))
+                                  created=None if created is None else int(created),
+                                  api_version=data.get("api_version"))
             return RawJSON(self.store.colls["events"].records[eid].blob)
 
 

@@ -92,7 +92,8 @@ class FakeStripeTest(unittest.TestCase):
     def setUp(self):
         c = self.c
         c.ctl("DELETE", "faults")
-        c.ctl("POST", "config", {"latency_ms": 0, "rate_limit": 0, "api_keys": [KEY]})
+        c.ctl("POST", "config", {"latency_ms": 0, "rate_limit": 0, "api_keys": [KEY],
+                                 "restricted_keys": {}, "event_api_version": "2026-10-28.endive"})
         c.ctl("POST", "reseed", {"seed": 1})
 
     # ---- helpers
@@ -282,10 +283,14 @@ class FakeStripeTest(unittest.TestCase):
         price = subs[0]["items"]["data"][0]["price"]["id"]
         self.assertEqual(self.list_ids(f"/v1/subscriptions?limit=100&status=all&price={price}")[0],
                          [o["id"] for o in subs if o["items"]["data"][0]["price"]["id"] == price])
-        # A hidden subscription still works as a cursor.
+        # A hidden subscription is no cursor for the list that hides it (stripe-node#2368),
+        # but is one for the list of every status.
         canceled = next(i for i, o in enumerate(subs) if o["status"] == "canceled")
-        ids, _ = self.list_ids(f"/v1/subscriptions?limit=100&starting_after={subs[canceled]['id']}")
-        self.assertEqual(ids, [o["id"] for o in subs[canceled + 1:] if o["status"] not in hidden])
+        err = self.assert_error(self.c.get(f"/v1/subscriptions?limit=100&starting_after={subs[canceled]['id']}"),
+                                400, "resource_missing", "starting_after")
+        self.assertEqual(err["message"], f"No such subscription: '{subs[canceled]['id']}'")
+        ids, _ = self.list_ids(f"/v1/subscriptions?limit=100&status=all&starting_after={subs[canceled]['id']}")
+        self.assertEqual(ids, [o["id"] for o in subs[canceled + 1:]])
 
     def test_events(self):
         _, _, body = self.c.get("/v1/events?limit=100")
@@ -734,6 +739,97 @@ class FakeStripeTest(unittest.TestCase):
         self.assertEqual((status, headers.get("Idempotent-Replayed")), (200, "true"))
         names = [p["name"] for p in self.all_of("products")]
         self.assertEqual((names.count("P"), names.count("Q")), (1, 1))
+
+    def test_cursor_deleted_or_filtered_out(self):
+        """A cursor naming a deleted object, or one the list's filters no longer take, is
+        Stripe's 400 resource_missing on the cursor's parameter."""
+        ids, _ = self.list_ids("/v1/customers?limit=3")
+        self.c.api("DELETE", "/v1/customers/" + ids[2])
+        for param in ("starting_after", "ending_before"):
+            err = self.assert_error(self.c.get(f"/v1/customers?limit=3&{param}={ids[2]}"), 400,
+                                    "resource_missing", param)
+            self.assertEqual(err["message"], f"No such customer: '{ids[2]}'")
+        self.assertEqual(self.list_ids(f"/v1/customers?limit=1&starting_after={ids[1]}")[0][0],
+                         self.all_of("customers")[2]["id"])
+        invoices = self.all_of("invoices")
+        paid = [o["id"] for o in invoices if o["status"] == "paid"]
+        other = next(o["id"] for o in invoices if o["status"] == "open")
+        self.assertEqual(self.list_ids(f"/v1/invoices?status=paid&starting_after={paid[0]}")[0], paid[1:])
+        self.assert_error(self.c.get(f"/v1/invoices?status=paid&starting_after={other}"), 400,
+                          "resource_missing", "starting_after")
+        # a created range is no filter of that kind: a cursor outside it still works
+        self.assertEqual(self.c.get(f"/v1/invoices?created[gt]=1&starting_after={other}")[0], 200)
+
+    def test_restricted_keys(self):
+        rk = "rk_test_51RestrictedKeyForTests0123456789"
+        self.c.ctl("POST", "config", {"restricted_keys": {rk: ["customer_read", "rak_invoice_write",
+                                                               "event_read"]}})
+        self.assertEqual(self.c.get("/v1/customers", key=rk)[0], 200)
+        self.assertEqual(self.c.get("/v1/invoices?limit=1", key=rk)[0], 200)  # write includes read
+        self.assertEqual(self.c.get("/v1/events?limit=1", key=rk)[0], 200)
+        self.assertEqual(self.c.get("/v1/customers", key=KEY)[0], 200)  # the secret key still works
+        for method, path, perm in (("GET", "/v1/charges", "charge_read"),
+                                   ("GET", "/v1/charges/ch_x", "charge_read"),
+                                   ("POST", "/v1/customers", "customer_write"),
+                                   ("GET", "/v1/account", "accounts_kyc_id_numbers_read"),
+                                   ("GET", "/v1/customers/cus_x/payment_methods", "payment_method_read"),
+                                   ("GET", "/v1/balance", "balance_read")):
+            err = self.assert_error(self.c.api(method, path, {} if method == "POST" else None, key=rk), 403)
+            self.assertEqual(err["message"],
+                             "The provided key 'rk_test_" + "*" * (len(rk) - 14) + rk[-6:] + "' does not have "
+                             "the required permissions for this endpoint on account 'acct_fake000000000'. "
+                             f"Having the 'rak_{perm}' permission would allow this request to continue.", path)
+        err = self.assert_error(self.c.get("/v1/charges", key=rk, headers={"Stripe-Account": "acct_other"}), 403)
+        self.assertIn("on account 'acct_other'", err["message"])
+        self.assert_error(self.c.get("/v1/widgets", key=rk), 404)
+        self.assert_error(self.c.get("/v1/customers", key="rk_test_unknownkey1234"), 401)
+        self.assertEqual(self.c.ctl("GET", "config")["restricted_keys"],
+                         {rk: ["customer_read", "event_read", "invoice_write"]})
+        self.assertEqual(self.c.raw("POST", "/_control/config", json.dumps(
+            {"restricted_keys": {"sk_test_x": []}}))[0], 400)
+
+    def test_event_api_versions(self):
+        """Events carry the account's default API version and their object is rendered
+        in it: before 2025-03-31.basil an invoice's subscription is top-level and it has
+        no parent.  A retrieve is rendered in the request's Stripe-Version."""
+        mark = self.newest_event_id()
+        self.c.ctl("POST", "config", {"event_api_version": "2024-06-20"})
+        inv = self.c.ctl("POST", "objects/invoices", {"status": "open"})
+        cus = self.c.ctl("POST", "objects/customers", {"name": "Old"})
+        self.c.ctl("POST", "config", {"event_api_version": "2026-10-28.endive"})
+        self.c.ctl("POST", "objects/invoices/" + inv["id"], {"status": "paid"})
+        sub = inv["parent"]["subscription_details"]["subscription"]
+        events = self.events_since(mark)
+        self.assertEqual([(e["type"], e["api_version"]) for e in events],
+                         [("invoice.created", "2024-06-20"), ("customer.created", "2024-06-20"),
+                          ("invoice.updated", "2026-10-28.endive"), ("invoice.paid", "2026-10-28.endive")])
+        old = events[0]["data"]["object"]
+        self.assertNotIn("parent", old)
+        self.assertEqual((old["id"], old["subscription"], old["subscription_details"]),
+                         (inv["id"], sub, {"metadata": None}))
+        self.assertEqual(events[1]["data"]["object"], cus)  # no change to customers listed
+        self.assertEqual(events[2]["data"]["object"]["parent"], inv["parent"])
+        status, _, now = self.c.get("/v1/invoices/" + inv["id"])
+        self.assertEqual((status, now["parent"], now["status"]), (200, inv["parent"], "paid"))
+        _, headers, then = self.c.get("/v1/invoices/" + inv["id"], headers={"Stripe-Version": "2024-06-20"})
+        self.assertEqual((headers["Stripe-Version"], "parent" in then, then["subscription"]),
+                         ("2024-06-20", False, sub))
+        raw = self.c.ctl("POST", "events", {"type": "invoice.updated", "object": now, "api_version": "2023-10-16"})
+        self.assertEqual((raw["api_version"], "parent" in raw["data"]["object"]), ("2023-10-16", False))
+        self.assertEqual(self.c.raw("POST", "/_control/config", json.dumps({"event_api_version": "soon"}))[0], 400)
+
+    def test_invoice_upcoming(self):
+        """invoice.upcoming carries a preview invoice, which has no id and is in no list."""
+        mark = self.newest_event_id()
+        sub = next(o for o in self.all_of("subscriptions") if o["status"] == "active")
+        ev = self.c.ctl("POST", "upcoming_invoice", {"subscription": sub["id"]})
+        self.assertEqual(ev["type"], "invoice.upcoming")
+        inv = ev["data"]["object"]
+        self.assertNotIn("id", inv)
+        self.assertEqual((inv["object"], inv["billing_reason"], inv["customer"], inv["subscription"]),
+                         ("invoice", "upcoming", sub["customer"], sub["id"]))
+        self.assertEqual([e["id"] for e in self.events_since(mark)], [ev["id"]])
+        self.assertEqual(len(self.all_of("invoices")), 30)
 
     # ---- control objects and events
 

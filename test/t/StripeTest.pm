@@ -14,7 +14,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
 our @EXPORT_OK = qw(start_fake start_intempt new_node crash_and_restart server_ms logged_at
-  add_intempt expected_history);
+  add_intempt expected_history disabled_source);
 
 my @fakes;
 
@@ -195,6 +195,18 @@ sub new_node
 		IMPORT FOREIGN SCHEMA stripe FROM SERVER stripe INTO stripe;
 	});
 	return $node;
+}
+
+# disabled_source(node, name, "objects => ARRAY['customers'], …") -> a source on the server
+# "stripe" that only sync_now syncs: disabled in the transaction that creates it, so
+# that no worker starts a sync of its own
+sub disabled_source
+{
+	my ($node, $name, $args) = @_;
+	$node->safe_psql('postgres',
+		"BEGIN; SELECT stripe_sync.create_source('$name', server => 'stripe'" . ($args ? ", $args" : '')
+		  . "); SELECT stripe_sync.alter_source('$name', enabled => false); COMMIT;");
+	return;
 }
 
 END

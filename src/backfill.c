@@ -68,16 +68,6 @@ struct BfSet
 	List	   *clocks;			/* the account's test clocks (ids), in test mode */
 };
 
-/* the listing of an account's test clocks, page after page */
-typedef struct ClockList
-{
-	MemoryContext cxt;
-	List	   *ids;
-	char	   *after;
-	bool		more;
-	bool		busy;
-	char	   *error;
-} ClockList;
 
 /* tag of the events request a backfill's tail carries */
 #define EVENTS_TAG	(-1)
@@ -571,136 +561,6 @@ helpers_wait(Backfill *bf)
 	}
 }
 
-/* ---------- the lists of an object (bf_windows.h) ---------- */
-
-static bool
-clocks_feed(void *arg, StripeManyReq *req)
-{
-	ClockList  *cl = arg;
-
-	if (cl->busy || !cl->more)
-		return false;
-	req->cxt = AllocSetContextCreate(cl->cxt, "stripe_sync test clocks", ALLOCSET_SMALL_SIZES);
-	req->path = MemoryContextStrdup(req->cxt,
-									psprintf("/v1/test_helpers/test_clocks?limit=%d%s%s",
-											 STRIPE_PAGE_SIZE, cl->after ? "&starting_after=" : "",
-											 cl->after ? stripe_urlencode(cl->after) : ""));
-	/* a key that may not list them (a restricted one) fails this alone */
-	req->soft = true;
-	cl->busy = true;
-	return true;
-}
-
-static void
-clocks_done(void *arg, StripeManyReq *req)
-{
-	ClockList  *cl = arg;
-	MemoryContext old = MemoryContextSwitchTo(cl->cxt);
-	Jsonb	   *page;
-	JsonbValue *v;
-
-	cl->busy = false;
-	cl->more = false;
-	if (req->error != NULL)
-		cl->error = pstrdup(req->error->message);
-	else
-	{
-		page = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(req->resp.body)));
-		v = getKeyJsonValueFromContainer(&page->root, "data", 4, NULL);
-		if (v != NULL && v->type == jbvBinary)
-		{
-			JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
-			JsonbValue	e;
-			JsonbIteratorToken tok;
-
-			while ((tok = JsonbIteratorNext(&it, &e, true)) != WJB_DONE)
-			{
-				JsonbValue *id;
-
-				if (tok != WJB_ELEM || e.type != jbvBinary)
-					continue;
-				id = getKeyJsonValueFromContainer(e.val.binary.data, "id", 2, NULL);
-				if (id != NULL && id->type == jbvString && id->val.string.len < 100)
-					cl->ids = lappend(cl->ids, pnstrdup(id->val.string.val, id->val.string.len));
-			}
-		}
-		v = getKeyJsonValueFromContainer(&page->root, "has_more", 8, NULL);
-		/* a page that does not move the cursor on ends the listing */
-		if (v != NULL && v->type == jbvBool && v->val.boolean && cl->ids != NIL &&
-			(cl->after == NULL || strcmp(cl->after, llast(cl->ids)) != 0))
-		{
-			cl->after = llast(cl->ids);
-			cl->more = list_length(cl->ids) < 10000;
-		}
-	}
-	MemoryContextSwitchTo(old);
-	MemoryContextDelete(req->cxt);
-}
-
-/*
- * The test clocks of the account, when the key is a test key and an object of
- * the set is listed per clock: Stripe leaves customers and subscriptions on a
- * test clock out of their lists unless the list names the clock.  Live mode
- * has no test clocks.  A key that may not list them leaves them out, said once.
- */
-static List *
-bf_test_clocks(SyncRun *run, List *pending, MemoryContext cxt)
-{
-	ClockList	cl = {.cxt = cxt, .more = true};
-	const char *key = run->conn->api_key;
-	bool		wanted = false;
-	ListCell   *lc;
-
-	foreach(lc, pending)
-		if (((BfPending *) lfirst(lc))->lt->def != NULL &&
-			((BfPending *) lfirst(lc))->lt->def->test_clocks)
-			wanted = true;
-	if (!wanted || strlen(key) < 8 || strncmp(key + 2, "_test_", 6) != 0)
-		return NIL;
-	stripe_request_stream(run->conn, clocks_feed, clocks_done, &cl, &run->stats);
-	if (cl.error != NULL)
-		ereport(run->own ? LOG : WARNING,
-				(errmsg("stripe_sync: source \"%s\": the test clocks could not be listed; customers and subscriptions on test clocks are left out",
-						run->src.name),
-				 errdetail("%s", cl.error)));
-	return cl.ids;
-}
-
-/*
- * The lists that together hold every object of the backfill: the catalogue's
- * (one, or active and inactive prices), and for objects Stripe lists per test
- * clock, each of those again per clock.
- */
-static List *
-bf_lists(Backfill *bf, List *clocks)
-{
-	List	   *all = stripe_list_all_queries(bf->lt->def);
-	List	   *out = list_copy(all);
-	ListCell   *lc,
-			   *c;
-
-	if (bf->lt->def != NULL && bf->lt->def->test_clocks)
-		foreach(c, clocks)
-			foreach(lc, all)
-				out = lappend(out, psprintf("%s&test_clock=%s", (char *) lfirst(lc),
-											stripe_urlencode(lfirst(c))));
-	return out;
-}
-
-/*
- * A cursor of 0.2 names no list: its windows are the first list's, and every
- * other list starts with one window of the whole range.
- */
-static void
-bf_add_lists(Backfill *bf, List *lists, int64 floor)
-{
-	for (int i = 0; i < bf->win.n; i++)
-		strlcpy(bf->win.w[i].query, linitial(lists), sizeof(bf->win.w[i].query));
-	for (int i = 1; i < list_length(lists); i++)
-		stripe_windows_first(&bf->win, NULL, 1, floor, list_nth(lists, i));
-	bf->win.unlisted = false;
-}
-
 /* ---------- an object's backfill, and the set ---------- */
 
 /*
@@ -724,7 +584,7 @@ bf_begin(BfSet *set, BfPending *pend)
 	bf->set = set;
 	stripe_state_update(run, pend->object, "state = 'backfilling', last_error = NULL", NULL);
 	old = MemoryContextSwitchTo(bf->cxt);
-	lists = bf_lists(bf, set->clocks);
+	lists = stripe_backfill_lists(bf, set->clocks);
 	if (pend->cursor == NULL || !stripe_windows_load(&bf->win, pend->cursor, &bf->parts))
 	{
 		/* a window per request slot for the set's first list, one for the others */
@@ -735,7 +595,7 @@ bf_begin(BfSet *set, BfPending *pend)
 								 run->src.has_sync_from ? run->src.sync_from : 0, lfirst(lc));
 	}
 	else if (bf->win.unlisted)
-		bf_add_lists(bf, lists, run->src.has_sync_from ? run->src.sync_from : 0);
+		stripe_backfill_add_lists(bf, lists, run->src.has_sync_from ? run->src.sync_from : 0);
 	/* parts come back as BfPartRef: give each its helper's place */
 	foreach(lc, bf->parts)
 	{
@@ -942,7 +802,7 @@ backfill_one_set(SyncRun *run, List *pending, bool last)
 	{
 		MemoryContext old;
 
-		set.clocks = bf_test_clocks(run, pending, cxt);
+		set.clocks = stripe_backfill_test_clocks(run, pending, cxt);
 		stripe_run_begin(run);
 		foreach(lc, pending)
 			set.bf[set.n++] = bf_begin(&set, lfirst(lc));

@@ -164,7 +164,22 @@ classify_clause(PlannerInfo *root, RelOptInfo *baserel, Oid relid,
 	const StripeColumn *col;
 	Oid			opno;
 	Oid			inputcollid;
+	bool		negated = is_notclause(clause);
+	Node	   *alone = negated ? (Node *) get_notclausearg(clause) : (Node *) clause;
 
+	/* active = true / false: the planner keeps "active" or "NOT active" */
+	if (is_rel_var(alone, baserel) && ((Var *) strip_relabel(alone))->vartype == BOOLOID)
+	{
+		field = stripe_column_field(relid, ((Var *) strip_relabel(alone))->varattno);
+		col = stripe_object_column(def, field);
+		if (col == NULL || !(col->flags & STRIPE_FILTER_EQ) ||
+			(def != NULL && def->rows_from == STRIPE_ROWS_ARRAYS))
+			return false;
+		*kind = PUSH_EQ;
+		*key = field;
+		*value = (Expr *) makeBoolConst(!negated, false);
+		return true;
+	}
 	if (IsA(clause, ScalarArrayOpExpr))
 	{
 		ScalarArrayOpExpr *saop = (ScalarArrayOpExpr *) clause;

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Generate src/catalog_data.c: the typed columns of every catalogued Stripe object.
 
-Shapes come from Stripe's current example objects (fixtures3.json); where an example
-field is null, the older OpenAPI description decides the type.  List filters come from
-the OpenAPI list parameters.  A few objects are special and named in the tables below:
-balance (one object, a row per element of its arrays), the objects Stripe lists only
-under a parent, and those without a retrieve.  Both inputs are vendored in
-test/fixtures/stripe.  Run from the project root:
+The columns are the fields of Stripe's current example objects (fixtures3.json); their
+types come from the API description first (one example may hold 19 where Stripe sends
+8.875), from the example only for a field the description lacks.  The description is
+the vendored 2020 one with what Stripe's current one adds (openapi-current.json, see
+tools/overlay_openapi.py).  List filters, the enums of their values, and whether an
+object has a list at all come from its list parameters.  A few objects are special and
+named in the tables below: balance (one object, a row per element of its arrays), the
+objects Stripe lists only under a parent, those without a retrieve, and the lists that
+leave objects out unless asked.  All inputs are vendored in test/fixtures/stripe.  Run
+from the project root:
 
     python3 tools/gen_catalog.py > src/catalog_data.c
 """

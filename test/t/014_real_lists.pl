@@ -81,6 +81,25 @@ like($err, qr/the test clocks could not be listed; customers and subscriptions o
 is(sql("SELECT count(*) FROM stripe_data.customers WHERE id NOT IN ('" . join("','", @clocked_customers) . "')"),
 	120, '... the customers of no clock all there');
 
+# ---- a backfill cursor of 0.2 (its windows name no list) resumes as the active
+# prices' list, and the archived prices get a list of their own
+sql(q{SELECT stripe_sync.drop_source('main'); DROP SCHEMA stripe_data CASCADE; CREATE SCHEMA stripe_data;
+	BEGIN;
+	SELECT stripe_sync.create_source('main', server => 'stripe', objects => ARRAY['prices']);
+	SELECT stripe_sync.alter_source('main', enabled => false);
+	COMMIT;});
+$node->psql('postgres', q{SELECT stripe_sync.sync_now('main')});
+sql(q{TRUNCATE stripe_data.prices;
+	UPDATE stripe_sync.object_state SET backfill_done = false, state = 'backfilling',
+	       backfill_cursor = '{"id": 0, "windows": [{"gte": 0, "lt": 0, "after": null}]}'
+	 WHERE source = 'main' AND object = 'prices'});
+$fake->clear_requests;
+($rc, $out, $err) = $node->psql('postgres', q{SELECT stripe_sync.sync_now('main')});
+is($rc, 0, 'a 0.2 cursor resumes') or diag($err);
+is(sql(q{SELECT count(*) FROM stripe_data.prices}), scalar(@{ $fake->objects('prices') }), '... every price');
+is(join(',', sort map { $_->{path} =~ /(active=\w+)/ ? $1 : 'none' } grep { $_->{path} =~ m{^/v1/prices\?} }
+	@{ $fake->requests }), 'active=false,active=true', '... one list each, active and archived');
+
 # ---- Stripe's rate limits, on in the fake unless a test turns them off: a sync at
 # Stripe's own pace (stripe_sync.requests_per_second 20, under 25) is never refused
 $fake->config(rate_limit => 25, endpoint_rate_limit => 25);

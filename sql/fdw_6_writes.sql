@@ -44,8 +44,10 @@ SELECT * FROM fake_log();
 SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
 SELECT fake('POST', '/_control/faults', '{"kind": "truncate", "count": 1, "path": "/v1/products"}') IS NOT NULL AS injected;
 INSERT INTO stripe.products (name, active) VALUES ('Retried product', true) RETURNING name, active;
-SELECT count(*) AS attempts, count(DISTINCT r->>'idempotency_key') AS keys
-  FROM jsonb_array_elements(fake('GET', '/_control/requests')->'requests') r WHERE r->>'method' = 'POST';
+CREATE FUNCTION post_attempts(OUT attempts bigint, OUT keys bigint) LANGUAGE sql AS $$
+  SELECT count(*), count(DISTINCT r->>'idempotency_key')
+    FROM jsonb_array_elements(fake('GET', '/_control/requests')->'requests') r WHERE r->>'method' = 'POST' $$;
+SELECT * FROM post_attempts();
 SELECT count(*) AS products_named_so FROM stripe.products WHERE name = 'Retried product';
 -- the first attempt is carried out and answered 500: Stripe saves that answer and
 -- replays it to the same key, so the retry gets the 500 again (Idempotent-Replayed);
@@ -53,8 +55,7 @@ SELECT count(*) AS products_named_so FROM stripe.products WHERE name = 'Retried 
 SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
 SELECT fake('POST', '/_control/faults', '{"kind": "500", "count": 1, "path": "/v1/products", "after": true}') IS NOT NULL AS injected;
 INSERT INTO stripe.products (name, active) VALUES ('Failed product', true) RETURNING name, active;
-SELECT count(*) AS attempts, count(DISTINCT r->>'idempotency_key') AS keys
-  FROM jsonb_array_elements(fake('GET', '/_control/requests')->'requests') r WHERE r->>'method' = 'POST';
+SELECT * FROM post_attempts();
 SELECT count(*) AS products_named_so FROM stripe.products WHERE name = 'Failed product';
 
 -- prices and nested parameters (recurring[interval])

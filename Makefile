@@ -6,7 +6,7 @@ OBJS = src/stripe_sync.o src/guc.o src/xact.o src/bgw.o \
        src/json_page.o src/jsonb_fast.o src/rowconv.o src/payload.o \
        src/fdw.o src/fdw_request.o src/fdw_stats.o src/modify.o \
        src/sync_state.o src/sync_local.o src/sync_outbox.o src/sync_events.o src/sync_reread.o \
-       src/bf_windows.o src/helpers.o src/backfill.o src/sync_run.o \
+       src/bf_windows.o src/bf_lists.o src/helpers.o src/backfill.o src/sync_run.o \
        src/manage.o src/launcher.o src/ship_batch.o src/shipper.o
 EXTENSION = stripe_sync
 DATA = sql/stripe_sync--0.1.sql sql/stripe_sync--0.1--0.2.sql
@@ -26,7 +26,7 @@ EXTRA_CLEAN = src/*.d
 # Stripe that test/regress_launcher starts for it.
 REGRESS = fdw_1_setup fdw_2_options fdw_3_scan fdw_4_faults fdw_5_pushdown \
           fdw_6_writes fdw_7_catalog fdw_8_readme outbox_1_payload outbox_2_golden sync_1_manage \
-          safe_1_crash safe_2_values safe_3_requests safe_4_secrets log_check
+          safe_1_crash safe_2_values safe_3_requests safe_4_secrets fdw_9_real log_check
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(CURDIR)/test/regress.conf \
                --launcher=$(CURDIR)/test/regress_launcher
 

@@ -38,14 +38,25 @@ SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
 DELETE FROM stripe.customers WHERE id = 'cus_missing' RETURNING id;
 SELECT * FROM fake_log();
 
--- the first attempt is carried out but its answer is lost: the retry reuses the
--- Idempotency-Key, so Stripe (here the fake) creates exactly one product
+-- the first attempt is carried out but its answer is lost on the way (cut short): the
+-- retry reuses the Idempotency-Key, so Stripe (here the fake) replays the saved answer
+-- and creates exactly one product
+SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
+SELECT fake('POST', '/_control/faults', '{"kind": "truncate", "count": 1, "path": "/v1/products"}') IS NOT NULL AS injected;
+INSERT INTO stripe.products (name, active) VALUES ('Retried product', true) RETURNING name, active;
+CREATE FUNCTION post_attempts(OUT attempts bigint, OUT keys bigint) LANGUAGE sql AS $$
+  SELECT count(*), count(DISTINCT r->>'idempotency_key')
+    FROM jsonb_array_elements(fake('GET', '/_control/requests')->'requests') r WHERE r->>'method' = 'POST' $$;
+SELECT * FROM post_attempts();
+SELECT count(*) AS products_named_so FROM stripe.products WHERE name = 'Retried product';
+-- the first attempt is carried out and answered 500: Stripe saves that answer and
+-- replays it to the same key, so the retry gets the 500 again (Idempotent-Replayed);
+-- the ERROR says so after that one retry, and there is one product, not two
 SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
 SELECT fake('POST', '/_control/faults', '{"kind": "500", "count": 1, "path": "/v1/products", "after": true}') IS NOT NULL AS injected;
-INSERT INTO stripe.products (name, active) VALUES ('Retried product', true) RETURNING name, active;
-SELECT count(*) AS attempts, count(DISTINCT r->>'idempotency_key') AS keys
-  FROM jsonb_array_elements(fake('GET', '/_control/requests')->'requests') r WHERE r->>'method' = 'POST';
-SELECT count(*) AS products_named_so FROM stripe.products WHERE name = 'Retried product';
+INSERT INTO stripe.products (name, active) VALUES ('Failed product', true) RETURNING name, active;
+SELECT * FROM post_attempts();
+SELECT count(*) AS products_named_so FROM stripe.products WHERE name = 'Failed product';
 
 -- prices and nested parameters (recurring[interval])
 SELECT id AS prod FROM stripe.products WHERE name = 'Retried product' \gset

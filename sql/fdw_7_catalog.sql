@@ -158,7 +158,7 @@ EXPLAIN (COSTS OFF)
 SELECT sa.id FROM stripe.setup_intents si JOIN stripe.setup_attempts sa ON sa.setup_intent = si.id
  WHERE si.customer = 'cus_A';
 SELECT count(*) = :si_attempts AS all_found, bool_and(sa.setup_intent = si.id) AS matched,
-       count(*) FILTER (WHERE sa.id = si.latest_attempt #>> '{}') AS latest
+       count(*) FILTER (WHERE sa.id = si.latest_attempt) AS latest
   FROM stripe.setup_intents si JOIN stripe.setup_attempts sa ON sa.setup_intent = si.id
  WHERE si.customer = :'si_customer';
 

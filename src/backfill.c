@@ -65,6 +65,7 @@ struct BfSet
 	MemoryContext cxt;			/* the stream's, and the events page's */
 	int64		busy;			/* microseconds spent on pages since t0 */
 	TimestampTz t0;
+	List	   *clocks;			/* the account's test clocks (ids), in test mode */
 };
 
 /*
@@ -126,7 +127,7 @@ bf_feed(void *arg, StripeManyReq *req)
 		appendStringInfo(&path, "&created%%5Bgte%%5D=" INT64_FORMAT, w->lo);
 	if (w->hi)
 		appendStringInfo(&path, "&created%%5Blt%%5D=" INT64_FORMAT, w->hi);
-	appendStringInfoString(&path, stripe_list_default_filters(bf->lt->def, false));
+	appendStringInfoString(&path, w->query);
 	if (w->after[0])
 		appendStringInfo(&path, "&starting_after=%s", stripe_urlencode(w->after));
 	pc = palloc0(sizeof(PageCheck));
@@ -548,6 +549,7 @@ bf_deal(Backfill *bf)
 			continue;
 		cut[i] = lo + (stripe_window_top(&bf->win, w) - lo) / DEAL_SHARE;
 		nw = stripe_windows_add(&t.win, w->lo, cut[i]);
+		memcpy(nw->query, w->query, sizeof(nw->query));
 		nw->span = w->span;
 		nw->depth = w->depth + 1;
 	}
@@ -612,16 +614,28 @@ bf_begin(BfSet *set, BfPending *pend)
 	Backfill   *bf = MemoryContextAllocZero(run->cxt, sizeof(Backfill));
 	MemoryContext old;
 	ListCell   *lc;
+	List	   *lists;
 
 	stripe_backfill_init(bf, run, pend->lt, pend->object, 0, run->cxt);
 	bf->set = set;
 	stripe_state_update(run, pend->object, "state = 'backfilling', last_error = NULL", NULL);
 	old = MemoryContextSwitchTo(bf->cxt);
+	lists = stripe_backfill_lists(bf, set->clocks);
 	if (pend->cursor == NULL || !stripe_windows_load(&bf->win, pend->cursor, &bf->parts))
-		stripe_windows_first(&bf->win, pend->cursor,
-							 set->n == 0 && bf->win.base != STRIPE_FLOOR
-							 ? Max(stripe_max_concurrent_requests, 1) : 1,
-							 run->src.has_sync_from ? run->src.sync_from : 0);
+	{
+		/*
+		 * A window per request slot for the set's first list (unless the
+		 * account's creation is unknown), one for the others
+		 */
+		foreach(lc, lists)
+			stripe_windows_first(&bf->win, foreach_current_index(lc) == 0 ? pend->cursor : NULL,
+								 set->n == 0 && foreach_current_index(lc) == 0 &&
+								 bf->win.base != STRIPE_FLOOR
+								 ? Max(stripe_max_concurrent_requests, 1) : 1,
+								 run->src.has_sync_from ? run->src.sync_from : 0, lfirst(lc));
+	}
+	else if (bf->win.unlisted)
+		stripe_backfill_add_lists(bf, lists, run->src.has_sync_from ? run->src.sync_from : 0);
 	/* parts come back as BfPartRef: give each its helper's place */
 	foreach(lc, bf->parts)
 	{
@@ -661,6 +675,10 @@ stripe_backfill_part_work(Backfill *pb, const char *cursor)
 	MemoryContext old = MemoryContextSwitchTo(pb->cxt);
 
 	stripe_windows_load(&pb->win, cursor, NULL);
+	/* a part of 0.2 names no list: its windows are the object's first list's */
+	for (int i = 0; pb->win.unlisted && i < pb->win.n; i++)
+		strlcpy(pb->win.w[i].query, linitial(stripe_list_all_queries(pb->lt->def)),
+				sizeof(pb->win.w[i].query));
 	MemoryContextSwitchTo(old);
 	part_lock(pb, true);
 	PG_TRY();
@@ -822,6 +840,7 @@ backfill_one_set(SyncRun *run, List *pending, bool last)
 	{
 		MemoryContext old;
 
+		set.clocks = stripe_backfill_test_clocks(run, pending, cxt);
 		stripe_run_begin(run);
 		foreach(lc, pending)
 			set.bf[set.n++] = bf_begin(&set, lfirst(lc));

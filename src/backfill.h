@@ -59,4 +59,9 @@ extern void stripe_backfill_init(Backfill *bf, SyncRun *run, LocalTable *lt,
 								 const char *object, int64 part, MemoryContext parent);
 extern void stripe_backfill_part_work(Backfill *pb, const char *cursor);
 
+/* bf_lists.c */
+extern List *stripe_backfill_test_clocks(SyncRun *run, List *pending, MemoryContext cxt);
+extern List *stripe_backfill_lists(Backfill *bf, List *clocks);
+extern void stripe_backfill_add_lists(Backfill *bf, List *lists, int64 floor);
+
 #endif							/* STRIPE_BACKFILL_H */

@@ -57,8 +57,10 @@ stripe_windows_json(BfWindows *ws, int64 part, List *parts)
 
 		if (w->done)
 			continue;
-		appendStringInfo(&buf, "%s{\"gte\": " INT64_FORMAT ", \"lt\": " INT64_FORMAT ", \"after\": ",
+		appendStringInfo(&buf, "%s{\"gte\": " INT64_FORMAT ", \"lt\": " INT64_FORMAT ", \"q\": ",
 						 first ? "" : ", ", w->lo, w->hi);
+		escape_json(&buf, w->query);
+		appendStringInfoString(&buf, ", \"after\": ");
 		if (w->after[0])
 		{
 			escape_json(&buf, w->after);
@@ -145,11 +147,21 @@ stripe_windows_load(BfWindows *ws, const char *cursor, List **parts)
 	{
 		BfWindow   *w;
 		JsonbValue *after;
+		JsonbValue *query;
 
 		if (tok != WJB_ELEM || v.type != jbvBinary)
 			continue;
 		w = stripe_windows_add(ws, jsonb_int_member(v.val.binary.data, "gte", 0),
 							   jsonb_int_member(v.val.binary.data, "lt", 0));
+		query = getKeyJsonValueFromContainer(v.val.binary.data, "q", 1, NULL);
+		if (query != NULL && query->type == jbvString &&
+			query->val.string.len < (int) sizeof(w->query))
+		{
+			memcpy(w->query, query->val.string.val, query->val.string.len);
+			w->query[query->val.string.len] = '\0';
+		}
+		else
+			ws->unlisted = true;
 		after = getKeyJsonValueFromContainer(v.val.binary.data, "after", 5, NULL);
 		if (after != NULL && after->type == jbvString)
 		{
@@ -170,7 +182,7 @@ stripe_windows_load(BfWindows *ws, const char *cursor, List **parts)
  * the oldest window below (sync_from), 0 for none.  Call it in ws->cxt.
  */
 void
-stripe_windows_first(BfWindows *ws, char *cursor, int n, int64 floor)
+stripe_windows_first(BfWindows *ws, char *cursor, int n, int64 floor, const char *query)
 {
 	int64		lo = ws->base;
 
@@ -190,6 +202,7 @@ stripe_windows_first(BfWindows *ws, char *cursor, int n, int64 floor)
 		BfWindow   *w = stripe_windows_add(ws, i == 0 ? floor : lo + (ws->top - lo) * i / n,
 										   i == n - 1 ? 0 : lo + (ws->top - lo) * (i + 1) / n);
 
+		strlcpy(w->query, query, sizeof(w->query));
 		/* a bare id: the cursor of the one window of an older version */
 		if (cursor != NULL)
 		{
@@ -284,6 +297,7 @@ stripe_windows_split(BfWindows *ws)
 	w = &ws->w[best];
 	nw->span = w->span;
 	nw->depth = w->depth + 1;
+	memcpy(nw->query, w->query, sizeof(nw->query));
 	return nw;
 }
 

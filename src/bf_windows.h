@@ -17,6 +17,10 @@
  *			the parts not known to be done, with their first windows.
  *	set		the objects of one sync, backfilled in one stream of requests
  *			(backfill.c): a free slot goes to whichever has a page to ask for.
+ *	list	what a window lists besides its range: most objects have one list,
+ *			but prices are two (active=true, active=false) and objects on test
+ *			clocks are listed per clock (test_clock=clock_…); a window's list is
+ *			in its query, and the first round has windows for every list.
  *-------------------------------------------------------------------------
  */
 #ifndef STRIPE_BF_WINDOWS_H
@@ -34,6 +38,7 @@ typedef struct BfWindow
 	int64		last_created;	/* created of the row "after" names */
 	int64		span;			/* seconds of created per page; 0 = unknown */
 	int			depth;			/* carvings since a page showed this density */
+	char		query[160];		/* its list's filters: "&active=false" or "" */
 	bool		in_flight;
 	bool		done;
 } BfWindow;
@@ -48,6 +53,7 @@ typedef struct BfWindows
 	int64		top;			/* the backfill's start, for splitting */
 	bool		ranged;			/* the list takes created[gte] and created[lt] */
 	int			maxdepth;		/* carvings of an unmeasured chain at most */
+	bool		unlisted;		/* a loaded cursor's windows name no list (0.2's) */
 } BfWindows;
 
 /* a part as a cursor lists it: its id and its first windows (cursor JSON) */
@@ -60,7 +66,8 @@ typedef struct BfPartRef
 extern BfWindow *stripe_windows_add(BfWindows *ws, int64 lo, int64 hi);
 extern char *stripe_windows_json(BfWindows *ws, int64 part, List *parts);
 extern bool stripe_windows_load(BfWindows *ws, const char *cursor, List **parts);
-extern void stripe_windows_first(BfWindows *ws, char *cursor, int n, int64 floor);
+extern void stripe_windows_first(BfWindows *ws, char *cursor, int n, int64 floor,
+								 const char *query);
 extern BfWindow *stripe_windows_split(BfWindows *ws);
 extern int64 stripe_window_top(BfWindows *ws, BfWindow *w);
 extern int64 stripe_window_lo(BfWindows *ws, BfWindow *w);

@@ -81,16 +81,51 @@ stripe_object_table_names(void)
 }
 
 /*
- * The filters a list of this object always carries, unless the query gives
- * its own: Stripe hides canceled subscriptions unless asked for all statuses.
- * Returned as "&name=value" to append to a list request.
+ * Whether Stripe accepts this value of a list filter: a value outside the
+ * filter's enum is refused with a 400, so it is not sent (the local check
+ * still applies it).
  */
-const char *
-stripe_list_default_filters(const StripeObjectDef *def, bool has_status)
+bool
+stripe_filter_accepts(const StripeColumn *col, const char *value)
 {
-	if (def != NULL && strcmp(def->path, "subscriptions") == 0 && !has_status)
-		return "&status=all";
-	return "";
+	const char *p;
+	size_t		n = strlen(value);
+
+	if (col == NULL || col->values == NULL)
+		return true;
+	if (strchr(value, '|') != NULL)
+		return false;			/* no value of Stripe's has one */
+	for (p = col->values; p != NULL; p = strchr(p, '|') ? strchr(p, '|') + 1 : NULL)
+		if (strncmp(p, value, n) == 0 && (p[n] == '|' || p[n] == '\0'))
+			return true;
+	return false;
+}
+
+/* the parameter the object's list_all sets ("status"), or NULL */
+char *
+stripe_list_all_param(const StripeObjectDef *def)
+{
+	if (def == NULL || def->list_all == NULL)
+		return NULL;
+	return pnstrdup(def->list_all, strcspn(def->list_all, "="));
+}
+
+/*
+ * The lists that together hold every object, as "&name=value" to append to a
+ * list request: "&status=all" for subscriptions, "&active=true" and
+ * "&active=false" for prices, one "" for the objects whose plain list does.
+ */
+List *
+stripe_list_all_queries(const StripeObjectDef *def)
+{
+	List	   *out = NIL;
+	const char *p;
+
+	if (def == NULL || def->list_all == NULL)
+		return list_make1(pstrdup(""));
+	for (p = def->list_all; p != NULL; p = strchr(p, '|') ? strchr(p, '|') + 1 : NULL)
+		out = lappend(out, psprintf("&%.*s", (int) strcspn(p, "|"), p));
+	return out;
 }
 
 /* stripe_sync.catalog_columns(object): the typed columns of a catalogued object */

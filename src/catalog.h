@@ -7,6 +7,8 @@
 #ifndef STRIPE_CATALOG_H
 #define STRIPE_CATALOG_H
 
+#include "nodes/pg_list.h"
+
 typedef enum StripeColType
 {
 	STRIPE_COL_TEXT,
@@ -26,6 +28,8 @@ typedef struct StripeColumn
 	const char *name;
 	StripeColType type;
 	int			flags;
+	const char *values;			/* a filter's values Stripe accepts, "a|b|c";
+								 * NULL: any */
 } StripeColumn;
 
 /* StripeObjectDef.rows_from: what one row of the table is */
@@ -62,6 +66,17 @@ typedef struct StripeObjectDef
 	const char *parent_path;
 	const char *required_example;
 
+	bool		no_list;		/* Stripe has no list: a scan needs id = */
+
+	/*
+	 * Lists that leave objects out unless asked for them: how every object is
+	 * listed, as one parameter ("status=all") or as several lists that
+	 * together hold them all ("active=true|active=false").  A query's own
+	 * value of that parameter replaces them.
+	 */
+	const char *list_all;
+	bool		test_clocks;	/* objects on test clocks are listed only per clock */
+
 	/* a source can sync it, and how its local table stays current; or NULL */
 	const char *stays_current;
 	/* the writes Stripe allows through the foreign table ("insert, update"), or NULL */
@@ -79,6 +94,8 @@ extern const StripeColumn *stripe_object_column(const StripeObjectDef *def,
 												const char *name);
 extern const char *stripe_coltype_sql(StripeColType type);
 extern char *stripe_object_table_names(void);
-extern const char *stripe_list_default_filters(const StripeObjectDef *def, bool has_status);
+extern bool stripe_filter_accepts(const StripeColumn *col, const char *value);
+extern char *stripe_list_all_param(const StripeObjectDef *def);
+extern List *stripe_list_all_queries(const StripeObjectDef *def);
 
 #endif							/* STRIPE_CATALOG_H */

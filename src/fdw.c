@@ -74,6 +74,7 @@ typedef struct StripeRelInfo
 	bool		all_pushed;		/* every base qual goes to Stripe */
 	bool		has_id;			/* a base qual is id = or id = ANY */
 	bool		has_parent;		/* a base qual gives the filter Stripe requires */
+	bool		many_lists;		/* read as several lists (prices: active, inactive) */
 } StripeRelInfo;
 
 /* fdw_private of the ForeignScan plan */
@@ -109,6 +110,8 @@ typedef struct StripeScanState
 	bool		allow_404;		/* a 404 means no rows */
 	List	   *retrieve_paths; /* retrieves still to send */
 	RequestPlan rp;				/* the list's base path and parameters */
+	List	   *lists;			/* "&filter=…" after limit=, of each list left */
+	List	   *suffixes;		/* and what each adds to rp's filters */
 	char	   *first_request;	/* for EXPLAIN ANALYZE */
 	char		last_id[256];
 	ScanPlace	place;			/* to go on from, should Stripe lose the cursor */
@@ -163,7 +166,22 @@ classify_clause(PlannerInfo *root, RelOptInfo *baserel, Oid relid,
 	const StripeColumn *col;
 	Oid			opno;
 	Oid			inputcollid;
+	bool		negated = is_notclause(clause);
+	Node	   *alone = negated ? (Node *) get_notclausearg(clause) : (Node *) clause;
 
+	/* active = true / false: the planner keeps "active" or "NOT active" */
+	if (is_rel_var(alone, baserel) && ((Var *) strip_relabel(alone))->vartype == BOOLOID)
+	{
+		field = stripe_column_field(relid, ((Var *) strip_relabel(alone))->varattno);
+		col = stripe_object_column(def, field);
+		if (col == NULL || !(col->flags & STRIPE_FILTER_EQ) ||
+			(def != NULL && def->rows_from == STRIPE_ROWS_ARRAYS))
+			return false;
+		*kind = PUSH_EQ;
+		*key = field;
+		*value = (Expr *) makeBoolConst(!negated, false);
+		return true;
+	}
 	if (IsA(clause, ScalarArrayOpExpr))
 	{
 		ScalarArrayOpExpr *saop = (ScalarArrayOpExpr *) clause;
@@ -261,9 +279,11 @@ stripeGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntable
 	StripeRelInfo *info = palloc0(sizeof(StripeRelInfo));
 	ListCell   *lc;
 	bool		eq = false,
-				range = false;
+				range = false,
+				all_given = false;
 	double		ids = 0;
 	Relation	rel;
+	char	   *all_param;
 
 	info->path = stripe_table_object_path(foreigntableid);
 	/* the table's name when there is no object option: anything may be in it */
@@ -278,6 +298,7 @@ stripeGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntable
 						 quote_identifier(get_rel_name(foreigntableid)))));
 	info->def = stripe_object_by_path(info->path);
 	info->all_pushed = true;
+	all_param = stripe_list_all_param(info->def);
 
 	rel = table_open(foreigntableid, NoLock);
 	for (int i = 0; i < RelationGetDescr(rel)->natts; i++)
@@ -307,6 +328,8 @@ stripeGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntable
 			(kind == PUSH_EQ && info->def && info->def->required_filter &&
 			 strcmp(key, info->def->required_filter) == 0))
 			info->has_parent = true;
+		if (kind == PUSH_EQ && all_param != NULL && strcmp(key, all_param) == 0)
+			all_given = true;
 		if (kind == PUSH_ID)
 			ids = 1;
 		else if (kind == PUSH_ID_ANY)
@@ -325,6 +348,8 @@ stripeGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntable
 	}
 	if (ids > 0)
 		info->has_id = true;
+	/* without its parameter, Stripe's newest-first order holds within each list only */
+	info->many_lists = !all_given && list_length(stripe_list_all_queries(info->def)) > 1;
 	baserel->fdw_private = info;
 	baserel->tuples = ROWS_LIST;
 	baserel->rows = ids > 0 ? ids : eq ? ROWS_FILTERED : range ? ROWS_RANGE : ROWS_LIST;
@@ -340,7 +365,12 @@ stripeGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntable
 static bool
 lacks_parent(StripeRelInfo *info, PushKind kind, const char *key)
 {
-	if (info->def == NULL || info->def->required_filter == NULL || info->has_parent)
+	if (info->def == NULL || info->has_parent)
+		return false;
+	/* an object Stripe does not list (mandates) needs its id */
+	if (info->def->no_list)
+		return key == NULL || kind != PUSH_ID;
+	if (info->def->required_filter == NULL)
 		return false;
 	if (key == NULL)
 		return true;
@@ -368,7 +398,8 @@ stripe_order_pathkeys(PlannerInfo *root, RelOptInfo *baserel, StripeRelInfo *inf
 	PathKey    *pk;
 	ListCell   *lc;
 
-	if (info->created_attno == 0 || info->has_id || list_length(root->query_pathkeys) != 1)
+	if (info->created_attno == 0 || info->has_id || info->many_lists ||
+		list_length(root->query_pathkeys) != 1)
 		return NIL;
 
 	/*
@@ -686,7 +717,7 @@ fetch_list_page(StripeScanState *st)
 	ErrorData  *error;
 	StripeRefusal refusal;
 	int			limit = st->pages_done == 0 && st->first_limit > 0 ? st->first_limit : STRIPE_PAGE_SIZE;
-	char	   *path = stripe_list_request(st->rp.base_path, limit, st->rp.query_rest,
+	char	   *path = stripe_list_request(st->rp.base_path, limit, linitial(st->lists),
 										   st->last_id[0] ? stripe_urlencode(st->last_id) : NULL);
 	bool		found;
 
@@ -707,7 +738,8 @@ fetch_list_page(StripeScanState *st)
 	st->place.resumed = true;
 	st->place.resumptions++;
 	path = stripe_list_request(st->rp.base_path, STRIPE_PAGE_SIZE,
-							   stripe_list_rest_upto(&st->rp, st->place.second), NULL);
+							   stripe_list_rest_upto(&st->rp, linitial(st->suffixes), st->place.second),
+							   NULL);
 	return stripe_request(st->conn, "GET", path, NULL, NULL, st->allow_404, check_page, st,
 						  &resp, &st->stats);
 }
@@ -752,7 +784,14 @@ fetch_page(StripeScanState *st)
 		st->done = true;
 	}
 	else if (!st->page.has_more)
-		st->done = true;
+	{
+		/* this list is done: the next one (inactive prices) starts afresh */
+		st->lists = list_delete_first(st->lists);
+		st->suffixes = list_delete_first(st->suffixes);
+		st->last_id[0] = '\0';
+		stripe_place_init(&st->place, NULL);
+		st->done = (st->lists == NIL);
+	}
 	else
 	{
 		const char *why = NULL;
@@ -842,10 +881,19 @@ stripeIterateForeignScan(ForeignScanState *node)
 		st->done = !stripe_build_request(st->path, st->def, vals, nvals, &rp);
 		if (!st->done && rp.lacks_parent)
 			report_missing_parent(node, st->def);
+		if (!st->done && rp.no_list)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("foreign table \"%s\" needs a value for \"id\"",
+							RelationGetRelationName(node->ss.ss_currentRelation)),
+					 errdetail("%s (GET /v1/%s/{id}).", stripe_no_list_hint(st->def), st->def->path),
+					 errhint("Add WHERE id = '…', or join on id.")));
 		st->retrieve = rp.retrieve;
 		st->allow_404 = rp.allow_404;
 		st->retrieve_paths = rp.retrieve_paths;
 		st->rp = rp;
+		st->lists = rp.lists;
+		st->suffixes = rp.suffixes;
 		stripe_place_init(&st->place, node->ss.ps.state->es_query_cxt);
 		if (st->first_request == NULL && !st->done)
 			st->first_request = stripe_describe_requests(&rp, st->def, st->first_limit);

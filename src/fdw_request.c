@@ -183,10 +183,12 @@ stripe_build_request(const char *path, const StripeObjectDef *def,
 {
 	StringInfoData buf;
 	CreatedRange cr = {0};
-	bool		status_given = false;
+	char	   *all_param;
+	bool		all_given = false;
 	bool		parent_given = false;
 	char	   *value;
 	List	   *keys_done = NIL;
+	ListCell   *lc;
 	int			i;
 
 	memset(rp, 0, sizeof(RequestPlan));
@@ -206,11 +208,20 @@ stripe_build_request(const char *path, const StripeObjectDef *def,
 			/* several id quals: the first decides, the recheck keeps the rest honest */
 			return build_retrieves(path, &vals[i], rp);
 
+	/* Stripe has no list of it (mandates): only a retrieve, above, may be sent */
+	if (def != NULL && def->no_list)
+	{
+		rp->no_list = true;
+		return true;
+	}
+	if (def == NULL)
+		def = stripe_object_by_path(path);
+	all_param = stripe_list_all_param(def);
+
 	initStringInfo(&buf);
 	for (i = 0; i < nvals; i++)
 	{
 		PushValue  *v = &vals[i];
-		ListCell   *lc;
 		bool		dup = false;
 
 		if (v->known && v->isnull)
@@ -220,6 +231,16 @@ stripe_build_request(const char *path, const StripeObjectDef *def,
 			narrow_created(&cr, v);
 			continue;
 		}
+
+		/*
+		 * A value outside the filter's enum would be a 400: it is not sent,
+		 * and the local check finds what it matches (nothing, unless Stripe
+		 * has values newer than the catalogue).
+		 */
+		if (v->known &&
+			!stripe_filter_accepts(stripe_object_column(def, v->key),
+								   datum_param_text(v->value, v->type)))
+			continue;
 		/* the same filter twice: send the first, the recheck does the rest */
 		foreach(lc, keys_done)
 			if (strcmp(strVal(lfirst(lc)), v->key) == 0)
@@ -227,8 +248,8 @@ stripe_build_request(const char *path, const StripeObjectDef *def,
 		if (dup)
 			continue;
 		keys_done = lappend(keys_done, makeString(v->key));
-		if (strcmp(v->key, "status") == 0)
-			status_given = true;
+		if (all_param != NULL && strcmp(v->key, all_param) == 0)
+			all_given = true;
 		value = v->known ? stripe_urlencode(datum_param_text(v->value, v->type))
 			: psprintf("$%d", v->paramno);
 		if (def != NULL && def->required_filter != NULL &&
@@ -253,23 +274,23 @@ stripe_build_request(const char *path, const StripeObjectDef *def,
 	rp->created = cr;
 	if (!append_created(&buf, &cr))
 		return false;
-	/* what Stripe would hide without asking (canceled subscriptions): the catalogue says */
-	rp->defaults = stripe_list_default_filters(def != NULL ? def : stripe_object_by_path(path),
-											   status_given);
-	appendStringInfoString(&buf, rp->defaults);
-	rp->query_rest = buf.data;
+	/* what Stripe would leave out without asking: the catalogue says how to list it all */
+	rp->suffixes = all_given ? list_make1(pstrdup("")) : stripe_list_all_queries(def);
+	foreach(lc, rp->suffixes)
+		rp->lists = lappend(rp->lists, psprintf("%s%s", buf.data, (char *) lfirst(lc)));
 	if (def != NULL && def->required_filter != NULL && !parent_given)
 		rp->lacks_parent = true;
 	return true;
 }
 
 /*
- * The list's parameters after limit= (query_rest) with created at most upper
- * (whole seconds): where a scan goes on from the second of the last row it
- * returned, when Stripe no longer knows its cursor.
+ * One of the plan's lists' parameters after limit= (the one suffix ends
+ * with) with created at most upper (whole seconds): where a scan goes on from
+ * the second of the last row it returned, when Stripe no longer knows its
+ * cursor.
  */
 char *
-stripe_list_rest_upto(RequestPlan *rp, int64 upper)
+stripe_list_rest_upto(RequestPlan *rp, const char *suffix, int64 upper)
 {
 	StringInfoData buf;
 	CreatedRange cr = rp->created;
@@ -283,7 +304,7 @@ stripe_list_rest_upto(RequestPlan *rp, int64 upper)
 	appendStringInfoString(&buf, rp->filters);
 	/* not empty: a row of the range was created in that second */
 	(void) append_created(&buf, &cr);
-	appendStringInfoString(&buf, rp->defaults);
+	appendStringInfoString(&buf, suffix);
 	return buf.data;
 }
 
@@ -293,6 +314,13 @@ stripe_list_request(const char *base, int limit, const char *rest, const char *c
 {
 	return psprintf("%s?limit=%d%s%s%s", base, limit, rest,
 					cursor ? "&starting_after=" : "", cursor ? cursor : "");
+}
+
+/* why a scan of an object without a list sends nothing */
+char *
+stripe_no_list_hint(const StripeObjectDef *def)
+{
+	return psprintf("Stripe has no list of %s, only a retrieve by id", def->path);
 }
 
 /* the request line(s) for EXPLAIN */
@@ -306,11 +334,19 @@ stripe_describe_requests(RequestPlan *rp, const StripeObjectDef *def, int first_
 	if (rp->lacks_parent)
 		return psprintf("none (Stripe lists %s only per %s)",
 						def->path, def->required_filter);
-	if (!rp->retrieve)
-		return psprintf("GET %s", stripe_list_request(rp->base_path,
-													  first_limit > 0 ? first_limit : STRIPE_PAGE_SIZE,
-													  rp->query_rest, NULL));
+	if (rp->no_list)
+		return psprintf("none (%s)", stripe_no_list_hint(def));
 	initStringInfo(&buf);
+	if (!rp->retrieve)
+	{
+		/* the first page of each list */
+		foreach(lc, rp->lists)
+			appendStringInfo(&buf, "%sGET %s", foreach_current_index(lc) ? ", " : "",
+							 stripe_list_request(rp->base_path,
+												 first_limit > 0 ? first_limit : STRIPE_PAGE_SIZE,
+												 lfirst(lc), NULL));
+		return buf.data;
+	}
 	foreach(lc, rp->retrieve_paths)
 	{
 		if (n++ == 5)

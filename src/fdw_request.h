@@ -54,12 +54,19 @@ typedef struct RequestPlan
 	bool		retrieve;
 	bool		allow_404;		/* a 404 means no rows, not an error */
 	bool		lacks_parent;	/* the filter Stripe requires is missing */
+	bool		no_list;		/* Stripe has no list of it, and no id was given */
 	List	   *retrieve_paths; /* "/v1/customers/cus_…" each */
 	char	   *base_path;		/* "/v1/customers" */
-	char	   *query_rest;		/* "&customer=…&created%5Bgte%5D=…": the three below */
-	char	   *filters;		/* "&customer=…" */
+
+	/*
+	 * The lists to read one after the other, each as what follows limit=:
+	 * "&customer=…&created%5Bgte%5D=…".  One, unless the object's plain list
+	 * leaves some out (prices: active=true, then active=false).
+	 */
+	List	   *lists;
+	List	   *suffixes;		/* what each of lists adds to the filters: "", "&active=false" */
+	char	   *filters;		/* "&customer=…": the parameters before created */
 	CreatedRange created;
-	const char *defaults;		/* what Stripe would hide without asking: "&status=all" */
 } RequestPlan;
 
 /*
@@ -87,8 +94,9 @@ extern bool stripe_build_request(const char *path, const StripeObjectDef *def,
 								 PushValue *vals, int nvals, RequestPlan *rp);
 extern char *stripe_list_request(const char *base, int limit, const char *rest,
 								 const char *cursor);
-extern char *stripe_list_rest_upto(RequestPlan *rp, int64 upper);
+extern char *stripe_list_rest_upto(RequestPlan *rp, const char *suffix, int64 upper);
 extern char *stripe_describe_requests(RequestPlan *rp, const StripeObjectDef *def,
 									  int first_limit);
+extern char *stripe_no_list_hint(const StripeObjectDef *def);
 
 #endif							/* STRIPE_FDW_REQUEST_H */

@@ -138,6 +138,8 @@ header_cb(char *ptr, size_t size, size_t nitems, void *userdata)
 		{"retry-after:", offsetof(HttpBuffer, retry_after), sizeof(((HttpBuffer *) 0)->retry_after)},
 		{"stripe-should-retry:", offsetof(HttpBuffer, should_retry), sizeof(((HttpBuffer *) 0)->should_retry)},
 		{"content-length:", offsetof(HttpBuffer, content_length), sizeof(((HttpBuffer *) 0)->content_length)},
+		{"stripe-rate-limited-reason:", offsetof(HttpBuffer, rate_reason), sizeof(((HttpBuffer *) 0)->rate_reason)},
+		{"idempotent-replayed:", offsetof(HttpBuffer, replayed), sizeof(((HttpBuffer *) 0)->replayed)},
 	};
 
 	for (size_t i = 0; i < lengthof(wanted); i++)
@@ -413,6 +415,9 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 			retryable = false;
 		else if (pg_strcasecmp(buf->should_retry, "true") == 0)
 			retryable = true;
+		/* the key's saved answer: the same key would get it again */
+		if (pg_strcasecmp(buf->replayed, "true") == 0)
+			retryable = false;
 	}
 
 	/* a parse error or curl's message may quote what the server sent */
@@ -435,7 +440,12 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 	}
 
 	if (status != 0 && why == NULL)
-		stripe_api_error(conn, method, path, status, buf->data, buf->len, buf->request_id, attempt + 1);
+	{
+		StripeAnswerInfo info = {buf->request_id, buf->rate_reason,
+		pg_strcasecmp(buf->replayed, "true") == 0, attempt + 1};
+
+		stripe_api_error(conn, method, path, status, buf->data, buf->len, &info);
+	}
 
 	ereport(ERROR,
 			(errcode(rc != CURLE_OK ? ERRCODE_CONNECTION_FAILURE : ERRCODE_FDW_INVALID_DATA_TYPE),

@@ -24,6 +24,8 @@ typedef struct HttpBuffer
 	char		retry_after[32];
 	char		should_retry[8];
 	char		content_length[24];
+	char		rate_reason[40];	/* Stripe-Rate-Limited-Reason */
+	char		replayed[8];	/* Idempotent-Replayed */
 } HttpBuffer;
 
 /* libcurl's global state, once per process (ERROR when it cannot be had) */

@@ -83,9 +83,10 @@ stripe_api_shown_path(StripeConn *conn, const char *path)
 	return stripe_safe_text(path, strlen(path), MAX_SHOWN_MESSAGE, conn->api_key);
 }
 
-/* " (code X; param Y; N attempts)" after Stripe's message, or "" */
+/* " (code X; param Y; rate limiter R; N attempts)" after Stripe's message, or "" */
 static char *
-detail_suffix(const char *code, const char *param, int attempts)
+detail_suffix(StripeConn *conn, const char *code, const char *param,
+			  const StripeAnswerInfo *info)
 {
 	StringInfoData buf;
 
@@ -94,8 +95,15 @@ detail_suffix(const char *code, const char *param, int attempts)
 		appendStringInfo(&buf, "code %s", code);
 	if (param)
 		appendStringInfo(&buf, "%sparam %s", buf.len ? "; " : "", param);
-	if (attempts > 1)
-		appendStringInfo(&buf, "%s%d attempts", buf.len ? "; " : "", attempts);
+	/* which of Stripe's limiters refused it: global-rate, endpoint-rate, … */
+	if (info->rate_reason[0])
+		appendStringInfo(&buf, "%srate limiter %s", buf.len ? "; " : "",
+						 stripe_safe_text(info->rate_reason, strlen(info->rate_reason),
+										  MAX_SHOWN_FIELD, conn->api_key));
+	if (info->attempts > 1)
+		appendStringInfo(&buf, "%s%d attempts", buf.len ? "; " : "", info->attempts);
+	if (info->replayed)
+		appendStringInfo(&buf, "%sreplayed for its Idempotency-Key", buf.len ? "; " : "");
 	return buf.len ? psprintf(" (%s)", buf.data) : "";
 }
 
@@ -106,7 +114,7 @@ detail_suffix(const char *code, const char *param, int attempts)
  */
 void
 stripe_api_error(StripeConn *conn, const char *method, const char *path, long status,
-				 const char *body, size_t len, const char *request_id, int attempts)
+				 const char *body, size_t len, const StripeAnswerInfo *info)
 {
 	char	   *volatile message = NULL;
 	char	   *volatile type = NULL;
@@ -156,6 +164,9 @@ stripe_api_error(StripeConn *conn, const char *method, const char *path, long st
 		hint = "Check the foreign table's object option: it must name a Stripe list path such as customers or checkout/sessions.";
 	else
 		hint = NULL;
+	/* Stripe saved this answer for the key: another try would get it again */
+	if (info->replayed)
+		hint = "Stripe replayed the saved answer of this request's first attempt (same Idempotency-Key), so it was not retried; that attempt may have been carried out: check before repeating the statement.";
 
 	if (message == NULL)
 		message = len > 0 ? stripe_safe_text(body, len, MAX_SHOWN_BODY, conn->api_key)
@@ -170,11 +181,11 @@ stripe_api_error(StripeConn *conn, const char *method, const char *path, long st
 			 errmsg("Stripe request %s %s failed with HTTP %ld%s%s%s",
 					method, stripe_api_shown_path(conn, path), status,
 					type ? " (" : "", type ? type : "", type ? ")" : ""),
-			 errdetail("%s%s", message, detail_suffix(code, param, attempts)),
+			 errdetail("%s%s", message, detail_suffix(conn, code, param, info)),
 			 hint ? errhint("%s", hint) : 0,
-			 request_id[0]
+			 info->request_id[0]
 			 ? errcontext("Stripe request id %s",
-						  stripe_safe_text(request_id, strlen(request_id),
+						  stripe_safe_text(info->request_id, strlen(info->request_id),
 										   MAX_SHOWN_FIELD, conn->api_key))
 			 : 0));
 }

@@ -22,9 +22,19 @@ typedef struct StripeRefusal
 
 extern void stripe_api_take_refusal(StripeRefusal *r);
 extern bool stripe_refusal_cursor_gone(const StripeRefusal *r);
+
+/* what Stripe's headers said of an answer, for its ERROR */
+typedef struct StripeAnswerInfo
+{
+	const char *request_id;		/* Request-Id, or "" */
+	const char *rate_reason;	/* Stripe-Rate-Limited-Reason of a 429, or "" */
+	bool		replayed;		/* Idempotent-Replayed: the key's saved answer */
+	int			attempts;
+} StripeAnswerInfo;
+
 extern void stripe_api_error(StripeConn *conn, const char *method, const char *path, long status,
-							 const char *body, size_t len, const char *request_id,
-							 int attempts) pg_attribute_noreturn();
+							 const char *body, size_t len,
+							 const StripeAnswerInfo *info) pg_attribute_noreturn();
 extern char *stripe_api_shown_path(StripeConn *conn, const char *path);
 extern char **stripe_api_headers(StripeConn *conn, const char *idempotency_key, int *n);
 

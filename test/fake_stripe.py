@@ -8,6 +8,12 @@ with events and idempotency keys.  /_control/* (no auth, JSON) lets tests inject
 faults, read the request log, add latency or a rate limit, reseed, and change
 objects directly (GET /_control/balance shows the balance).
 
+It follows Stripe's documented defaults: rate limits of 25 requests a second in all and
+per endpoint (test mode; 429 with Stripe-Rate-Limited-Reason; --rate-limit and
+--endpoint-rate-limit, 0 for none); lists that leave out inactive prices, canceled
+subscriptions and objects on test clocks unless asked for them; list filters checked
+against their enums; an Idempotency-Key's first answer replayed, errors included.
+
 A "hold" fault ({"kind": "hold", "path": "/v1/customers", "count": 1, "timeout": 300})
 keeps the requests it takes waiting, before they are carried out, until POST
 /_control/release (or DELETE /_control/faults, or its timeout); GET /_control/held lists
@@ -80,6 +86,11 @@ DEFAULT_COUNTS = {"customers": 30, "charges": 60, "invoices": 30, "payment_inten
                   # a few per customer (and attempts per setup intent), oldest parents first
                   "payment_methods": 60, "setup_intents": 12, "setup_attempts": 20}
 PM_REDISPLAY = ("always", "limited", "unspecified")
+# Stripe's limits in test mode (docs.stripe.com/rate-limits): 25 requests a second in all,
+# and 25 a second to any one endpoint unless documented otherwise.  0 switches one off.
+GLOBAL_RATE, ENDPOINT_RATE = 25, 25
+# The index key of an object with no test clock: no query value can name it.
+NO_CLOCK = "\x00none"
 CARD_BRANDS = ("visa", "mastercard", "amex")
 
 # Fields that clients may never set; "id" is allowed where Stripe allows it.
@@ -244,6 +255,12 @@ def field(name):
     return lambda obj: (obj.get(name),)
 
 
+def test_clock(obj):
+    """A customer's or subscription's test clock (an id, or expanded), NO_CLOCK if none."""
+    clock = obj.get("test_clock")
+    return ((clock.get("id") if isinstance(clock, dict) else clock) or NO_CLOCK,)
+
+
 def subscription_prices(obj):
     return [(item.get("price") or {}).get("id") for item in (obj.get("items") or {}).get("data", [])]
 
@@ -269,7 +286,8 @@ class Kind:
 
 
 KINDS = {k.path: k for k in (
-    Kind("customers", "customer", "cus_", {"email": Filter(field("email"))},
+    Kind("customers", "customer", "cus_", {"email": Filter(field("email")),
+                                           "test_clock": Filter(test_clock)},
          writable=True, deletable=True),
     Kind("charges", "charge", "ch_", {"customer": Filter(field("customer")),
                                       "payment_intent": Filter(field("payment_intent")),
@@ -289,7 +307,8 @@ KINDS = {k.path: k for k in (
         "price": Filter(subscription_prices),
         # "all" and "ended" are handled by the list code, not the index.
         "status": Filter(field("status"), choices=SUB_STATUSES + ("all", "ended")),
-        "collection_method": Filter(field("collection_method"), choices=COLLECTION_METHODS)},
+        "collection_method": Filter(field("collection_method"), choices=COLLECTION_METHODS),
+        "test_clock": Filter(test_clock)},
          writable=True, deletable=True, event_prefix="customer.subscription"),
     Kind("products", "product", "prod_", {"active": Filter(field("active"), boolean=True),
                                           "shippable": Filter(field("shippable"), boolean=True),
@@ -323,7 +342,17 @@ KINDS = {k.path: k for k in (
         "setup_intent": Filter(field("setup_intent"))},
          parent=("setup_intent", "setup_intents", "setupintent"), retrievable=False,
          seed_events=False),
+    # none seeded: tests make them through /_control/objects
+    Kind("tax_rates", "tax_rate", "txr_", {"active": Filter(field("active"), boolean=True),
+                                           "inclusive": Filter(field("inclusive"), boolean=True)},
+         seed_events=False),
+    Kind("test_helpers/test_clocks", "test_helpers.test_clock", "clock_", {}, seed_events=False),
 )}
+# /_control/objects/<name> for kinds whose path has a slash
+CONTROL_NAMES = {"test_clocks": "test_helpers/test_clocks"}
+# the words of Stripe's paths; any other segment is an id (RateLimiter.endpoint)
+PATH_WORDS = {"", "v1", "account", "balance", "subscription_items", "test_helpers"}.union(
+    *(k.path.split("/") for k in KINDS.values()))
 
 # Subscription items live inside their subscriptions (items.data); the list and the
 # retrieve read them there.  Not in KINDS: nothing stores them separately.
@@ -1318,7 +1347,7 @@ class Writes:
 
     def create_subscription(self, kind, params, request):
         customer = require(params, "customer")
-        self.store.get(KINDS["customers"], customer, "customer", 400)
+        clock = self.store.get(KINDS["customers"], customer, "customer", 400).get("test_clock")
         items = require(params, "items")
         if not isinstance(items, list):
             raise ApiError(400, "Invalid array", code="parameter_invalid_array", param="items")
@@ -1334,7 +1363,8 @@ class Writes:
                    trial_start=now if trial_end else None, trial_end=trial_end,
                    currency=first_price["currency"], latest_invoice=None, pending_update=None,
                    pause_collection=None, next_pending_invoice_item_invoice=None,
-                   pending_invoice_item_interval=None, transfer_data=None)
+                   pending_invoice_item_interval=None, transfer_data=None,
+                   test_clock=clock)  # a subscription runs on its customer's clock
         apply_update(obj, params)
         return obj
 
@@ -1491,7 +1521,7 @@ class Faults:
             if not isinstance(headers, dict):
                 raise ValueError("headers must be a JSON object")
             fault["headers"] = [(str(k), str(v)) for k, v in headers.items()]
-        for key in ("retry_after", "should_retry", "after", "message", "code", "param"):
+        for key in ("retry_after", "should_retry", "after", "message", "code", "param", "reason"):
             if spec.get(key) is not None:
                 fault[key] = spec[key]
         with self.lock:
@@ -1579,24 +1609,40 @@ class RequestLog:
 
 
 class RateLimiter:
-    """Sliding one-second window over all /v1 requests that were let through."""
+    """Stripe's rate limiters (docs.stripe.com/rate-limits), as sliding one-second
+    windows over the /v1 requests let through: `rate` for the account in all
+    (global-rate) and `endpoint_rate` for each endpoint (endpoint-rate), an endpoint
+    being a method and a path with its ids taken out (GET /v1/customers/{id} is one,
+    whatever the id).  Both default to Stripe's test-mode limits; 0 switches one off."""
 
-    def __init__(self):
+    def __init__(self, rate=GLOBAL_RATE, endpoint_rate=ENDPOINT_RATE):
         self.lock = threading.Lock()
-        self.rate = 0
+        self.rate, self.endpoint_rate = rate, endpoint_rate
         self.window = collections.deque()
+        self.endpoints = collections.defaultdict(collections.deque)
 
-    def allow(self):
-        if not self.rate:
-            return True
+    @staticmethod
+    def endpoint(method, path):
+        words = [w if w in PATH_WORDS else "{id}" for w in path.split("?", 1)[0].split("/")]
+        return method + " " + "/".join(words)
+
+    def refusal(self, method, path):
+        """None when the request may go, else the Stripe-Rate-Limited-Reason."""
+        if not self.rate and not self.endpoint_rate:
+            return None
         now = time.monotonic()
         with self.lock:
-            while self.window and self.window[0] <= now - 1.0:
-                self.window.popleft()
-            if len(self.window) >= self.rate:
-                return False
-            self.window.append(now)
-            return True
+            windows = (("global-rate", self.rate, self.window),
+                       ("endpoint-rate", self.endpoint_rate,
+                        self.endpoints[self.endpoint(method, path)]))
+            for reason, rate, window in windows:
+                while window and window[0] <= now - 1.0:
+                    window.popleft()
+                if rate and len(window) >= rate:
+                    return reason
+            for _, _, window in windows:
+                window.append(now)
+            return None
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -1749,17 +1795,21 @@ class App:
             failing = kind in ("429", "500", "503", "status", "401")
             if failing and not fault.get("after"):
                 raise self.fault_error(kind, fault, hdrs)
-            if not self.limiter.allow():
+            refusal = self.limiter.refusal(h.command, raw_path)
+            if refusal:
                 rate_limited = 1
                 raise ApiError(429, "Request rate limit exceeded. Learn more about rate limits "
                                "here https://stripe.com/docs/rate-limits.", code="rate_limit",
-                               headers={"Retry-After": "1"})
+                               headers={"Retry-After": "1", "Stripe-Rate-Limited-Reason": refusal})
             if auth is not None:
                 raise auth
             self.check_permission(hdrs, h.command, raw_path.partition("?")[0])
             status, out, extra = self.route(h, raw_path, body, rid)
             if failing:
-                raise self.fault_error(kind, fault, hdrs)
+                err = self.fault_error(kind, fault, hdrs)
+                # the endpoint ran: its failure is the answer a retry gets replayed
+                self.resave_idempotent(hdrs.get("Idempotency-Key"), extra, err, rid)
+                raise err
             headers.extend(extra)
         except ApiError as e:
             status, out = e.status, e.body(rid)
@@ -1804,7 +1854,8 @@ class App:
         if kind == "429":
             return ApiError(429, fault.get("message", "Request rate limit exceeded. Learn more about "
                                            "rate limits here https://stripe.com/docs/rate-limits."),
-                            code="rate_limit")
+                            code="rate_limit",
+                            headers={"Stripe-Rate-Limited-Reason": fault.get("reason", "global-rate")})
         status = fault["status"] if kind == "status" else int(kind)
         # Stripe labels its own failures (5xx) api_error and a refused request (4xx)
         # invalid_request_error; 402 is a card_error
@@ -1820,6 +1871,8 @@ class App:
         method = h.command
         path, _, query = raw_path.partition("?")
         parts = path[4:].split("/") if path.startswith("/v1/") else []
+        if parts[:2] == ["test_helpers", "test_clocks"]:
+            parts = ["test_helpers/test_clocks"] + parts[2:]
         kind = KINDS.get(parts[0]) if parts else None
         if parts == ["account"] and method == "GET":
             self.check_retrieve_params(query)
@@ -1878,9 +1931,12 @@ class App:
                         "https://stripe.com/docs or we can help at https://support.stripe.com/.")
 
     def idempotent(self, h, method, path, body, rid, op):
-        """Run a write once per Idempotency-Key; replay its stored response afterwards.
-        Only successful results are stored: a request that failed validation (or a
-        fault answered for it) may be retried with the same key, as on Stripe."""
+        """Run a write once per Idempotency-Key and replay its saved answer afterwards,
+        errors included.  Stripe: "saves the status code and body of the first request
+        made with a given idempotency key after endpoint execution begins. Retries with
+        the same key return the saved response, including 500 errors"; nothing is saved
+        when "incoming parameters fail validation" (here: a parameter_* code), nor for a
+        request refused before it ran (a rate limit, a fault answered instead)."""
         key = h.headers.get("Idempotency-Key")
         extra = [("Idempotency-Key", key)] if key else []
         store = self.store
@@ -1894,10 +1950,24 @@ class App:
                                        f"a key other than '{key}' if you meant to execute a "
                                        "different request.", type="idempotency_error")
                     return saved[1], saved[2], extra + [("Idempotent-Replayed", "true")]
-            out = op({"id": rid, "idempotency_key": key})
+            try:
+                out = op({"id": rid, "idempotency_key": key})
+            except ApiError as e:
+                if key and not (e.code or "").startswith("parameter_"):
+                    store.idempotency[key] = ((method, path, body), e.status, e.body(rid))
+                raise
             if key:
                 store.idempotency[key] = ((method, path, body), 200, out)
         return 200, out, extra
+
+    def resave_idempotent(self, key, extra, err, rid):
+        """A write that ran and then failed (a fault "after" it): a retry with its key
+        gets the failure replayed, as Stripe saves whatever the endpoint answered."""
+        if key and ("Idempotent-Replayed", "true") not in extra:
+            with self.store.lock:
+                saved = self.store.idempotency.get(key)
+                if saved is not None:
+                    self.store.idempotency[key] = (saved[0], err.status, err.body(rid))
 
     def subscription_items(self, parts, query):
         """GET /v1/subscription_items?subscription=… and /v1/subscription_items/si_…"""
@@ -1998,14 +2068,7 @@ class App:
         if cursors["starting_after"] and cursors["ending_before"]:
             raise ApiError(400, "You may only specify one of these parameters: ending_before, "
                            "starting_after.", param="ending_before")
-        if kind.obj == "subscription":
-            status = wanted.get("status")
-            if status is None:
-                wanted["status"] = ("exclude", SUB_HIDDEN)
-            elif status == {"all"}:
-                del wanted["status"]
-            elif status == {"ended"}:
-                wanted["status"] = set(SUB_HIDDEN)
+        list_defaults(kind, wanted)
         filters = [(name, self.key_selector(sel)) for name, sel in wanted.items()]
         return limit, gte, lte, filters, cursors["starting_after"], cursors["ending_before"]
 
@@ -2068,6 +2131,7 @@ class App:
             if method == "POST":
                 self.configure(data)
             return 200, {"latency_ms": self.latency_ms, "rate_limit": self.limiter.rate,
+                         "endpoint_rate_limit": self.limiter.endpoint_rate,
                          "api_keys": sorted(self.api_keys),
                          "restricted_keys": {k: sorted(v) for k, v in self.restricted_keys.items()},
                          "event_api_version": store.event_api_version}
@@ -2091,7 +2155,7 @@ class App:
             with store.lock:
                 return 200, RawJSON(dumps(store.balance))
         if route[1] == "objects" and len(parts) in (2, 3):
-            kind = KINDS.get(parts[1])
+            kind = KINDS.get(CONTROL_NAMES.get(parts[1], parts[1]))
             if kind is None:
                 return 404, {"error": f"unknown type {parts[1]!r}"}
             if method == "GET" and len(parts) == 2:
@@ -2119,11 +2183,12 @@ class App:
             if latency < 0:
                 raise ValueError("latency_ms must be >= 0")
             self.latency_ms = latency
-        if "rate_limit" in data:
-            rate = int(data["rate_limit"])
-            if rate < 0:
-                raise ValueError("rate_limit must be >= 0")
-            self.limiter.rate = rate
+        for name, attr in (("rate_limit", "rate"), ("endpoint_rate_limit", "endpoint_rate")):
+            if name in data:
+                rate = int(data[name])
+                if rate < 0:
+                    raise ValueError(f"{name} must be >= 0")
+                setattr(self.limiter, attr, rate)
         if "api_keys" in data:
             keys = data["api_keys"]
             if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
@@ -2215,6 +2280,30 @@ class App:
             return RawJSON(self.store.colls["events"].records[eid].blob)
 
 
+def list_defaults(kind, wanted):
+    """What Stripe leaves out of a list unless the query asks for it, per its API
+    reference (`wanted`: filter name -> accepted keys, changed in place)."""
+    if kind.obj == "subscription":
+        # "By default, returns a list of subscriptions that have not been canceled."
+        status = wanted.get("status")
+        if status is None:
+            wanted["status"] = ("exclude", SUB_HIDDEN)
+        elif status == {"all"}:
+            del wanted["status"]
+        elif status == {"ended"}:
+            wanted["status"] = set(SUB_HIDDEN)
+    if kind.obj == "price" and "active" not in wanted:
+        # "Returns a list of your active prices ... For the list of inactive prices,
+        # set active to false."
+        wanted["active"] = {"true"}
+    # "The response will not include customers with test clocks if this parameter is not
+    # set" (customers); "... subscriptions with test clocks if this and the customer
+    # parameter is not set" (subscriptions).
+    if ("test_clock" in kind.filters and "test_clock" not in wanted and
+            not (kind.obj == "subscription" and "customer" in wanted)):
+        wanted["test_clock"] = {NO_CLOCK}
+
+
 class RawJSON(bytes):
     """Already-serialized JSON passed through the control responses unchanged."""
 
@@ -2263,6 +2352,10 @@ def main(argv=None):
                     help="e.g. customers=1050,charges=100000 (others keep their defaults)")
     ap.add_argument("--api-key", default="sk_test_fake")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rate-limit", type=int, default=GLOBAL_RATE, metavar="N",
+                    help="requests a second in all, as Stripe's test mode (0: no limit)")
+    ap.add_argument("--endpoint-rate-limit", type=int, default=ENDPOINT_RATE, metavar="N",
+                    help="requests a second to one endpoint (0: no limit)")
     ap.add_argument("--exit-with", type=int, metavar="PID",
                     help="stop when this process is gone (the test run that started us)")
     ap.add_argument("--tls-cert", metavar="PEM",
@@ -2273,6 +2366,7 @@ def main(argv=None):
     with open(args.fixtures, encoding="utf-8") as f:
         fixtures = json.load(f)
     app = App(fixtures, args.counts, args.seed, args.api_key)
+    app.configure({"rate_limit": args.rate_limit, "endpoint_rate_limit": args.endpoint_rate_limit})
     server = Server((args.host, args.port), app)
     if args.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -92,8 +92,9 @@ class FakeStripeTest(unittest.TestCase):
     def setUp(self):
         c = self.c
         c.ctl("DELETE", "faults")
-        c.ctl("POST", "config", {"latency_ms": 0, "rate_limit": 0, "api_keys": [KEY],
-                                 "restricted_keys": {}, "event_api_version": "2026-10-28.endive"})
+        c.ctl("POST", "config", {"latency_ms": 0, "rate_limit": 0, "endpoint_rate_limit": 0,
+                                 "api_keys": [KEY], "restricted_keys": {},
+                                 "event_api_version": "2026-10-28.endive"})
         c.ctl("POST", "reseed", {"seed": 1})
 
     # ---- helpers
@@ -291,6 +292,59 @@ class FakeStripeTest(unittest.TestCase):
         self.assertEqual(err["message"], f"No such subscription: '{subs[canceled]['id']}'")
         ids, _ = self.list_ids(f"/v1/subscriptions?limit=100&status=all&starting_after={subs[canceled]['id']}")
         self.assertEqual(ids, [o["id"] for o in subs[canceled + 1:]])
+
+    def test_prices_hide_inactive_unless_active_given(self):
+        # Stripe's reference: "Returns a list of your active prices ... For the list of
+        # inactive prices, set active to false."
+        prices = self.all_of("prices")
+        inactive = [o["id"] for o in prices if not o["active"]]
+        self.assertTrue(inactive)
+        self.assertEqual(self.list_ids("/v1/prices?limit=100")[0],
+                         [o["id"] for o in prices if o["active"]])
+        self.assertEqual(self.list_ids("/v1/prices?limit=100&active=false")[0], inactive)
+        # a hidden price is no cursor of the list that hides it (as a canceled
+        # subscription above), but it is retrieved by id
+        self.assert_error(self.c.get(f"/v1/prices?limit=100&starting_after={inactive[0]}"),
+                          400, "resource_missing", "starting_after")
+        self.assertEqual(self.c.get("/v1/prices/" + inactive[0])[0], 200)
+
+    def test_test_clocks_hide_their_customers_and_subscriptions(self):
+        clock = self.c.ctl("POST", "objects/test_clocks", {"name": "c1", "frozen_time": 1700000000})
+        self.assertTrue(clock["id"].startswith("clock_"))
+        self.assertEqual(self.list_ids("/v1/test_helpers/test_clocks")[0], [clock["id"]])
+        self.assertEqual(self.c.get("/v1/test_helpers/test_clocks/" + clock["id"])[2]["name"], "c1")
+        cust = self.c.ctl("POST", "objects/customers", {"email": "clocked@example.com",
+                                                         "test_clock": clock["id"]})
+        price = next(o["id"] for o in self.all_of("prices") if o["active"] and o["recurring"])
+        status, _, sub = self.c.api("POST", "/v1/subscriptions", {"customer": cust["id"],
+                                                                   "items[0][price]": price})
+        self.assertEqual((status, sub["test_clock"]), (200, clock["id"]))
+        # left out of the lists unless asked for: customers by test_clock; subscriptions
+        # by test_clock or customer
+        self.assertNotIn(cust["id"], self.list_ids("/v1/customers?limit=100")[0])
+        self.assertNotIn(sub["id"], self.list_ids("/v1/subscriptions?limit=100&status=all")[0])
+        self.assertEqual(self.list_ids(f"/v1/customers?test_clock={clock['id']}")[0], [cust["id"]])
+        self.assertEqual(self.list_ids(f"/v1/subscriptions?test_clock={clock['id']}")[0], [sub["id"]])
+        self.assertEqual(self.list_ids(f"/v1/subscriptions?customer={cust['id']}")[0], [sub["id"]])
+        self.assertEqual(self.c.get("/v1/customers/" + cust["id"])[0], 200)
+        self.assertEqual(len(self.list_ids("/v1/customers?limit=100")[0]), 30)
+
+    def test_tax_rates_fractional_percentage(self):
+        rate = self.c.ctl("POST", "objects/tax_rates", {"percentage": 8.875, "active": False,
+                                                         "display_name": "Sales tax"})
+        self.assertEqual(self.c.get("/v1/tax_rates/" + rate["id"])[2]["percentage"], 8.875)
+        self.assertEqual(self.list_ids("/v1/tax_rates?active=false")[0], [rate["id"]])
+        self.assertEqual(self.list_ids("/v1/tax_rates?active=true")[0], [])
+
+    def test_enum_filters_are_checked(self):
+        # Stripe refuses a value outside the enum of a list filter, naming the parameter
+        for path, param in (("/v1/subscriptions?status=activ", "status"),
+                            ("/v1/subscriptions?collection_method=email", "collection_method"),
+                            ("/v1/invoices?status=lost", "status"),
+                            ("/v1/prices?type=monthly", "type")):
+            err = self.assert_error(self.c.get(path), 400, "parameter_invalid_string", param)
+            self.assertIn(f"Invalid {param}: must be one of", err["message"])
+        self.assertEqual(self.c.get("/v1/subscriptions?status=paused")[0], 200)
 
     def test_events(self):
         _, _, body = self.c.get("/v1/events?limit=100")
@@ -598,7 +652,7 @@ class FakeStripeTest(unittest.TestCase):
         for attempt in range(10):
             time.sleep(1.05)  # every earlier request has left the window
             self.c.ctl("DELETE", "requests")
-            statuses, retry_after = [], set()
+            statuses, retry_after, reasons = [], set(), set()
             t0 = time.monotonic()
             for _ in range(8):
                 conn.request("GET", "/v1/customers?limit=1", headers=hdrs)
@@ -607,6 +661,7 @@ class FakeStripeTest(unittest.TestCase):
                 statuses.append(resp.status)
                 if resp.status == 429:
                     retry_after.add(resp.getheader("Retry-After"))
+                    reasons.add(resp.getheader("Stripe-Rate-Limited-Reason"))
                     self.assertEqual(body["error"]["code"], "rate_limit")
             if time.monotonic() - t0 < 0.9:
                 break
@@ -614,11 +669,30 @@ class FakeStripeTest(unittest.TestCase):
             self.skipTest("this machine never sent 8 requests within 0.9 s")
         self.assertEqual(statuses, [200] * 5 + [429] * 3)
         self.assertEqual(retry_after, {"1"})
+        self.assertEqual(reasons, {"global-rate"})
         time.sleep(1.05)
         conn.request("GET", "/v1/customers?limit=1", headers=hdrs)
         self.assertEqual(conn.getresponse().status, 200)
         conn.close()
         self.assertEqual(self.c.ctl("GET", "stats"), {"requests": 9, "rate_limited": 3, "in_flight_peak": 1})
+
+    def test_endpoint_rate_limit(self):
+        # Stripe's default for one endpoint is 25 a second; here 3: the fourth retrieve
+        # of customers in a second (any ids) is refused, a list of them still goes
+        self.c.ctl("POST", "config", {"endpoint_rate_limit": 3})
+        cust = self.all_of("customers")
+        for attempt in range(10):
+            time.sleep(1.05)
+            t0 = time.monotonic()
+            got = [self.c.get("/v1/customers/" + cust[i]["id"]) for i in range(4)]
+            listed = self.c.get("/v1/customers?limit=1")[0]
+            if time.monotonic() - t0 < 0.9:
+                break
+        else:
+            self.skipTest("this machine never sent 5 requests within 0.9 s")
+        self.assertEqual([g[0] for g in got] + [listed], [200, 200, 200, 429, 200])
+        self.assertEqual(got[3][1]["Stripe-Rate-Limited-Reason"], "endpoint-rate")
+        self.assertEqual(got[3][2]["error"]["code"], "rate_limit")
 
     # ---- writes
 
@@ -831,6 +905,34 @@ class FakeStripeTest(unittest.TestCase):
         self.assertEqual([e["id"] for e in self.events_since(mark)], [ev["id"]])
         self.assertEqual(len(self.all_of("invoices")), 30)
 
+    def test_idempotency_replays_errors(self):
+        # A write that ran and failed: its failure is saved and replayed, 500s included
+        self.fault(kind="500", after=True)
+        first = self.c.api("POST", "/v1/products", {"name": "R"}, headers={"Idempotency-Key": "k4"})
+        again = self.c.api("POST", "/v1/products", {"name": "R"}, headers={"Idempotency-Key": "k4"})
+        self.assertEqual((first[0], again[0]), (500, 500))
+        self.assertEqual(first[2], again[2])
+        self.assertEqual(again[1]["Idempotent-Replayed"], "true")
+        self.assertEqual([p["name"] for p in self.all_of("products")].count("R"), 1)
+        # an error of the endpoint itself (no such customer) is replayed too
+        params = {"customer": "cus_nobody", "items[0][price]": "price_x"}
+        first = self.c.api("POST", "/v1/subscriptions", params, headers={"Idempotency-Key": "k5"})
+        self.c.ctl("POST", "objects/customers", {"id": "cus_nobody"})
+        again = self.c.api("POST", "/v1/subscriptions", params, headers={"Idempotency-Key": "k5"})
+        self.assertEqual((first[0], again[0], again[2]), (400, 400, first[2]))
+        self.assertEqual(again[1]["Idempotent-Replayed"], "true")
+        # parameters that fail validation saved nothing: the same key may run later
+        bad = self.c.api("POST", "/v1/products", {"name": "S", "colour": "red"},
+                         headers={"Idempotency-Key": "k6"})
+        self.assert_error(bad, 400, "parameter_unknown", "colour")
+        self.assertEqual(self.c.api("POST", "/v1/products", {"name": "S", "colour": "red"},
+                                    headers={"Idempotency-Key": "k6"})[0], 400)
+        self.assertNotIn("Idempotent-Replayed", self.c.api(
+            "POST", "/v1/products", {"name": "S", "colour": "red"}, headers={"Idempotency-Key": "k6"})[1])
+        # a different request under a used key: idempotency_error
+        self.assert_error(self.c.api("POST", "/v1/products", {"name": "T"}, headers={"Idempotency-Key": "k4"}),
+                          400, type_="idempotency_error")
+
     # ---- control objects and events
 
     def test_control_objects_and_events(self):
@@ -920,6 +1022,28 @@ class FakeStripeTest(unittest.TestCase):
 
 
 class LifecycleTest(unittest.TestCase):
+    def test_rate_limits_on_by_default(self):
+        # Stripe's test-mode limits unless told otherwise: 25 a second in all and per endpoint
+        proc, port, port_file = start_server("--counts", "customers=1")
+        try:
+            c = Client(port)
+            self.assertEqual((c.ctl("GET", "config")["rate_limit"],
+                              c.ctl("GET", "config")["endpoint_rate_limit"]), (25, 25))
+            statuses = [c.get("/v1/customers?limit=1")[0] for _ in range(40)]
+            self.assertIn(429, statuses)
+        finally:
+            proc.kill()
+            proc.wait(10)
+            os.unlink(port_file)
+        proc, port, port_file = start_server("--rate-limit", "0", "--endpoint-rate-limit", "0")
+        try:
+            self.assertEqual({k: v for k, v in Client(port).ctl("GET", "config").items()
+                              if "rate" in k}, {"rate_limit": 0, "endpoint_rate_limit": 0})
+        finally:
+            proc.kill()
+            proc.wait(10)
+            os.unlink(port_file)
+
     def test_port_file_and_clean_exit(self):
         proc, port, port_file = start_server("--counts", "customers=2,charges=0", "--seed", "3")
         try:

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Generate src/catalog_data.c: the typed columns of every catalogued Stripe object.
 
-Shapes come from Stripe's current example objects (fixtures3.json); where an example
-field is null, the older OpenAPI description decides the type.  List filters come from
-the OpenAPI list parameters.  A few objects are special and named in the tables below:
-balance (one object, a row per element of its arrays), the objects Stripe lists only
-under a parent, and those without a retrieve.  Both inputs are vendored in
-test/fixtures/stripe.  Run from the project root:
+The columns are the fields of Stripe's current example objects (fixtures3.json); their
+types come from the API description first (one example may hold 19 where Stripe sends
+8.875), from the example only for a field the description lacks.  The description is
+the vendored 2020 one with what Stripe's current one adds (openapi-current.json, see
+tools/overlay_openapi.py).  List filters, the enums of their values, and whether an
+object has a list at all come from its list parameters.  A few objects are special and
+named in the tables below: balance (one object, a row per element of its arrays), the
+objects Stripe lists only under a parent, those without a retrieve, and the lists that
+leave objects out unless asked.  All inputs are vendored in test/fixtures/stripe.  Run
+from the project root:
 
     python3 tools/gen_catalog.py > src/catalog_data.c
 """
@@ -98,6 +102,20 @@ WRITABLE = {
     "subscriptions": "insert, update, delete", "refunds": "insert, update",
 }
 
+# Lists that leave objects out unless asked for them, and how a list of every object is
+# had: one request's parameter, or several lists (|) that together hold them all.  The
+# query's own value of that parameter replaces them.  Stripe's API reference:
+# subscriptions: "By default, returns a list of subscriptions that have not been
+# canceled"; status=all lists every status.
+# prices: "Returns a list of your active prices ... For the list of inactive prices,
+# set active to false": old subscriptions still point at archived prices.
+# Customers and subscriptions on test clocks are left out too unless the list names
+# the clock: .test_clocks marks the lists that take test_clock (see backfill.c).
+LIST_ALL = {
+    "subscriptions": "status=all",
+    "prices": "active=true|active=false",
+}
+
 PAGINATION = {"limit", "starting_after", "ending_before", "expand", "created"}
 # Stripe reports these in seconds since the epoch without marking all of them in 2020.
 TIME_NAMES = {"created", "updated"}
@@ -130,7 +148,14 @@ def spec_type(prop):
 
 
 def value_type(name, value, prop, fallback):
-    st = spec_type(prop) or fallback.get(name)
+    """The API description's type first (one example may hold 19 where Stripe sends
+    8.875); the example's where the description has no such field."""
+    st = spec_type(prop)
+    if st == "INT8" and (name in TIME_NAMES or name.endswith("_at")):
+        return "TIMESTAMPTZ"    # the 2020 description does not mark every Unix time
+    if st:
+        return st
+    st = fallback.get(name)
     if isinstance(value, bool):
         return "BOOL"
     if isinstance(value, int):
@@ -143,8 +168,7 @@ def value_type(name, value, prop, fallback):
         return "TEXT"
     if isinstance(value, (dict, list)):
         return "JSONB"
-    # null in the example: trust the 2020 description (of this object, else of the
-    # same field elsewhere), else keep the JSON as it is
+    # null in the example: the same field elsewhere in the description, else the JSON
     if st:
         return st
     if name.endswith("_at"):
@@ -152,9 +176,33 @@ def value_type(name, value, prop, fallback):
     return "JSONB"
 
 
+def load_spec(data):
+    """The vendored 2020 description with what Stripe's current one adds
+    (openapi-current.json, tools/overlay_openapi.py): fields new to an object, and the
+    current parameters of each list endpoint, with the enums of their values."""
+    spec = json.load(open(f"{data}/openapi-2020-03-02.json"))
+    current = json.load(open(f"{data}/openapi-current.json"))
+    for res, sch in current["components"]["schemas"].items():
+        spec["components"]["schemas"].setdefault(res, {}).setdefault(
+            "properties", {}).update(sch["properties"])
+    spec["paths"].update(current["paths"])
+    return spec
+
+
+def list_operation(spec, table, path):
+    """The GET of the object's list, or None when Stripe has no list endpoint."""
+    if table in PARENTS and PARENTS[table][1]:
+        required, parent = PARENTS[table]
+        op = spec["paths"].get(f"/v1/{parent}/{{{required}}}/{path}", {}).get("get")
+        if op is not None:
+            return {"parameters": op["parameters"] + [{"in": "query", "name": required,
+                                                      "schema": {"type": "string"}}]}
+    return spec["paths"].get("/v1/" + path, {}).get("get")
+
+
 def main(data):
     fixtures = json.load(open(f"{data}/fixtures3.json"))["resources"]
-    spec = json.load(open(f"{data}/openapi-2020-03-02.json"))
+    spec = load_spec(data)
     schemas = spec["components"]["schemas"]
     # the type a field name has in most 2020 schemas, for fields new to an object
     votes = {}
@@ -172,12 +220,16 @@ def main(data):
     for table, res, path, extra_filters in OBJECTS:
         obj = fixtures[res]
         props = schemas.get(res, {}).get("properties", {})
-        listop = spec["paths"].get("/v1/" + path, {}).get("get", {})
+        listop = list_operation(spec, table, path)
         filters = set(extra_filters) - {"created"}   # "created" there means the range
-        for p in listop.get("parameters", []):
+        enums = {}                  # filter -> the values Stripe accepts
+        for p in (listop or {}).get("parameters", []):
             if p.get("in") == "query" and p["name"] not in PAGINATION:
                 if p.get("schema", {}).get("type") in ("string", "boolean", None):
                     filters.add(p["name"])
+                    if p.get("schema", {}).get("enum"):
+                        enums[p["name"]] = "|".join(p["schema"]["enum"])
+        listop = listop or {}
         has_created_range = ("created" in extra_filters or
                              any(p["name"] == "created" for p in listop.get("parameters", [])))
         if table in ARRAY_ROWS:
@@ -197,6 +249,12 @@ def main(data):
             special.append(".rows_from = STRIPE_ROWS_ARRAYS")
         if table in NO_RETRIEVE:
             special.append(".no_retrieve = true")
+        if not listop and table not in ARRAY_ROWS:
+            special.append(".no_list = true")   # mandates: retrieve only
+        if table in LIST_ALL:
+            special.append(f'.list_all = "{LIST_ALL[table]}"')
+        if any(p["name"] == "test_clock" for p in listop.get("parameters", [])):
+            special.append(".test_clocks = true")
         if table in PARENTS:
             required, parent_path = PARENTS[table]
             if required not in filters or required not in dict(cols):
@@ -216,6 +274,8 @@ def main(data):
             if name == "created" and has_created_range:
                 flags.append("STRIPE_FILTER_RANGE")
             f = " | ".join(flags) if flags else "0"
+            if name in filters and name in enums:
+                f += f', "{enums[name]}"'
             out.append(f'\t{{"{name}", STRIPE_COL_{typ}, {f}}},')
         out.append("};\n")
         defs.append(f'\t{{"{table}", "{path}", "{res}", {sym}, lengthof({sym})'

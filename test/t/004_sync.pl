@@ -56,8 +56,8 @@ is($rc, 0, 'first sync (backfill) ran');
 	my @first = @{ $fake->requests };
 	my %lists;
 	for (@first) { $lists{$1}++ if $_->{path} =~ m{^/v1/(\w+)\?}; }
-	is(join('/', map { $lists{$_} } qw(products prices)), '1/1',
-		'an object of fewer than 100 rows costs one request');
+	is(join('/', map { $lists{$_} } qw(products prices)), '1/2',
+		'an object of fewer than 100 rows costs one request (prices: one per list, active and archived)');
 	my ($last_customers) = grep { $first[$_]{path} =~ m{^/v1/customers\?} } reverse 0 .. $#first;
 	my ($first_charges) = grep { $first[$_]{path} =~ m{^/v1/charges\?} } 0 .. $#first;
 	cmp_ok($first_charges, '<', $last_customers, 'the objects are listed together, not one after another');

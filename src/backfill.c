@@ -326,7 +326,12 @@ stripe_backfill_init(Backfill *bf, SyncRun *run, LocalTable *lt, const char *obj
 	bf->cxt = AllocSetContextCreate(parent, "stripe_sync backfill", ALLOCSET_DEFAULT_SIZES);
 	bf->t0 = GetCurrentTimestamp();
 	bf->win.cxt = bf->cxt;
-	bf->win.maxdepth = bf->slots;
+	/*
+	 * An unmeasured chain of carvings stops after a few windows: past the
+	 * end of the data each costs an empty page, and a window that comes back
+	 * measured can be carved again one round trip later.
+	 */
+	bf->win.maxdepth = Min(bf->slots, 4);
 	/* nothing created after the events cursor is missed: the events bring it */
 	bf->win.top = run->src.events_cursor;
 	/* the oldest an object can be; Stripe's beginning when the account cannot be read */

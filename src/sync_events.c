@@ -610,6 +610,16 @@ apply_object(Applier *ap, EventRef *e)
 	return EVENT_APPLIED;
 }
 
+/* the event's id joins the batch's, and the cursor passes it */
+static void
+applier_add(Applier *ap, EventRef *e)
+{
+	ap->ids[ap->n] = CStringGetTextDatum(e->id);
+	ap->created[ap->n] = Int64GetDatum(e->created);
+	ap->n++;
+	ap->cursor = Max(ap->cursor, e->created);
+}
+
 /* one event, in the open batch's transaction */
 static EventFate
 apply_event(Applier *ap, EventRef *e)
@@ -620,7 +630,15 @@ apply_event(Applier *ap, EventRef *e)
 
 	strlcpy(key, e->id, sizeof(key));
 	if (hash_search(ap->seen, key, HASH_FIND, NULL) != NULL)
-		return EVENT_SKIPPED;	/* applied before: re-read in the overlap */
+	{
+		/*
+		 * Applied before: re-read in the overlap, or delivered by a webhook
+		 * (webhook.c) ahead of the poll, whose cursor must pass it then.
+		 */
+		if (e->created > ap->cursor)
+			applier_add(ap, e);
+		return EVENT_SKIPPED;
+	}
 	fate = apply_object(ap, e);
 	/* mapped events go to the outbox; older ones are the backfill's history */
 	if (fate != EVENT_NOT_OURS && ap->mapped != NULL && e->created >= run->src.history_until &&
@@ -632,14 +650,11 @@ apply_event(Applier *ap, EventRef *e)
 		ap->ob_objects[ap->nob] = PointerGetDatum(cstring_to_text_with_len(e->object, e->object_len));
 		ap->nob++;
 	}
-	ap->ids[ap->n] = CStringGetTextDatum(e->id);
-	ap->created[ap->n] = Int64GetDatum(e->created);
-	ap->n++;
+	applier_add(ap, e);
 	if (fate == EVENT_APPLIED)
 		run->events_applied++;
 	else
 		run->events_skipped++;
-	ap->cursor = Max(ap->cursor, e->created);
 	return fate;
 }
 

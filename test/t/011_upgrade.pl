@@ -19,7 +19,9 @@ chomp(my $pkglib = `pg_config --pkglibdir`);
 my $lib = "$pkglib/stripe_sync.so";
 my $current = "$lib.current";
 copy($lib, $current) or die "copy: $!";
-END { copy($current, $lib) if -f $current; }
+# (put back as a new file: the cluster still runs, and a library rewritten in
+# place under its processes' mappings kills them with SIGBUS)
+END { copy($current, "$lib.tmp") && rename("$lib.tmp", $lib) if -f $current; }
 copy($old_lib, $lib) or die "copy: $!";
 
 my $key = 'pk5.upgradeSecret';

@@ -261,6 +261,18 @@ $resp = $http->post("http://127.0.0.1:$port/",
 is($resp->{status}, 400, '... and a forged POST with 400');
 $receiver->kill_kill;
 
+# ---- an endpoint in another API version than the source's: as with the poll,
+# the object is read again at the source's version
+my $v = $fake->call('POST', '/_control/events', { type => 'customer.updated', api_version => '2024-06-20',
+	object => { %$cus, name => 'old version' }, created => $t0 + 4 });
+$fake->clear_requests;
+$r = ingest(delivery($v->{id}));
+is_deeply([ @$r{qw(applied reason)} ], [ JSON::PP::true, undef ], 'an event in another API version is applied');
+is(join(' ', map { "$_->{method} $_->{path}" } @{ $fake->requests }), "GET /v1/customers/$id",
+	'... its object read again, once, at the source\'s version');
+isnt(sql("SELECT name FROM stripe_data.customers WHERE id = '$id'"), 'old version',
+	'... and not stored as the event renders it (newer than the row, it would be)');
+
 ok($node->poll_query_until('postgres',
 	"SELECT count(*) > 0 AND bool_and(state = 'delivered') FROM stripe_sync.outbox"),
 	'the webhooks\' outbox rows are delivered to Intempt');

@@ -228,6 +228,25 @@ sql("CREATE ROLE mallory LOGIN");
 ($err) = try_sql(ingest_sql(delivery($evt)), 'mallory');
 like($err, qr/42704: source "main" does not exist/, 'another role cannot ingest: the source does not exist for it');
 
+# ---- an ordinary role's source: its own secret, its own tables, as itself
+sql("CREATE ROLE alice LOGIN; GRANT USAGE ON FOREIGN SERVER stripe TO alice; GRANT CREATE ON DATABASE postgres TO alice; "
+	  . "SET log_statement = 'none'; CREATE USER MAPPING FOR alice SERVER stripe "
+	  . "OPTIONS (api_key 'sk_test_fake', webhook_secret 'whsec_AliceEndpoint1')");
+$node->safe_psql('postgres', "BEGIN; SELECT stripe_sync.create_source('alice_src', server => 'stripe', "
+	  . "objects => ARRAY['customers'], target_schema => 'alice_data'); "
+	  . "SELECT stripe_sync.alter_source('alice_src', enabled => false); COMMIT;", extra_params => [ '-U', 'alice' ]);
+my $av = $fake->call('POST', '/_control/events',
+	{ type => 'customer.created', object => { %$cus, name => 'alice' }, created => $t0 + 5 });
+($err) = try_sql(ingest_sql(delivery($av->{id}), 'alice_src'), 'alice');
+like($err, qr/the signature does not match/, "a delivery signed with another owner's secret is refused");
+my ($out);
+($err, $out) = try_sql(ingest_sql(delivery($av->{id}, secret => 'whsec_AliceEndpoint1'), 'alice_src'), 'alice');
+like($out, qr/"applied": true/, "an ordinary role ingests into its own source, with its own secret") or diag($err);
+is(sql("SELECT name || ' ' || pg_get_userbyid(c.relowner) FROM alice_data.customers t, pg_class c "
+	  . "WHERE c.oid = 'alice_data.customers'::regclass AND t.id = '$id'"), 'alice alice', '... into its own table');
+($err) = try_sql(ingest_sql(delivery($av->{id}, secret => 'whsec_AliceEndpoint1'), 'alice_src'), 'mallory');
+like($err, qr/source "alice_src" does not exist/, '... which another role cannot');
+
 # ---- the README's receiver: a real POST, forwarded with psql
 my $port = PostgreSQL::Test::Cluster::get_free_port();
 my $root = $ENV{STRIPE_TEST_ROOT} // '.';

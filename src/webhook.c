@@ -22,11 +22,11 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "commands/defrem.h"
 #include "common/hmac.h"
 #include "common/sha2.h"
 #include "fmgr.h"
 #include "foreign/foreign.h"
-#include "commands/defrem.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"

@@ -628,3 +628,15 @@ SELECT pg_catalog.pg_extension_config_dump('stripe_sync.outbox', 'WHERE state <>
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync.outbox_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync.event_map', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync.rejected', '');
+
+-- ---------------------------------------------------------------------------
+-- Webhooks: an event Stripe delivered to an endpoint, verified with the
+-- endpoint's signing secret (the webhook_secret of the source owner's user
+-- mapping) and applied as the poll applies it.  Like sync_now, the C function
+-- checks the caller itself (the source's owner, a member of its role, or a
+-- superuser) and writes as the extension's owner and the source's owner.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION stripe_sync.ingest_webhook(source text, payload text, signature text) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_ingest_webhook'
+LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+GRANT EXECUTE ON FUNCTION stripe_sync.ingest_webhook(text, text, text) TO PUBLIC;

@@ -36,6 +36,13 @@ event's api_version (the account's default version, POST /_control/config
 Stripe-Version, for the changes listed in VERSION_CHANGES; and sends invoice.upcoming,
 whose invoice has no id (POST /_control/upcoming_invoice {"subscription": "sub_…"}).
 
+POST /_control/webhook {"event": "evt_…", "secret": "whsec_…" (or a list, as while a
+secret is rolled), "timestamp": T (default now)} answers what Stripe would deliver to an
+endpoint: {"payload": the event as the request body (pretty-printed JSON, as Stripe
+sends it), "signature": its Stripe-Signature header}: t=T, a v1 per secret, each
+HMAC-SHA256(secret, "T.payload") in hex, and a v0 (another scheme, made with a key no
+endpoint has: a receiver must ignore it).
+
     python3 test/fake_stripe.py --port 0 --port-file /tmp/x.port \
         [--host 127.0.0.1] [--fixtures PATH] [--counts charges=100000,...] \
         [--api-key sk_test_fake] [--seed 1]
@@ -51,6 +58,7 @@ import base64
 import bisect
 import collections
 import hashlib
+import hmac
 import heapq
 import itertools
 import json
@@ -2146,6 +2154,8 @@ class App:
             return 200, self.control_event(data)
         if route == ("POST", "churn", 1):
             return 200, self.control_churn(data)
+        if route == ("POST", "webhook", 1):
+            return 200, self.control_webhook(data)
         if route == ("POST", "upcoming_invoice", 1):
             with store.lock:
                 eid = store.upcoming_invoice(str(data["subscription"]))
@@ -2267,6 +2277,26 @@ class App:
                 new = dict(old, metadata=dict(old.get("metadata") or {}, churn=str(i)))
                 store.replace(kind, old, new, {"metadata": old.get("metadata")})
         return {"events": n, "objects": len(ids)}
+
+    def control_webhook(self, data):
+        """A signed delivery of an event, as Stripe makes it (see the module's doc)."""
+        secrets = data["secret"]
+        secrets = [secrets] if isinstance(secrets, str) else secrets
+        if not isinstance(secrets, list) or not secrets or \
+                not all(isinstance(k, str) and k.startswith("whsec_") for k in secrets):
+            raise ValueError("secret must be a whsec_… string or a list of them")
+        t = int(data.get("timestamp") or time.time())
+        with self.store.lock:
+            rec = self.store.colls["events"].records.get(str(data["event"]))
+            if rec is None:
+                raise ApiError(404, f"no event {data['event']!r}")
+            blob = rec.blob
+        payload = json.dumps(json.loads(blob), indent=2, ensure_ascii=False)
+        signed = f"{t}.{payload}".encode()
+        sigs = [hmac.new(k.encode(), signed, hashlib.sha256).hexdigest() for k in secrets]
+        v0 = hmac.new(b"whsec_not_an_endpoint_secret", signed, hashlib.sha256).hexdigest()
+        return {"payload": payload,
+                "signature": ",".join([f"t={t}"] + [f"v1={h}" for h in sigs] + [f"v0={v0}"])}
 
     def control_event(self, data):
         type_, obj = data["type"], data["object"]

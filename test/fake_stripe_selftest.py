@@ -965,6 +965,32 @@ class FakeStripeTest(unittest.TestCase):
         self.assertEqual(self.c.raw("GET", "/_control/objects/widgets")[0], 404)
         self.assertEqual(self.c.raw("POST", "/_control/faults", json.dumps({"kind": "boom"}))[0], 400)
 
+    def test_control_webhook(self):
+        """A delivery signed as Stripe signs one: HMAC-SHA256 of "t.payload" per secret."""
+        import hashlib
+        import hmac
+        ev = self.c.ctl("POST", "events", {"type": "customer.updated",
+                                           "object": {"id": "cus_wh", "object": "customer", "name": "Zoë"}})
+        out = self.c.ctl("POST", "webhook", {"event": ev["id"], "secret": ["whsec_old", "whsec_new"],
+                                             "timestamp": 1700000000})
+        payload, header = out["payload"], out["signature"]
+        self.assertEqual(json.loads(payload), ev)
+        self.assertIn("\n  \"id\": ", payload)          # pretty-printed, as Stripe sends it
+        self.assertIn("Zoë", payload)                    # UTF-8, not escaped
+        parts = [p.split("=", 1) for p in header.split(",")]
+        self.assertEqual([k for k, _ in parts], ["t", "v1", "v1", "v0"])
+        self.assertEqual(parts[0][1], "1700000000")
+        for (_, got), secret in zip(parts[1:3], ("whsec_old", "whsec_new")):
+            want = hmac.new(secret.encode(), ("1700000000." + payload).encode(), hashlib.sha256).hexdigest()
+            self.assertEqual(got, want)
+        self.assertNotIn(parts[3][1], (parts[1][1], parts[2][1]))
+        now = self.c.ctl("POST", "webhook", {"event": ev["id"], "secret": "whsec_x"})["signature"]
+        self.assertLess(abs(int(now.split(",")[0][2:]) - time.time()), 60)
+        self.assertEqual(self.c.raw("POST", "/_control/webhook",
+                                    json.dumps({"event": "evt_nope", "secret": "whsec_x"}))[0], 404)
+        self.assertEqual(self.c.raw("POST", "/_control/webhook",
+                                    json.dumps({"event": ev["id"], "secret": "sk_x"}))[0], 400)
+
     def test_control_churn(self):
         mark = self.newest_event_id()
         out = self.c.ctl("POST", "churn", {"object": "customers", "events": 5})

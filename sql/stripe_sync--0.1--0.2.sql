@@ -628,3 +628,18 @@ SELECT pg_catalog.pg_extension_config_dump('stripe_sync.outbox', 'WHERE state <>
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync.outbox_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync.event_map', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync.rejected', '');
+
+-- ---------------------------------------------------------------------------
+-- Rate limits: what the caller's requests through a server go by (the key's
+-- mode, the settings, 429s' slowdowns), no request made.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION stripe_sync.rate_limits(server name,
+    OUT endpoint text, OUT mode text, OUT requests_per_second integer,
+    OUT current_requests_per_second integer)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stripe_rate_limits'
+LANGUAGE C STRICT VOLATILE;
+
+COMMENT ON FUNCTION stripe_sync.rate_limits(name) IS
+  'Requests a second allowed to the account behind a server (endpoint NULL) and to each endpoint tracked';

@@ -180,10 +180,13 @@ endpoint_name(const char *method, const char *path, char *out)
 	int			len = snprintf(out, STRIPE_ENDPOINT_NAME_LEN, "%s ", method);
 	int			word = 0;
 
+	len = Min(len, STRIPE_ENDPOINT_NAME_LEN - 1);
 	for (const char *p = path; *p && *p != '?' && len < STRIPE_ENDPOINT_NAME_LEN - 1;)
 	{
 		const char *end = p;
 		bool		id = false;
+		const char *from;
+		int			n;
 
 		if (*p == '/')
 		{
@@ -198,11 +201,11 @@ endpoint_name(const char *method, const char *path, char *out)
 				id = true;
 			end++;
 		}
-		if (id && word >= 2)
-			len += strlcpy(out + len, "{id}", STRIPE_ENDPOINT_NAME_LEN - len);
-		else
-			len += strlcpy(out + len, p, Min(end - p + 1, STRIPE_ENDPOINT_NAME_LEN - len));
-		len = Min(len, STRIPE_ENDPOINT_NAME_LEN - 1);
+		from = (id && word >= 2) ? "{id}" : p;
+		n = (id && word >= 2) ? 4 : (int) (end - p);
+		n = Min(n, STRIPE_ENDPOINT_NAME_LEN - 1 - len);
+		memcpy(out + len, from, n);
+		len += n;
 		p = end;
 	}
 	out[len] = '\0';

@@ -11,7 +11,8 @@
  * key's mode, 22 an endpoint.
  *
  * The account's requests leave on a grid of ticks one interval apart, each
- * tick taken by one request at most: a calendar of the next CAL_TICKS ticks.
+ * tick taken by one request at most: a calendar of the next CAL_TICKS ticks
+ * (one that finds two ticks free leaves at once, between them, taking both).
  * A request waiting for its endpoint takes a tick later on without holding
  * back the other endpoints' requests, which take the free ticks before it.
  * An endpoint is a leaky bucket without burst (GCRA): the time of its next
@@ -383,8 +384,9 @@ calendar_regrid(RateSlot *a, int rate, TimestampTz now)
 {
 	int64		step = interval_of(rate);
 	TimestampTz start = now;
+	bool		fresh = a->grid_rate == 0;
 
-	if (a->grid_rate > 0)
+	if (!fresh)
 	{
 		int64		last = a->lo - 1;	/* ticks before lo are gone or booked */
 
@@ -398,7 +400,8 @@ calendar_regrid(RateSlot *a, int rate, TimestampTz now)
 	}
 	memset(a->booked, 0, sizeof(a->booked));
 	a->grid_rate = rate;
-	a->lo = ceil_div(start, step);
+	/* a new account may go at once, within the current tick */
+	a->lo = fresh ? start / step : ceil_div(start, step);
 }
 
 /*
@@ -415,6 +418,7 @@ take_slot(RateTable *tab, const Limits *lim, TimestampTz now)
 	int64		step;
 	int64		e_step = 0;
 	TimestampTz earliest = now;
+	TimestampTz t;
 	int64		n;
 
 	if (a->grid_rate != rate)
@@ -435,20 +439,38 @@ take_slot(RateTable *tab, const Limits *lim, TimestampTz now)
 			e->next_slot = now;
 		earliest = Max(earliest, e->next_slot);
 	}
-	calendar_advance(a, ceil_div(now, step));
-	for (n = Max(a->lo, ceil_div(earliest, step)); n < a->lo + CAL_TICKS; n++)
-		if (!tick_booked(a, n))
-			break;
-	if (n >= a->lo + CAL_TICKS)
+	calendar_advance(a, now / step);
+
+	/*
+	 * Between two ticks, a request may leave at once if it can have both:
+	 * the interval after it spans the next tick too.  Else it takes the
+	 * first free tick, and leaves at its start.
+	 */
+	n = earliest / step;
+	if (earliest % step != 0 && n >= a->lo && n + 1 < a->lo + CAL_TICKS &&
+		!tick_booked(a, n) && !tick_booked(a, n + 1))
 	{
-		/* a queue past the calendar: the same, afresh */
-		memset(a->booked, 0, sizeof(a->booked));
-		a->lo = n = ceil_div(now, step);
+		tick_set(a, n, true);
+		tick_set(a, n + 1, true);
+		t = earliest;
 	}
-	tick_set(a, n, true);
+	else
+	{
+		for (n = Max(a->lo, ceil_div(earliest, step)); n < a->lo + CAL_TICKS; n++)
+			if (!tick_booked(a, n))
+				break;
+		if (n >= a->lo + CAL_TICKS)
+		{
+			/* a queue past the calendar: the same, afresh */
+			memset(a->booked, 0, sizeof(a->booked));
+			a->lo = n = ceil_div(now, step);
+		}
+		tick_set(a, n, true);
+		t = n * step;
+	}
 	if (e != NULL)
-		e->next_slot = n * step + e_step;
-	return n * step;
+		e->next_slot = t + e_step;
+	return t;
 }
 
 /* runs fn on the table, under its lock if shared */

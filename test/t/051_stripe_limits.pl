@@ -91,6 +91,32 @@ my $all = max_per_second(grep { $_->{path} =~ m{^/v1/} } @$log);
 cmp_ok($all, '<=', 25, "... all of them: at most $all in any second");
 is(limits('stripe', 'GET /v1/customers'), 'test|22|22', 'rate_limits() shows the endpoints used');
 
+# ---- the same with a live key: 90 a second in all, 22 an endpoint (the fake keeps
+# Stripe's live limits for it: 100 in all, 25 an endpoint) ----
+sql(q{CREATE SCHEMA live_data});
+sql(q{BEGIN;
+	SELECT stripe_sync.create_source('livesrc', server => 'live', target_schema => 'live_data',
+	                                 objects => ARRAY['customers', 'charges', 'products']);
+	SELECT stripe_sync.alter_source('livesrc', enabled => false);
+	COMMIT;});
+$fake->clear_requests;
+sql(q{SELECT stripe_sync.sync_now('livesrc')});
+is(sql(q{SELECT count(*) FROM stripe_sync.object_state WHERE source = 'livesrc' AND backfill_done}), '3',
+	'a backfill of three objects with a live key');
+$stats = $fake->call('GET', '/_control/stats');
+cmp_ok($stats->{rate_limited}, '<=', 2,
+	"... Stripe's live limits refused $stats->{rate_limited} of its $stats->{requests} requests");
+$log = $fake->requests;
+%by_endpoint = ();
+push @{ $by_endpoint{ endpoint_of($_) } }, $_ for grep { $_->{path} =~ m{^/v1/} } @$log;
+for my $ep (grep { @{ $by_endpoint{$_} } > 1 } sort keys %by_endpoint)
+{
+	my $n = max_per_second(@{ $by_endpoint{$ep} });
+	cmp_ok($n, '<=', 25, "... $ep: at most $n in any second (of " . scalar(@{ $by_endpoint{$ep} }) . ')');
+}
+diag('with the live key, at most ' . max_per_second(grep { $_->{path} =~ m{^/v1/} } @$log)
+	  . ' requests in all in any second (the test key: at most 22)');
+
 # ---- a 429 that names its limiter ----
 # resource-specific (one object's own limit) slows nothing down
 $fake->fault(kind => '429', path => '/v1/charges', count => 1, reason => 'resource-specific');

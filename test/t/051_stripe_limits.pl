@@ -140,9 +140,13 @@ is(scalar(grep { $_->{path} =~ m{^/v1/customers\?} && $_->{status} == 429 } @{ $
 my $span = $ok[9]{time} - $ok[0]{time};
 cmp_ok($span, '>=', 0.7, sprintf('... then its first ten pages took %.2f s (half the rate: 0.83 s)', $span));
 ok($node->poll_query_until('postgres',
+		qq{SELECT current_requests_per_second > $now AND current_requests_per_second < 22
+		   FROM stripe_sync.rate_limits('stripe') WHERE endpoint = 'GET /v1/customers'}),
+	'... then the rate climbs back step by step');
+ok($node->poll_query_until('postgres',
 		q{SELECT current_requests_per_second = 22 FROM stripe_sync.rate_limits('stripe')
 		   WHERE endpoint = 'GET /v1/customers'}),
-	'... and the rate climbs back to 22 a second');
+	'... to 22 a second');
 
 # global-rate halves the account's
 $fake->fault(kind => '429', path => '/v1/products', count => 1, reason => 'global-rate');

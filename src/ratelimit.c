@@ -439,16 +439,26 @@ take_slot(RateTable *tab, const Limits *lim, TimestampTz now)
 			e->next_slot = now;
 		earliest = Max(earliest, e->next_slot);
 	}
+	/* a calendar far ahead of now: the system clock stepped back */
+	if (a->lo - now / step > CAL_TICKS)
+	{
+		memset(a->booked, 0, sizeof(a->booked));
+		a->lo = now / step;
+	}
 	calendar_advance(a, now / step);
 
 	/*
 	 * Between two ticks, a request may leave at once if it can have both:
 	 * the interval after it spans the next tick too.  Else it takes the
-	 * first free tick, and leaves at its start.
+	 * first free tick, and leaves at its start.  An endpoint's turn past the
+	 * calendar (an account rate hundreds of times its endpoints') books no
+	 * tick: the endpoint's spacing is what holds such requests back.
 	 */
 	n = earliest / step;
-	if (earliest % step != 0 && n >= a->lo && n + 1 < a->lo + CAL_TICKS &&
-		!tick_booked(a, n) && !tick_booked(a, n + 1))
+	if (Max(a->lo, ceil_div(earliest, step)) >= a->lo + CAL_TICKS)
+		t = earliest;
+	else if (earliest % step != 0 && n >= a->lo && n + 1 < a->lo + CAL_TICKS &&
+			 !tick_booked(a, n) && !tick_booked(a, n + 1))
 	{
 		tick_set(a, n, true);
 		tick_set(a, n + 1, true);
@@ -461,9 +471,9 @@ take_slot(RateTable *tab, const Limits *lim, TimestampTz now)
 				break;
 		if (n >= a->lo + CAL_TICKS)
 		{
-			/* a queue past the calendar: the same, afresh */
+			/* every tick booked: waiters canceled by the hundred; start afresh */
 			memset(a->booked, 0, sizeof(a->booked));
-			a->lo = n = ceil_div(now, step);
+			a->lo = n = Max(ceil_div(now, step), ceil_div(earliest, step));
 		}
 		tick_set(a, n, true);
 		t = n * step;

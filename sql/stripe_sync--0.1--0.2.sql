@@ -640,3 +640,18 @@ CREATE FUNCTION stripe_sync.ingest_webhook(source text, payload text, signature 
 AS 'MODULE_PATHNAME', 'stripe_ingest_webhook'
 LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
 GRANT EXECUTE ON FUNCTION stripe_sync.ingest_webhook(text, text, text) TO PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Rate limits: what the caller's requests through a server go by (the key's
+-- mode, the settings, 429s' slowdowns), no request made.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION stripe_sync.rate_limits(server name,
+    OUT endpoint text, OUT mode text, OUT requests_per_second integer,
+    OUT current_requests_per_second integer)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stripe_rate_limits'
+LANGUAGE C STRICT VOLATILE;
+
+COMMENT ON FUNCTION stripe_sync.rate_limits(name) IS
+  'Requests a second allowed to the account behind a server (endpoint NULL) and to each endpoint tracked';

@@ -411,6 +411,9 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 	else
 	{
 		retryable = (status == 408 || status == 409 || status == 429 || status >= 500);
+		/* whether retried or not, the next requests go slower */
+		if (status == 429)
+			stripe_ratelimit_refused(conn, method, path, buf->rate_reason);
 		if (pg_strcasecmp(buf->should_retry, "false") == 0)
 			retryable = false;
 		else if (pg_strcasecmp(buf->should_retry, "true") == 0)
@@ -494,7 +497,7 @@ stripe_request(StripeConn *conn, const char *method, const char *path,
 		{
 			headers = build_headers(conn, idempotency_key);
 			stripe_curl_setup(stripe_easy, url, headers, method, form_body, &buf, errbuf);
-			stripe_ratelimit_wait(conn);
+			stripe_ratelimit_wait(conn, method, path);
 			if (stats)
 				stats->requests++;
 			rc = perform_interruptible();
@@ -618,7 +621,7 @@ slot_start(StripeConn *conn, StreamSlot *s, MemoryContext cxt, StripeStats *stat
 	s->headers = build_headers(conn, NULL);
 	stripe_curl_setup(s->easy, s->url, s->headers, "GET", NULL, &s->buf, s->errbuf);
 	/* every request takes its turn with the shared limit before it leaves */
-	s->go_at = stripe_ratelimit_reserve(conn);
+	s->go_at = stripe_ratelimit_reserve(conn, "GET", s->req->path);
 	s->reserved = true;
 }
 

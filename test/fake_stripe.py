@@ -10,7 +10,8 @@ objects directly (GET /_control/balance shows the balance).
 
 It follows Stripe's documented defaults: rate limits of 25 requests a second in all and
 per endpoint (test mode; 429 with Stripe-Rate-Limited-Reason; --rate-limit and
---endpoint-rate-limit, 0 for none); lists that leave out inactive prices, canceled
+--endpoint-rate-limit, 0 for none), 100 in all for a live key (sk_live_, rk_live_;
+--live-rate-limit); lists that leave out inactive prices, canceled
 subscriptions and objects on test clocks unless asked for them; list filters checked
 against their enums; an Idempotency-Key's first answer replayed, errors included.
 
@@ -96,7 +97,7 @@ DEFAULT_COUNTS = {"customers": 30, "charges": 60, "invoices": 30, "payment_inten
 PM_REDISPLAY = ("always", "limited", "unspecified")
 # Stripe's limits in test mode (docs.stripe.com/rate-limits): 25 requests a second in all,
 # and 25 a second to any one endpoint unless documented otherwise.  0 switches one off.
-GLOBAL_RATE, ENDPOINT_RATE = 25, 25
+GLOBAL_RATE, ENDPOINT_RATE, LIVE_RATE = 25, 25, 100
 # The index key of an object with no test clock: no query value can name it.
 NO_CLOCK = "\x00none"
 CARD_BRANDS = ("visa", "mastercard", "amex")
@@ -1621,12 +1622,14 @@ class RateLimiter:
     windows over the /v1 requests let through: `rate` for the account in all
     (global-rate) and `endpoint_rate` for each endpoint (endpoint-rate), an endpoint
     being a method and a path with its ids taken out (GET /v1/customers/{id} is one,
-    whatever the id).  Both default to Stripe's test-mode limits; 0 switches one off."""
+    whatever the id).  Both default to Stripe's test-mode limits; 0 switches one off.
+    A live key (sk_live_, rk_live_) goes by `live_rate` in all instead (Stripe's 100),
+    in windows of its own: live and test mode are counted apart."""
 
-    def __init__(self, rate=GLOBAL_RATE, endpoint_rate=ENDPOINT_RATE):
+    def __init__(self, rate=GLOBAL_RATE, endpoint_rate=ENDPOINT_RATE, live_rate=LIVE_RATE):
         self.lock = threading.Lock()
-        self.rate, self.endpoint_rate = rate, endpoint_rate
-        self.window = collections.deque()
+        self.rate, self.endpoint_rate, self.live_rate = rate, endpoint_rate, live_rate
+        self.windows = collections.defaultdict(collections.deque)
         self.endpoints = collections.defaultdict(collections.deque)
 
     @staticmethod
@@ -1634,15 +1637,16 @@ class RateLimiter:
         words = [w if w in PATH_WORDS else "{id}" for w in path.split("?", 1)[0].split("/")]
         return method + " " + "/".join(words)
 
-    def refusal(self, method, path):
+    def refusal(self, method, path, live=False):
         """None when the request may go, else the Stripe-Rate-Limited-Reason."""
-        if not self.rate and not self.endpoint_rate:
+        rate = self.live_rate if live else self.rate
+        if not rate and not self.endpoint_rate:
             return None
         now = time.monotonic()
         with self.lock:
-            windows = (("global-rate", self.rate, self.window),
+            windows = (("global-rate", rate, self.windows[live]),
                        ("endpoint-rate", self.endpoint_rate,
-                        self.endpoints[self.endpoint(method, path)]))
+                        self.endpoints[(live, self.endpoint(method, path))]))
             for reason, rate, window in windows:
                 while window and window[0] <= now - 1.0:
                     window.popleft()
@@ -1660,6 +1664,7 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 402: "Request Fai
            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
            504: "Gateway Timeout"}
 KEY_PREFIX_RE = re.compile(r"^[a-z]{2,4}_(?:test|live)_")
+LIVE_KEY_RE = re.compile(r"^(?:sk|rk)_live_")
 
 
 def send(handler, status, body, headers=(), truncate=False):
@@ -1803,7 +1808,8 @@ class App:
             failing = kind in ("429", "500", "503", "status", "401")
             if failing and not fault.get("after"):
                 raise self.fault_error(kind, fault, hdrs)
-            refusal = self.limiter.refusal(h.command, raw_path)
+            refusal = self.limiter.refusal(h.command, raw_path,
+                                           live=LIVE_KEY_RE.match(self.request_key(hdrs) or "") is not None)
             if refusal:
                 rate_limited = 1
                 raise ApiError(429, "Request rate limit exceeded. Learn more about rate limits "
@@ -2140,6 +2146,7 @@ class App:
                 self.configure(data)
             return 200, {"latency_ms": self.latency_ms, "rate_limit": self.limiter.rate,
                          "endpoint_rate_limit": self.limiter.endpoint_rate,
+                         "live_rate_limit": self.limiter.live_rate,
                          "api_keys": sorted(self.api_keys),
                          "restricted_keys": {k: sorted(v) for k, v in self.restricted_keys.items()},
                          "event_api_version": store.event_api_version}
@@ -2193,7 +2200,8 @@ class App:
             if latency < 0:
                 raise ValueError("latency_ms must be >= 0")
             self.latency_ms = latency
-        for name, attr in (("rate_limit", "rate"), ("endpoint_rate_limit", "endpoint_rate")):
+        for name, attr in (("rate_limit", "rate"), ("endpoint_rate_limit", "endpoint_rate"),
+                           ("live_rate_limit", "live_rate")):
             if name in data:
                 rate = int(data[name])
                 if rate < 0:
@@ -2386,6 +2394,8 @@ def main(argv=None):
                     help="requests a second in all, as Stripe's test mode (0: no limit)")
     ap.add_argument("--endpoint-rate-limit", type=int, default=ENDPOINT_RATE, metavar="N",
                     help="requests a second to one endpoint (0: no limit)")
+    ap.add_argument("--live-rate-limit", type=int, default=LIVE_RATE, metavar="N",
+                    help="requests a second in all with a live key, as Stripe's live mode (0: no limit)")
     ap.add_argument("--exit-with", type=int, metavar="PID",
                     help="stop when this process is gone (the test run that started us)")
     ap.add_argument("--tls-cert", metavar="PEM",
@@ -2396,7 +2406,8 @@ def main(argv=None):
     with open(args.fixtures, encoding="utf-8") as f:
         fixtures = json.load(f)
     app = App(fixtures, args.counts, args.seed, args.api_key)
-    app.configure({"rate_limit": args.rate_limit, "endpoint_rate_limit": args.endpoint_rate_limit})
+    app.configure({"rate_limit": args.rate_limit, "endpoint_rate_limit": args.endpoint_rate_limit,
+                   "live_rate_limit": args.live_rate_limit})
     server = Server((args.host, args.port), app)
     if args.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -93,6 +93,7 @@ class FakeStripeTest(unittest.TestCase):
         c = self.c
         c.ctl("DELETE", "faults")
         c.ctl("POST", "config", {"latency_ms": 0, "rate_limit": 0, "endpoint_rate_limit": 0,
+                                 "live_rate_limit": 0,
                                  "api_keys": [KEY], "restricted_keys": {},
                                  "event_api_version": "2026-10-28.endive"})
         c.ctl("POST", "reseed", {"seed": 1})
@@ -676,6 +677,30 @@ class FakeStripeTest(unittest.TestCase):
         conn.close()
         self.assertEqual(self.c.ctl("GET", "stats"), {"requests": 9, "rate_limited": 3, "in_flight_peak": 1})
 
+    def test_live_rate_limit(self):
+        # a live key goes by Stripe's live-mode limit, counted apart from test mode's
+        self.c.ctl("POST", "config", {"rate_limit": 3, "live_rate_limit": 6,
+                                      "api_keys": [KEY, "sk_live_selftest"]})
+        conn = http.client.HTTPConnection("127.0.0.1", self.c.port, timeout=30)
+        for attempt in range(10):
+            time.sleep(1.05)
+            t0 = time.monotonic()
+            statuses = {}
+            for key in ("sk_live_selftest", KEY):
+                statuses[key] = []
+                for _ in range(7):
+                    conn.request("GET", "/v1/customers?limit=1", headers={"Authorization": "Bearer " + key})
+                    resp = conn.getresponse()
+                    resp.read()
+                    statuses[key].append(resp.status)
+            if time.monotonic() - t0 < 0.9:
+                break
+        else:
+            self.skipTest("this machine never sent 14 requests within 0.9 s")
+        conn.close()
+        self.assertEqual(statuses["sk_live_selftest"], [200] * 6 + [429])
+        self.assertEqual(statuses[KEY], [200] * 3 + [429] * 4)
+
     def test_endpoint_rate_limit(self):
         # Stripe's default for one endpoint is 25 a second; here 3: the fourth retrieve
         # of customers in a second (any ids) is refused, a list of them still goes
@@ -1053,18 +1078,21 @@ class LifecycleTest(unittest.TestCase):
         proc, port, port_file = start_server("--counts", "customers=1")
         try:
             c = Client(port)
-            self.assertEqual((c.ctl("GET", "config")["rate_limit"],
-                              c.ctl("GET", "config")["endpoint_rate_limit"]), (25, 25))
+            config = c.ctl("GET", "config")
+            self.assertEqual((config["rate_limit"], config["endpoint_rate_limit"],
+                              config["live_rate_limit"]), (25, 25, 100))
             statuses = [c.get("/v1/customers?limit=1")[0] for _ in range(40)]
             self.assertIn(429, statuses)
         finally:
             proc.kill()
             proc.wait(10)
             os.unlink(port_file)
-        proc, port, port_file = start_server("--rate-limit", "0", "--endpoint-rate-limit", "0")
+        proc, port, port_file = start_server("--rate-limit", "0", "--endpoint-rate-limit", "0",
+                                             "--live-rate-limit", "0")
         try:
             self.assertEqual({k: v for k, v in Client(port).ctl("GET", "config").items()
-                              if "rate" in k}, {"rate_limit": 0, "endpoint_rate_limit": 0})
+                              if "rate" in k},
+                             {"rate_limit": 0, "endpoint_rate_limit": 0, "live_rate_limit": 0})
         finally:
             proc.kill()
             proc.wait(10)

@@ -12,8 +12,10 @@
  *		handing their pages out newest window first, each window's in its
  *		order, gives Stripe's newest-first order, as a one-page-at-a-time
  *		scan would.  Pages in flight or arrived and not yet handed out are
- *		at most twice max_concurrent_requests: a free slot prefers the window
- *		handed out next, and asks nothing more once that many are held.
+ *		at most three times max_concurrent_requests: a free slot prefers the
+ *		window handed out next, and asks nothing more once that many are
+ *		held.  (The window handed out is read a page per round trip while
+ *		the next ones arrive: twice stalled the requests at times.)
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -169,15 +171,14 @@ link_carved(StripeWinScan *sc, BfWindow *nw)
 }
 
 /*
- * A StripeManyFeed: the next page of the first window, in the order pages are
- * handed out, that has none in flight; else a window carved off the one with
- * the most pages left.  Nothing once limit pages wait or fly, except for the
- * window handed out now, whose pages everything else waits for.
+ * The window to ask a page of: the first, in the order pages are handed out,
+ * that has none in flight; else one carved off the window with the most
+ * pages left.  None (-1) once limit pages wait or fly, except for the window
+ * handed out now, whose pages everything else waits for.
  */
-static bool
-win_feed(void *arg, StripeManyReq *req)
+static int
+next_window(StripeWinScan *sc)
 {
-	StripeWinScan *sc = arg;
 	int			held = 0;
 	BfWindow   *nw;
 
@@ -185,37 +186,31 @@ win_feed(void *arg, StripeManyReq *req)
 		if (sc->pages[s].win >= 0 && s != sc->current)
 			held++;
 	for (int i = sc->head; i >= 0; i = sc->order[i].next)
-	{
-		BfWindow   *w = &sc->ws.w[i];
+		if (!sc->ws.w[i].done && !sc->ws.w[i].in_flight)
+			return held < sc->limit || i == sc->head ? i : -1;
+	if (held >= sc->limit || (nw = stripe_windows_split(&sc->ws)) == NULL)
+		return -1;
+	link_carved(sc, nw);
+	return nw - sc->ws.w;
+}
 
-		if (w->done || w->in_flight)
-			continue;
-		if (held >= sc->limit && i != sc->head)
-			return false;
-		switch (win_send(sc, i, req))
-		{
-			case SEND_OK:
-				return true;
-			case SEND_NO_SLOT:
-				return false;
-			case SEND_EMPTY:
-				break;
-		}
-	}
-	while (held < sc->limit && (nw = stripe_windows_split(&sc->ws)) != NULL)
+/* A StripeManyFeed: the next page of next_window's */
+static bool
+win_feed(void *arg, StripeManyReq *req)
+{
+	StripeWinScan *sc = arg;
+
+	for (;;)
 	{
-		link_carved(sc, nw);
-		switch (win_send(sc, nw - sc->ws.w, req))
-		{
-			case SEND_OK:
-				return true;
-			case SEND_NO_SLOT:
-				return false;
-			case SEND_EMPTY:
-				break;
-		}
+		int			i = next_window(sc);
+		SendResult	r;
+
+		if (i < 0)
+			return false;
+		/* an empty window is done: look again */
+		if ((r = win_send(sc, i, req)) != SEND_EMPTY)
+			return r == SEND_OK;
 	}
-	return false;
 }
 
 /*
@@ -339,7 +334,7 @@ stripe_winscan_start(StripeWinSpec *spec, StripePage *first, MemoryContext paren
 	sc->ws.base = lower;
 	sc->ws.top = oldest + 1;
 	sc->ws.chunk_quarters = WINDOW_QUARTERS;
-	sc->limit = 2 * n;
+	sc->limit = 3 * n;
 	sc->current = -1;
 
 	/* one window for the rest: the first page's oldest second and below */

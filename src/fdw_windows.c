@@ -247,6 +247,19 @@ stop_carving(StripeWinScan *sc, int i)
 			sc->ws.w[j].depth = sc->ws.maxdepth;
 }
 
+/* whether the first n rows of the page were all created in one second */
+static bool
+one_second(StripeWinScan *sc, StripePage *page, int n)
+{
+	int64		newest;
+	int64		oldest;
+
+	return n > 0 &&
+		stripe_span_int64(&page->rows[0].fields[sc->spec.created_slot], &newest) &&
+		stripe_span_int64(&page->rows[n - 1].fields[sc->spec.created_slot], &oldest) &&
+		newest == oldest;
+}
+
 /*
  * A StripeManyDone: the page is its window's, down to the window's lower
  * bound (a window carved while the request flew gave the rest away); rows
@@ -293,6 +306,8 @@ win_done(void *arg, StripeManyReq *req)
 	if (p->page.nrows == 0 && w->depth > 0)
 		stop_carving(sc, p->win);
 	stripe_window_advance(w, &p->page, nkeep, sc->spec.id_slot, sc->spec.created_slot);
+	if (!w->done && one_second(sc, &p->page, nkeep))
+		w->span = 0;			/* no density: carving it would probe empty seconds */
 	p->page.nrows = nkeep;
 	stripe_place_note(&o->place, &p->page, sc->spec.id_slot, sc->spec.created_slot);
 	p->ready = true;
@@ -340,7 +355,8 @@ stripe_winscan_start(StripeWinSpec *spec, StripePage *first, MemoryContext paren
 	/* one window for the rest: the first page's oldest second and below */
 	w = stripe_windows_add(&sc->ws, lower, oldest + 1);
 	/* a page of one second tells no density: the window's own pages will */
-	w->span = newest > oldest ? Max((newest - oldest) * STRIPE_PAGE_SIZE / first->nrows, 1) : 0;
+	w->span = one_second(sc, first, first->nrows) ? 0 :
+		Max((newest - oldest) * STRIPE_PAGE_SIZE / first->nrows, 1);
 	order_grow(sc);
 	stripe_place_init(&sc->order[0].place, cxt);
 	stripe_place_note(&sc->order[0].place, first, spec->id_slot, spec->created_slot);

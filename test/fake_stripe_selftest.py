@@ -433,10 +433,10 @@ class FakeStripeTest(unittest.TestCase):
         self.c.ctl("DELETE", "faults")
         self.assertEqual(self.c.get("/v1/customers")[0], 200)
         # "contains": text anywhere in the path and query
-        self.fault(kind="500", path="/v1/customers", contains="starting_after=")
+        self.fault(kind="500", path="/v1/customers", contains="limit=2")
         self.assertEqual(self.c.get("/v1/customers?limit=1")[0], 200)
-        self.assertEqual(self.c.get("/v1/charges?starting_after=ch_x")[0], 200)
-        self.assertEqual(self.c.get("/v1/customers?limit=1&starting_after=cus_x")[0], 500)
+        self.assertEqual(self.c.get("/v1/charges?limit=2")[0], 200)
+        self.assertEqual(self.c.get("/v1/customers?email=a&limit=2")[0], 500)
         self.assertEqual(self.c.ctl("GET", "faults")["faults"], [])
 
     def test_fault_error_types_follow_the_status(self):

@@ -3,7 +3,9 @@
  *		The stripe_sync foreign data wrapper: planning with pushdown of the
  *		quals Stripe can answer (ids, list filters, created ranges), Stripe's
  *		newest-first order, LIMIT, parameterized paths for joins, a
- *		page-at-a-time scan, EXPLAIN, and IMPORT FOREIGN SCHEMA.
+ *		page-at-a-time scan whose long lists go on in windows of created
+ *		read together (fdw_windows.c), and EXPLAIN.  Which quals go to Stripe
+ *		is fdw_quals.c's; IMPORT FOREIGN SCHEMA is fdw_import.c's.
  *
  *		Two kinds of objects are special.  Balance is one object read as one
  *		row per kind and currency.  Payment methods, setup attempts and

@@ -292,7 +292,10 @@ stripe_windows_split(BfWindows *ws)
 	if (best < 0)
 		return NULL;
 	w = &ws->w[best];
-	mid = stripe_window_top(ws, w) - Min(CHUNK_PAGES, Max(best_pages / 8, 1)) * w->span;
+	if (ws->chunk_quarters > 0)
+		mid = stripe_window_top(ws, w) - Min(ws->chunk_quarters, Max(best_pages / 2, 4)) * w->span / 4;
+	else
+		mid = stripe_window_top(ws, w) - Min(CHUNK_PAGES, Max(best_pages / 8, 1)) * w->span;
 	old_lo = w->lo;
 	w->lo = mid;
 	/* stripe_windows_add may move the array */

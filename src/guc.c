@@ -45,7 +45,7 @@ stripe_define_gucs(bool preloading)
 							&stripe_endpoint_requests_per_second, 0, -1, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("stripe_sync.max_concurrent_requests",
-							"Requests a sync keeps in flight at once.",
+							"Requests a sync, or a long foreign-table scan, keeps in flight at once.",
 							NULL,
 							&stripe_max_concurrent_requests, 8, 1, 256,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);

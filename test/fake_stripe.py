@@ -15,7 +15,9 @@ per endpoint (test mode; 429 with Stripe-Rate-Limited-Reason; --rate-limit and
 subscriptions and objects on test clocks unless asked for them; list filters checked
 against their enums; an Idempotency-Key's first answer replayed, errors included.
 
-A "hold" fault ({"kind": "hold", "path": "/v1/customers", "count": 1, "timeout": 300})
+A fault takes the requests whose path starts with its "path" and has its "contains"
+anywhere (both optional).  A "hold" fault ({"kind": "hold", "path": "/v1/customers",
+"count": 1, "timeout": 300})
 keeps the requests it takes waiting, before they are carried out, until POST
 /_control/release (or DELETE /_control/faults, or its timeout); GET /_control/held lists
 the requests waiting.  A test can so stop a client at a chosen request, change the
@@ -1500,7 +1502,8 @@ class Faults:
         kind = str(spec.get("kind"))
         if kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}")
-        fault = {"kind": kind, "count": int(spec.get("count", 1)), "path": spec.get("path")}
+        fault = {"kind": kind, "count": int(spec.get("count", 1)), "path": spec.get("path"),
+                 "contains": spec.get("contains")}
         if fault["count"] < 1:
             raise ValueError("count must be >= 1")
         if kind == "status":
@@ -1548,7 +1551,9 @@ class Faults:
             return None
         with self.lock:
             for i, fault in enumerate(self.queue):
-                if not fault["path"] or raw_path.startswith(fault["path"]):
+                # a path prefix, and text anywhere in the path and query ("starting_after=")
+                if ((not fault["path"] or raw_path.startswith(fault["path"])) and
+                        (not fault["contains"] or fault["contains"] in raw_path)):
                     fault["count"] -= 1
                     if fault["count"] == 0:
                         del self.queue[i]

@@ -433,6 +433,12 @@ class FakeStripeTest(unittest.TestCase):
         self.fault(kind="500", count=5)
         self.c.ctl("DELETE", "faults")
         self.assertEqual(self.c.get("/v1/customers")[0], 200)
+        # "contains": text anywhere in the path and query
+        self.fault(kind="500", path="/v1/customers", contains="limit=2")
+        self.assertEqual(self.c.get("/v1/customers?limit=1")[0], 200)
+        self.assertEqual(self.c.get("/v1/charges?limit=2")[0], 200)
+        self.assertEqual(self.c.get("/v1/customers?email=a&limit=2")[0], 500)
+        self.assertEqual(self.c.ctl("GET", "faults")["faults"], [])
 
     def test_fault_error_types_follow_the_status(self):
         # Stripe's error object (API reference, "Errors"): type is one of api_error,

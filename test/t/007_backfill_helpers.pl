@@ -175,8 +175,13 @@ ok($node->poll_query_until('postgres',
 	'after the worker is terminated its helper stops');
 
 # ---- kill -9 while a helper works: the backfill resumes and ends exact
-sql("CREATE SCHEMA w3; SELECT stripe_sync.create_source('w3', server => 'stripe', "
-	  . "objects => ARRAY['charges'], target_schema => 'w3')");
+# (each page's write made 20 ms slower by a trigger of the owner's: the backfill
+# lasts seconds instead of one, so a helper is caught at work whatever the
+# machine's speed; the writes being the slow part, the sync still deals one out)
+sql("CREATE SCHEMA w3; BEGIN; SELECT stripe_sync.create_source('w3', server => 'stripe', "
+	  . "objects => ARRAY['charges'], target_schema => 'w3'); "
+	  . "CREATE FUNCTION w3.slow() RETURNS trigger LANGUAGE plpgsql AS \$\$BEGIN PERFORM pg_sleep(0.02); RETURN NULL; END\$\$; "
+	  . "CREATE TRIGGER slow AFTER INSERT ON w3.charges FOR EACH STATEMENT EXECUTE FUNCTION w3.slow(); COMMIT;");
 ok($node->poll_query_until('postgres',
 	"SELECT count(*) > 0 FROM stripe_sync.backfill_parts WHERE source = 'w3' AND rows >= 500"),
 	'a helper has committed part of the backfill');
@@ -189,7 +194,7 @@ ok($node->poll_query_until('postgres',
 	'with the source disabled nothing writes');
 is(sql("SELECT rows FROM stripe_sync.status WHERE source = 'w3'"), sql("SELECT count(*) FROM w3.charges"),
 	'status counts every row written so far, the helpers\' included');
-sql("SELECT stripe_sync.alter_source('w3', enabled => true)");
+sql("DROP TRIGGER slow ON w3.charges; SELECT stripe_sync.alter_source('w3', enabled => true)");
 sql("SELECT stripe_sync.alter_source('w2', enabled => true)");
 ok($node->poll_query_until('postgres',
 	"SELECT bool_and(backfill_done) FROM stripe_sync.object_state WHERE source IN ('w2', 'w3')", 't'),

@@ -605,14 +605,24 @@ ship_pass(void)
 	ShipPump	p = {NIL, 0, CurrentMemoryContext, 0, false};
 	ListCell   *lc;
 	TimestampTz now;
+	bool		ready = false;
 
 	stripe_xact_begin(true);
 	if (OidIsValid(get_extension_oid("stripe_sync", true)) && stripe_schema_current(false))
 	{
 		pass_housekeeping();
 		p.sources = pending_sources();
+		ready = true;
 	}
 	stripe_xact_commit(true);
+
+	/*
+	 * Not installed, or not updated yet: nothing to pump, and what an earlier
+	 * shipper left in flight (flights_lost) waits for the first pass that can
+	 * send it again.
+	 */
+	if (!ready)
+		return sleep_ms;
 
 	p.stop_at = GetCurrentTimestamp() + (int64) PASS_SECS * USECS_PER_SEC;
 	flights_lost = true;

@@ -403,8 +403,15 @@ applier_flush(Applier *ap)
 	stripe_spi("INSERT INTO stripe_sync.applied_events (source, event_id, created) "
 			   "SELECT $1, e.id, e.created FROM unnest($2, $3) e(id, created) ON CONFLICT DO NOTHING",
 			   3, types, values, NULL, SPI_OK_INSERT);
-	stripe_spi("UPDATE stripe_sync.sources SET events_cursor = $4 WHERE name = $1",
-			   4, types, values, NULL, SPI_OK_UPDATE);
+	/*
+	 * A worker's cursor moves with each batch it commits.  sync_now runs in
+	 * one transaction, all or nothing: its cursor moves once, at the end,
+	 * since each UPDATE would leave one more version of the source's row for
+	 * every applied id's foreign key check to walk.
+	 */
+	if (run->own)
+		stripe_spi("UPDATE stripe_sync.sources SET events_cursor = $4 WHERE name = $1",
+				   4, types, values, NULL, SPI_OK_UPDATE);
 	ap->n = 0;
 	ap->nob = 0;
 }
@@ -855,6 +862,12 @@ events_apply(SyncRun *run, EventSpool *sp, MemoryContext cxt)
 		CHECK_FOR_INTERRUPTS();
 	}
 	MemoryContextDelete(ap->batch_cxt);
+	if (!run->own && ap->cursor != run->src.events_cursor)
+	{
+		stripe_run_begin(run);
+		stripe_set_cursor(run, ap->cursor);
+		stripe_run_commit(run);
+	}
 	run->src.events_cursor = ap->cursor;
 }
 

@@ -3,6 +3,12 @@
 \set SHOW_CONTEXT never
 SET timezone = 'UTC';
 
+-- one request at a time: these scans show the cursor from page to page (TAP
+-- 052_fdw_windows shows a long scan's windows in flight together); it is
+-- reloadable, not per session, and the reload reaches this session in the sleep
+ALTER SYSTEM SET stripe_sync.max_concurrent_requests = 1;
+SELECT pg_reload_conf(), pg_sleep(0.3);
+
 -- 1,050 customers stream in 11 pages of at most 100
 SELECT fake('DELETE', '/_control/requests') IS NOT NULL AS cleared;
 SELECT count(*), count(DISTINCT id), min(created) < max(created) AS spread FROM stripe.customers;
@@ -182,3 +188,6 @@ SELECT c.attrs = f AND c.attrs::text = f::text AS same_as_fake
 -- the later tests count 1050 customers
 DELETE FROM stripe.customers WHERE email = 'odd@example.com';
 SELECT count(*) FROM stripe.customers;
+
+ALTER SYSTEM RESET stripe_sync.max_concurrent_requests;
+SELECT pg_reload_conf(), pg_sleep(0.3);

@@ -1,6 +1,11 @@
 -- Faults: each kind is retried then succeeds; past max_retries it is an ERROR
 \getenv fake_url FAKE_STRIPE_URL
 \set SHOW_CONTEXT never
+-- one request at a time: the requests counted are a scan's from page to page
+-- (TAP 052_fdw_windows has a long scan's windows and their faults); it is
+-- reloadable, not per session, and the reload reaches this session in the sleep
+ALTER SYSTEM SET stripe_sync.max_concurrent_requests = 1;
+SELECT pg_reload_conf(), pg_sleep(0.3);
 SET stripe_sync.retry_base_delay = '10ms';
 
 CREATE FUNCTION fault_then_scan(kind text, extra text DEFAULT '') RETURNS TABLE (rows bigint, requests bigint)
@@ -73,3 +78,6 @@ SELECT fake('DELETE', '/_control/faults') IS NOT NULL AS cleared;
 -- the fake logs the held request only when it answers: let that happen here,
 -- not in the middle of the next test's request counts
 SELECT pg_sleep(4);
+
+ALTER SYSTEM RESET stripe_sync.max_concurrent_requests;
+SELECT pg_reload_conf(), pg_sleep(0.3);

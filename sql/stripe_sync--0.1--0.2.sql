@@ -628,3 +628,30 @@ SELECT pg_catalog.pg_extension_config_dump('stripe_sync.outbox', 'WHERE state <>
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync.outbox_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync.event_map', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_sync.rejected', '');
+
+-- ---------------------------------------------------------------------------
+-- Webhooks: an event Stripe delivered to an endpoint, verified with the
+-- endpoint's signing secret (the webhook_secret of the source owner's user
+-- mapping) and applied as the poll applies it.  Like sync_now, the C function
+-- checks the caller itself (the source's owner, a member of its role, or a
+-- superuser) and writes as the extension's owner and the source's owner.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION stripe_sync.ingest_webhook(source text, payload text, signature text) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_ingest_webhook'
+LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+GRANT EXECUTE ON FUNCTION stripe_sync.ingest_webhook(text, text, text) TO PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Rate limits: what the caller's requests through a server go by (the key's
+-- mode, the settings, 429s' slowdowns), no request made.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION stripe_sync.rate_limits(server name,
+    OUT endpoint text, OUT mode text, OUT requests_per_second integer,
+    OUT current_requests_per_second integer)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stripe_rate_limits'
+LANGUAGE C STRICT VOLATILE;
+
+COMMENT ON FUNCTION stripe_sync.rate_limits(name) IS
+  'Requests a second allowed to the account behind a server (endpoint NULL) and to each endpoint tracked';

@@ -14,13 +14,16 @@
 #define json_object pg_sql_json_object
 #include "utils/builtins.h"
 #undef json_object
+#include "utils/tuplestore.h"
 
 #include <json-c/json.h>
 
 #include "account.h"
+#include "ratelimit.h"
 #include "text.h"
 
 PG_FUNCTION_INFO_V1(stripe_test_connection);
+PG_FUNCTION_INFO_V1(stripe_rate_limits);
 
 typedef struct AccountInfo
 {
@@ -180,6 +183,22 @@ stripe_fetch_account_id(StripeConn *conn, StripeStats *stats, int64 *created, ch
 	return info.id;
 }
 
+/* the caller's connection to a server of the stripe_sync wrapper, by name */
+static StripeConn *
+named_server_conn(const char *servername)
+{
+	ForeignServer *server = GetForeignServerByName(servername, false);
+	ForeignDataWrapper *fdw = GetForeignDataWrapper(server->fdwid);
+
+	if (strcmp(fdw->fdwname, "stripe_sync") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("server \"%s\" does not use the stripe_sync foreign data wrapper",
+						servername),
+				 errhint("Create it with CREATE SERVER … FOREIGN DATA WRAPPER stripe_sync.")));
+	return stripe_conn_for_server(server->serverid, GetUserId());
+}
+
 /*
  * stripe_sync.test_connection(server name) → (account_id, account_name, api_version)
  * One GET /v1/account with the caller's user mapping.  A key Stripe refuses
@@ -190,24 +209,16 @@ Datum
 stripe_test_connection(PG_FUNCTION_ARGS)
 {
 	char	   *servername = NameStr(*PG_GETARG_NAME(0));
-	ForeignServer *server = GetForeignServerByName(servername, false);
-	ForeignDataWrapper *fdw = GetForeignDataWrapper(server->fdwid);
 	StripeConn *conn;
 	AccountInfo info;
 	TupleDesc	tupdesc;
 	Datum		values[3];
 	bool		nulls[3] = {false, false, false};
 
-	if (strcmp(fdw->fdwname, "stripe_sync") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("server \"%s\" does not use the stripe_sync foreign data wrapper",
-						servername),
-				 errhint("Create it with CREATE SERVER … FOREIGN DATA WRAPPER stripe_sync.")));
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	conn = stripe_conn_for_server(server->serverid, GetUserId());
+	conn = named_server_conn(servername);
 	if (!fetch_account(conn, NULL, &info))
 		ereport(NOTICE,
 				(errmsg("the API key of server \"%s\" cannot read the account", servername),
@@ -225,4 +236,36 @@ stripe_test_connection(PG_FUNCTION_ARGS)
 		nulls[1] = true;
 	values[2] = CStringGetTextDatum(conn->api_version);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * stripe_sync.rate_limits(server name) → setof (endpoint, mode, requests_per_second,
+ * current_requests_per_second): the limits the caller's requests through the
+ * server go by, no request made.  First the account in all (endpoint NULL),
+ * then each endpoint the limiter tracks; a limit of NULL is none, and the
+ * current rate is lower than the limit while a 429 slows it down.
+ */
+Datum
+stripe_rate_limits(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	StripeConn *conn = named_server_conn(NameStr(*PG_GETARG_NAME(0)));
+	const char *mode = stripe_key_is_live(conn->api_key) ? "live" : "test";
+	StripeRateRow *rows;
+	int			n = stripe_ratelimit_report(conn, &rows);
+
+	InitMaterializedSRF(fcinfo, 0);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[4];
+		bool		nulls[4] = {rows[i].endpoint[0] == '\0', false,
+		rows[i].limit == 0, rows[i].current == 0};
+
+		values[0] = CStringGetTextDatum(rows[i].endpoint);
+		values[1] = CStringGetTextDatum(mode);
+		values[2] = Int32GetDatum(rows[i].limit);
+		values[3] = Int32GetDatum(rows[i].current);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

@@ -326,7 +326,12 @@ stripe_backfill_init(Backfill *bf, SyncRun *run, LocalTable *lt, const char *obj
 	bf->cxt = AllocSetContextCreate(parent, "stripe_sync backfill", ALLOCSET_DEFAULT_SIZES);
 	bf->t0 = GetCurrentTimestamp();
 	bf->win.cxt = bf->cxt;
-	bf->win.maxdepth = bf->slots;
+	/*
+	 * An unmeasured chain of carvings stops after a few windows: past the
+	 * end of the data each costs an empty page, and a window that comes back
+	 * measured can be carved again one round trip later.
+	 */
+	bf->win.maxdepth = Min(bf->slots, 4);
 	/* nothing created after the events cursor is missed: the events bring it */
 	bf->win.top = run->src.events_cursor;
 	/* the oldest an object can be; Stripe's beginning when the account cannot be read */
@@ -761,6 +766,23 @@ bf_finish(Backfill *bf)
 	MemoryContextDelete(bf->cxt);
 }
 
+/* the set's object with the k-th fewest requests in flight (ties: in order) */
+static int
+fewest_out(BfSet *set, int k)
+{
+	int			order[BFSET_MAX];
+
+	for (int i = 0; i < set->n; i++)
+	{
+		int			j = i;
+
+		for (; j > 0 && set->bf[order[j - 1]]->in_flight > set->bf[i]->in_flight; j--)
+			order[j] = order[j - 1];
+		order[j] = i;
+	}
+	return order[k];
+}
+
 static bool
 set_feed(void *arg, StripeManyReq *req)
 {
@@ -779,11 +801,15 @@ set_feed(void *arg, StripeManyReq *req)
 	/*
 	 * An object that has not asked for anything yet goes first: its first
 	 * page tells whether it has more (most do not) and how dense it is.
-	 * Then the objects in order.
+	 * Then the object with the fewest requests out: each object's list is an
+	 * endpoint of its own, with a rate limit of its own (ratelimit.c), so
+	 * slots shared out between objects add up their endpoints' rates where
+	 * one object's requests would queue behind their own.
 	 */
 	for (int pass = 0; pass < 2; pass++)
-		for (int i = 0; i < set->n; i++)
+		for (int k = 0; k < set->n; k++)
 		{
+			int			i = pass == 0 ? k : fewest_out(set, k);
 			Backfill   *bf = set->bf[i];
 			bool		fresh = bf->pages == 0 && bf->in_flight == 0;
 

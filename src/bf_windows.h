@@ -54,6 +54,7 @@ typedef struct BfWindows
 	bool		ranged;			/* the list takes created[gte] and created[lt] */
 	int			maxdepth;		/* carvings of an unmeasured chain at most */
 	bool		unlisted;		/* a loaded cursor's windows name no list (0.2's) */
+	int			chunk_quarters; /* pages a split carves off, in quarters; 0: CHUNK_PAGES */
 } BfWindows;
 
 /* a part as a cursor lists it: its id and its first windows (cursor JSON) */

@@ -13,9 +13,20 @@
 /* events older than Stripe keeps (30 days), with a day's margin */
 #define STRIPE_EVENT_RETENTION_SECS	(29 * 86400)
 
+/* what became of an event here */
+typedef enum EventFate
+{
+	EVENT_APPLIED,				/* its object's state is in the local table */
+	EVENT_SKIPPED,				/* it changes no local table */
+	EVENT_NOT_OURS				/* its object was created before sync_from */
+} EventFate;
+
 extern bool stripe_events_feed_first(SyncRun *run, MemoryContext parent, StripeManyReq *req);
 extern void stripe_events_first_done(SyncRun *run, StripeManyReq *req);
 extern void stripe_sync_events(SyncRun *run);
+extern EventFate stripe_events_apply_one(SyncRun *run, const char *id, const char *type,
+										 const char *api_version, int64 created, char *object,
+										 int object_len, bool *outbox);
 
 /*
  * sync_reread.c: the objects of events in another API version than the

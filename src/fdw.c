@@ -3,7 +3,9 @@
  *		The stripe_sync foreign data wrapper: planning with pushdown of the
  *		quals Stripe can answer (ids, list filters, created ranges), Stripe's
  *		newest-first order, LIMIT, parameterized paths for joins, a
- *		page-at-a-time scan, EXPLAIN, and IMPORT FOREIGN SCHEMA.
+ *		page-at-a-time scan whose long lists go on in windows of created
+ *		read together (fdw_windows.c), and EXPLAIN.  Which quals go to Stripe
+ *		is fdw_quals.c's; IMPORT FOREIGN SCHEMA is fdw_import.c's.
  *
  *		Two kinds of objects are special.  Balance is one object read as one
  *		row per kind and currency.  Payment methods, setup attempts and
@@ -46,7 +48,10 @@
 
 #include "catalog.h"
 #include "fdw_request.h"
+#include "fdw_windows.h"
 #include "http.h"
+#include "fdw_import.h"
+#include "fdw_quals.h"
 #include "modify.h"
 #include "rowconv.h"
 #include "text.h"
@@ -115,161 +120,13 @@ typedef struct StripeScanState
 	char	   *first_request;	/* for EXPLAIN ANALYZE */
 	char		last_id[256];
 	ScanPlace	place;			/* to go on from, should Stripe lose the cursor */
+	StripeWinScan *win;			/* the rest of the list, read in windows */
+	int			windows;		/* windows read, for EXPLAIN ANALYZE */
+	int			windows_ready_peak;	/* pages waiting at most */
 	StripeStats stats;
 } StripeScanState;
 
 /* ---------- helpers ---------- */
-
-static Node *
-strip_relabel(Node *n)
-{
-	n = strip_implicit_coercions(n);
-	while (n && IsA(n, RelabelType))
-		n = (Node *) ((RelabelType *) n)->arg;
-	return n;
-}
-
-/* Is node a Var of this relation (a real column)? */
-static bool
-is_rel_var(Node *n, RelOptInfo *baserel)
-{
-	n = strip_relabel(n);
-	return n && IsA(n, Var) && ((Var *) n)->varno == (int) baserel->relid &&
-		((Var *) n)->varlevelsup == 0 && ((Var *) n)->varattno > 0;
-}
-
-/* A value Stripe can be sent: nothing of this relation, nothing volatile. */
-static bool
-is_pushable_value(PlannerInfo *root, RelOptInfo *baserel, Expr *val)
-{
-	return !bms_is_member(baserel->relid, pull_varnos(root, (Node *) val)) &&
-		!contain_volatile_functions((Node *) val) &&
-		!contain_subplans((Node *) val);
-}
-
-/*
- * Can this clause go to Stripe?  Recognizes "col op value", "value op col"
- * and "id = ANY(array)".  Values may reference other relations: in a
- * parameterized path they become parameters.
- */
-static bool
-classify_clause(PlannerInfo *root, RelOptInfo *baserel, Oid relid,
-				const StripeObjectDef *def, Expr *clause,
-				PushKind *kind, char **key, Expr **value)
-{
-	Var		   *var;
-	Expr	   *val;
-	char	   *opname;
-	char	   *field;
-	bool		commuted = false;
-	bool		retrievable;
-	const StripeColumn *col;
-	Oid			opno;
-	Oid			inputcollid;
-	bool		negated = is_notclause(clause);
-	Node	   *alone = negated ? (Node *) get_notclausearg(clause) : (Node *) clause;
-
-	/* active = true / false: the planner keeps "active" or "NOT active" */
-	if (is_rel_var(alone, baserel) && ((Var *) strip_relabel(alone))->vartype == BOOLOID)
-	{
-		field = stripe_column_field(relid, ((Var *) strip_relabel(alone))->varattno);
-		col = stripe_object_column(def, field);
-		if (col == NULL || !(col->flags & STRIPE_FILTER_EQ) ||
-			(def != NULL && def->rows_from == STRIPE_ROWS_ARRAYS))
-			return false;
-		*kind = PUSH_EQ;
-		*key = field;
-		*value = (Expr *) makeBoolConst(!negated, false);
-		return true;
-	}
-	if (IsA(clause, ScalarArrayOpExpr))
-	{
-		ScalarArrayOpExpr *saop = (ScalarArrayOpExpr *) clause;
-
-		if (!saop->useOr || !is_rel_var(linitial(saop->args), baserel))
-			return false;
-		var = (Var *) strip_relabel(linitial(saop->args));
-		val = lsecond(saop->args);
-		opno = saop->opno;
-		inputcollid = saop->inputcollid;
-	}
-	else if (IsA(clause, OpExpr) && list_length(((OpExpr *) clause)->args) == 2)
-	{
-		OpExpr	   *op = (OpExpr *) clause;
-
-		if (is_rel_var(linitial(op->args), baserel))
-		{
-			var = (Var *) strip_relabel(linitial(op->args));
-			val = lsecond(op->args);
-		}
-		else if (is_rel_var(lsecond(op->args), baserel))
-		{
-			var = (Var *) strip_relabel(lsecond(op->args));
-			val = linitial(op->args);
-			commuted = true;
-		}
-		else
-			return false;
-		opno = op->opno;
-		inputcollid = op->inputcollid;
-	}
-	else
-		return false;
-
-	/* balance has no filters: one GET /v1/balance, every qual checked here */
-	if (def != NULL && def->rows_from == STRIPE_ROWS_ARRAYS)
-		return false;
-	if (!is_pushable_value(root, baserel, val))
-		return false;
-	/* a case-insensitive collation would make Stripe's exact match differ */
-	if (OidIsValid(inputcollid) && !get_collation_isdeterministic(inputcollid))
-		return false;
-	opname = get_opname(opno);
-	if (opname == NULL)
-		return false;
-	field = stripe_column_field(relid, var->varattno);
-	col = stripe_object_column(def, field);
-	/* without a retrieve endpoint (setup_attempts), id is a local filter */
-	retrievable = strcmp(field, "id") == 0 && (def == NULL || !def->no_retrieve);
-
-	if (IsA(clause, ScalarArrayOpExpr))
-	{
-		if (!retrievable || strcmp(opname, "=") != 0 ||
-			(var->vartype != TEXTOID && var->vartype != VARCHAROID))
-			return false;
-		*kind = PUSH_ID_ANY;
-	}
-	else if (retrievable && strcmp(opname, "=") == 0 &&
-			 (var->vartype == TEXTOID || var->vartype == VARCHAROID))
-		*kind = PUSH_ID;
-	else if (col != NULL && (col->flags & STRIPE_FILTER_RANGE) &&
-			 var->vartype == TIMESTAMPTZOID && exprType((Node *) val) == TIMESTAMPTZOID)
-	{
-		if (strcmp(opname, "=") == 0)
-			*kind = PUSH_CREATED_EQ;
-		else if (strcmp(opname, "<") == 0)
-			*kind = commuted ? PUSH_CREATED_GT : PUSH_CREATED_LT;
-		else if (strcmp(opname, "<=") == 0)
-			*kind = commuted ? PUSH_CREATED_GE : PUSH_CREATED_LE;
-		else if (strcmp(opname, ">") == 0)
-			*kind = commuted ? PUSH_CREATED_LT : PUSH_CREATED_GT;
-		else if (strcmp(opname, ">=") == 0)
-			*kind = commuted ? PUSH_CREATED_LE : PUSH_CREATED_GE;
-		else
-			return false;
-	}
-	else if (col != NULL && (col->flags & STRIPE_FILTER_EQ) &&
-			 strcmp(opname, "=") == 0 &&
-			 (var->vartype == TEXTOID || var->vartype == VARCHAROID ||
-			  var->vartype == BOOLOID))
-		*kind = PUSH_EQ;
-	else
-		return false;
-
-	*key = field;
-	*value = val;
-	return true;
-}
 
 /* ---------- planning ---------- */
 
@@ -318,7 +175,7 @@ stripeGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntable
 		char	   *key;
 		Expr	   *val;
 
-		if (!classify_clause(root, baserel, foreigntableid, info->def, ri->clause,
+		if (!stripe_classify_clause(root, baserel, foreigntableid, info->def, ri->clause,
 							 &kind, &key, &val))
 		{
 			info->all_pushed = false;
@@ -334,7 +191,7 @@ stripeGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntable
 			ids = 1;
 		else if (kind == PUSH_ID_ANY)
 		{
-			Node	   *arr = strip_relabel((Node *) val);
+			Node	   *arr = stripe_strip_relabel((Node *) val);
 
 			ids = (IsA(arr, Const) && !((Const *) arr)->constisnull)
 				? ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(((Const *) arr)->constvalue)),
@@ -414,7 +271,7 @@ stripe_order_pathkeys(PlannerInfo *root, RelOptInfo *baserel, StripeRelInfo *inf
 	foreach(lc, pk->pk_eclass->ec_members)
 	{
 		EquivalenceMember *em = lfirst(lc);
-		Node	   *e = strip_relabel((Node *) em->em_expr);
+		Node	   *e = stripe_strip_relabel((Node *) em->em_expr);
 
 		if (IsA(e, Var) && ((Var *) e)->varno == (int) baserel->relid &&
 			((Var *) e)->varattno == info->created_attno)
@@ -428,7 +285,7 @@ static bool
 ec_member_is_column(PlannerInfo *root, RelOptInfo *rel, EquivalenceClass *ec,
 					EquivalenceMember *em, void *arg)
 {
-	Node	   *e = strip_relabel((Node *) em->em_expr);
+	Node	   *e = stripe_strip_relabel((Node *) em->em_expr);
 
 	return IsA(e, Var) && ((Var *) e)->varno == (int) rel->relid &&
 		((Var *) e)->varattno == *(AttrNumber *) arg;
@@ -480,7 +337,7 @@ add_parameterized_paths(PlannerInfo *root, RelOptInfo *baserel, Oid relid,
 		double		rows;
 
 		if (!join_clause_is_movable_to(ri, baserel) ||
-			!classify_clause(root, baserel, relid, info->def, ri->clause, &kind, &key, &val) ||
+			!stripe_classify_clause(root, baserel, relid, info->def, ri->clause, &kind, &key, &val) ||
 			(kind != PUSH_ID && kind != PUSH_EQ))
 			continue;
 		required_outer = bms_union(bms_difference(ri->clause_relids, baserel->relids),
@@ -569,7 +426,7 @@ stripeGetForeignPlan(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid,
 		char	   *key;
 		Expr	   *val;
 
-		if (classify_clause(root, baserel, foreigntableid, info->def, ri->clause,
+		if (stripe_classify_clause(root, baserel, foreigntableid, info->def, ri->clause,
 							&kind, &key, &val))
 		{
 			kinds = lappend_int(kinds, kind);
@@ -744,6 +601,71 @@ fetch_list_page(StripeScanState *st)
 						  &resp, &st->stats);
 }
 
+/* The list's first page says there is more: the rest in windows, when it can be read so. */
+static void
+start_windows(StripeScanState *st)
+{
+	const StripeColumn *col = st->def ? stripe_object_column(st->def, "created") : NULL;
+	StripeWinSpec spec;
+
+	/* LIMIT reads a page; lists per parent have no documented order and are short */
+	if (st->first_limit > 0 || col == NULL || !(col->flags & STRIPE_FILTER_RANGE) ||
+		st->def->required_filter != NULL || st->allow_404)
+		return;
+	spec.conn = st->conn;
+	spec.rp = &st->rp;
+	spec.suffix = linitial(st->suffixes);
+	spec.path = st->path;
+	spec.fs = st->rc->fs;
+	spec.id_slot = st->rc->id_slot;
+	spec.created_slot = st->rc->created_slot;
+	spec.stats = &st->stats;
+	st->win = stripe_winscan_start(&spec, &st->page, MemoryContextGetParent(st->page_cxt));
+}
+
+/* the next list, or the end of the scan, when this one is done */
+static void
+next_list(StripeScanState *st)
+{
+	st->lists = list_delete_first(st->lists);
+	st->suffixes = list_delete_first(st->suffixes);
+	st->last_id[0] = '\0';
+	stripe_place_init(&st->place, NULL);
+	st->done = (st->lists == NIL);
+}
+
+/* Ends the windows of the list, if it was read in windows. */
+static void
+end_windows(StripeScanState *st)
+{
+	int			n;
+	int			peak;
+
+	if (st->win == NULL)
+		return;
+	stripe_winscan_end(st->win, &n, &peak);
+	st->win = NULL;
+	st->windows += n;
+	st->windows_ready_peak = Max(st->windows_ready_peak, peak);
+}
+
+/* The next page of a list read in windows; false when the list is over. */
+static bool
+fetch_window_page(StripeScanState *st)
+{
+	MemoryContextReset(st->page_cxt);
+	st->next_row = 0;
+	if (stripe_winscan_next(st->win, &st->page))
+	{
+		st->pages_done++;
+		return true;
+	}
+	end_windows(st);
+	memset(&st->page, 0, sizeof(StripePage));
+	next_list(st);
+	return st->done;
+}
+
 /* Fetches the next page (or the next retrieved object) into st->page. */
 static void
 fetch_page(StripeScanState *st)
@@ -753,6 +675,8 @@ fetch_page(StripeScanState *st)
 	MemoryContext old;
 	bool		found;
 
+	if (st->win != NULL && fetch_window_page(st))
+		return;
 	/* the page whose rows were all returned: the place to go on from */
 	if (!st->retrieve && st->last_id[0])
 		stripe_place_note(&st->place, &st->page, st->rc->id_slot, st->rc->created_slot);
@@ -786,12 +710,10 @@ fetch_page(StripeScanState *st)
 	else if (!st->page.has_more)
 	{
 		/* this list is done: the next one (inactive prices) starts afresh */
-		st->lists = list_delete_first(st->lists);
-		st->suffixes = list_delete_first(st->suffixes);
-		st->last_id[0] = '\0';
-		stripe_place_init(&st->place, NULL);
-		st->done = (st->lists == NIL);
+		next_list(st);
 	}
+	else if (!st->last_id[0] && (start_windows(st), st->win != NULL))
+		return;					/* the rest of the list comes in windows */
 	else
 	{
 		const char *why = NULL;
@@ -925,6 +847,7 @@ stripeReScanForeignScan(ForeignScanState *node)
 	StripeScanState *st = node->fdw_state;
 
 	/* values of parameters may have changed: build the request again */
+	end_windows(st);
 	st->started = false;
 	st->page.nrows = 0;
 	st->next_row = 0;
@@ -935,6 +858,8 @@ stripeEndForeignScan(ForeignScanState *node)
 {
 	StripeScanState *st = node->fdw_state;
 
+	if (st)
+		end_windows(st);
 	if (st && st->page_cxt)
 		MemoryContextDelete(st->page_cxt);
 }
@@ -963,65 +888,13 @@ stripeExplainForeignScan(ForeignScanState *node, ExplainState *es)
 		ExplainPropertyInteger("Stripe Pages", NULL, st->stats.pages, es);
 		ExplainPropertyInteger("Stripe Retries", NULL, st->stats.retries, es);
 		ExplainPropertyInteger("Stripe Bytes Received", NULL, st->stats.bytes, es);
+		/* a long list read several pages at a time */
+		if (st->windows > 0)
+		{
+			ExplainPropertyInteger("Stripe Windows", NULL, st->windows, es);
+			ExplainPropertyInteger("Stripe Pages Waiting", NULL, st->windows_ready_peak, es);
+		}
 	}
-}
-
-/* ---------- IMPORT FOREIGN SCHEMA ---------- */
-
-static bool
-table_listed(List *tables, const char *name)
-{
-	ListCell   *lc;
-
-	foreach(lc, tables)
-		if (strcmp(((RangeVar *) lfirst(lc))->relname, name) == 0)
-			return true;
-	return false;
-}
-
-static List *
-stripeImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
-{
-	ForeignServer *server = GetForeignServer(serverOid);
-	List	   *commands = NIL;
-	ListCell   *lc;
-
-	foreach(lc, stmt->table_list)
-	{
-		RangeVar   *rv = lfirst(lc);
-
-		if (stripe_object_by_table(rv->relname) == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_FDW_TABLE_NOT_FOUND),
-					 errmsg("unknown Stripe object \"%s\"", rv->relname),
-					 errdetail("Known objects: %s.", stripe_object_table_names()),
-					 errhint("Any other list path works as a generic table: CREATE FOREIGN TABLE t (id text, created timestamptz, attrs jsonb) SERVER %s OPTIONS (object 'path');",
-							 quote_identifier(server->servername))));
-	}
-
-	for (int i = 0; i < stripe_nobjects; i++)
-	{
-		const StripeObjectDef *def = &stripe_objects[i];
-		StringInfoData buf;
-
-		if (stmt->list_type == FDW_IMPORT_SCHEMA_LIMIT_TO &&
-			!table_listed(stmt->table_list, def->table))
-			continue;
-		if (stmt->list_type == FDW_IMPORT_SCHEMA_EXCEPT &&
-			table_listed(stmt->table_list, def->table))
-			continue;
-
-		initStringInfo(&buf);
-		appendStringInfo(&buf, "CREATE FOREIGN TABLE %s (\n", quote_identifier(def->table));
-		for (int c = 0; c < def->ncolumns; c++)
-			appendStringInfo(&buf, "  %s %s,\n", quote_identifier(def->columns[c].name),
-							 stripe_coltype_sql(def->columns[c].type));
-		appendStringInfo(&buf, "  attrs jsonb\n) SERVER %s OPTIONS (object %s)",
-						 quote_identifier(server->servername),
-						 quote_literal_cstr(def->path));
-		commands = lappend(commands, buf.data);
-	}
-	return commands;
 }
 
 Datum
@@ -1037,7 +910,7 @@ stripe_fdw_handler(PG_FUNCTION_ARGS)
 	routine->ReScanForeignScan = stripeReScanForeignScan;
 	routine->EndForeignScan = stripeEndForeignScan;
 	routine->ExplainForeignScan = stripeExplainForeignScan;
-	routine->ImportForeignSchema = stripeImportForeignSchema;
+	routine->ImportForeignSchema = stripe_import_foreign_schema;
 	stripe_fdw_set_modify_routines(routine);
 	PG_RETURN_POINTER(routine);
 }

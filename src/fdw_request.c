@@ -285,27 +285,40 @@ stripe_build_request(const char *path, const StripeObjectDef *def,
 
 /*
  * One of the plan's lists' parameters after limit= (the one suffix ends
- * with) with created at most upper (whole seconds): where a scan goes on from
- * the second of the last row it returned, when Stripe no longer knows its
- * cursor.
+ * with), with created narrowed to [lo, hi) (whole seconds; 0: no bound): a
+ * window of a concurrent scan, or, with only hi, where a scan goes on from
+ * the second of the last row it returned when Stripe no longer knows its
+ * cursor.  NULL when nothing of the plan's range is left in it.
  */
 char *
-stripe_list_rest_upto(RequestPlan *rp, const char *suffix, int64 upper)
+stripe_list_rest_window(RequestPlan *rp, const char *suffix, int64 lo, int64 hi)
 {
 	StringInfoData buf;
 	CreatedRange cr = rp->created;
 
-	if (!cr.have_upper || upper < cr.upper)
+	if (lo != 0 && (!cr.have_lower || lo > cr.lower))
 	{
-		cr.upper = upper;
+		cr.lower = lo;
+		cr.have_lower = true;
+	}
+	if (hi != 0 && (!cr.have_upper || hi - 1 < cr.upper))
+	{
+		cr.upper = hi - 1;
 		cr.have_upper = true;
 	}
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, rp->filters);
-	/* not empty: a row of the range was created in that second */
-	(void) append_created(&buf, &cr);
+	if (!append_created(&buf, &cr))
+		return NULL;
 	appendStringInfoString(&buf, suffix);
 	return buf.data;
+}
+
+/* where a scan goes on from a second: not empty, a row of the range was created in it */
+char *
+stripe_list_rest_upto(RequestPlan *rp, const char *suffix, int64 upper)
+{
+	return stripe_list_rest_window(rp, suffix, 0, upper + 1);
 }
 
 /* A list page's request line: base?limit=n&filters[&starting_after=cursor] */

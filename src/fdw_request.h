@@ -94,6 +94,8 @@ extern bool stripe_build_request(const char *path, const StripeObjectDef *def,
 								 PushValue *vals, int nvals, RequestPlan *rp);
 extern char *stripe_list_request(const char *base, int limit, const char *rest,
 								 const char *cursor);
+extern char *stripe_list_rest_window(RequestPlan *rp, const char *suffix,
+									 int64 lo, int64 hi);
 extern char *stripe_list_rest_upto(RequestPlan *rp, const char *suffix, int64 upper);
 extern char *stripe_describe_requests(RequestPlan *rp, const StripeObjectDef *def,
 									  int first_limit);

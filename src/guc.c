@@ -11,7 +11,8 @@
 #include "guc.h"
 #include "http_post.h"
 
-int			stripe_requests_per_second = 20;
+int			stripe_requests_per_second = 0;
+int			stripe_endpoint_requests_per_second = 0;
 int			stripe_max_concurrent_requests = 8;
 int			stripe_http_timeout = 30;
 int			stripe_max_retries = 5;
@@ -33,12 +34,18 @@ void
 stripe_define_gucs(bool preloading)
 {
 	DefineCustomIntVariable("stripe_sync.requests_per_second",
-							"Requests per second allowed to each Stripe account.",
+							"Requests per second allowed to each Stripe account; 0 sets it by the key's mode.",
+							"0: 90 for a live key (sk_live_, rk_live_), 22 for any other, under Stripe's 100 and 25. "
 							"Shared by all backends and workers when the library is preloaded; otherwise each backend has its own budget.",
-							&stripe_requests_per_second, 20, 1, 10000,
+							&stripe_requests_per_second, 0, 0, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("stripe_sync.endpoint_requests_per_second",
+							"Requests per second allowed to each endpoint of a Stripe account; 0 sets it by requests_per_second, -1 is none.",
+							"0: 22, under Stripe's 25, while requests_per_second is 0, else none.",
+							&stripe_endpoint_requests_per_second, 0, -1, 10000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("stripe_sync.max_concurrent_requests",
-							"Requests a sync keeps in flight at once.",
+							"Requests a sync, or a long foreign-table scan, keeps in flight at once.",
 							NULL,
 							&stripe_max_concurrent_requests, 8, 1, 256,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);

@@ -6,7 +6,8 @@
 #ifndef STRIPE_GUC_H
 #define STRIPE_GUC_H
 
-extern int	stripe_requests_per_second;
+extern int	stripe_requests_per_second;	/* 0: by the key's mode */
+extern int	stripe_endpoint_requests_per_second;	/* 0: by requests_per_second; -1: none */
 extern int	stripe_max_concurrent_requests;
 extern int	stripe_http_timeout;		/* seconds */
 extern int	stripe_max_retries;

@@ -411,6 +411,9 @@ judge_attempt(StripeConn *conn, const char *method, const char *path,
 	else
 	{
 		retryable = (status == 408 || status == 409 || status == 429 || status >= 500);
+		/* whether retried or not, the next requests go slower */
+		if (status == 429)
+			stripe_ratelimit_refused(conn, method, path, buf->rate_reason);
 		if (pg_strcasecmp(buf->should_retry, "false") == 0)
 			retryable = false;
 		else if (pg_strcasecmp(buf->should_retry, "true") == 0)
@@ -494,7 +497,7 @@ stripe_request(StripeConn *conn, const char *method, const char *path,
 		{
 			headers = build_headers(conn, idempotency_key);
 			stripe_curl_setup(stripe_easy, url, headers, method, form_body, &buf, errbuf);
-			stripe_ratelimit_wait(conn);
+			stripe_ratelimit_wait(conn, method, path);
 			if (stats)
 				stats->requests++;
 			rc = perform_interruptible();
@@ -598,6 +601,28 @@ typedef struct StreamSlot
 } StreamSlot;
 
 /*
+ * A stream of requests: stripe_request_stream's, on the backend's shared
+ * handles, or an owned one (stripe_stream_open) with handles of its own, so
+ * that it can stay open between the calls of an FDW scan.
+ */
+struct StripeStream
+{
+	StripeConn *conn;
+	StripeManyFeed feed;
+	StripeManyDone done;
+	void	   *arg;
+	StripeStats *stats;
+	MemoryContext cxt;			/* requests and urls */
+	CURLM	   *multi;
+	StreamSlot *slots;
+	int			nslots;
+	bool		feed_empty;
+	bool		owned;
+	bool		closed;
+	MemoryContextCallback release;
+};
+
+/*
  * Sets an attempt up and takes its rate slot; slot_launch sends it when the
  * slot comes.  Waiting here instead would hold back the transfers already
  * set up: a round of N new requests would all leave together, N slots late.
@@ -618,27 +643,27 @@ slot_start(StripeConn *conn, StreamSlot *s, MemoryContext cxt, StripeStats *stat
 	s->headers = build_headers(conn, NULL);
 	stripe_curl_setup(s->easy, s->url, s->headers, "GET", NULL, &s->buf, s->errbuf);
 	/* every request takes its turn with the shared limit before it leaves */
-	s->go_at = stripe_ratelimit_reserve(conn);
+	s->go_at = stripe_ratelimit_reserve(conn, "GET", s->req->path);
 	s->reserved = true;
 }
 
 static void
-slot_launch(StreamSlot *s, StripeStats *stats)
+slot_launch(CURLM *multi, StreamSlot *s, StripeStats *stats)
 {
 	if (stats)
 		stats->requests++;
 	s->req->sent = GetCurrentTimestamp();
-	if (curl_multi_add_handle(stripe_multi, s->easy) != CURLM_OK)
+	if (curl_multi_add_handle(multi, s->easy) != CURLM_OK)
 		elog(ERROR, "curl_multi_add_handle failed");
 	s->added = true;
 	s->reserved = false;
 }
 
 static void
-slot_detach(StreamSlot *s)
+slot_detach(CURLM *multi, StreamSlot *s)
 {
 	if (s->added)
-		curl_multi_remove_handle(stripe_multi, s->easy);
+		curl_multi_remove_handle(multi, s->easy);
 	s->added = false;
 	if (s->easy)
 	{
@@ -685,27 +710,26 @@ judge_soft(StripeConn *conn, StreamSlot *s, StripeStats *stats, long *ms)
  * or sets its retry.  Returns false when none has finished.
  */
 static bool
-stream_finished(StripeConn *conn, StreamSlot *slots, int nslots, StripeManyDone done,
-				void *arg, StripeStats *stats, bool *feed_empty)
+stream_finished(StripeStream *ss)
 {
 	CURLMsg    *msg;
 	int			left;
 
-	while ((msg = curl_multi_info_read(stripe_multi, &left)) != NULL)
+	while ((msg = curl_multi_info_read(ss->multi, &left)) != NULL)
 	{
 		StreamSlot *s = NULL;
 		long		ms = 0;
 
 		if (msg->msg != CURLMSG_DONE)
 			continue;
-		for (int i = 0; i < nslots; i++)
-			if (slots[i].added && slots[i].easy == msg->easy_handle)
-				s = &slots[i];
+		for (int i = 0; i < ss->nslots; i++)
+			if (ss->slots[i].added && ss->slots[i].easy == msg->easy_handle)
+				s = &ss->slots[i];
 		if (s == NULL)
 			continue;
 		s->rc = msg->data.result;
-		slot_detach(s);
-		switch (judge_soft(conn, s, stats, &ms))
+		slot_detach(ss->multi, s);
+		switch (judge_soft(ss->conn, s, ss->stats, &ms))
 		{
 			case ATTEMPT_OK:
 			case ATTEMPT_404:
@@ -716,8 +740,8 @@ stream_finished(StripeConn *conn, StreamSlot *slots, int nslots, StripeManyDone 
 					pfree(s->url);
 					s->url = NULL;
 					/* done may have more work now */
-					*feed_empty = false;
-					done(arg, req);
+					ss->feed_empty = false;
+					ss->done(ss->arg, req);
 					pfree(req);
 					break;
 				}
@@ -729,6 +753,101 @@ stream_finished(StripeConn *conn, StreamSlot *slots, int nslots, StripeManyDone 
 		return true;
 	}
 	return false;
+}
+
+/*
+ * Starts what is due in the stream's slots, retries first, then new work from
+ * feed.  Returns the slots busy and, in *wait_ms, how long until the next
+ * start is due.
+ */
+static int
+stream_start_due(StripeStream *ss, long *wait_ms)
+{
+	int			busy = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	*wait_ms = POLL_INTERVAL_MS;
+	for (int i = 0; i < ss->nslots; i++)
+	{
+		StreamSlot *s = &ss->slots[i];
+
+		if (s->req != NULL && !s->added && !s->reserved && s->retry_at <= now)
+			slot_start(ss->conn, s, ss->cxt, ss->stats);
+		if (s->req == NULL && !ss->feed_empty)
+		{
+			s->req = MemoryContextAllocZero(ss->cxt, sizeof(StripeManyReq));
+			if (ss->feed(ss->arg, s->req))
+			{
+				s->attempt = 0;
+				s->url = NULL;
+				slot_start(ss->conn, s, ss->cxt, ss->stats);
+			}
+			else
+			{
+				pfree(s->req);
+				s->req = NULL;
+				ss->feed_empty = true;
+			}
+		}
+		if (s->reserved && s->go_at <= GetCurrentTimestamp())
+			slot_launch(ss->multi, s, ss->stats);
+		if (s->req != NULL)
+		{
+			busy++;
+			if (!s->added)
+				*wait_ms = Min(*wait_ms, Max((long) (((s->reserved ? s->go_at : s->retry_at) - now) / 1000), 1));
+		}
+	}
+	return busy;
+}
+
+/*
+ * Runs the stream until nothing is in flight and feed has nothing (false),
+ * or, with one, until a request has been handed to done (true).
+ */
+static bool
+stream_run(StripeStream *ss, bool one)
+{
+	for (;;)
+	{
+		long		wait_ms;
+		int			running;
+		int			busy = stream_start_due(ss, &wait_ms);
+		CURLMcode	mc;
+
+		if (busy == 0)
+			return false;
+
+		mc = curl_multi_perform(ss->multi, &running);
+		if (mc != CURLM_OK)
+			elog(ERROR, "curl_multi_perform failed: %s", curl_multi_strerror(mc));
+
+		if (stream_finished(ss))
+		{
+			if (one)
+				return true;
+			continue;			/* done may have run a while: look at the transfers again */
+		}
+
+		mc = stripe_curl_poll(ss->multi, (int) wait_ms);
+		if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
+			elog(ERROR, "curl_multi_poll failed: %s", curl_multi_strerror(mc));
+		stripe_curl_interrupts();
+	}
+}
+
+static void
+stream_slots(StripeStream *ss, StripeConn *conn, StripeManyFeed feed, StripeManyDone done,
+			 void *arg, StripeStats *stats)
+{
+	ss->conn = conn;
+	ss->feed = feed;
+	ss->done = done;
+	ss->arg = arg;
+	ss->stats = stats;
+	ss->cxt = CurrentMemoryContext;
+	ss->nslots = Min(Max(stripe_max_concurrent_requests, 1), MAX_POOL);
+	ss->slots = MemoryContextAllocZero(ss->cxt, sizeof(StreamSlot) * ss->nslots);
 }
 
 /*
@@ -745,92 +864,102 @@ void
 stripe_request_stream(StripeConn *conn, StripeManyFeed feed, StripeManyDone done,
 					  void *arg, StripeStats *stats)
 {
-	int			nslots = Min(Max(stripe_max_concurrent_requests, 1), MAX_POOL);
-	StreamSlot *volatile slots;
+	StripeStream ss = {0};
 
 	/* done may commit and switch contexts: what lives across it goes here */
-	MemoryContext cxt = CurrentMemoryContext;
-
 	ensure_curl();
-	slots = MemoryContextAllocZero(cxt, sizeof(StreamSlot) * nslots);
-	for (int i = 0; i < nslots; i++)
+	stream_slots(&ss, conn, feed, done, arg, stats);
+	ss.multi = stripe_multi;
+	for (int i = 0; i < ss.nslots; i++)
 	{
 		if (easy_pool[i] == NULL && (easy_pool[i] = curl_easy_init()) == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OUT_OF_MEMORY),
 					 errmsg("could not create a libcurl handle")));
-		slots[i].easy = easy_pool[i];
+		ss.slots[i].easy = easy_pool[i];
 	}
 
 	PG_TRY();
 	{
-		bool		feed_empty = false;
-
-		for (;;)
-		{
-			int			busy = 0;
-			int			running;
-			long		wait_ms = POLL_INTERVAL_MS;
-			TimestampTz now = GetCurrentTimestamp();
-			CURLMcode	mc;
-
-			/* start what is due: retries first, then new work */
-			for (int i = 0; i < nslots; i++)
-			{
-				StreamSlot *s = &slots[i];
-
-				if (s->req != NULL && !s->added && !s->reserved && s->retry_at <= now)
-					slot_start(conn, s, cxt, stats);
-				if (s->req == NULL && !feed_empty)
-				{
-					s->req = MemoryContextAllocZero(cxt, sizeof(StripeManyReq));
-					if (feed(arg, s->req))
-					{
-						s->attempt = 0;
-						s->url = NULL;
-						slot_start(conn, s, cxt, stats);
-					}
-					else
-					{
-						pfree(s->req);
-						s->req = NULL;
-						feed_empty = true;
-					}
-				}
-				if (s->reserved && s->go_at <= GetCurrentTimestamp())
-					slot_launch(s, stats);
-				if (s->req != NULL)
-				{
-					busy++;
-					if (!s->added)
-						wait_ms = Min(wait_ms, Max((long) (((s->reserved ? s->go_at : s->retry_at) - now) / 1000), 1));
-				}
-			}
-			if (busy == 0)
-				break;
-
-			mc = curl_multi_perform(stripe_multi, &running);
-			if (mc != CURLM_OK)
-				elog(ERROR, "curl_multi_perform failed: %s", curl_multi_strerror(mc));
-
-			if (stream_finished(conn, slots, nslots, done, arg, stats, &feed_empty))
-				continue;		/* done may have run a while: look at the transfers again */
-
-			if (running > 0 || busy > 0)
-			{
-				mc = stripe_curl_poll(stripe_multi, (int) wait_ms);
-				if (mc != CURLM_OK && mc != CURLM_UNRECOVERABLE_POLL)
-					elog(ERROR, "curl_multi_poll failed: %s", curl_multi_strerror(mc));
-			}
-			stripe_curl_interrupts();
-		}
+		(void) stream_run(&ss, false);
 	}
 	PG_FINALLY();
 	{
 		/* aborted transfers' connections are closed by libcurl here */
-		for (int i = 0; i < nslots; i++)
-			slot_detach(&slots[i]);
+		for (int i = 0; i < ss.nslots; i++)
+			slot_detach(ss.multi, &ss.slots[i]);
 	}
 	PG_END_TRY();
-	pfree(slots);
+	pfree(ss.slots);
+}
+
+/* an owned stream's handles, freed when it is closed or its context goes */
+static void
+stream_release(void *arg)
+{
+	StripeStream *ss = arg;
+
+	if (ss->closed)
+		return;
+	ss->closed = true;
+	for (int i = 0; i < ss->nslots; i++)
+	{
+		slot_detach(ss->multi, &ss->slots[i]);
+		if (ss->slots[i].easy)
+			curl_easy_cleanup(ss->slots[i].easy);
+		ss->slots[i].easy = NULL;
+	}
+	if (ss->multi)
+		curl_multi_cleanup(ss->multi);
+	ss->multi = NULL;
+}
+
+/*
+ * An owned stream: like stripe_request_stream's, but run a step at a time
+ * (stripe_stream_step), so that the caller can use each answer in between.
+ * Its handles are its own, so that several can be open in one backend; they
+ * are freed by stripe_stream_close, or when the current memory context is
+ * reset or deleted (an ERROR's end of the query).
+ */
+StripeStream *
+stripe_stream_open(StripeConn *conn, StripeManyFeed feed, StripeManyDone done,
+				   void *arg, StripeStats *stats)
+{
+	StripeStream *ss = palloc0(sizeof(StripeStream));
+
+	stripe_curl_init();
+	stream_slots(ss, conn, feed, done, arg, stats);
+	ss->owned = true;
+	ss->release.func = stream_release;
+	ss->release.arg = ss;
+	MemoryContextRegisterResetCallback(ss->cxt, &ss->release);
+	if ((ss->multi = curl_multi_init()) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("could not create a libcurl handle")));
+	for (int i = 0; i < ss->nslots; i++)
+		if ((ss->slots[i].easy = curl_easy_init()) == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not create a libcurl handle")));
+	return ss;
+}
+
+/*
+ * Asks feed again, then runs the stream until one request has been handed to
+ * done (true) or nothing is in flight and feed has nothing (false).
+ */
+bool
+stripe_stream_step(StripeStream *ss)
+{
+	Assert(ss->owned && !ss->closed);
+	ss->feed_empty = false;
+	return stream_run(ss, true);
+}
+
+/* Ends an owned stream: its transfers still in flight are dropped. */
+void
+stripe_stream_close(StripeStream *ss)
+{
+	stream_release(ss);
 }

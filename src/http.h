@@ -78,6 +78,15 @@ typedef void (*StripeManyDone) (void *arg, StripeManyReq *req);
 extern void stripe_request_stream(StripeConn *conn, StripeManyFeed feed,
 								  StripeManyDone done, void *arg,
 								  StripeStats *stats);
+/* a stream run a step at a time, with handles of its own (http.c) */
+typedef struct StripeStream StripeStream;
+
+extern StripeStream *stripe_stream_open(StripeConn *conn, StripeManyFeed feed,
+										StripeManyDone done, void *arg,
+										StripeStats *stats);
+extern bool stripe_stream_step(StripeStream *ss);
+extern void stripe_stream_close(StripeStream *ss);
+
 /* equal-jitter backoff from stripe_sync.retry_base_delay, at least Retry-After */
 extern long stripe_backoff_ms(int attempt, const char *retry_after);
 

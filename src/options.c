@@ -32,6 +32,7 @@ static const OptionDef stripe_option_defs[] = {
 	{"api_version", ForeignServerRelationId},
 	{"account", ForeignServerRelationId},
 	{"api_key", UserMappingRelationId},
+	{"webhook_secret", UserMappingRelationId},
 	{"object", ForeignTableRelationId},
 	{"field", AttributeRelationId},
 	{NULL, InvalidOid}
@@ -101,8 +102,9 @@ stripe_valid_object_path(const char *path)
 	return !segment_start;		/* not empty, no trailing slash */
 }
 
-static bool
-all_chars_in(const char *s, const char *extra)
+/* s is not empty, and made of letters, digits and the extra characters only */
+bool
+stripe_chars_in(const char *s, const char *extra)
 {
 	if (*s == '\0')
 		return false;
@@ -143,6 +145,8 @@ unknown_option(const OptionDef *defs, const char *name, Oid catalog)
 			 errmsg("invalid option \"%s\"", name),
 			 elsewhere && strcmp(name, "api_key") == 0
 			 ? errdetail("API keys belong in a user mapping, never in a server or table.")
+			 : elsewhere && strcmp(name, "webhook_secret") == 0
+			 ? errdetail("Webhook secrets belong in a user mapping, never in a server or table.")
 			 : 0,
 			 buf.len > 0
 			 ? errhint("Valid options in this context are: %s", buf.data)
@@ -188,13 +192,21 @@ validate(List *options, Oid catalog, const OptionDef *defs, bool intempt)
 		else if (strcmp(def->defname, "api_key") == 0)
 		{
 			/* never echo the value */
-			if (value[0] == '\0' || !all_chars_in(value, "_-.*"))
+			if (value[0] == '\0' || !stripe_chars_in(value, "_-.*"))
 				bad_value("api_key", NULL,
 						  "The key must be non-empty and made of letters, digits, '_', '-' and '.'.",
 						  intempt ? "Use the Intempt API key as prefix.secret." : "Use a Stripe secret (sk_…) or restricted (rk_…) key.");
 			if (intempt && strchr(value, '.') == NULL)
 				bad_value("api_key", NULL,
 						  "An Intempt API key has the form prefix.secret.", NULL);
+		}
+		else if (strcmp(def->defname, "webhook_secret") == 0)
+		{
+			/* never echo the value */
+			if (strncmp(value, "whsec_", 6) != 0 || !stripe_chars_in(value + 6, "_-+/="))
+				bad_value("webhook_secret", NULL,
+						  "A webhook signing secret is whsec_ followed by letters, digits, '_', '-', '+', '/' and '='.",
+						  "Copy the endpoint's signing secret from Stripe's dashboard (Developers, Webhooks).");
 		}
 		else if (strcmp(def->defname, "api_version") == 0)
 		{
@@ -205,14 +217,14 @@ validate(List *options, Oid catalog, const OptionDef *defs, bool intempt)
 
 			if (sscanf(value, "%4d-%2d-%2d%n", &y, &m, &dd, &n) != 3 || n != 10 ||
 				m < 1 || m > 12 || dd < 1 || dd > 31 ||
-				(value[10] != '\0' && (value[10] != '.' || !all_chars_in(value + 11, "_"))))
+				(value[10] != '\0' && (value[10] != '.' || !stripe_chars_in(value + 11, "_"))))
 				bad_value("api_version", value,
 						  "A Stripe API version looks like 2026-10-28.endive or 2024-06-20.",
 						  NULL);
 		}
 		else if (strcmp(def->defname, "account") == 0)
 		{
-			if (strncmp(value, "acct_", 5) != 0 || !all_chars_in(value + 5, ""))
+			if (strncmp(value, "acct_", 5) != 0 || !stripe_chars_in(value + 5, ""))
 				bad_value("account", value, "A Stripe account id looks like acct_1A2b3C.", NULL);
 		}
 		else if (strcmp(def->defname, "object") == 0)
@@ -224,13 +236,13 @@ validate(List *options, Oid catalog, const OptionDef *defs, bool intempt)
 		}
 		else if (strcmp(def->defname, "field") == 0)
 		{
-			if (!all_chars_in(value, "_"))
+			if (!stripe_chars_in(value, "_"))
 				bad_value("field", value, "A field is a top-level Stripe field name such as amount.", NULL);
 		}
 		else if (strcmp(def->defname, "org") == 0 || strcmp(def->defname, "project") == 0 ||
 				 strcmp(def->defname, "source_id") == 0)
 		{
-			if (!all_chars_in(value, "_-"))
+			if (!stripe_chars_in(value, "_-"))
 				bad_value(def->defname, value,
 						  "Use the identifier shown in Intempt: letters, digits, '_' and '-'.", NULL);
 		}

@@ -24,5 +24,6 @@ struct ForeignServer;
 extern struct UserMapping *stripe_user_mapping(Oid userid, struct ForeignServer *server);
 extern bool stripe_valid_url(const char *url);
 extern bool stripe_valid_object_path(const char *path);
+extern bool stripe_chars_in(const char *s, const char *extra);
 
 #endif							/* STRIPE_OPTIONS_H */

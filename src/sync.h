@@ -116,6 +116,7 @@ extern void stripe_run_as_owner(SyncRun *run, bool owner);
 extern void stripe_run_progress(SyncRun *run, int64 rows);
 extern bool stripe_run_object_failed(SyncRun *run, const char *object);
 extern bool stripe_load_source(SyncRun *run, const char *name);
+extern SyncRun *stripe_run_open(const char *source, bool own, MemoryContext parent);
 extern void stripe_check_usage(SyncRun *run);
 extern void stripe_state_update(SyncRun *run, const char *object, const char *set_clause,
 								const char *text_arg);
@@ -126,6 +127,7 @@ extern int64 stripe_now_unix(void);
 /* sync_local.c */
 extern LocalTable *stripe_open_local_table(SyncRun *run, const char *object);
 extern LocalTable *stripe_table_find(SyncRun *run, const char *name, bool by_name);
+extern void stripe_close_local_tables(SyncRun *run);
 extern int64 stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 								TimestampTz observed, TimestampTz deleted_at);
 extern int64 stripe_upsert_rows_at(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,

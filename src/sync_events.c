@@ -83,6 +83,7 @@ typedef struct PendingObject
 typedef struct Applier
 {
 	SyncRun    *run;
+	bool		webhook;		/* one event of a webhook: no overlap, the cursor stays */
 	HTAB	   *seen;			/* event ids applied before, in the overlap */
 	HTAB	   *mapped;			/* event types the outbox takes, or NULL */
 	StripeFieldSet *ofs;		/* an event object's "object", "id" and "created" */
@@ -369,9 +370,12 @@ applier_load(Applier *ap, MemoryContext cxt)
 	Int64GetDatum(run->src.events_cursor - EVENT_OVERLAP_SECS)};
 
 	ap->seen = text_set("stripe_sync applied events", cxt);
-	stripe_spi("SELECT event_id FROM stripe_sync.applied_events WHERE source = $1 AND created >= $2",
-			   2, types, values, NULL, SPI_OK_SELECT);
-	text_set_add_result(ap->seen);
+	if (!ap->webhook)
+	{
+		stripe_spi("SELECT event_id FROM stripe_sync.applied_events WHERE source = $1 AND created >= $2",
+				   2, types, values, NULL, SPI_OK_SELECT);
+		text_set_add_result(ap->seen);
+	}
 	ap->mapped = NULL;
 	if (run->src.destination != NULL)
 	{
@@ -408,9 +412,10 @@ applier_flush(Applier *ap)
 	 * A worker's cursor moves with each batch it commits.  sync_now runs in
 	 * one transaction, all or nothing: its cursor moves once, at the end,
 	 * since each UPDATE would leave one more version of the source's row for
-	 * every applied id's foreign key check to walk.
+	 * every applied id's foreign key check to walk.  A webhook's event
+	 * leaves it where it is.
 	 */
-	if (run->own)
+	if (run->own && !ap->webhook)
 		stripe_spi("UPDATE stripe_sync.sources SET events_cursor = $4 WHERE name = $1",
 				   4, types, values, NULL, SPI_OK_UPDATE);
 	ap->n = 0;
@@ -468,14 +473,6 @@ event_is_preview(const char *type)
 			return true;
 	return false;
 }
-
-/* what became of an event here */
-typedef enum EventFate
-{
-	EVENT_APPLIED,				/* its object's state is in the local table */
-	EVENT_SKIPPED,				/* it changes no local table */
-	EVENT_NOT_OURS				/* its object was created before sync_from */
-} EventFate;
 
 /*
  * The local table of an event's object, with its id (NULL when it has none)
@@ -747,8 +744,18 @@ apply_object(Applier *ap, EventRef *e)
 	return EVENT_APPLIED;
 }
 
-/* one event, into the open batch */
+/* the event's id joins the batch's, and the cursor passes it */
 static void
+applier_add(Applier *ap, EventRef *e)
+{
+	ap->ids[ap->n] = CStringGetTextDatum(e->id);
+	ap->created[ap->n] = Int64GetDatum(e->created);
+	ap->n++;
+	ap->cursor = Max(ap->cursor, e->created);
+}
+
+/* one event, into the open batch */
+static EventFate
 apply_event(Applier *ap, EventRef *e)
 {
 	SyncRun    *run = ap->run;
@@ -757,7 +764,15 @@ apply_event(Applier *ap, EventRef *e)
 
 	strlcpy(key, e->id, sizeof(key));
 	if (hash_search(ap->seen, key, HASH_FIND, NULL) != NULL)
-		return;					/* applied before: re-read in the overlap */
+	{
+		/*
+		 * Applied before: re-read in the overlap, or delivered by a webhook
+		 * (webhook.c) ahead of the poll, whose cursor must pass it then.
+		 */
+		if (e->created > ap->cursor)
+			applier_add(ap, e);
+		return EVENT_SKIPPED;
+	}
 	fate = apply_object(ap, e);
 	/* mapped events go to the outbox; older ones are the backfill's history */
 	if (fate != EVENT_NOT_OURS && ap->mapped != NULL && e->created >= run->src.history_until &&
@@ -769,22 +784,21 @@ apply_event(Applier *ap, EventRef *e)
 		ap->ob_objects[ap->nob] = PointerGetDatum(cstring_to_text_with_len(e->object, e->object_len));
 		ap->nob++;
 	}
-	ap->ids[ap->n] = CStringGetTextDatum(e->id);
-	ap->created[ap->n] = Int64GetDatum(e->created);
-	ap->n++;
+	applier_add(ap, e);
 	if (fate == EVENT_APPLIED)
 		run->events_applied++;
 	else
 		run->events_skipped++;
-	ap->cursor = Max(ap->cursor, e->created);
+	return fate;
 }
 
 static Applier *
-applier_create(SyncRun *run, MemoryContext cxt)
+applier_create(SyncRun *run, MemoryContext cxt, bool webhook)
 {
 	Applier    *ap = palloc0(sizeof(Applier));
 
 	ap->run = run;
+	ap->webhook = webhook;
 	ap->cursor = run->src.events_cursor;
 	ap->ofs = stripe_fieldset_create(3);
 	stripe_fieldset_add(ap->ofs, "object", 0);
@@ -800,18 +814,14 @@ applier_create(SyncRun *run, MemoryContext cxt)
 }
 
 /*
- * Applies a batch of events, oldest first, in the open transaction: their
- * objects (pending_write), then their ids, outbox rows and the cursor
- * (applier_flush).  Works in the current memory context, which the caller
- * resets after it.  A batch of one event is applied as well.
+ * A batch of up to n events opens, in the current memory context, which the
+ * caller resets after batch_close.
  */
 static void
-apply_batch(Applier *ap, EventRef *ev, int n)
+batch_open(Applier *ap, int n)
 {
 	HASHCTL		ctl;
 
-	if (n == 0)
-		return;
 	ap->n = ap->nob = ap->npending = 0;
 	ap->ids = palloc(sizeof(Datum) * n);
 	ap->created = palloc(sizeof(Datum) * n);
@@ -826,12 +836,29 @@ apply_batch(Applier *ap, EventRef *ev, int n)
 	ctl.hcxt = CurrentMemoryContext;
 	ap->pending = hash_create("stripe_sync batch objects", n, &ctl,
 							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-	for (int i = 0; i < n; i++)
-		apply_event(ap, &ev[i]);
+}
+
+/*
+ * The batch's events are applied, in the open transaction: their objects
+ * (pending_write), then their ids, outbox rows and the cursor (applier_flush).
+ */
+static void
+batch_close(Applier *ap)
+{
 	pending_write(ap);
 	applier_flush(ap);
 	hash_destroy(ap->pending);
 	ap->pending = NULL;
+}
+
+/* A batch of events, oldest first, applied in the open transaction. */
+static void
+apply_batch(Applier *ap, EventRef *ev, int n)
+{
+	batch_open(ap, n);
+	for (int i = 0; i < n; i++)
+		apply_event(ap, &ev[i]);
+	batch_close(ap);
 }
 
 /*
@@ -842,7 +869,7 @@ apply_batch(Applier *ap, EventRef *ev, int n)
 static void
 events_apply(SyncRun *run, EventSpool *sp, MemoryContext cxt)
 {
-	Applier    *ap = applier_create(run, cxt);
+	Applier    *ap = applier_create(run, cxt, false);
 
 	for (int p = sp->npages - 1; p >= 0; p--)
 	{
@@ -910,4 +937,32 @@ stripe_sync_events(SyncRun *run)
 	PG_END_TRY();
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
+}
+
+/*
+ * One event delivered by a webhook (webhook.c), applied as a polled one: its
+ * object (read again first when in another API version), its outbox row and
+ * its id in applied_events, in one step.  The caller has claimed the id in
+ * applied_events, so that a second delivery and the poll drop it; the cursor
+ * stays, so that the poll still reads every event before it.  *outbox says
+ * whether the event went to the outbox.
+ */
+EventFate
+stripe_events_apply_one(SyncRun *run, const char *id, const char *type, const char *api_version,
+						int64 created, char *object, int object_len, bool *outbox)
+{
+	Applier    *ap = applier_create(run, CurrentMemoryContext, true);
+	EventRef	e = {created, pstrdup(id), pstrdup(type), pstrdup(api_version), object, object_len};
+	EventFate	fate;
+
+	if (rereads_wanted(ap, &e, 1))
+		stripe_rereads_fetch(ap->rereads, ap->batch_cxt);
+	stripe_run_begin(run);
+	batch_open(ap, 1);
+	fate = apply_event(ap, &e);
+	*outbox = ap->nob > 0;
+	batch_close(ap);
+	stripe_run_commit(run);
+	MemoryContextDelete(ap->batch_cxt);
+	return fate;
 }

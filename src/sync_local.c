@@ -142,6 +142,25 @@ stripe_open_local_table(SyncRun *run, const char *object)
 	return lt;
 }
 
+/* the run's kept plans and slots, which its memory context does not free */
+void
+stripe_close_local_tables(SyncRun *run)
+{
+	ListCell   *lc;
+
+	foreach(lc, run->tables)
+	{
+		LocalTable *lt = lfirst(lc);
+
+		if (lt->upsert)
+			SPI_freeplan(lt->upsert);
+		lt->upsert = NULL;
+		if (lt->slot)
+			ExecDropSingleTupleTableSlot(lt->slot);
+		lt->slot = NULL;
+	}
+}
+
 /*
  * The run's table for Stripe objects of this "object" type (customer), or
  * with by_name, of this table name (customers); NULL when it has none.

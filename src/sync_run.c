@@ -336,20 +336,10 @@ run_source(SyncRun *run)
 	stripe_run_commit(run);
 }
 
-/* the run's kept plans and slots, which its memory context does not free */
 static void
 run_end(SyncRun *run)
 {
-	ListCell   *lc;
-
-	foreach(lc, run->tables)
-	{
-		LocalTable *lt = lfirst(lc);
-
-		if (lt->upsert)
-			SPI_freeplan(lt->upsert);
-		ExecDropSingleTupleTableSlot(lt->slot);
-	}
+	stripe_close_local_tables(run);
 	MemoryContextDelete(run->cxt);
 }
 
@@ -438,21 +428,11 @@ run_joined(SyncRun *run, const char *source)
 static SyncRun *
 run_start(const char *source, bool own, MemoryContext parent, Jsonb **joined)
 {
-	MemoryContext cxt = AllocSetContextCreate(parent, "stripe_sync run", ALLOCSET_DEFAULT_SIZES);
-	SyncRun    *run = MemoryContextAllocZero(cxt, sizeof(SyncRun));
+	SyncRun    *run = stripe_run_open(source, own, parent);
+	MemoryContext cxt = run->cxt;
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(source)};
 
-	run->cxt = cxt;
-	run->own = own;
-	run->started = GetCurrentTimestamp();
-	run->caller = GetUserId();
-	stripe_run_begin(run);
-	(void) stripe_schema_current(true);
-	if (!stripe_load_source(run, source))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("source \"%s\" does not exist", source)));
 	if (!lock_source(source, true, false))
 	{
 		ereport(DEBUG1, (errmsg("a sync of source \"%s\" is already running", source)));

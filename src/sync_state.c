@@ -12,6 +12,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "sync.h"
@@ -170,6 +171,30 @@ stripe_load_source(SyncRun *run, const char *name)
 	run->src.last_error = SPI_getvalue(tup, td, 14);
 	MemoryContextSwitchTo(old);
 	return true;
+}
+
+/*
+ * A run of a source for the calling role, its first step begun: its memory
+ * context (a child of parent), the source loaded.  Another role's source
+ * does not exist for the caller.
+ */
+SyncRun *
+stripe_run_open(const char *source, bool own, MemoryContext parent)
+{
+	MemoryContext cxt = AllocSetContextCreate(parent, "stripe_sync run", ALLOCSET_DEFAULT_SIZES);
+	SyncRun    *run = MemoryContextAllocZero(cxt, sizeof(SyncRun));
+
+	run->cxt = cxt;
+	run->own = own;
+	run->started = GetCurrentTimestamp();
+	run->caller = GetUserId();
+	stripe_run_begin(run);
+	(void) stripe_schema_current(true);
+	if (!stripe_load_source(run, source))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("source \"%s\" does not exist", source)));
+	return run;
 }
 
 /* UPDATE stripe_sync.object_state SET <set_clause> for one object; $3 is text_arg */

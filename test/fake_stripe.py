@@ -10,11 +10,14 @@ objects directly (GET /_control/balance shows the balance).
 
 It follows Stripe's documented defaults: rate limits of 25 requests a second in all and
 per endpoint (test mode; 429 with Stripe-Rate-Limited-Reason; --rate-limit and
---endpoint-rate-limit, 0 for none); lists that leave out inactive prices, canceled
+--endpoint-rate-limit, 0 for none), 100 in all for a live key (sk_live_, rk_live_;
+--live-rate-limit); lists that leave out inactive prices, canceled
 subscriptions and objects on test clocks unless asked for them; list filters checked
 against their enums; an Idempotency-Key's first answer replayed, errors included.
 
-A "hold" fault ({"kind": "hold", "path": "/v1/customers", "count": 1, "timeout": 300})
+A fault takes the requests whose path starts with its "path" and has its "contains"
+anywhere (both optional).  A "hold" fault ({"kind": "hold", "path": "/v1/customers",
+"count": 1, "timeout": 300})
 keeps the requests it takes waiting, before they are carried out, until POST
 /_control/release (or DELETE /_control/faults, or its timeout); GET /_control/held lists
 the requests waiting.  A test can so stop a client at a chosen request, change the
@@ -36,6 +39,13 @@ event's api_version (the account's default version, POST /_control/config
 Stripe-Version, for the changes listed in VERSION_CHANGES; and sends invoice.upcoming,
 whose invoice has no id (POST /_control/upcoming_invoice {"subscription": "sub_…"}).
 
+POST /_control/webhook {"event": "evt_…", "secret": "whsec_…" (or a list, as while a
+secret is rolled), "timestamp": T (default now)} answers what Stripe would deliver to an
+endpoint: {"payload": the event as the request body (pretty-printed JSON, as Stripe
+sends it), "signature": its Stripe-Signature header}: t=T, a v1 per secret, each
+HMAC-SHA256(secret, "T.payload") in hex, and a v0 (another scheme, made with a key no
+endpoint has: a receiver must ignore it).
+
     python3 test/fake_stripe.py --port 0 --port-file /tmp/x.port \
         [--host 127.0.0.1] [--fixtures PATH] [--counts charges=100000,...] \
         [--api-key sk_test_fake] [--seed 1]
@@ -51,6 +61,7 @@ import base64
 import bisect
 import collections
 import hashlib
+import hmac
 import heapq
 import itertools
 import json
@@ -88,7 +99,7 @@ DEFAULT_COUNTS = {"customers": 30, "charges": 60, "invoices": 30, "payment_inten
 PM_REDISPLAY = ("always", "limited", "unspecified")
 # Stripe's limits in test mode (docs.stripe.com/rate-limits): 25 requests a second in all,
 # and 25 a second to any one endpoint unless documented otherwise.  0 switches one off.
-GLOBAL_RATE, ENDPOINT_RATE = 25, 25
+GLOBAL_RATE, ENDPOINT_RATE, LIVE_RATE = 25, 25, 100
 # The index key of an object with no test clock: no query value can name it.
 NO_CLOCK = "\x00none"
 CARD_BRANDS = ("visa", "mastercard", "amex")
@@ -1491,7 +1502,8 @@ class Faults:
         kind = str(spec.get("kind"))
         if kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}")
-        fault = {"kind": kind, "count": int(spec.get("count", 1)), "path": spec.get("path")}
+        fault = {"kind": kind, "count": int(spec.get("count", 1)), "path": spec.get("path"),
+                 "contains": spec.get("contains")}
         if fault["count"] < 1:
             raise ValueError("count must be >= 1")
         if kind == "status":
@@ -1539,7 +1551,9 @@ class Faults:
             return None
         with self.lock:
             for i, fault in enumerate(self.queue):
-                if not fault["path"] or raw_path.startswith(fault["path"]):
+                # a path prefix, and text anywhere in the path and query ("starting_after=")
+                if ((not fault["path"] or raw_path.startswith(fault["path"])) and
+                        (not fault["contains"] or fault["contains"] in raw_path)):
                     fault["count"] -= 1
                     if fault["count"] == 0:
                         del self.queue[i]
@@ -1613,12 +1627,14 @@ class RateLimiter:
     windows over the /v1 requests let through: `rate` for the account in all
     (global-rate) and `endpoint_rate` for each endpoint (endpoint-rate), an endpoint
     being a method and a path with its ids taken out (GET /v1/customers/{id} is one,
-    whatever the id).  Both default to Stripe's test-mode limits; 0 switches one off."""
+    whatever the id).  Both default to Stripe's test-mode limits; 0 switches one off.
+    A live key (sk_live_, rk_live_) goes by `live_rate` in all instead (Stripe's 100),
+    in windows of its own: live and test mode are counted apart."""
 
-    def __init__(self, rate=GLOBAL_RATE, endpoint_rate=ENDPOINT_RATE):
+    def __init__(self, rate=GLOBAL_RATE, endpoint_rate=ENDPOINT_RATE, live_rate=LIVE_RATE):
         self.lock = threading.Lock()
-        self.rate, self.endpoint_rate = rate, endpoint_rate
-        self.window = collections.deque()
+        self.rate, self.endpoint_rate, self.live_rate = rate, endpoint_rate, live_rate
+        self.windows = collections.defaultdict(collections.deque)
         self.endpoints = collections.defaultdict(collections.deque)
 
     @staticmethod
@@ -1626,15 +1642,16 @@ class RateLimiter:
         words = [w if w in PATH_WORDS else "{id}" for w in path.split("?", 1)[0].split("/")]
         return method + " " + "/".join(words)
 
-    def refusal(self, method, path):
+    def refusal(self, method, path, live=False):
         """None when the request may go, else the Stripe-Rate-Limited-Reason."""
-        if not self.rate and not self.endpoint_rate:
+        rate = self.live_rate if live else self.rate
+        if not rate and not self.endpoint_rate:
             return None
         now = time.monotonic()
         with self.lock:
-            windows = (("global-rate", self.rate, self.window),
+            windows = (("global-rate", rate, self.windows[live]),
                        ("endpoint-rate", self.endpoint_rate,
-                        self.endpoints[self.endpoint(method, path)]))
+                        self.endpoints[(live, self.endpoint(method, path))]))
             for reason, rate, window in windows:
                 while window and window[0] <= now - 1.0:
                     window.popleft()
@@ -1652,6 +1669,7 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 402: "Request Fai
            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
            504: "Gateway Timeout"}
 KEY_PREFIX_RE = re.compile(r"^[a-z]{2,4}_(?:test|live)_")
+LIVE_KEY_RE = re.compile(r"^(?:sk|rk)_live_")
 
 
 def send(handler, status, body, headers=(), truncate=False):
@@ -1795,7 +1813,8 @@ class App:
             failing = kind in ("429", "500", "503", "status", "401")
             if failing and not fault.get("after"):
                 raise self.fault_error(kind, fault, hdrs)
-            refusal = self.limiter.refusal(h.command, raw_path)
+            refusal = self.limiter.refusal(h.command, raw_path,
+                                           live=LIVE_KEY_RE.match(self.request_key(hdrs) or "") is not None)
             if refusal:
                 rate_limited = 1
                 raise ApiError(429, "Request rate limit exceeded. Learn more about rate limits "
@@ -2132,6 +2151,7 @@ class App:
                 self.configure(data)
             return 200, {"latency_ms": self.latency_ms, "rate_limit": self.limiter.rate,
                          "endpoint_rate_limit": self.limiter.endpoint_rate,
+                         "live_rate_limit": self.limiter.live_rate,
                          "api_keys": sorted(self.api_keys),
                          "restricted_keys": {k: sorted(v) for k, v in self.restricted_keys.items()},
                          "event_api_version": store.event_api_version}
@@ -2146,6 +2166,8 @@ class App:
             return 200, self.control_event(data)
         if route == ("POST", "churn", 1):
             return 200, self.control_churn(data)
+        if route == ("POST", "webhook", 1):
+            return 200, self.control_webhook(data)
         if route == ("POST", "upcoming_invoice", 1):
             with store.lock:
                 eid = store.upcoming_invoice(str(data["subscription"]))
@@ -2183,7 +2205,8 @@ class App:
             if latency < 0:
                 raise ValueError("latency_ms must be >= 0")
             self.latency_ms = latency
-        for name, attr in (("rate_limit", "rate"), ("endpoint_rate_limit", "endpoint_rate")):
+        for name, attr in (("rate_limit", "rate"), ("endpoint_rate_limit", "endpoint_rate"),
+                           ("live_rate_limit", "live_rate")):
             if name in data:
                 rate = int(data[name])
                 if rate < 0:
@@ -2267,6 +2290,26 @@ class App:
                 new = dict(old, metadata=dict(old.get("metadata") or {}, churn=str(i)))
                 store.replace(kind, old, new, {"metadata": old.get("metadata")})
         return {"events": n, "objects": len(ids)}
+
+    def control_webhook(self, data):
+        """A signed delivery of an event, as Stripe makes it (see the module's doc)."""
+        secrets = data["secret"]
+        secrets = [secrets] if isinstance(secrets, str) else secrets
+        if not isinstance(secrets, list) or not secrets or \
+                not all(isinstance(k, str) and k.startswith("whsec_") for k in secrets):
+            raise ValueError("secret must be a whsec_… string or a list of them")
+        t = int(data.get("timestamp") or time.time())
+        with self.store.lock:
+            rec = self.store.colls["events"].records.get(str(data["event"]))
+            if rec is None:
+                raise ApiError(404, f"no event {data['event']!r}")
+            blob = rec.blob
+        payload = json.dumps(json.loads(blob), indent=2, ensure_ascii=False)
+        signed = f"{t}.{payload}".encode()
+        sigs = [hmac.new(k.encode(), signed, hashlib.sha256).hexdigest() for k in secrets]
+        v0 = hmac.new(b"whsec_not_an_endpoint_secret", signed, hashlib.sha256).hexdigest()
+        return {"payload": payload,
+                "signature": ",".join([f"t={t}"] + [f"v1={h}" for h in sigs] + [f"v0={v0}"])}
 
     def control_event(self, data):
         type_, obj = data["type"], data["object"]
@@ -2356,6 +2399,8 @@ def main(argv=None):
                     help="requests a second in all, as Stripe's test mode (0: no limit)")
     ap.add_argument("--endpoint-rate-limit", type=int, default=ENDPOINT_RATE, metavar="N",
                     help="requests a second to one endpoint (0: no limit)")
+    ap.add_argument("--live-rate-limit", type=int, default=LIVE_RATE, metavar="N",
+                    help="requests a second in all with a live key, as Stripe's live mode (0: no limit)")
     ap.add_argument("--exit-with", type=int, metavar="PID",
                     help="stop when this process is gone (the test run that started us)")
     ap.add_argument("--tls-cert", metavar="PEM",
@@ -2366,7 +2411,8 @@ def main(argv=None):
     with open(args.fixtures, encoding="utf-8") as f:
         fixtures = json.load(f)
     app = App(fixtures, args.counts, args.seed, args.api_key)
-    app.configure({"rate_limit": args.rate_limit, "endpoint_rate_limit": args.endpoint_rate_limit})
+    app.configure({"rate_limit": args.rate_limit, "endpoint_rate_limit": args.endpoint_rate_limit,
+                   "live_rate_limit": args.live_rate_limit})
     server = Server((args.host, args.port), app)
     if args.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

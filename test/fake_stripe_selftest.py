@@ -93,6 +93,7 @@ class FakeStripeTest(unittest.TestCase):
         c = self.c
         c.ctl("DELETE", "faults")
         c.ctl("POST", "config", {"latency_ms": 0, "rate_limit": 0, "endpoint_rate_limit": 0,
+                                 "live_rate_limit": 0,
                                  "api_keys": [KEY], "restricted_keys": {},
                                  "event_api_version": "2026-10-28.endive"})
         c.ctl("POST", "reseed", {"seed": 1})
@@ -432,6 +433,12 @@ class FakeStripeTest(unittest.TestCase):
         self.fault(kind="500", count=5)
         self.c.ctl("DELETE", "faults")
         self.assertEqual(self.c.get("/v1/customers")[0], 200)
+        # "contains": text anywhere in the path and query
+        self.fault(kind="500", path="/v1/customers", contains="limit=2")
+        self.assertEqual(self.c.get("/v1/customers?limit=1")[0], 200)
+        self.assertEqual(self.c.get("/v1/charges?limit=2")[0], 200)
+        self.assertEqual(self.c.get("/v1/customers?email=a&limit=2")[0], 500)
+        self.assertEqual(self.c.ctl("GET", "faults")["faults"], [])
 
     def test_fault_error_types_follow_the_status(self):
         # Stripe's error object (API reference, "Errors"): type is one of api_error,
@@ -675,6 +682,30 @@ class FakeStripeTest(unittest.TestCase):
         self.assertEqual(conn.getresponse().status, 200)
         conn.close()
         self.assertEqual(self.c.ctl("GET", "stats"), {"requests": 9, "rate_limited": 3, "in_flight_peak": 1})
+
+    def test_live_rate_limit(self):
+        # a live key goes by Stripe's live-mode limit, counted apart from test mode's
+        self.c.ctl("POST", "config", {"rate_limit": 3, "live_rate_limit": 6,
+                                      "api_keys": [KEY, "sk_live_selftest"]})
+        conn = http.client.HTTPConnection("127.0.0.1", self.c.port, timeout=30)
+        for attempt in range(10):
+            time.sleep(1.05)
+            t0 = time.monotonic()
+            statuses = {}
+            for key in ("sk_live_selftest", KEY):
+                statuses[key] = []
+                for _ in range(7):
+                    conn.request("GET", "/v1/customers?limit=1", headers={"Authorization": "Bearer " + key})
+                    resp = conn.getresponse()
+                    resp.read()
+                    statuses[key].append(resp.status)
+            if time.monotonic() - t0 < 0.9:
+                break
+        else:
+            self.skipTest("this machine never sent 14 requests within 0.9 s")
+        conn.close()
+        self.assertEqual(statuses["sk_live_selftest"], [200] * 6 + [429])
+        self.assertEqual(statuses[KEY], [200] * 3 + [429] * 4)
 
     def test_endpoint_rate_limit(self):
         # Stripe's default for one endpoint is 25 a second; here 3: the fourth retrieve
@@ -965,6 +996,32 @@ class FakeStripeTest(unittest.TestCase):
         self.assertEqual(self.c.raw("GET", "/_control/objects/widgets")[0], 404)
         self.assertEqual(self.c.raw("POST", "/_control/faults", json.dumps({"kind": "boom"}))[0], 400)
 
+    def test_control_webhook(self):
+        """A delivery signed as Stripe signs one: HMAC-SHA256 of "t.payload" per secret."""
+        import hashlib
+        import hmac
+        ev = self.c.ctl("POST", "events", {"type": "customer.updated",
+                                           "object": {"id": "cus_wh", "object": "customer", "name": "Zoë"}})
+        out = self.c.ctl("POST", "webhook", {"event": ev["id"], "secret": ["whsec_old", "whsec_new"],
+                                             "timestamp": 1700000000})
+        payload, header = out["payload"], out["signature"]
+        self.assertEqual(json.loads(payload), ev)
+        self.assertIn("\n  \"id\": ", payload)          # pretty-printed, as Stripe sends it
+        self.assertIn("Zoë", payload)                    # UTF-8, not escaped
+        parts = [p.split("=", 1) for p in header.split(",")]
+        self.assertEqual([k for k, _ in parts], ["t", "v1", "v1", "v0"])
+        self.assertEqual(parts[0][1], "1700000000")
+        for (_, got), secret in zip(parts[1:3], ("whsec_old", "whsec_new")):
+            want = hmac.new(secret.encode(), ("1700000000." + payload).encode(), hashlib.sha256).hexdigest()
+            self.assertEqual(got, want)
+        self.assertNotIn(parts[3][1], (parts[1][1], parts[2][1]))
+        now = self.c.ctl("POST", "webhook", {"event": ev["id"], "secret": "whsec_x"})["signature"]
+        self.assertLess(abs(int(now.split(",")[0][2:]) - time.time()), 60)
+        self.assertEqual(self.c.raw("POST", "/_control/webhook",
+                                    json.dumps({"event": "evt_nope", "secret": "whsec_x"}))[0], 404)
+        self.assertEqual(self.c.raw("POST", "/_control/webhook",
+                                    json.dumps({"event": ev["id"], "secret": "sk_x"}))[0], 400)
+
     def test_control_churn(self):
         mark = self.newest_event_id()
         out = self.c.ctl("POST", "churn", {"object": "customers", "events": 5})
@@ -1027,18 +1084,21 @@ class LifecycleTest(unittest.TestCase):
         proc, port, port_file = start_server("--counts", "customers=1")
         try:
             c = Client(port)
-            self.assertEqual((c.ctl("GET", "config")["rate_limit"],
-                              c.ctl("GET", "config")["endpoint_rate_limit"]), (25, 25))
+            config = c.ctl("GET", "config")
+            self.assertEqual((config["rate_limit"], config["endpoint_rate_limit"],
+                              config["live_rate_limit"]), (25, 25, 100))
             statuses = [c.get("/v1/customers?limit=1")[0] for _ in range(40)]
             self.assertIn(429, statuses)
         finally:
             proc.kill()
             proc.wait(10)
             os.unlink(port_file)
-        proc, port, port_file = start_server("--rate-limit", "0", "--endpoint-rate-limit", "0")
+        proc, port, port_file = start_server("--rate-limit", "0", "--endpoint-rate-limit", "0",
+                                             "--live-rate-limit", "0")
         try:
             self.assertEqual({k: v for k, v in Client(port).ctl("GET", "config").items()
-                              if "rate" in k}, {"rate_limit": 0, "endpoint_rate_limit": 0})
+                              if "rate" in k},
+                             {"rate_limit": 0, "endpoint_rate_limit": 0, "live_rate_limit": 0})
         finally:
             proc.kill()
             proc.wait(10)

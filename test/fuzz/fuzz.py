@@ -9,11 +9,13 @@ lying Content-Length, garbage gzip, pages that repeat their cursor.  Through
 one psql session it sends the statements that read them: FDW scans, retrieves
 and writes of the imported foreign tables (typed columns and attrs), balance,
 test_connection, and the SQL functions that take input (intempt_data,
-major_units, currency_exponent, catalog_columns).
+major_units, currency_exponent, catalog_columns, ingest_webhook: hostile
+events signed with the source's webhook secret, so that they are parsed and
+applied, and hostile signatures).
 
 Errors are fine.  A run fails on: a lost connection (a crash), a statement
-that runs into statement_timeout (a loop or a stall), the API key in a message
-or in the server log, a row whose attrs or typed columns differ from what
+that runs into statement_timeout (a loop or a stall), the API key or the
+webhook secret in a message or in the server log, a row whose attrs or typed columns differ from what
 jsonb_in and the column's type make of the answer, "terminated by signal" in
 the server log, or a server that no longer accepts connections.
 
@@ -22,7 +24,8 @@ the server log, or a server that no longer accepts connections.
 
 The seed is printed first; the same seed replays the same statements and
 answers.  Needs a database with the extension installed; creates the server
-"fuzz" and the schema "fz" (dropped first if they exist).
+"fuzz", the schema "fz", and the disabled source "fz_wh" with its schema
+(dropped first if they exist).
 """
 
 import argparse
@@ -30,6 +33,8 @@ import base64
 import collections
 import copy
 import gzip
+import hashlib
+import hmac
 import json
 import os
 import queue
@@ -45,6 +50,8 @@ FIXTURES = os.path.join(HERE, "..", "fixtures", "stripe", "fixtures3.json")
 # the key of the fuzz server's user mapping: the hostile server echoes it back
 # in every place it can, and it must reach no message and no log line
 API_KEY = "sk_test_fuzzKey4711abcdef"
+# the webhook secret of the same user mapping: it must reach no message and no log line either
+WEBHOOK_SECRET = "whsec_fuzzWebhook0815secret"
 STATEMENT_TIMEOUT_S = 30
 ORACLE_CHECKS = 6         # attrs, id, created, balance, email, metadata
 
@@ -483,6 +490,8 @@ class Workload:
             return self.function(), None
         if r < 0.86:
             return self.options(), None
+        if r < 0.9:
+            return self.webhook(), None
         return self.oracle()
 
     def write(self):
@@ -510,14 +519,40 @@ class Workload:
                 ["customers", "charges", "", "..", "x" * 1000, "balance", "checkout/sessions"])),
         ])
 
+    def webhook(self):
+        """A hostile event for source fz_wh (customers and charges), mostly signed as Stripe
+        signs, so that it is parsed and applied (an object in another API version is read
+        again, from the hostile server); or a hostile Stripe-Signature."""
+        rng = self.rng
+        otype = rng.choice(["customer", "charge", "invoice", "product"])
+        obj = self.m.obj(otype, rng.choice(["cus_wh1", "ch_wh1", "x", ""]), rng.randint(0, 8))
+        event = {"id": "evt_fz%d" % rng.randrange(10 ** 6), "object": "event",
+                 "type": otype + rng.choice([".updated", ".deleted", ".created", ""]),
+                 "created": rng.choice([int(time.time()), int(time.time()), 0, -1, 2 ** 63, "1", None]),
+                 "api_version": rng.choice([None, "2026-10-28.endive", "2026-10-28.endive", "2024-06-20", 5]),
+                 "livemode": rng.choice([False, False, True, "no"]),
+                 "data": {"object": obj}}
+        if rng.random() < 0.3:
+            self.m.mutate(event, rng.randint(1, 4))
+        text = dump(event).decode("utf-8", "replace").replace("\x00", "")
+        t = int(time.time()) + rng.choice([0, 0, 0, 0, -400, 400])
+        good = "t=%d,v1=%s" % (t, hmac.new(WEBHOOK_SECRET.encode(), ("%d.%s" % (t, text)).encode(),
+                                            hashlib.sha256).hexdigest())
+        sig = rng.choice([good] * 8 + [
+            "", "t=,v1=", "v1=" + "0" * 64, "t=%d,v1=zz" % t, "t=9" * 2000, good + ",v1=" + "1" * 64,
+            "t=%d,%s" % (t, ",".join(["v1=ab"] * 50)), "t=%d,v1=%s" % (t, "ü" * 64), good.replace(",", ",,  ")])
+        return "SELECT stripe_sync.ingest_webhook('fz_wh', %s, %s);" % (lit(text), lit(sig))
+
     def options(self):
         """The validators, and then a scan of what they let through."""
         rng = self.rng
         value = lit(rng.choice(["customers", "checkout/sessions", "Customers", "../account", "a//b", "/x",
                                 "x/", "a/b/c", "cüstomers", "customers?limit=1", "customers#", "",
                                 "2026-10-28.endive", "2026-13-01", "acct_1", "acct_1/..", "https://x",
-                                "http://127.0.0.1:1/..", "sk_test_x", "a" * 300]))
-        where = rng.choice(["object", "field", "api_version", "account", "api_url", "api_key", "intempt"])
+                                "http://127.0.0.1:1/..", "sk_test_x", "a" * 300, "whsec_", "whsec_a b",
+                                "whsec_" + "Z" * 300]))
+        where = rng.choice(["object", "field", "api_version", "account", "api_url", "api_key", "intempt",
+                            "webhook_secret"])
         if where == "intempt":
             return ("CREATE SERVER fuzz_intempt FOREIGN DATA WRAPPER intempt OPTIONS (%s %s); "
                     "DROP SERVER IF EXISTS fuzz_intempt;"
@@ -527,9 +562,9 @@ class Workload:
             return ("CREATE FOREIGN TABLE fz.opt (id text %s, attrs jsonb) SERVER fuzz %s; "
                     "SELECT * FROM fz.opt LIMIT 3; DROP FOREIGN TABLE IF EXISTS fz.opt;"
                     % (opt if where == "field" else "", opt if where == "object" else ""))
-        if where == "api_key":
-            return ("CREATE USER MAPPING FOR CURRENT_USER SERVER fuzz_opts OPTIONS (api_key %s); "
-                    "DROP USER MAPPING IF EXISTS FOR CURRENT_USER SERVER fuzz_opts;" % value)
+        if where in ("api_key", "webhook_secret"):
+            return ("CREATE USER MAPPING FOR CURRENT_USER SERVER fuzz_opts OPTIONS (%s %s); "
+                    "DROP USER MAPPING IF EXISTS FOR CURRENT_USER SERVER fuzz_opts;" % (where, value))
         return ("ALTER SERVER fuzz_opts OPTIONS (ADD %s %s); ALTER SERVER fuzz_opts OPTIONS (DROP %s);"
                 % (where, value, where))
 
@@ -570,14 +605,21 @@ class Workload:
 
 SETUP = """
 SET client_min_messages = warning;
-DROP SCHEMA IF EXISTS fz CASCADE;
+SELECT stripe_sync.drop_source(name) FROM stripe_sync.sources WHERE name = 'fz_wh';
+DROP SCHEMA IF EXISTS fz, fz_wh CASCADE;
 DROP SERVER IF EXISTS fuzz CASCADE;
 CREATE SERVER fuzz FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url '{url}');
 -- PostgreSQL's own echo of this statement (log_statement = all) is the one
 -- place a key may be logged; it is the statement as typed
 SET log_statement = 'none';
-CREATE USER MAPPING FOR CURRENT_USER SERVER fuzz OPTIONS (api_key '{key}');
+CREATE USER MAPPING FOR CURRENT_USER SERVER fuzz OPTIONS (api_key '{key}', webhook_secret '{whsec}');
 RESET log_statement;
+-- a source for ingest_webhook that no worker syncs
+BEGIN;
+SELECT stripe_sync.create_source('fz_wh', server => 'fuzz', objects => ARRAY['customers', 'charges'],
+                                 target_schema => 'fz_wh');
+SELECT stripe_sync.alter_source('fz_wh', enabled => false);
+COMMIT;
 CREATE SCHEMA fz;
 IMPORT FOREIGN SCHEMA stripe FROM SERVER fuzz INTO fz;
 CREATE FOREIGN TABLE fz.generic (id text, created timestamptz, amount bigint, name text, attrs jsonb)
@@ -631,6 +673,8 @@ def check(res, oracle):
         raise Failure("the statement ran %d s: a loop or a stall" % STATEMENT_TIMEOUT_S)
     if API_KEY in text:
         raise Failure("the API key is in a message: " + text[:500])
+    if WEBHOOK_SECRET in text:
+        raise Failure("the webhook secret is in a message: " + text[:500])
     if oracle == "oracle" and out and any(v != "t" for v in out[0].split("|")[:ORACLE_CHECKS]):
         raise Failure("a row differs from what its answer says (attrs, id, created, balance, email, "
                       "metadata; then the row's created, balance, email, metadata): " + out[0])
@@ -660,7 +704,7 @@ def main(argv=None):
     server = start_server(app)
     url = "http://127.0.0.1:%d" % server.server_address[1]
     psql = Psql(args)
-    setup = psql.run(SETUP.format(url=url, key=API_KEY, timeout=STATEMENT_TIMEOUT_S), 120)
+    setup = psql.run(SETUP.format(url=url, key=API_KEY, whsec=WEBHOOK_SECRET, timeout=STATEMENT_TIMEOUT_S), 120)
     if setup is None or any("ERROR" in line for line in setup[1]):
         print("setup failed: %s" % (setup and setup[1]))
         return 2
@@ -709,6 +753,8 @@ def main(argv=None):
                 raise Failure("the server log says a process was terminated by a signal")
             if API_KEY.encode() in logged:
                 raise Failure("the API key is in the server log")
+            if WEBHOOK_SECRET.encode() in logged:
+                raise Failure("the webhook secret is in the server log")
     except Failure as e:
         print("FAILED after %d statements (seed %d): %s" % (done, seed, e))
         if args.log and os.path.exists(args.log):

@@ -56,7 +56,8 @@ env_setup() {
     env_log "starting the fake Stripe ($counts)"
     python3 "$ENV_DIR/fake_stripe.py" --port 0 --port-file "$ENV_DIR/fake.port" \
       --fixtures "$ENV_DIR/fixtures3.json" ${counts:+--counts "$counts"} \
-      --rate-limit "${ENV_FAKE_RATE_LIMIT:-0}" --endpoint-rate-limit "${ENV_FAKE_RATE_LIMIT:-0}" &
+      --rate-limit "${ENV_FAKE_RATE_LIMIT:-0}" --endpoint-rate-limit "${ENV_FAKE_RATE_LIMIT:-0}" \
+      --live-rate-limit "${ENV_FAKE_LIVE_RATE_LIMIT:-0}" &
     ENV_FAKE_PID=$!
     for _ in $(seq 600); do [ -s "$ENV_DIR/fake.port" ] && break; sleep 0.1; done
     [ -s "$ENV_DIR/fake.port" ] || { echo "the fake Stripe did not start" >&2; exit 1; }

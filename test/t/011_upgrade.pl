@@ -19,8 +19,17 @@ chomp(my $pkglib = `pg_config --pkglibdir`);
 my $lib = "$pkglib/stripe_sync.so";
 my $current = "$lib.current";
 copy($lib, $current) or die "copy: $!";
-END { copy($current, $lib) if -f $current; }
-copy($old_lib, $lib) or die "copy: $!";
+
+# a library is replaced by a rename, never rewritten in place: a process that
+# still maps the old file (one exiting while the test ends) would die of SIGBUS
+sub put_library
+{
+	my ($from) = @_;
+	copy($from, "$lib.new") or die "copy: $!";
+	rename("$lib.new", $lib) or die "rename: $!";
+}
+END { put_library($current) if -f $current; }
+put_library($old_lib);
 
 my $key = 'pk5.upgradeSecret';
 my $fake = start_fake(counts => { customers => 200, charges => 300 });
@@ -65,7 +74,7 @@ my $runs = sql(q{SELECT count(*) FROM stripe_sync.runs});
 
 # ---- the current library, before the update: nothing moves, the log says why
 $node->stop;
-copy($current, $lib) or die "copy: $!";
+put_library($current);
 my $offset = -s $node->logfile;
 $node->start;
 ok($node->wait_for_log(qr/extension stripe_sync is at version 0\.1, and its library at 0\.2/, $offset),

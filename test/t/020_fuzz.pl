@@ -1,7 +1,8 @@
 # A bounded run of the fuzzer (test/fuzz/fuzz.py): hostile answers from its own
 # server to FDW scans, retrieves, writes, balance and test_connection, and
-# hostile input to the SQL functions.  Errors are fine; a crash, a loop, a key
-# in a message or in the log, or a row that differs from its answer are not.
+# hostile input to the SQL functions (ingest_webhook among them).  Errors are
+# fine; a crash, a loop, a key or a secret in a message or in the log, or a
+# row that differs from its answer are not.
 # FUZZ_SECONDS (default 60) and FUZZ_SEED (default random) set the run; the
 # seed is printed, and FUZZ_SEED replays it.
 use strict;
@@ -35,6 +36,7 @@ like($out, qr/^fuzz: \d+ statements/m, '... after statements it counted');
 my $log = slurp_file($node->logfile);
 unlike($log, qr/terminated by signal/, 'no process was terminated by a signal');
 unlike($log, qr/sk_test_fuzzKey/, 'the fuzz server\'s key is nowhere in the log');
+unlike($log, qr/whsec_fuzzWebhook/, '... nor its webhook secret');
 is($node->safe_psql('postgres', 'SELECT 1'), '1', 'the server still accepts connections');
 
 done_testing();

@@ -61,7 +61,7 @@ sub start_fake
 	# the suite runs at 10000 requests a second: off with Stripe's rate limits, which
 	# the fake keeps by default (a test that wants them sets them, see 002_ratelimit)
 	my @args = ('--fixtures', root() . '/test/fixtures/stripe/fixtures3.json',
-		'--rate-limit', '0', '--endpoint-rate-limit', '0');
+		'--rate-limit', '0', '--endpoint-rate-limit', '0', '--live-rate-limit', '0');
 	push @args, '--counts',
 	  join(',', map { "$_=$args{counts}{$_}" } sort keys %{ $args{counts} })
 	  if $args{counts};

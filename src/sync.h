@@ -130,6 +130,8 @@ extern LocalTable *stripe_table_find(SyncRun *run, const char *name, bool by_nam
 extern void stripe_close_local_tables(SyncRun *run);
 extern int64 stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 								TimestampTz observed, TimestampTz deleted_at);
+extern int64 stripe_upsert_rows_at(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
+								   const TimestampTz *observed, const TimestampTz *deleted_at);
 extern int64 stripe_row_created(LocalTable *lt, StripeRow *row);
 
 /* sync_outbox.c */

@@ -8,10 +8,12 @@
  * Stripe lists events newest first and can only be read that way, so the
  * events are first spooled to a temporary file a page at a time (fetch),
  * then read back page by page from the last (order), each page's events in
- * reverse, and applied (apply).  Memory holds one page, however many events
- * a long gap brings.  An event whose object is rendered in another API
- * version than the source's has its object read again (sync_reread.c); one
- * that changes no local table is skipped, and counted.
+ * reverse, and applied (apply), a page in a transaction: each table's
+ * objects in one statement, every object at its newest state in the page.
+ * Memory holds one page, however many events a long gap brings.  An event
+ * whose object is rendered in another API version than the source's has its
+ * object read again (sync_reread.c); one that changes no local table is
+ * skipped, and counted.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -22,6 +24,7 @@
 #include "storage/buffile.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -33,8 +36,6 @@
 
 /* re-read this much before the cursor; applied ids are dropped */
 #define EVENT_OVERLAP_SECS		300
-/* events applied (and the cursor moved) per transaction */
-#define APPLY_BATCH				STRIPE_PAGE_SIZE
 #define EVENT_ID_MAX			(NAMEDATALEN * 2)
 /* the last second of year 9999: a later event time is not Stripe's */
 #define MAX_EVENT_TIME			INT64CONST(253402300799)
@@ -62,6 +63,22 @@ typedef struct EventSpool
 	int64		skipped;		/* events that change nothing here, or malformed */
 } EventSpool;
 
+/*
+ * An object's change in the open batch: its newest state, written with its
+ * table's others, and a deletion that came after it without a state.
+ */
+typedef struct PendingObject
+{
+	char		key[REREAD_KEY_LEN];	/* table/id */
+	LocalTable *lt;
+	char	   *id;
+	StripeRow  *row;			/* the newest state, or NULL */
+	int64		row_at;			/* its event's time */
+	bool		row_deletes;	/* its event deleted the object, leaving this state */
+	bool		marked;			/* a later deletion event, without state */
+	int64		mark_at;
+} PendingObject;
+
 /* what applying keeps across batches */
 typedef struct Applier
 {
@@ -71,17 +88,20 @@ typedef struct Applier
 	HTAB	   *mapped;			/* event types the outbox takes, or NULL */
 	StripeFieldSet *ofs;		/* an event object's "object", "id" and "created" */
 	Rereads    *rereads;		/* objects of events in another API version */
-	MemoryContext batch_cxt;
+	MemoryContext batch_cxt;	/* the open batch's, reset after it */
 	int64		cursor;
-	int			n;				/* events in the open batch */
-	Datum		ids[APPLY_BATCH],
-				created[APPLY_BATCH];
-	/* the batch's outbox rows */
+	/* the open batch (in batch_cxt): its event ids, outbox rows and objects */
+	int			n;
+	Datum	   *ids,
+			   *created;
 	int			nob;
-	Datum		ob_ids[APPLY_BATCH],
-				ob_types[APPLY_BATCH],
-				ob_times[APPLY_BATCH],
-				ob_objects[APPLY_BATCH];
+	Datum	   *ob_ids,
+			   *ob_types,
+			   *ob_times,
+			   *ob_objects;
+	HTAB	   *pending;		/* PendingObject by key */
+	PendingObject **order;		/* in the order the batch first changed them */
+	int			npending;
 } Applier;
 
 static char *
@@ -388,7 +408,14 @@ applier_flush(Applier *ap)
 	stripe_spi("INSERT INTO stripe_sync.applied_events (source, event_id, created) "
 			   "SELECT $1, e.id, e.created FROM unnest($2, $3) e(id, created) ON CONFLICT DO NOTHING",
 			   3, types, values, NULL, SPI_OK_INSERT);
-	if (!ap->webhook)
+	/*
+	 * A worker's cursor moves with each batch it commits.  sync_now runs in
+	 * one transaction, all or nothing: its cursor moves once, at the end,
+	 * since each UPDATE would leave one more version of the source's row for
+	 * every applied id's foreign key check to walk.  A webhook's event
+	 * leaves it where it is.
+	 */
+	if (run->own && !ap->webhook)
 		stripe_spi("UPDATE stripe_sync.sources SET events_cursor = $4 WHERE name = $1",
 				   4, types, values, NULL, SPI_OK_UPDATE);
 	ap->n = 0;
@@ -542,6 +569,7 @@ apply_reread(Applier *ap, EventRef *e, LocalTable *lt, const char *id)
 	RereadEntry *r = stripe_rereads_get(ap->rereads, lt, id);
 	char	   *why;
 
+	/* read now, newer than any event of the sync: no batched state overwrites it */
 	if (r != NULL && r->state == REREAD_FOUND)
 	{
 		lt->rows += stripe_upsert_rows(run, lt, r->row, 1, r->observed, 0);
@@ -575,21 +603,127 @@ apply_reread(Applier *ap, EventRef *e, LocalTable *lt, const char *id)
 }
 
 /*
- * Applies one event's object to its local table, or says why it changes
- * none: its object is a preview (invoice.upcoming) or has no id, its type is
- * not synced here, Stripe no longer has it; or it is not this source's
- * (created before sync_from), and then its event is not shipped either.
+ * The batch's entry for an object, made on first sight; NULL when its id is
+ * too long to be Stripe's (it is then written at once).
+ */
+static PendingObject *
+pending_get(Applier *ap, LocalTable *lt, const char *id)
+{
+	char		key[REREAD_KEY_LEN];
+	PendingObject *po;
+	bool		found;
+
+	memset(key, 0, sizeof(key));
+	if (snprintf(key, sizeof(key), "%s/%s", lt->def->table, id) >= (int) sizeof(key))
+		return NULL;
+	po = hash_search(ap->pending, key, HASH_ENTER, &found);
+	if (!found)
+	{
+		po->lt = lt;
+		po->id = pstrdup(id);
+		po->row = NULL;
+		po->marked = false;
+		ap->order[ap->npending++] = po;
+	}
+	return po;
+}
+
+/*
+ * An event's state of its object.  The batch keeps, per object, what writing
+ * its events one by one would leave (an upsert wins over a row observed no
+ * later): the state of the newest event, the later of equals.
+ */
+static void
+pending_state(Applier *ap, LocalTable *lt, const char *id, StripeRow *row, int64 at, bool deletes)
+{
+	PendingObject *po = pending_get(ap, lt, id);
+	TimestampTz ts = time_t_to_timestamptz((pg_time_t) at);
+
+	if (po == NULL)
+	{
+		lt->rows += stripe_upsert_rows(ap->run, lt, row, 1, ts, deletes ? ts : 0);
+		return;
+	}
+	if (po->row != NULL && at < po->row_at)
+		return;
+	po->row = row;
+	po->row_at = at;
+	po->row_deletes = deletes;
+	/* a deletion no newer than this state is undone by it */
+	if (po->marked && at >= po->mark_at)
+		po->marked = false;
+}
+
+/* A deletion event without the object's state: it marks the row after the batch's state. */
+static void
+pending_mark(Applier *ap, LocalTable *lt, const char *id, int64 at)
+{
+	PendingObject *po = pending_get(ap, lt, id);
+
+	if (po == NULL)
+	{
+		mark_deleted(ap->run, lt, id, time_t_to_timestamptz((pg_time_t) at));
+		return;
+	}
+	if ((po->row != NULL && at < po->row_at) || (po->marked && at < po->mark_at))
+		return;
+	po->marked = true;
+	po->mark_at = at;
+}
+
+/*
+ * Writes the batch's objects: each table's states in one statement (an
+ * object that cannot be stored set aside alone), then the deletions.
+ */
+static void
+pending_write(Applier *ap)
+{
+	SyncRun    *run = ap->run;
+	StripeRow  *rows = palloc(sizeof(StripeRow) * Max(ap->npending, 1));
+	TimestampTz *observed = palloc(sizeof(TimestampTz) * Max(ap->npending, 1));
+	TimestampTz *deleted = palloc(sizeof(TimestampTz) * Max(ap->npending, 1));
+	ListCell   *lc;
+
+	foreach(lc, run->tables)
+	{
+		LocalTable *lt = lfirst(lc);
+		int			n = 0;
+
+		for (int i = 0; i < ap->npending; i++)
+		{
+			PendingObject *po = ap->order[i];
+
+			if (po->lt != lt || po->row == NULL)
+				continue;
+			rows[n] = *po->row;
+			observed[n] = time_t_to_timestamptz((pg_time_t) po->row_at);
+			deleted[n] = po->row_deletes ? observed[n] : 0;
+			n++;
+		}
+		if (n > 0)
+			lt->rows += stripe_upsert_rows_at(run, lt, rows, n, observed, deleted);
+	}
+	for (int i = 0; i < ap->npending; i++)
+		if (ap->order[i]->marked)
+			mark_deleted(run, ap->order[i]->lt, ap->order[i]->id,
+						 time_t_to_timestamptz((pg_time_t) ap->order[i]->mark_at));
+}
+
+/*
+ * Takes one event's object into the batch for its local table, or says why
+ * it changes none: its object is a preview (invoice.upcoming) or has no id,
+ * its type is not synced here, Stripe no longer has it; or it is not this
+ * source's (created before sync_from), and then its event is not shipped
+ * either.
  */
 static EventFate
 apply_object(Applier *ap, EventRef *e)
 {
-	SyncRun    *run = ap->run;
 	StripePage	row;
 	const char *why;
 	char	   *id;
 	int64		created;
 	LocalTable *lt = event_target(ap, e, &id, &created);
-	TimestampTz at = time_t_to_timestamptz((pg_time_t) e->created);
 	bool		deletes = event_deletes(e->type);
 
 	if (lt == NULL || id == NULL)
@@ -604,9 +738,9 @@ apply_object(Applier *ap, EventRef *e)
 				(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
 				 errmsg("event %s carries a malformed object: %s", e->id, why)));
 	if (deletes && (row.rows[0].deleted || other_version(ap, e)))
-		mark_deleted(run, lt, id, at);
+		pending_mark(ap, lt, id, e->created);
 	else
-		lt->rows += stripe_upsert_rows(run, lt, &row.rows[0], 1, at, deletes ? at : 0);
+		pending_state(ap, lt, id, &row.rows[0], e->created, deletes);
 	return EVENT_APPLIED;
 }
 
@@ -620,7 +754,7 @@ applier_add(Applier *ap, EventRef *e)
 	ap->cursor = Max(ap->cursor, e->created);
 }
 
-/* one event, in the open batch's transaction */
+/* one event, into the open batch */
 static EventFate
 apply_event(Applier *ap, EventRef *e)
 {
@@ -680,56 +814,97 @@ applier_create(SyncRun *run, MemoryContext cxt, bool webhook)
 }
 
 /*
- * Applies the spool oldest first, a transaction per batch.  The objects of a
- * page's events in another API version are read first, outside any
- * transaction (the open batch commits before).
+ * A batch of up to n events opens, in the current memory context, which the
+ * caller resets after batch_close.
+ */
+static void
+batch_open(Applier *ap, int n)
+{
+	HASHCTL		ctl;
+
+	ap->n = ap->nob = ap->npending = 0;
+	ap->ids = palloc(sizeof(Datum) * n);
+	ap->created = palloc(sizeof(Datum) * n);
+	ap->ob_ids = palloc(sizeof(Datum) * n);
+	ap->ob_types = palloc(sizeof(Datum) * n);
+	ap->ob_times = palloc(sizeof(Datum) * n);
+	ap->ob_objects = palloc(sizeof(Datum) * n);
+	ap->order = palloc(sizeof(PendingObject *) * n);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = REREAD_KEY_LEN;
+	ctl.entrysize = sizeof(PendingObject);
+	ctl.hcxt = CurrentMemoryContext;
+	ap->pending = hash_create("stripe_sync batch objects", n, &ctl,
+							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+/*
+ * The batch's events are applied, in the open transaction: their objects
+ * (pending_write), then their ids, outbox rows and the cursor (applier_flush).
+ */
+static void
+batch_close(Applier *ap)
+{
+	pending_write(ap);
+	applier_flush(ap);
+	hash_destroy(ap->pending);
+	ap->pending = NULL;
+}
+
+/* A batch of events, oldest first, applied in the open transaction. */
+static void
+apply_batch(Applier *ap, EventRef *ev, int n)
+{
+	batch_open(ap, n);
+	for (int i = 0; i < n; i++)
+		apply_event(ap, &ev[i]);
+	batch_close(ap);
+}
+
+/*
+ * Applies the spool oldest first, a page of events in a transaction, whose
+ * memory is freed after it.  The objects of a page's events in another API
+ * version are read first, outside any transaction.
  */
 static void
 events_apply(SyncRun *run, EventSpool *sp, MemoryContext cxt)
 {
 	Applier    *ap = applier_create(run, cxt, false);
-	bool		open = false;
 
 	for (int p = sp->npages - 1; p >= 0; p--)
 	{
 		MemoryContext old = MemoryContextSwitchTo(ap->batch_cxt);
 		EventRef   *ev = spool_read_page(sp, p);
 
-		if (rereads_wanted(ap, ev, sp->page_count[p]))
+		if (sp->page_count[p] > 0)
 		{
-			if (open)
-			{
-				applier_flush(ap);
-				stripe_run_commit(run);
-				open = false;
-			}
-			stripe_rereads_fetch(ap->rereads, ap->batch_cxt);
+			if (rereads_wanted(ap, ev, sp->page_count[p]))
+				stripe_rereads_fetch(ap->rereads, ap->batch_cxt);
+			stripe_run_begin(run);
+			/*
+			 * A page lost in a crash moves the cursor back with it, and is
+			 * read again: no need to wait for the disk at each page.  What
+			 * the shipper sends of it, it commits waiting, which flushes
+			 * this too.
+			 */
+			if (run->own)
+				(void) set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+										 GUC_ACTION_LOCAL, true, 0, false);
+			apply_batch(ap, ev, sp->page_count[p]);
+			stripe_run_commit(run);
+			stripe_bgw_reload_config();
 		}
-		for (int i = 0; i < sp->page_count[p]; i++)
-		{
-			if (!open)
-				stripe_run_begin(run);
-			open = true;
-			apply_event(ap, &ev[i]);
-			if (ap->n == APPLY_BATCH)
-			{
-				applier_flush(ap);
-				stripe_run_commit(run);
-				open = false;
-				stripe_bgw_reload_config();
-			}
-		}
-		if (!open)
-			MemoryContextReset(ap->batch_cxt);
 		MemoryContextSwitchTo(old);
+		MemoryContextReset(ap->batch_cxt);
 		CHECK_FOR_INTERRUPTS();
 	}
-	if (open)
+	MemoryContextDelete(ap->batch_cxt);
+	if (!run->own && ap->cursor != run->src.events_cursor)
 	{
-		applier_flush(ap);
+		stripe_run_begin(run);
+		stripe_set_cursor(run, ap->cursor);
 		stripe_run_commit(run);
 	}
-	MemoryContextDelete(ap->batch_cxt);
 	run->src.events_cursor = ap->cursor;
 }
 
@@ -783,9 +958,10 @@ stripe_events_apply_one(SyncRun *run, const char *id, const char *type, const ch
 	if (rereads_wanted(ap, &e, 1))
 		stripe_rereads_fetch(ap->rereads, ap->batch_cxt);
 	stripe_run_begin(run);
+	batch_open(ap, 1);
 	fate = apply_event(ap, &e);
 	*outbox = ap->nob > 0;
-	applier_flush(ap);
+	batch_close(ap);
 	stripe_run_commit(run);
 	MemoryContextDelete(ap->batch_cxt);
 	return fate;

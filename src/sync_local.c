@@ -195,12 +195,14 @@ stripe_row_created(LocalTable *lt, StripeRow *row)
 }
 
 /*
- * Writes objects, a whole page in one statement; returns how many rows were
- * inserted or changed.  Values are built in the current memory context.
+ * Writes objects, a whole page in one statement, each observed at
+ * observed[r] (and deleted at deleted_at[r], 0 when not); returns how many
+ * rows were inserted or changed.  Values are built in the current memory
+ * context.
  */
 static int64
 upsert_batch(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
-			 TimestampTz observed, TimestampTz deleted_at)
+			 const TimestampTz *observed, const TimestampTz *deleted_at)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	TupleTableSlot *slot = lt->slot;
@@ -227,10 +229,10 @@ upsert_batch(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 		slot->tts_isnull[lt->att_account] = run->src.account_id == NULL;
 		slot->tts_values[lt->att_synced] = TimestampTzGetDatum(now);
 		slot->tts_isnull[lt->att_synced] = false;
-		slot->tts_values[lt->att_observed] = TimestampTzGetDatum(observed);
+		slot->tts_values[lt->att_observed] = TimestampTzGetDatum(observed[r]);
 		slot->tts_isnull[lt->att_observed] = false;
-		slot->tts_values[lt->att_deleted] = TimestampTzGetDatum(deleted_at);
-		slot->tts_isnull[lt->att_deleted] = deleted_at == 0;
+		slot->tts_values[lt->att_deleted] = TimestampTzGetDatum(deleted_at[r]);
+		slot->tts_isnull[lt->att_deleted] = deleted_at[r] == 0;
 		for (int a = 0; a < natts; a++)
 		{
 			values[a][r] = slot->tts_values[a];
@@ -277,8 +279,8 @@ rejectable(int sqlerrcode)
  * the batch cannot be stored (the subtransaction undone); other errors go on.
  */
 static bool
-try_upsert(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows, TimestampTz observed,
-		   TimestampTz deleted_at, int64 *changed, ErrorData **edata)
+try_upsert(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows, const TimestampTz *observed,
+		   const TimestampTz *deleted_at, int64 *changed, ErrorData **edata)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -361,13 +363,14 @@ forget_rejects(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows)
 }
 
 /*
- * Writes objects (see upsert_batch), in the step's transaction; an object
- * that cannot be stored goes to stripe_sync.rejected and the others are
- * written.  Returns how many rows were inserted or changed.
+ * Writes objects of distinct ids, each with its own observed_at and
+ * deleted_at (see upsert_batch), in the step's transaction; an object that
+ * cannot be stored goes to stripe_sync.rejected and the others are written.
+ * Returns how many rows were inserted or changed.
  */
 int64
-stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
-				   TimestampTz observed, TimestampTz deleted_at)
+stripe_upsert_rows_at(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
+					  const TimestampTz *observed, const TimestampTz *deleted_at)
 {
 	int64		changed = 0;
 	int64		one;
@@ -385,7 +388,7 @@ stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 	changed = 0;
 	for (int r = 0; r < nrows; r++)
 	{
-		if (try_upsert(run, lt, &rows[r], 1, observed, deleted_at, &one, &edata))
+		if (try_upsert(run, lt, &rows[r], 1, &observed[r], &deleted_at[r], &one, &edata))
 		{
 			changed += one;
 			if (lt->has_rejects)
@@ -394,5 +397,25 @@ stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 		else
 			reject(run, lt, &rows[r], edata);
 	}
+	return changed;
+}
+
+/* Writes objects of distinct ids observed (and deleted, when not 0) at one time. */
+int64
+stripe_upsert_rows(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
+				   TimestampTz observed, TimestampTz deleted_at)
+{
+	TimestampTz *obs = palloc(sizeof(TimestampTz) * Max(nrows, 1));
+	TimestampTz *del = palloc(sizeof(TimestampTz) * Max(nrows, 1));
+	int64		changed;
+
+	for (int r = 0; r < nrows; r++)
+	{
+		obs[r] = observed;
+		del[r] = deleted_at;
+	}
+	changed = stripe_upsert_rows_at(run, lt, rows, nrows, obs, del);
+	pfree(obs);
+	pfree(del);
 	return changed;
 }

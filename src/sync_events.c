@@ -24,7 +24,6 @@
 #include "storage/buffile.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -881,15 +880,6 @@ events_apply(SyncRun *run, EventSpool *sp, MemoryContext cxt)
 			if (rereads_wanted(ap, ev, sp->page_count[p]))
 				stripe_rereads_fetch(ap->rereads, ap->batch_cxt);
 			stripe_run_begin(run);
-			/*
-			 * A page lost in a crash moves the cursor back with it, and is
-			 * read again: no need to wait for the disk at each page.  What
-			 * the shipper sends of it, it commits waiting, which flushes
-			 * this too.
-			 */
-			if (run->own)
-				(void) set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
-										 GUC_ACTION_LOCAL, true, 0, false);
 			apply_batch(ap, ev, sp->page_count[p]);
 			stripe_run_commit(run);
 			stripe_bgw_reload_config();

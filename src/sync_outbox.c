@@ -85,9 +85,44 @@ outbox_write(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *objects,
 	return (int64) SPI_processed;
 }
 
+/*
+ * An event's JSON text with each \u0000 escape made \ufffd: jsonb, which
+ * the payloads are computed from, refuses NUL, and one such object would
+ * otherwise fail its whole batch at every sync.  The local table refuses the
+ * object on its own (stripe_sync.rejected); its event still reaches Intempt.
+ */
+static Datum
+without_nul_escapes(Datum object)
+{
+	text	   *t = DatumGetTextPP(object);
+	const char *p = VARDATA_ANY(t);
+	int			len = VARSIZE_ANY_EXHDR(t);
+	char	   *copy = NULL;
+
+	for (int i = 0; i + 1 < len; i++)
+	{
+		if (p[i] != '\\')
+			continue;
+		/* an escape: \u0000 is the one to change; the others are skipped whole */
+		if (p[i + 1] == 'u' && i + 5 < len && memcmp(p + i + 2, "0000", 4) == 0)
+		{
+			if (copy == NULL)
+			{
+				copy = palloc(len);
+				memcpy(copy, p, len);
+			}
+			memcpy(copy + i + 2, "fffd", 4);
+		}
+		i++;
+	}
+	return copy == NULL ? object : PointerGetDatum(cstring_to_text_with_len(copy, len));
+}
+
 void
 stripe_outbox_add(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *objects, int n)
 {
+	for (int i = 0; i < n; i++)
+		objects[i] = without_nul_escapes(objects[i]);
 	(void) outbox_write(run, ids, types, times, objects, TEXTOID, n);
 }
 

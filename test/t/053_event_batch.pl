@@ -95,5 +95,18 @@ is(sql("SELECT count(*) FROM stripe_sync.applied_events WHERE created >= $t"), '
 $run = sql("SELECT stripe_sync.sync_now('main')");
 like($run, qr/"events": 0,/, 'a second sync applies none of them again');
 
+# an object with a NUL in a string (\u0000, which jsonb refuses): set aside
+# locally, its event still shipped (the NUL as U+FFFD), the rest of the page applied
+my $nul = event('customer.updated', { %{ $cust{$ca} }, name => "nul\x{0}name" }, 7);
+event('customer.updated', { %{ $cust{$cb} }, name => 'after the nul' }, 8);
+$run = sql("SELECT stripe_sync.sync_now('main')");
+like($run, qr/"events": 2,.*"rejected": 1\b/, 'a page with an object holding \u0000 is applied, that object set aside');
+is(sql("SELECT name FROM stripe_data.customers WHERE id = '$cb'"), 'after the nul', '... the other applied');
+is(sql("SELECT count(*) FROM stripe_sync.rejected WHERE object_id = '$ca' AND error LIKE '%Unicode%'"), '1',
+	'... the one with the NUL in stripe_sync.rejected, saying why');
+is(sql("SELECT payload->'data'->>'name' FROM stripe_sync.outbox WHERE event_id = '$nul'"), "nul\xEF\xBF\xBDname",
+	'... and its event in the outbox, the NUL shown as U+FFFD');
+like(sql("SELECT stripe_sync.sync_now('main')"), qr/"events": 0,/, 'the next sync is not held up by it');
+
 $node->stop;
 done_testing();

@@ -54,7 +54,9 @@ env_setup() {
     cp "$ENV_ROOT/test/fake_stripe.py" "$ENV_ROOT/test/fakelib.py" "$ENV_ROOT/test/fixtures/stripe/fixtures3.json" "$ENV_DIR/"
     [ "$(id -u)" -eq 0 ] && chown "$RUNAS" "$ENV_DIR"/*
     env_log "starting the fake Stripe ($counts)"
-    python3 "$ENV_DIR/fake_stripe.py" --port 0 --port-file "$ENV_DIR/fake.port" \
+    # the fake's key: a test key, unless ENV_FAKE_KEY names another (sk_live_… for live mode)
+    ENV_API_KEY=${ENV_FAKE_KEY:-sk_test_fake}
+    python3 "$ENV_DIR/fake_stripe.py" --port 0 --port-file "$ENV_DIR/fake.port" --api-key "$ENV_API_KEY" \
       --fixtures "$ENV_DIR/fixtures3.json" ${counts:+--counts "$counts"} \
       --rate-limit "${ENV_FAKE_RATE_LIMIT:-0}" --endpoint-rate-limit "${ENV_FAKE_RATE_LIMIT:-0}" \
       --live-rate-limit "${ENV_FAKE_LIVE_RATE_LIMIT:-0}" &
@@ -62,7 +64,6 @@ env_setup() {
     for _ in $(seq 600); do [ -s "$ENV_DIR/fake.port" ] && break; sleep 0.1; done
     [ -s "$ENV_DIR/fake.port" ] || { echo "the fake Stripe did not start" >&2; exit 1; }
     ENV_API_URL="http://127.0.0.1:$(cat "$ENV_DIR/fake.port")"
-    ENV_API_KEY=sk_test_fake
   fi
   ENV_PGDATA=$ENV_DIR/pgdata
   ENV_PGPORT=$(free_port)

@@ -109,4 +109,12 @@ isnt($err, 0, 'a scan of attrs fails when a list cannot be read whole');
 like($stderr, qr/No such invoice/, '... with Stripe\'s message');
 $fake->clear_faults;
 
+# ---- a list past 10,000 elements: the first 10,000 kept, with a WARNING
+my $huge = $fake->call('POST', '/_control/nested', { object => 'invoices', count => 10050 });
+my ($ret, $stdout) = (undef, undef);
+$ret = $node->psql('postgres', "SELECT jsonb_array_length(attrs->'lines'->'data') || ' ' || (attrs->'lines'->>'has_more')
+	FROM stripe.invoices WHERE id = '$huge->{id}'", stdout => \$stdout, stderr => \$stderr);
+is($stdout, '10000 true', 'a list of 10,050 lines: 10,000 kept, has_more still true');
+like($stderr, qr/WARNING:  a list of a Stripe invoice holds more than 10000 elements/, '... with a WARNING');
+
 done_testing();

@@ -82,7 +82,11 @@ is(scalar @nested, scalar(@lines) + scalar(@items) + scalar(grep { $_->{path} =~
 # ---- an event that changes the list: the object stored whole again
 $fake->clear_faults;
 $fake->call('POST', '/_control/nested_remove', { object => 'invoices', id => $inv->{id} });
+sql(q{SELECT stripe_sync.retry_rejected('main')});
 sql(q{SELECT stripe_sync.sync_now('main')});
+is(sql("SELECT jsonb_array_length(attrs->'lines'->'data') FROM stripe_data.invoices WHERE id = '$bad->{id}'"), '12',
+	'the refused invoice, read again once Stripe answers: its 12 lines');
+is(sql(q{SELECT count(*) FROM stripe_sync.rejected}), '0', '... and no longer set aside');
 is(sql("SELECT jsonb_array_length(attrs->'lines'->'data') || ' ' || jsonb_array_length(lines->'data')
 	FROM stripe_data.invoices WHERE id = '$inv->{id}'"), '24 24',
 	'after invoice.updated that took a line out: 24');
@@ -108,6 +112,15 @@ $err = $node->psql('postgres', 'SELECT attrs FROM stripe.invoices', stderr => \$
 isnt($err, 0, 'a scan of attrs fails when a list cannot be read whole');
 like($stderr, qr/No such invoice/, '... with Stripe\'s message');
 $fake->clear_faults;
+
+# ---- several objects' lists at once
+my @many = map { $fake->call('POST', '/_control/nested', { object => 'invoices', count => 30 })->{id} } 1 .. 6;
+$fake->config(latency_ms => 100);
+$fake->clear_requests;
+is(sql("SELECT string_agg(jsonb_array_length(attrs->'lines'->'data')::text, ' ') FROM stripe.invoices
+	WHERE id || '' IN ('" . join("', '", @many) . "')"), '30 30 30 30 30 30', 'six invoices of 30 lines on one list page read whole');
+cmp_ok($fake->call('GET', '/_control/stats')->{in_flight_peak}, '>', 1, '... their lines asked for together');
+$fake->config(latency_ms => 0);
 
 # ---- a list past 10,000 elements: the first 10,000 kept, with a WARNING
 my $huge = $fake->call('POST', '/_control/nested', { object => 'invoices', count => 10050 });

@@ -46,6 +46,8 @@ typedef struct NestedState
 	int			njobs;
 	ErrorData **errors;
 	StripeFieldSet *idfs;		/* "id" of a sub-list page's elements */
+	int64		total;			/* elements fetched for all the rows */
+	bool		full;			/* STRIPE_NESTED_PAGE_MAX reached */
 } NestedState;
 
 /* a sub-list page's answer, parsed as it arrives (a malformed one is retried) */
@@ -212,7 +214,7 @@ nested_feed(void *arg, StripeManyReq *req)
 		NestedJob  *job = &ns->jobs[j];
 		NestedPage *np;
 
-		if (job->busy || job->done || ns->errors[job->row] != NULL)
+		if (job->busy || job->done || ns->full || ns->errors[job->row] != NULL)
 			continue;
 		np = palloc0(sizeof(NestedPage));
 		np->fs = ns->idfs;
@@ -249,6 +251,18 @@ nested_done(void *arg, StripeManyReq *req)
 	}
 	for (int i = 0; i < np->page.nrows; i++)
 	{
+		if (ns->total >= STRIPE_NESTED_PAGE_MAX)
+		{
+			if (!ns->full)
+				ereport(WARNING,
+						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						 errmsg("the lists of a page of Stripe %ss hold more than %d elements: the rest is left out",
+								ns->def->object, STRIPE_NESTED_PAGE_MAX),
+						 errdetail("Their \"has_more\" stays true.")));
+			ns->full = true;
+			job->done = true;
+			break;
+		}
 		if (job->count >= STRIPE_NESTED_MAX)
 		{
 			ereport(WARNING,
@@ -264,22 +278,27 @@ nested_done(void *arg, StripeManyReq *req)
 		appendBinaryStringInfo(&job->more, np->page.rows[i].object.start,
 							   np->page.rows[i].object.len);
 		job->count++;
+		ns->total++;
 	}
+	if (job->done)
+		return;
 	if (!np->page.has_more)
 	{
 		job->whole = true;
 		job->done = true;
-		return;
 	}
-	next = stripe_page_next_cursor(&np->page, 0, job->after, &why);
-	if (next == NULL || !safe_id(next))
+	else if ((next = stripe_page_next_cursor(&np->page, 0, job->after, &why)) == NULL ||
+			 !safe_id(next))
 	{
 		ns->errors[job->row] = job_error(ns->def->object, job->url,
 										 why ? why : "an element's id is not Stripe's");
 		job->done = true;
-		return;
 	}
-	job->after = next;
+	else
+		job->after = next;
+	/* the elements and the cursor are copied: the answer can go */
+	pfree(req->resp.body);
+	req->resp.body = NULL;
 }
 
 /*
@@ -297,7 +316,7 @@ splice_object(StripeRow *row, NestedJob *jobs, int first, int last, MemoryContex
 	for (int j = first; j < last; j++)
 	{
 		NestedJob  *job = &jobs[j];
-		const char *close = job->data.start + job->data.len - 1;	/* ']' */
+		const char *close = memrchr(job->data.start, ']', job->data.len);
 		bool		empty = true;
 
 		/* the has_more and data fields come in either order */

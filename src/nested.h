@@ -15,6 +15,8 @@
 
 /* the most elements kept of one nested list; past it a WARNING, the rest left out */
 #define STRIPE_NESTED_MAX	10000
+/* and of all the lists of one page's objects (about 100 MB of elements) */
+#define STRIPE_NESTED_PAGE_MAX	100000
 
 extern bool stripe_nested_pending(const StripeObjectDef *def, StripeRow *rows, int nrows);
 extern void stripe_nested_complete(StripeConn *conn, const StripeObjectDef *def,

@@ -655,3 +655,21 @@ LANGUAGE C STRICT VOLATILE;
 
 COMMENT ON FUNCTION stripe_sync.rate_limits(name) IS
   'Requests a second allowed to the account behind a server (endpoint NULL) and to each endpoint tracked';
+
+-- ---------------------------------------------------------------------------
+-- The catalogue says which of an object's fields hold a list Stripe inlines a
+-- first page of (invoices: lines), which scans and syncs read whole.
+-- ---------------------------------------------------------------------------
+
+DROP VIEW stripe_sync.objects;
+DROP FUNCTION stripe_sync.catalog_objects();
+CREATE FUNCTION stripe_sync.catalog_objects(
+    OUT object text, OUT path text, OUT stripe_object text, OUT list_filters text[], OUT retrieve boolean,
+    OUT listed_under text, OUT writable text, OUT syncable boolean, OUT stays_current text,
+    OUT nested_lists text[])
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stripe_catalog_objects'
+LANGUAGE C STRICT STABLE;
+
+CREATE VIEW stripe_sync.objects AS SELECT * FROM stripe_sync.catalog_objects();
+GRANT SELECT ON stripe_sync.objects TO PUBLIC;

@@ -154,6 +154,20 @@ stripe_catalog_columns(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/* "lines|items" as a text[] */
+static Datum
+nested_array(const char *names)
+{
+	char	   *copy = pstrdup(names);
+	char	   *save = NULL;
+	Datum	   *elems = palloc(sizeof(Datum) * (strlen(names) / 2 + 1));
+	int			n = 0;
+
+	for (char *t = strtok_r(copy, "|", &save); t; t = strtok_r(NULL, "|", &save))
+		elems[n++] = CStringGetTextDatum(t);
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
 /* stripe_sync.catalog_objects(): every catalogued object and what it supports */
 Datum
 stripe_catalog_objects(PG_FUNCTION_ARGS)
@@ -164,8 +178,8 @@ stripe_catalog_objects(PG_FUNCTION_ARGS)
 	for (int i = 0; i < stripe_nobjects; i++)
 	{
 		const StripeObjectDef *def = &stripe_objects[i];
-		Datum		values[9];
-		bool		nulls[9] = {0};
+		Datum		values[10];
+		bool		nulls[10] = {0};
 		Datum	   *filters = palloc(sizeof(Datum) * Max(def->ncolumns, 1));
 		int			nfilters = 0;
 
@@ -184,6 +198,8 @@ stripe_catalog_objects(PG_FUNCTION_ARGS)
 		values[7] = BoolGetDatum(def->stays_current != NULL);
 		values[8] = def->stays_current ? CStringGetTextDatum(def->stays_current) : (Datum) 0;
 		nulls[8] = def->stays_current == NULL;
+		values[9] = def->nested_lists ? nested_array(def->nested_lists) : (Datum) 0;
+		nulls[9] = def->nested_lists == NULL;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

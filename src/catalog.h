@@ -81,6 +81,12 @@ typedef struct StripeObjectDef
 	const char *stays_current;
 	/* the writes Stripe allows through the foreign table ("insert, update"), or NULL */
 	const char *writable;
+
+	/*
+	 * Fields holding a list Stripe inlines only the first page of ("lines",
+	 * "a|b"), whose rest nested.c fetches; or NULL
+	 */
+	const char *nested_lists;
 } StripeObjectDef;
 
 #define STRIPE_PAGE_SIZE			100

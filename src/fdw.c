@@ -53,6 +53,7 @@
 #include "fdw_import.h"
 #include "fdw_quals.h"
 #include "modify.h"
+#include "nested.h"
 #include "rowconv.h"
 #include "text.h"
 
@@ -104,6 +105,7 @@ typedef struct StripeScanState
 	int			first_limit;	/* limit= of the first page (LIMIT pushdown) */
 
 	StripeRowConv *rc;
+	bool		nested;			/* its columns read a list Stripe inlines a page of */
 
 	MemoryContext page_cxt;
 	StripePage	page;
@@ -501,6 +503,7 @@ stripeBeginForeignScan(ForeignScanState *node, int eflags)
 			wanted = bms_add_member(wanted, lfirst_int(lc));
 	}
 	st->rc = stripe_rowconv_create(rel, whole_row, wanted);
+	st->nested = stripe_nested_wanted(st->def, st->rc);
 	st->page_cxt = AllocSetContextCreate(estate->es_query_cxt, "stripe_sync page",
 										 ALLOCSET_DEFAULT_SIZES);
 }
@@ -836,6 +839,13 @@ stripeIterateForeignScan(ForeignScanState *node)
 			return slot;
 		CHECK_FOR_INTERRUPTS();
 		fetch_page(st);
+		if (st->nested)
+		{
+			MemoryContext old = MemoryContextSwitchTo(st->page_cxt);
+
+			stripe_nested_complete_page(st->conn, st->def, st->rc, &st->page, &st->stats);
+			MemoryContextSwitchTo(old);
+		}
 	}
 	stripe_row_to_slot(st->rc, row, slot);
 	return slot;

@@ -20,6 +20,7 @@
 #include "utils/timestamp.h"
 
 #include "json_page.h"
+#include "nested.h"
 #include "sync.h"
 #include "text.h"
 #include "xact.h"
@@ -363,6 +364,37 @@ forget_rejects(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows)
 }
 
 /*
+ * The rows' nested lists made whole (nested.c), in place; an object whose
+ * list cannot be read whole is set aside in rejected like one that cannot be
+ * stored, and the others move up.  Returns how many rows are left.
+ */
+static int
+complete_nested(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
+				const TimestampTz **observed, const TimestampTz **deleted_at)
+{
+	ErrorData **errors = palloc0(sizeof(ErrorData *) * nrows);
+	TimestampTz *obs = palloc(sizeof(TimestampTz) * nrows);
+	TimestampTz *del = palloc(sizeof(TimestampTz) * nrows);
+	int			kept = 0;
+
+	stripe_nested_complete(run->conn, lt->def, lt->rc->fs, rows, nrows, errors, &run->stats);
+	for (int r = 0; r < nrows; r++)
+	{
+		if (errors[r] != NULL)
+		{
+			reject(run, lt, &rows[r], errors[r]);
+			continue;
+		}
+		obs[kept] = (*observed)[r];
+		del[kept] = (*deleted_at)[r];
+		rows[kept++] = rows[r];
+	}
+	*observed = obs;
+	*deleted_at = del;
+	return kept;
+}
+
+/*
  * Writes objects of distinct ids, each with its own observed_at and
  * deleted_at (see upsert_batch), in the step's transaction; an object that
  * cannot be stored goes to stripe_sync.rejected and the others are written.
@@ -376,6 +408,10 @@ stripe_upsert_rows_at(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 	int64		one;
 	ErrorData  *edata;
 
+	if (nrows == 0)
+		return 0;
+	if (run->conn != NULL && stripe_nested_pending(lt->def, rows, nrows))
+		nrows = complete_nested(run, lt, rows, nrows, &observed, &deleted_at);
 	if (nrows == 0)
 		return 0;
 	if (try_upsert(run, lt, rows, nrows, observed, deleted_at, &changed, &edata))

@@ -39,6 +39,13 @@ event's api_version (the account's default version, POST /_control/config
 Stripe-Version, for the changes listed in VERSION_CHANGES; and sends invoice.upcoming,
 whose invoice has no id (POST /_control/upcoming_invoice {"subscription": "sub_…"}).
 
+Like Stripe it inlines only the first 10 of an invoice's lines and a subscription's items
+(has_more true, the rest at the list's url: GET /v1/invoices/{invoice}/lines,
+/v1/subscription_items?subscription=…).  POST /_control/nested {"object": "invoices" or
+"subscriptions", "count": N} makes one with N of them; POST /_control/nested_remove
+{"object": "invoices", "id": "in_…", "element": "il_…" (default the last)} takes one out,
+with its invoice.updated event.
+
 POST /_control/webhook {"event": "evt_…", "secret": "whsec_…" (or a list, as while a
 secret is rolled), "timestamp": T (default now)} answers what Stripe would deliver to an
 endpoint: {"payload": the event as the request body (pretty-printed JSON, as Stripe
@@ -372,6 +379,10 @@ SUBSCRIPTION_ITEMS = Kind("subscription_items", "subscription_item", "si_", {
     parent=("subscription", "subscriptions", "subscription"), created=False)
 
 
+# An invoice's lines: GET /v1/invoices/{invoice}/lines, a list without filters.
+INVOICE_LINES = Kind("invoices/lines", "line_item", "il_", {}, created=False)
+
+
 def few_per_parent(nchildren, nparents):
     """Parent index of each child: parent p gets 1 + p % 3 children, oldest parents
     first, wrapping round when there are more children than that."""
@@ -393,19 +404,46 @@ def filter_key(value):
     return str(value)
 
 
+# Lists Stripe inlines only the first page of (at most NESTED_INLINE elements, has_more
+# true, the rest at its url): an invoice's lines, a subscription's items.
+NESTED = {"invoices": "lines", "subscriptions": "items"}
+NESTED_INLINE = 10
+
+
+def nested_order(field, data):
+    """The elements in their list's order: items newest first, like their list
+    (Store.subscription_items); lines as the invoice has them."""
+    if field == "items":
+        return sorted(data, key=lambda it: (it["created"], it["id"]), reverse=True)
+    return data
+
+
 class Record:
-    """One stored object: its JSON bytes plus the values its list filters use."""
-    __slots__ = ("id", "created", "blob", "keys")
+    """One stored object: its JSON bytes plus the values its list filters use.  An
+    object with a nested list longer than Stripe inlines is shown (blob) with its first
+    page only; full keeps it whole."""
+    __slots__ = ("id", "created", "blob", "keys", "full")
 
     def __init__(self, kind, obj):
         self.id, self.created = obj["id"], obj["created"]
+        self.full = None
+        field = NESTED.get(kind.path)
+        lst = obj.get(field) if field else None
+        if isinstance(lst, dict) and isinstance(lst.get("data"), list):
+            data = nested_order(field, lst["data"])
+            lst = dict(lst, data=data, total_count=len(data), has_more=False)
+            obj = dict(obj, **{field: lst})
+            if len(data) > NESTED_INLINE:
+                self.full = dumps(obj)
+                obj = dict(obj, **{field: dict(lst, data=data[:NESTED_INLINE], has_more=True)})
         self.blob = dumps(obj)
         self.keys = {name: tuple(dict.fromkeys(filter_key(v) for v in f.extract(obj)
                                                if v is not None))
                      for name, f in kind.filters.items()}
 
     def obj(self):
-        return json.loads(self.blob)
+        """The object whole, nested lists included."""
+        return json.loads(self.full or self.blob)
 
 
 class Collection:
@@ -1914,6 +1952,8 @@ class App:
                 return 200, self.store.list_page(pm, *args, url=path.encode()), []
         if parts and parts[0] == "subscription_items" and method == "GET" and len(parts) <= 2:
             return 200, self.subscription_items(parts, query), []
+        if len(parts) == 3 and parts[0] == "invoices" and parts[2] == "lines" and method == "GET":
+            return 200, self.invoice_lines(parts[1], query), []
         if kind is None or len(parts) > 2 or (len(parts) == 2 and not parts[1]):
             raise self.unrecognized(method, path)
         if method == "GET":
@@ -1994,23 +2034,35 @@ class App:
             self.check_retrieve_params(query)
             with self.store.lock:
                 return self.store.subscription_item(parts[1])
-        limit, _, _, _, after, before = self.list_args(SUBSCRIPTION_ITEMS, query)
+        args = self.list_args(SUBSCRIPTION_ITEMS, query)
         with self.store.lock:
             items = self.store.subscription_items(dict(parse_qsl(query))["subscription"])
+        return self.array_page(items, args, "subscription_item", "/v1/subscription_items")
+
+    def invoice_lines(self, inv_id, query):
+        """GET /v1/invoices/{invoice}/lines: every line of the invoice, in its order."""
+        args = self.list_args(INVOICE_LINES, query)
+        with self.store.lock:
+            lines = self.store.get(KINDS["invoices"], inv_id, "invoice")["lines"]["data"]
+        return self.array_page(lines, args, "line_item", f"/v1/invoices/{inv_id}/lines")
+
+    @staticmethod
+    def array_page(items, args, obj_name, url):
+        """A list page over a list held in memory (items, lines)."""
+        limit, _, _, _, after, before = args
         ids = [it["id"] for it in items]
         lo, hi = 0, len(items)
         for param, cursor in (("starting_after", after), ("ending_before", before)):
             if cursor is not None:
                 if cursor not in ids:
-                    raise no_such("subscription_item", cursor, param, status=400)
+                    raise no_such(obj_name, cursor, param, status=400)
                 if param == "starting_after":
                     lo = ids.index(cursor) + 1
                 else:
                     hi = ids.index(cursor)
         a, b = (max(lo, hi - limit), hi) if before is not None else (lo, min(hi, lo + limit))
         more = a > lo if before is not None else b < hi
-        return dumps({"object": "list", "data": items[a:b], "has_more": more,
-                      "url": "/v1/subscription_items"})
+        return dumps({"object": "list", "data": items[a:b], "has_more": more, "url": url})
 
     @staticmethod
     def check_retrieve_params(query):
@@ -2172,6 +2224,12 @@ class App:
             with store.lock:
                 eid = store.upcoming_invoice(str(data["subscription"]))
                 return 200, RawJSON(store.colls["events"].records[eid].blob)
+        if route == ("POST", "nested", 1):
+            with store.lock:
+                return 200, RawJSON(self.control_nested(data))
+        if route == ("POST", "nested_remove", 1):
+            with store.lock:
+                return 200, RawJSON(self.control_nested_remove(data))
         if route == ("GET", "balance", 1):
             # what GET /v1/balance answers, for tests to compare with (no key needed)
             with store.lock:
@@ -2271,6 +2329,61 @@ class App:
         new = deep_merge(store.get(kind, oid), fields)
         prev = {k: old.get(k) for k in fields if old.get(k) != new.get(k)}
         return store.replace(kind, old, new, prev)
+
+    def control_nested(self, data):
+        """{"object": "invoices" or "subscriptions", "count": N, "fields": {...}}: a new
+        invoice with N lines, or subscription with N items, and its .created event.
+        Returns the object as Stripe shows it (its first NESTED_INLINE elements)."""
+        store = self.store
+        path = data.get("object")
+        n = int(data.get("count", 0))
+        if path not in NESTED or not 0 <= n <= 100_000:
+            raise ValueError("object must be invoices or subscriptions, count 0 to 100,000")
+        kind = KINDS[path]
+        obj = store.template(kind)
+        obj.update(object=kind.obj, livemode=False)
+        deep_merge(obj, data.get("fields") or {})
+        obj["id"] = store.new_id(kind)
+        obj["created"] = now = int(time.time())
+        field = NESTED[path]
+        if path == "invoices":
+            elems = []
+            for i in range(n):
+                line = json.loads(store.line_template)
+                line.update(id=hashed_id("il_", store.seed_value, obj["id"], i), invoice=obj["id"],
+                            amount=100 + i, description=f"Line {i}", parent=None,
+                            period={"start": now, "end": now})
+                elems.append(line)
+            url = f"/v1/invoices/{obj['id']}/lines"
+        else:
+            prices = store.live(KINDS["prices"])
+            if not prices:
+                raise ValueError("no price to subscribe to")
+            price = json.loads(prices[0])
+            elems = [subscription_item(store, obj["id"], price, 1, now - i,
+                                       hashed_id("si_", store.seed_value, obj["id"], i))
+                     for i in range(n)]
+            url = f"/v1/subscription_items?subscription={obj['id']}"
+        obj[field] = {"object": "list", "data": elems, "has_more": False, "total_count": n,
+                      "url": url}
+        return store.create(kind, obj)
+
+    def control_nested_remove(self, data):
+        """{"object": "invoices", "id": "in_…", "element": "il_…" (default the last)}:
+        that element taken out of the object's nested list, with its .updated event."""
+        store = self.store
+        path = data.get("object")
+        if path not in NESTED:
+            raise ValueError("object must be invoices or subscriptions")
+        kind = KINDS[path]
+        old = store.get(kind, str(data["id"]))
+        field = NESTED[path]
+        elems = old[field]["data"]
+        gone = data.get("element") or (elems[-1]["id"] if elems else None)
+        if gone not in [e["id"] for e in elems]:
+            raise ValueError(f"{gone} is not in that list")
+        new = dict(old, **{field: dict(old[field], data=[e for e in elems if e["id"] != gone])})
+        return store.replace(kind, old, new, {field: {"total_count": len(elems)}})
 
     def control_churn(self, data):
         """{"object": path, "events": N}: N updates of that kind's objects, round robin,

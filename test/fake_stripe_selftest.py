@@ -936,6 +936,52 @@ class FakeStripeTest(unittest.TestCase):
         self.assertEqual([e["id"] for e in self.events_since(mark)], [ev["id"]])
         self.assertEqual(len(self.all_of("invoices")), 30)
 
+    def test_nested_lists_inline_their_first_page(self):
+        """As on Stripe, an invoice inlines 10 of its lines (has_more, the rest at its url,
+        GET /v1/invoices/{invoice}/lines) and a subscription 10 of its items
+        (/v1/subscription_items?subscription=…); a line taken out sends invoice.updated."""
+        c = self.c
+        inv = c.ctl("POST", "nested", {"object": "invoices", "count": 25})
+        lines = inv["lines"]
+        self.assertEqual((len(lines["data"]), lines["has_more"], lines["total_count"]),
+                         (10, True, 25))
+        self.assertEqual(lines["url"], f"/v1/invoices/{inv['id']}/lines")
+        _, _, got = c.get(f"/v1/invoices/{inv['id']}")
+        self.assertEqual(got["lines"], lines)
+        seen = list(lines["data"])
+        while True:
+            _, _, page = c.get(f"{lines['url']}?limit=7&starting_after={seen[-1]['id']}")
+            seen += page["data"]
+            if not page["has_more"]:
+                break
+        self.assertEqual(len(seen), 25)
+        self.assertEqual(len({l["id"] for l in seen}), 25)
+        _, _, first = c.get(f"{lines['url']}?limit=100")
+        self.assertEqual([l["id"] for l in first["data"]], [l["id"] for l in seen])
+        self.assert_error(c.get(f"{lines['url']}?starting_after=il_nope"), 400,
+                          "resource_missing", "starting_after")
+        self.assert_error(c.get("/v1/invoices/in_nope/lines"), 404, "resource_missing", "invoice")
+        mark = self.newest_event_id()
+        c.ctl("POST", "nested_remove", {"object": "invoices", "id": inv["id"]})
+        ev = self.events_since(mark)
+        self.assertEqual([e["type"] for e in ev], ["invoice.updated"])
+        self.assertEqual(ev[0]["data"]["object"]["lines"]["total_count"], 24)
+        self.assertEqual(len(ev[0]["data"]["object"]["lines"]["data"]), 10)
+        _, _, first = c.get(f"{lines['url']}?limit=100")
+        self.assertEqual(len(first["data"]), 24)
+        self.assertNotIn(seen[-1]["id"], [l["id"] for l in first["data"]])
+
+        small = c.ctl("POST", "nested", {"object": "invoices", "count": 3})
+        self.assertEqual((len(small["lines"]["data"]), small["lines"]["has_more"]), (3, False))
+
+        sub = c.ctl("POST", "nested", {"object": "subscriptions", "count": 15})
+        items = sub["items"]
+        self.assertEqual((len(items["data"]), items["has_more"]), (10, True))
+        self.assertEqual(items["url"], f"/v1/subscription_items?subscription={sub['id']}")
+        _, _, rest = c.get(f"{items['url']}&limit=100&starting_after={items['data'][-1]['id']}")
+        self.assertEqual((len(rest["data"]), rest["has_more"]), (5, False))
+        self.assertEqual(len({i["id"] for i in items["data"] + rest["data"]}), 15)
+
     def test_idempotency_replays_errors(self):
         # A write that ran and failed: its failure is saved and replayed, 500s included
         self.fault(kind="500", after=True)

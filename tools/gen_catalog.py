@@ -189,6 +189,26 @@ def load_spec(data):
     return spec
 
 
+def is_list_schema(prop):
+    """A sub-object Stripe pages: {"object": "list", "data": [...], "has_more", "url"}."""
+    if not prop:
+        return False
+    props = prop.get("properties", {})
+    if {"data", "has_more", "url"} <= set(props):
+        return True
+    return any(is_list_schema(a) for a in prop.get("anyOf", []) or [])
+
+
+def nested_lists(obj, props):
+    """The fields of an object that hold a list Stripe inlines a first page of (at most
+    10 elements, has_more and the url of the rest): described as a list and present in
+    Stripe's current example, which holds what Stripe returns by default (a list
+    returned only when expanded, customer.subscriptions, is not in it)."""
+    return [name for name, value in obj.items()
+            if isinstance(value, dict) and value.get("object") == "list"
+            and is_list_schema(props.get(name))]
+
+
 def list_operation(spec, table, path):
     """The GET of the object's list, or None when Stripe has no list endpoint."""
     if table in PARENTS and PARENTS[table][1]:
@@ -265,6 +285,9 @@ def main(data):
             if parent_path:
                 special.append(f'.parent_path = "{parent_path}"')
             special.append(f'.required_example = "{prefix}"')
+        nested = nested_lists(obj, props) if table not in ARRAY_ROWS else []
+        if nested:
+            special.append(f'.nested_lists = "{"|".join(nested)}"')
         sym = "cols_" + table
         out.append(f"static const StripeColumn {sym}[] = {{")
         for name, typ in cols:

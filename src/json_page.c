@@ -13,8 +13,6 @@
  */
 #include "postgres.h"
 
-#include <ctype.h>
-
 #include "common/jsonapi.h"
 #include "mb/pg_wchar.h"
 #include "port/pg_bitutils.h"
@@ -266,7 +264,8 @@ scan_string(const char **pp, const char *end, bool *escaped)
 				{
 					if (++s >= e)
 						return "the input ends inside a string";
-					if (!isxdigit(*s))
+					if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f') ||
+						  (*s >= 'A' && *s <= 'F')))
 						return "\\u is not followed by four hex digits";
 				}
 			}

@@ -26,7 +26,7 @@ EXTRA_CLEAN = src/*.d
 # Stripe that test/regress_launcher starts for it.
 REGRESS = fdw_1_setup fdw_2_options fdw_3_scan fdw_4_faults fdw_5_pushdown \
           fdw_6_writes fdw_7_catalog fdw_8_readme outbox_1_payload outbox_2_golden sync_1_manage \
-          safe_1_crash safe_2_values safe_3_requests safe_4_secrets fdw_9_real log_check
+          safe_1_crash safe_2_values safe_3_requests safe_4_secrets parse_1_json fdw_9_real log_check
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(CURDIR)/test/regress.conf \
                --launcher=$(CURDIR)/test/regress_launcher
 

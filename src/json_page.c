@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  * json_page.c
- *		The hot path: one pass of PostgreSQL's JSON parser over a Stripe list
+ *		The hot path: one pass of a validating JSON scanner over a Stripe list
  *		page (or a single object) that records, for each object, its text span
  *		and the spans of the top-level fields the scan wants.  Nothing is
  *		converted here; values and attrs are built later only when needed.
@@ -15,6 +15,7 @@
 
 #include "common/jsonapi.h"
 #include "mb/pg_wchar.h"
+#include "port/pg_bitutils.h"
 
 #include "catalog.h"
 #include "json_page.h"
@@ -55,11 +56,10 @@ typedef enum ParseMode
 
 typedef struct ParseState
 {
-	JsonLexContext *lex;
 	StripeFieldSet *fs;
 	StripePage *page;
 	ParseMode	mode;
-	int			field_level;	/* lex_level of an object's top-level fields */
+	int			field_level;	/* level of an object's top-level fields */
 	bool		in_data;		/* inside the list's "data" array, or (arrays
 								 * mode) inside a top-level array */
 	bool		saw_data;		/* the list had a "data" array */
@@ -69,7 +69,6 @@ typedef struct ParseState
 	int			root_slot;		/* slot of the root field being read, or -1 */
 	StripeRow  *row;			/* object being read, or NULL */
 	int			cur_slot;		/* slot of the field being read, or -1 */
-	bool		cur_deleted;	/* the field being read is "deleted" */
 	int			rows_cap;
 } ParseState;
 
@@ -154,41 +153,191 @@ fieldset_lookup(StripeFieldSet *fs, const char *name, int len)
 }
 
 /*
- * The name of the field whose value is the current token.  The lexer runs
- * without de-escaping (much faster), so take the name's raw text back from
- * the input: it is the string just before the ':' that precedes the value.
- * Returns false for names with escapes, which no Stripe field has: walking
- * back from the closing quote, a backslash, or a quote that a backslash
- * escapes ("x\"id" is not "id").
+ * The scanner.  It accepts exactly the documents pg_parse_json accepts when
+ * it does not de-escape (as json_in does): RFC 8259's grammar, a string's
+ * \u escapes checked for their four hex digits only (PostgreSQL's json type
+ * takes "\ud800" and "\u0000" too), no byte below 0x20 unescaped in a
+ * string, a number or a keyword not followed by a letter, digit, '_' or
+ * non-ASCII byte.  Two differences, both refusals: nesting deeper than
+ * MAX_DEPTH (where PostgreSQL's recursion stops at its stack limit), and a
+ * backslash followed by a NUL byte (PostgreSQL's strchr() lets it through).
+ * It keeps no token: strings are skipped eight bytes at a time, and the
+ * field set sees only the levels it asks about.  pg_parse_json costs most of
+ * a scan's CPU; this a fraction.
  */
-static bool
-current_field_name(JsonLexContext *lex, const char **name, int *len)
-{
-	const char *p = lex->prev_token_terminator - 1;	/* the ':' */
-	const char *end;
+#define MAX_DEPTH		6400
+/* deeper, a refused document is not re-parsed by PostgreSQL's recursion */
+#define PG_CHECK_DEPTH	1000
 
-	p--;
-	while (p > lex->input && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
-		p--;
-	if (p <= lex->input || *p != '"')
-		return false;
-	end = p;
-	p--;
-	while (p >= lex->input && *p != '"')
+/*
+ * The reason a document the scanner refused is not valid: PostgreSQL's own
+ * words when its parser agrees (a second pass, on the failure path only),
+ * the scanner's otherwise.  Deep documents are not handed to its recursion.
+ */
+static const char *
+malformed_why(char *json, size_t len, const char *bad, int depth, size_t at)
+{
+	if (depth <= PG_CHECK_DEPTH)
 	{
-		if (*p == '\\')
-			return false;
-		p--;
+		JsonLexContext *lex = makeJsonLexContextCstringLen(json, len, PG_UTF8, false);
+		JsonParseErrorType err = pg_parse_json(lex, &nullSemAction);
+
+		if (err != JSON_SUCCESS)
+			return psprintf("malformed JSON from Stripe: %s", json_errdetail(err, lex));
 	}
-	if (p < lex->input || (p > lex->input && p[-1] == '\\'))
-		return false;
-	*name = p + 1;
-	*len = end - (p + 1);
+	return psprintf("malformed JSON from Stripe: %s (at byte %zu)", bad, at);
+}
+
+/* the bytes a number or a keyword may not be followed by (PostgreSQL's
+ * JSON_ALPHANUMERIC_CHAR) */
+static inline bool
+is_word_char(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		(c >= '0' && c <= '9') || c == '_' || c >= 0x80;
+}
+
+static inline const char *
+skip_ws(const char *p, const char *end)
+{
+	while (p < end && (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r'))
+		p++;
+	return p;
+}
+
+#define BYTES(c)	(UINT64CONST(0x0101010101010101) * (c))
+
+/* the bytes of w that end a string's plain run: '"', '\\', below 0x20 */
+static inline uint64
+string_stops(uint64 w)
+{
+	uint64		q = w ^ BYTES('"');
+	uint64		b = w ^ BYTES('\\');
+
+	return ((q - BYTES(1)) & ~q) | ((b - BYTES(1)) & ~b) |
+		((w - BYTES(0x20)) & ~w);
+}
+
+/*
+ * The string at *pp (its opening quote); *pp is left after its closing
+ * quote.  *escaped says whether it holds a backslash.  NULL, or what is
+ * wrong with it.
+ */
+static const char *
+scan_string(const char **pp, const char *end, bool *escaped)
+{
+	const unsigned char *s = (const unsigned char *) *pp + 1;
+	const unsigned char *e = (const unsigned char *) end;
+
+	*escaped = false;
+	for (;;)
+	{
+		while (e - s >= 8)
+		{
+			uint64		w;
+			uint64		stops;
+
+			memcpy(&w, s, 8);
+			stops = string_stops(w) & BYTES(0x80);
+			if (stops != 0)
+			{
+#ifndef WORDS_BIGENDIAN
+				/* the lowest flag is exact (borrows only run upwards) */
+				s += pg_rightmost_one_pos64(stops) / 8;
+#endif
+				break;
+			}
+			s += 8;
+		}
+		if (s >= e)
+			return "the input ends inside a string";
+		if (*s == '"')
+			break;
+		if (*s == '\\')
+		{
+			*escaped = true;
+			if (++s >= e)
+				return "the input ends inside a string";
+			if (*s == 'u')
+			{
+				for (int i = 0; i < 4; i++)
+				{
+					if (++s >= e)
+						return "the input ends inside a string";
+					if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f') ||
+						  (*s >= 'A' && *s <= 'F')))
+						return "\\u is not followed by four hex digits";
+				}
+			}
+			else if (*s == '\0' || strchr("\"\\/bfnrt", *s) == NULL)
+				return "a string has an invalid escape";
+		}
+		else if (*s < 0x20)
+			return "a string holds a control character";
+		s++;
+	}
+	*pp = (const char *) s + 1;
+	return NULL;
+}
+
+/* a number (PostgreSQL's json_lex_number), or a keyword; false if neither */
+static bool
+scan_scalar(const char **pp, const char *end)
+{
+	const char *s = *pp;
+
+	if (*s == '-' || (*s >= '0' && *s <= '9'))
+	{
+		if (*s == '-')
+			s++;
+		if (s < end && *s == '0')
+			s++;
+		else if (s < end && *s >= '1' && *s <= '9')
+			while (s < end && *s >= '0' && *s <= '9')
+				s++;
+		else
+			return false;
+		if (s < end && *s == '.')
+		{
+			if (++s == end || *s < '0' || *s > '9')
+				return false;
+			while (s < end && *s >= '0' && *s <= '9')
+				s++;
+		}
+		if (s < end && (*s == 'e' || *s == 'E'))
+		{
+			s++;
+			if (s < end && (*s == '+' || *s == '-'))
+				s++;
+			if (s == end || *s < '0' || *s > '9')
+				return false;
+			while (s < end && *s >= '0' && *s <= '9')
+				s++;
+		}
+		if (s < end && is_word_char((unsigned char) *s))
+			return false;
+	}
+	else
+	{
+		while (s < end && is_word_char((unsigned char) *s))
+			s++;
+		if (!((s - *pp == 4 && (memcmp(*pp, "true", 4) == 0 || memcmp(*pp, "null", 4) == 0)) ||
+			  (s - *pp == 5 && memcmp(*pp, "false", 5) == 0)))
+			return false;
+	}
+	*pp = s;
 	return true;
 }
 
+/* the value at v is the token true (what follows it is checked later) */
+static inline bool
+is_true(const char *v, const char *end)
+{
+	return end - v >= 4 && memcmp(v, "true", 4) == 0;
+}
+
 static void
-begin_row(ParseState *st)
+begin_row(ParseState *st, char *start)
 {
 	StripePage *page = st->page;
 
@@ -204,16 +353,16 @@ begin_row(ParseState *st)
 			: palloc(sizeof(StripeRow) * st->rows_cap);
 	}
 	st->row = &page->rows[page->nrows];
-	st->row->object.start = st->lex->token_start;
+	st->row->object.start = start;
 	st->row->object.len = 0;
 	st->row->fields = palloc0(sizeof(StripeSpan) * Max(st->fs->nslots, 1));
 	st->row->deleted = false;
 }
 
 static void
-end_row(ParseState *st)
+end_row(ParseState *st, const char *end)
 {
-	st->row->object.len = st->lex->prev_token_terminator - st->row->object.start;
+	st->row->object.len = end - st->row->object.start;
 	/* the array's name wins over an element's own field of that name */
 	if (st->mode == MODE_ARRAYS && st->fs->kind_slot >= 0)
 		st->row->fields[st->fs->kind_slot] = st->array_name;
@@ -221,43 +370,42 @@ end_row(ParseState *st)
 	st->row = NULL;
 }
 
+/*
+ * A field whose value starts at v, at level (1: the root object's fields).
+ * plain: its name has no backslash; a name with an escape is no name Stripe
+ * uses ("x\"id" is not "id"), so it is not looked up.
+ */
 static void
-ps_object_field_start(void *state, char *fname, bool isnull)
+field_start(ParseState *st, int level, bool plain, const char *name, int len,
+			char *v, const char *end)
 {
-	ParseState *st = state;
-	JsonLexContext *lex = st->lex;
-	const char *name;
-	int			len;
-
-	if (lex->lex_level == st->field_level && st->row != NULL)
+	if (level == st->field_level && st->row != NULL)
 	{
 		st->cur_slot = -1;
-		st->cur_deleted = false;
-		if (!current_field_name(lex, &name, &len))
+		if (!plain)
 			return;
 		st->cur_slot = fieldset_lookup(st->fs, name, len);
 		if (st->cur_slot >= 0)
-			st->row->fields[st->cur_slot].start = lex->token_start;
-		if (len == 7 && memcmp(name, "deleted", 7) == 0 &&
-			lex->token_type == JSON_TOKEN_TRUE)
+			st->row->fields[st->cur_slot].start = v;
+		if (len == 7 && memcmp(name, "deleted", 7) == 0 && is_true(v, end))
 			st->row->deleted = true;
 	}
-	else if (st->mode == MODE_LIST && lex->lex_level == 1)
+	else if (st->mode == MODE_LIST && level == 1)
 	{
-		if (!current_field_name(lex, &name, &len))
+		if (!plain)
 			return;
 		if (len == 4 && memcmp(name, "data", 4) == 0)
-			st->in_data = st->saw_data = (lex->token_type == JSON_TOKEN_ARRAY_START);
+			st->in_data = st->saw_data = (*v == '[');
 		else if (len == 8 && memcmp(name, "has_more", 8) == 0)
-			st->page->has_more = (lex->token_type == JSON_TOKEN_TRUE);
+			st->page->has_more = is_true(v, end);
 	}
-	else if (st->mode == MODE_ARRAYS && lex->lex_level == 1)
+	else if (st->mode == MODE_ARRAYS && level == 1)
 	{
 		st->root_slot = -1;
-		st->in_data = (lex->token_type == JSON_TOKEN_ARRAY_START);
+		st->in_data = (*v == '[');
 		st->array_name.start = NULL;
 		st->array_name.len = 0;
-		if (!current_field_name(lex, &name, &len))
+		if (!plain)
 			return;				/* an escaped name: its rows get no kind */
 		if (st->in_data)
 		{
@@ -267,86 +415,229 @@ ps_object_field_start(void *state, char *fname, bool isnull)
 		}
 		st->root_slot = fieldset_lookup(st->fs, name, len);
 		if (st->root_slot >= 0)
-			st->root_fields[st->root_slot].start = lex->token_start;
+			st->root_fields[st->root_slot].start = v;
 	}
 }
 
+/* the value of the field at level ended just before v */
 static void
-ps_object_field_end(void *state, char *fname, bool isnull)
+field_end(ParseState *st, int level, const char *v)
 {
-	ParseState *st = state;
-	JsonLexContext *lex = st->lex;
-
-	if (lex->lex_level == st->field_level && st->row != NULL)
+	if (level == st->field_level && st->row != NULL)
 	{
 		if (st->cur_slot >= 0)
 		{
 			StripeSpan *span = &st->row->fields[st->cur_slot];
 
-			span->len = lex->prev_token_terminator - span->start;
+			span->len = v - span->start;
 		}
 		st->cur_slot = -1;
 	}
-	else if (st->mode == MODE_LIST && lex->lex_level == 1)
+	else if (st->mode == MODE_LIST && level == 1)
 		st->in_data = false;
-	else if (st->mode == MODE_ARRAYS && lex->lex_level == 1)
+	else if (st->mode == MODE_ARRAYS && level == 1)
 	{
 		if (st->root_slot >= 0)
 		{
 			StripeSpan *span = &st->root_fields[st->root_slot];
 
-			span->len = lex->prev_token_terminator - span->start;
+			span->len = v - span->start;
 		}
 		st->root_slot = -1;
 		st->in_data = false;
 	}
 }
 
-static void
-ps_array_element_start(void *state, bool isnull)
+/*
+ * The scanner's position: depth is the number of open containers, and so
+ * the level of the fields or elements of the innermost one.
+ */
+typedef struct Scan
 {
-	ParseState *st = state;
+	ParseState *st;
+	char	   *p;
+	const char *end;
+	const char *bad;			/* what is wrong, once something is */
+	int			depth;
+	int			max_depth;
+	char		stack[MAX_DEPTH];	/* '{' or '[' per open level */
+} Scan;
 
-	/* the elements of "data", or of any top-level array in arrays mode */
-	if (st->mode != MODE_OBJECT && st->in_data && st->lex->lex_level == 2 &&
-		st->lex->token_type == JSON_TOKEN_OBJECT_START)
-		begin_row(st);
+typedef enum ScanStep
+{
+	STEP_VALUE,					/* a value starts at p */
+	STEP_KEY,					/* an object's key starts at p */
+	STEP_ELEMENT,				/* an array's element starts at p */
+	STEP_CLOSED,				/* an object ended just before p */
+	STEP_AFTER,					/* a value ended just before p */
+	STEP_DONE,
+	STEP_BAD					/* bad says why */
+} ScanStep;
+
+static const char *const ENDED = "the input ended unexpectedly";
+
+static inline ScanStep
+scan_fail(Scan *sc, const char *bad)
+{
+	sc->bad = bad;
+	return STEP_BAD;
 }
 
-static void
-ps_array_element_end(void *state, bool isnull)
+/* skips whitespace; false when that is the end of the input */
+static inline bool
+scan_ws(Scan *sc)
 {
-	ParseState *st = state;
-
-	if (st->mode != MODE_OBJECT && st->in_data && st->lex->lex_level == 2 &&
-		st->row != NULL)
-		end_row(st);
+	sc->p = (char *) skip_ws(sc->p, sc->end);
+	return sc->p < sc->end;
 }
 
-/* single-object documents: the root object is the row */
-static void
-ps_object_start(void *state)
+/* a value at p: a container opens, or a scalar is skipped */
+static ScanStep
+scan_value(Scan *sc)
 {
-	ParseState *st = state;
+	ParseState *st = sc->st;
+	const char *q = sc->p;
+	char		c = *sc->p;
 
-	if (st->lex->lex_level != 0)
-		return;
-	st->saw_root = true;
-	if (st->mode == MODE_OBJECT)
-		begin_row(st);
+	if (c == '"')
+	{
+		bool		escaped;
+		const char *bad = scan_string(&q, sc->end, &escaped);
+
+		if (bad != NULL)
+			return scan_fail(sc, bad);
+		sc->p = (char *) q;
+		return STEP_AFTER;
+	}
+	if (c != '{' && c != '[')
+	{
+		if (!scan_scalar(&q, sc->end))
+			return scan_fail(sc, "a value is not valid");
+		sc->p = (char *) q;
+		return STEP_AFTER;
+	}
+	if (sc->depth == MAX_DEPTH)
+		return scan_fail(sc, psprintf("nested more than %d deep", MAX_DEPTH));
+	if (c == '{' && sc->depth == 0)
+	{
+		st->saw_root = true;
+		if (st->mode == MODE_OBJECT)
+			begin_row(st, sc->p);
+	}
+	sc->stack[sc->depth++] = c;
+	sc->max_depth = Max(sc->max_depth, sc->depth);
+	sc->p++;
+	if (!scan_ws(sc))
+		return scan_fail(sc, ENDED);
+	if (*sc->p != (c == '{' ? '}' : ']'))
+		return c == '{' ? STEP_KEY : STEP_ELEMENT;
+	sc->p++;
+	sc->depth--;
+	return c == '{' ? STEP_CLOSED : STEP_AFTER;
 }
 
-static void
-ps_object_end(void *state)
+/* a key, its ':' and the start of its value */
+static ScanStep
+scan_key(Scan *sc)
 {
-	ParseState *st = state;
+	const char *name = sc->p + 1;
+	const char *q = sc->p;
+	const char *bad;
+	bool		escaped;
 
-	if (st->mode == MODE_OBJECT && st->lex->lex_level == 0 && st->row != NULL)
-		end_row(st);
+	if (*sc->p != '"')
+		return scan_fail(sc, "an object's key is not a string");
+	if ((bad = scan_string(&q, sc->end, &escaped)) != NULL)
+		return scan_fail(sc, bad);
+	sc->p = (char *) q;
+	if (!scan_ws(sc))
+		return scan_fail(sc, ENDED);
+	if (*sc->p != ':')
+		return scan_fail(sc, "a key is not followed by ':'");
+	sc->p++;
+	if (!scan_ws(sc))
+		return scan_fail(sc, ENDED);
+	field_start(sc->st, sc->depth, !escaped, name, q - 1 - name, sc->p, sc->end);
+	return STEP_VALUE;
+}
+
+/* after a value: the end of the document, or a ',' or the container's end */
+static ScanStep
+scan_after(Scan *sc)
+{
+	ParseState *st = sc->st;
+	char		open;
+
+	if (sc->depth == 0)
+		return skip_ws(sc->p, sc->end) == sc->end ? STEP_DONE :
+			scan_fail(sc, "something follows the document");
+	open = sc->stack[sc->depth - 1];
+	if (open == '{')
+		field_end(st, sc->depth, sc->p);
+	else if (st->mode != MODE_OBJECT && st->in_data && sc->depth == 2 && st->row != NULL)
+		end_row(st, sc->p);
+	if (!scan_ws(sc))
+		return scan_fail(sc, ENDED);
+	if (*sc->p == ',')
+	{
+		sc->p++;
+		if (!scan_ws(sc))
+			return scan_fail(sc, ENDED);
+		return open == '{' ? STEP_KEY : STEP_ELEMENT;
+	}
+	if (*sc->p != (open == '{' ? '}' : ']'))
+		return scan_fail(sc, open == '{' ? "expected ',' or '}'" : "expected ',' or ']'");
+	sc->p++;
+	sc->depth--;
+	return open == '{' ? STEP_CLOSED : STEP_AFTER;
+}
+
+/* one pass over json[0..len): true, or false with sc->bad set */
+static bool
+scan_document(Scan *sc)
+{
+	ParseState *st = sc->st;
+	ScanStep	step = STEP_VALUE;
+
+	if (!scan_ws(sc))
+	{
+		sc->bad = ENDED;
+		return false;
+	}
+	for (;;)
+	{
+		switch (step)
+		{
+			case STEP_VALUE:
+				step = scan_value(sc);
+				break;
+			case STEP_KEY:
+				step = scan_key(sc);
+				break;
+			case STEP_ELEMENT:
+				/* the elements of "data", or of any top-level array in arrays mode */
+				if (st->mode != MODE_OBJECT && st->in_data && sc->depth == 2 && *sc->p == '{')
+					begin_row(st, sc->p);
+				step = STEP_VALUE;
+				break;
+			case STEP_CLOSED:
+				if (st->mode == MODE_OBJECT && sc->depth == 0 && st->row != NULL)
+					end_row(st, sc->p);
+				step = STEP_AFTER;
+				break;
+			case STEP_AFTER:
+				step = scan_after(sc);
+				break;
+			case STEP_DONE:
+				return true;
+			case STEP_BAD:
+				return false;
+		}
+	}
 }
 
 /*
- * Parses json[0..len) (NUL-terminated) into page: a list page (is_list), or
+ * Parses json[0..len) (not read beyond) into page: a list page (is_list), or
  * a single object, which is one row unless the field set says its arrays
  * hold the rows.  Allocates in the current memory context; the spans point
  * into json.  Returns false with *why set when the document is not valid
@@ -356,10 +647,8 @@ bool
 stripe_parse_page(char *json, size_t len, bool is_list, StripeFieldSet *fs,
 				  StripePage *page, const char **why)
 {
-	JsonLexContext *lex;
-	JsonSemAction sem;
 	ParseState	st;
-	JsonParseErrorType err;
+	Scan		sc;
 
 	memset(page, 0, sizeof(StripePage));
 	if (len == 0)
@@ -367,11 +656,7 @@ stripe_parse_page(char *json, size_t len, bool is_list, StripeFieldSet *fs,
 		*why = "empty response body";
 		return false;
 	}
-	/* don't de-escape strings while lexing: that is most of the cost */
-	lex = makeJsonLexContextCstringLen(json, len, PG_UTF8, false);
-
 	memset(&st, 0, sizeof(st));
-	st.lex = lex;
 	st.fs = fs;
 	st.page = page;
 	st.mode = is_list ? MODE_LIST : fs->arrays ? MODE_ARRAYS : MODE_OBJECT;
@@ -382,25 +667,14 @@ stripe_parse_page(char *json, size_t len, bool is_list, StripeFieldSet *fs,
 	if (st.mode == MODE_ARRAYS)
 		st.root_fields = palloc0(sizeof(StripeSpan) * Max(fs->nslots, 1));
 
-	memset(&sem, 0, sizeof(sem));
-	sem.semstate = &st;
-	sem.object_field_start = ps_object_field_start;
-	sem.object_field_end = ps_object_field_end;
-	if (st.mode != MODE_OBJECT)
+	sc.st = &st;
+	sc.p = json;
+	sc.end = json + len;
+	sc.bad = NULL;
+	sc.depth = sc.max_depth = 0;
+	if (!scan_document(&sc))
 	{
-		sem.array_element_start = ps_array_element_start;
-		sem.array_element_end = ps_array_element_end;
-	}
-	if (st.mode != MODE_LIST)
-	{
-		sem.object_start = ps_object_start;
-		sem.object_end = ps_object_end;
-	}
-
-	err = pg_parse_json(lex, &sem);
-	if (err != JSON_SUCCESS)
-	{
-		*why = psprintf("malformed JSON from Stripe: %s", json_errdetail(err, lex));
+		*why = malformed_why(json, len, sc.bad, sc.max_depth, sc.p - json);
 		return false;
 	}
 	if ((st.mode == MODE_OBJECT && page->nrows != 1) ||

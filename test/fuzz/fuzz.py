@@ -39,6 +39,7 @@ import json
 import os
 import queue
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -284,9 +285,11 @@ class HostileApp:
         self.served = collections.deque(maxlen=40)   # (request, status, body head) for a report
         self.forced = None                           # (path prefix, status, body): the oracle's answer
 
-    def force(self, prefix, body, status=200):
+    def force(self, prefix, body, status=200, faithful=False):
+        """Answers requests for prefix with body; faithful: as it is, not cut,
+        dropped or compressed on the way."""
         with self.lock:
-            self.forced = (prefix, status, body) if prefix else None
+            self.forced = (prefix, status, body, faithful) if prefix else None
 
     def next_statement(self, n):
         with self.lock:
@@ -305,12 +308,13 @@ class HostileApp:
             rng = random.Random("%s:%d:%d" % (self.seed, self.statement, n))
         m = Mutator(rng, self.fixtures)
         path, _, query = h.path.partition("?")
+        faithful = False
         if forced and h.path.startswith(forced[0]):
-            status, body = forced[1], forced[2]
+            status, body, faithful = forced[1:]
         else:
             status, body = self.make(m, rng, h.command, path, query)
         self.served.append(("%s %s" % (h.command, h.path), status, body[:300]))
-        self.send(h, rng, status, body)
+        self.send(h, rng, status, body, faithful)
 
     def make(self, m, rng, method, path, query):
         parts = path.split("/")[2:] if path.startswith("/v1/") else [""]
@@ -336,9 +340,9 @@ class HostileApp:
         return 200, m.finish(m.obj(otype, oid, rng.choice([0, 1, 2, 6])))
 
     @staticmethod
-    def send(h, rng, status, body):
+    def send(h, rng, status, body, faithful=False):
         headers = [b"Content-Type: application/json"]
-        r = rng.random()
+        r = 1.0 if faithful else rng.random()
         if r < 0.03:
             h.close_connection = True          # no answer at all
             return
@@ -492,6 +496,8 @@ class Workload:
             return self.options(), None
         if r < 0.9:
             return self.webhook(), None
+        if r < 0.95:
+            return self.json_oracle()
         return self.oracle()
 
     def write(self):
@@ -600,6 +606,64 @@ class Workload:
                " FROM fz.customers WHERE id = 'cus_oracle';").format(j=j)
         return sql, ("/v1/customers/cus_oracle", body, "oracle")
 
+    def json_oracle(self):
+        """A list page, its bytes broken here and there: the scan must refuse it
+        as malformed exactly when PostgreSQL's json type refuses its text."""
+        rng = self.rng
+        page = {"object": "list", "url": "/v1/customers", "has_more": False,
+                "data": [self.m.obj("customer", "cus_j%d" % i, rng.choice([0, 1, 3]))
+                         for i in range(rng.choice([0, 1, 2, 5]))]}
+        body = dump(page)
+        for _ in range(rng.choice([0, 1, 1, 2, 3])):
+            body = break_json(rng, body)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        arg = "NULL" if text is None or "\x00" in text else lit(text)
+        return ("SELECT fz.json_verdict(%s);" % arg), ("/v1/customers?", body, "json")
+
+
+# bytes that make or break JSON
+JSON_BYTES = b'{}[],:"\\ \t\n\r0123456789-+.eEtrufalsnu_x\x00\x01\x1f\x7f\xc3\xa9'
+JSON_PIECES = [b"\\u12", b"\\x", b"\\ud800", b"\\u0000", b"\\", b'\\"', b"01", b"1.", b"-", b"1e",
+               b"tru", b"nulll", b",]", b",}", b"[", b"{", b'"a":', b"::", b" ", b"\xf0\x9f\x98\x80"]
+
+
+# tokens, valid or nearly so, to put where a value is
+JSON_TOKENS = [b"0", b"-0", b"01", b"-01", b"00", b"1.", b".5", b"1.5", b"1e5", b"1E+2", b"1e-", b"1e",
+               b"-", b"+1", b"1x", b"1_", b"0x1", b"1.5.5", b"1\xc3\xa9", b"true", b"tru", b"truex",
+               b"True", b"null", b"nul", b"false", b"NaN", b'""', b'"\\u00e9"', b'"\\u12"', b'"\\uZZZZ"',
+               b'"\\ud800"', b'"\\x"', b'"\\/"', b'"\t"', b'"\x7f"', b"[]", b"{}", b"[1,]", b"[,]",
+               b'{"a":1,}', b'{"a"}', b"[[]]", b"{1:2}", b"'x'"]
+
+
+def break_json(rng, b):
+    """One change to JSON text: a byte or a piece in, out or instead, a token
+    where a value was, a cut, a repeat."""
+    i = rng.randrange(len(b) + 1)
+    r = rng.random()
+    if r < 0.3:
+        # the value after a ':' (up to the next ',', '}' or ']') becomes a token
+        colons = [m.end() for m in re.finditer(rb":", b)]
+        if colons:
+            i = rng.choice(colons)
+            m = re.compile(rb"[^,}\]]*").match(b, i)
+            return b[:i] + rng.choice(JSON_TOKENS) + b[m.end():]
+    r = rng.random()
+    if r < 0.25:
+        return b[:i] + bytes([rng.choice(JSON_BYTES)]) + b[i:]
+    if r < 0.45:
+        return b[:i] + b[i + 1:]
+    if r < 0.65:
+        return b[:i] + bytes([rng.choice(JSON_BYTES)]) + b[i + 1:]
+    if r < 0.85:
+        return b[:i] + rng.choice(JSON_PIECES) + b[i:]
+    if r < 0.92:
+        return b[:i]
+    j = min(len(b), i + rng.randint(1, 30))
+    return b[:j] + b[i:j] + b[j:]
+
 
 # --------------------------------------------------------------------------- the run
 
@@ -622,6 +686,34 @@ SELECT stripe_sync.alter_source('fz_wh', enabled => false);
 COMMIT;
 CREATE SCHEMA fz;
 IMPORT FOREIGN SCHEMA stripe FROM SERVER fuzz INTO fz;
+-- the json oracle: PostgreSQL's verdict on a body's text (NULL: it cannot be
+-- text; deep: its recursion gave up), then the scan's answer to it
+CREATE FUNCTION fz.json_verdict(body text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  pg text := 'skip';
+  scan text := 'accepted';
+  detail text;
+BEGIN
+  IF body IS NOT NULL THEN
+    BEGIN
+      PERFORM body::json;
+      pg := 'valid';
+    EXCEPTION WHEN invalid_text_representation THEN
+      pg := 'invalid';
+    WHEN statement_too_complex OR program_limit_exceeded THEN
+      pg := 'deep';
+    END;
+  END IF;
+  BEGIN
+    PERFORM count(*) FROM fz.customers;
+  EXCEPTION WHEN query_canceled THEN
+    RAISE;
+  WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+    scan := concat_ws(' ', SQLERRM, detail);
+  END;
+  RETURN pg || '|' || scan;
+END $$;
 CREATE FOREIGN TABLE fz.generic (id text, created timestamptz, amount bigint, name text, attrs jsonb)
   SERVER fuzz OPTIONS (object 'radar/value_lists');
 DROP SERVER IF EXISTS fuzz_opts CASCADE;
@@ -661,6 +753,20 @@ def backend_peak_kb(pid):
     return None
 
 
+def json_disagrees(out):
+    """The json oracle's answer, when the scan and PostgreSQL's json type
+    disagree on whether a body is JSON (the scan must also never crash on it)."""
+    if not out:
+        return "no answer"
+    pg, _, scan = out[0].partition("|")
+    refused = "malformed JSON" in scan or "empty response body" in scan
+    # read and taken (another failure may be the transport's: no verdict)
+    taken = scan == "accepted" or "Stripe's answer is not" in scan
+    if (pg == "valid" and refused) or (pg == "invalid" and taken):
+        return "PostgreSQL's json type says %s, the scan: %s" % (pg, scan[:300])
+    return None
+
+
 def check(res, oracle):
     if res is None:
         raise Failure("psql lost its connection or fell silent (a crash, or a hang)")
@@ -675,6 +781,8 @@ def check(res, oracle):
         raise Failure("the API key is in a message: " + text[:500])
     if WEBHOOK_SECRET in text:
         raise Failure("the webhook secret is in a message: " + text[:500])
+    if oracle == "json" and json_disagrees(out):
+        raise Failure("the scan and the json type disagree: " + json_disagrees(out))
     if oracle == "oracle" and out and any(v != "t" for v in out[0].split("|")[:ORACLE_CHECKS]):
         raise Failure("a row differs from what its answer says (attrs, id, created, balance, email, "
                       "metadata; then the row's created, balance, email, metadata): " + out[0])
@@ -717,6 +825,7 @@ def main(argv=None):
     work = Workload(rng, fixtures, dict(tables))
     deadline = time.time() + args.seconds
     done = errors = 0
+    verdicts = collections.Counter()      # the json oracle's bodies, by the json type's verdict
     sql = None
     try:
         while time.time() < deadline and (not args.max_statements or done < args.max_statements):
@@ -724,12 +833,14 @@ def main(argv=None):
             app.next_statement(done)
             if isinstance(oracle, tuple):
                 prefix, body, oracle = oracle
-                app.force(prefix, body)
+                app.force(prefix, body, faithful=oracle == "json")
                 if sql is None:
                     sql = "SELECT attrs FROM fz.customers WHERE id = 'cus_oracle';"
             res = psql.run(sql, STATEMENT_TIMEOUT_S + 30)
             app.force(None, None)
             check(res, oracle)
+            if oracle == "json" and res[0]:
+                verdicts[res[0][0].partition("|")[0]] += 1
             done += 1
             errors += bool(res[1])
         final = psql.run("SELECT pg_backend_pid();", 30)
@@ -776,6 +887,8 @@ def main(argv=None):
         return 1
     finally:
         server.shutdown()
+    print("json oracle: %d valid, %d invalid bodies, %d not text, %d too deep: the scan agreed with "
+          "the json type" % (verdicts["valid"], verdicts["invalid"], verdicts["skip"], verdicts["deep"]))
     print("fuzz: %d statements, %d with an error, %d answers served, seed %d: nothing crashed, "
           "looped, leaked or differed" % (done, errors, app.count, seed))
     return 0

@@ -117,8 +117,7 @@ typedef struct StripeScanState
 	bool		allow_404;		/* a 404 means no rows */
 	List	   *retrieve_paths; /* retrieves still to send */
 	RequestPlan rp;				/* the list's base path and parameters */
-	List	   *lists;			/* "&filter=…" after limit=, of each list left */
-	List	   *suffixes;		/* and what each adds to rp's filters */
+	List	   *suffixes;		/* the lists left (RequestPlan.suffixes) */
 	char	   *first_request;	/* for EXPLAIN ANALYZE */
 	char		last_id[256];
 	ScanPlace	place;			/* to go on from, should Stripe lose the cursor */
@@ -577,7 +576,8 @@ fetch_list_page(StripeScanState *st)
 	ErrorData  *error;
 	StripeRefusal refusal;
 	int			limit = st->pages_done == 0 && st->first_limit > 0 ? st->first_limit : STRIPE_PAGE_SIZE;
-	char	   *path = stripe_list_request(st->rp.base_path, limit, linitial(st->lists),
+	char	   *path = stripe_list_request(st->rp.base_path, limit,
+										   stripe_list_rest_window(&st->rp, linitial(st->suffixes), 0, 0),
 										   st->last_id[0] ? stripe_urlencode(st->last_id) : NULL);
 	bool		found;
 
@@ -630,11 +630,10 @@ start_windows(StripeScanState *st)
 static void
 next_list(StripeScanState *st)
 {
-	st->lists = list_delete_first(st->lists);
 	st->suffixes = list_delete_first(st->suffixes);
 	st->last_id[0] = '\0';
 	stripe_place_init(&st->place, NULL);
-	st->done = (st->lists == NIL);
+	st->done = (st->suffixes == NIL);
 }
 
 /* Ends the windows of the list, if it was read in windows. */
@@ -817,7 +816,6 @@ stripeIterateForeignScan(ForeignScanState *node)
 		st->allow_404 = rp.allow_404;
 		st->retrieve_paths = rp.retrieve_paths;
 		st->rp = rp;
-		st->lists = rp.lists;
 		st->suffixes = rp.suffixes;
 		stripe_place_init(&st->place, node->ss.ps.state->es_query_cxt);
 		if (st->first_request == NULL && !st->done)

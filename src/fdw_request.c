@@ -276,8 +276,6 @@ stripe_build_request(const char *path, const StripeObjectDef *def,
 		return false;
 	/* what Stripe would leave out without asking: the catalogue says how to list it all */
 	rp->suffixes = all_given ? list_make1(pstrdup("")) : stripe_list_all_queries(def);
-	foreach(lc, rp->suffixes)
-		rp->lists = lappend(rp->lists, psprintf("%s%s", buf.data, (char *) lfirst(lc)));
 	if (def != NULL && def->required_filter != NULL && !parent_given)
 		rp->lacks_parent = true;
 	return true;
@@ -353,11 +351,12 @@ stripe_describe_requests(RequestPlan *rp, const StripeObjectDef *def, int first_
 	if (!rp->retrieve)
 	{
 		/* the first page of each list */
-		foreach(lc, rp->lists)
+		foreach(lc, rp->suffixes)
 			appendStringInfo(&buf, "%sGET %s", foreach_current_index(lc) ? ", " : "",
 							 stripe_list_request(rp->base_path,
 												 first_limit > 0 ? first_limit : STRIPE_PAGE_SIZE,
-												 lfirst(lc), NULL));
+												 stripe_list_rest_window(rp, lfirst(lc), 0, 0),
+												 NULL));
 		return buf.data;
 	}
 	foreach(lc, rp->retrieve_paths)

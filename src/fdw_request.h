@@ -59,12 +59,11 @@ typedef struct RequestPlan
 	char	   *base_path;		/* "/v1/customers" */
 
 	/*
-	 * The lists to read one after the other, each as what follows limit=:
-	 * "&customer=…&created%5Bgte%5D=…".  One, unless the object's plain list
-	 * leaves some out (prices: active=true, then active=false).
+	 * The lists to read one after the other, as what each adds to filters
+	 * and created (stripe_list_rest_window): one "", unless the object's
+	 * plain list leaves some out (prices: "&active=true", "&active=false").
 	 */
-	List	   *lists;
-	List	   *suffixes;		/* what each of lists adds to the filters: "", "&active=false" */
+	List	   *suffixes;
 	char	   *filters;		/* "&customer=…": the parameters before created */
 	CreatedRange created;
 } RequestPlan;

@@ -12,6 +12,8 @@
 
 /* events older than Stripe keeps (30 days), with a day's margin */
 #define STRIPE_EVENT_RETENTION_SECS	(29 * 86400)
+/* the last second of year 9999: a later event time is not Stripe's */
+#define STRIPE_MAX_EVENT_TIME	INT64CONST(253402300799)
 
 /* what became of an event here */
 typedef enum EventFate

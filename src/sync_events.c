@@ -36,8 +36,6 @@
 /* re-read this much before the cursor; applied ids are dropped */
 #define EVENT_OVERLAP_SECS		300
 #define EVENT_ID_MAX			(NAMEDATALEN * 2)
-/* the last second of year 9999: a later event time is not Stripe's */
-#define MAX_EVENT_TIME			INT64CONST(253402300799)
 
 /* one event as spooled and read back */
 typedef struct EventRef
@@ -203,7 +201,7 @@ spool_page(EventSpool *sp, StripePage *page)
 		 * (it would reach the tables).
 		 */
 		if (!is_string(&r->fields[0]) || !is_string(&r->fields[2]) ||
-			!stripe_span_int64(&r->fields[1], &created) || created < 0 || created > MAX_EVENT_TIME ||
+			!stripe_span_int64(&r->fields[1], &created) || created < 0 || created > STRIPE_MAX_EVENT_TIME ||
 			r->fields[3].start == NULL ||
 			!stripe_parse_page(r->fields[3].start, r->fields[3].len, false, dfs, &data, &why) ||
 			data.rows[0].fields[0].start == NULL ||

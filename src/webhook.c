@@ -50,8 +50,6 @@ PG_FUNCTION_INFO_V1(stripe_ingest_webhook);
 #define MAX_PAYLOAD					(2 * 1024 * 1024)
 #define MAX_EVENT_ID				100
 #define MAX_EVENT_TYPE				200
-/* the last second of year 9999: a later event time is not Stripe's */
-#define MAX_EVENT_TIME				INT64CONST(253402300799)
 
 enum
 {
@@ -327,7 +325,7 @@ parse_event(char *payload, size_t len, WebhookEvent *ev)
 	ev->type = string_field(&f[F_TYPE], &bad);
 	if (ev->type == NULL || !plain(ev->type, "_.", MAX_EVENT_TYPE))
 		malformed("its type is not a string of letters, digits, '_' and '.'");
-	if (!stripe_span_int64(&f[F_CREATED], &ev->created) || ev->created < 0 || ev->created > MAX_EVENT_TIME)
+	if (!stripe_span_int64(&f[F_CREATED], &ev->created) || ev->created < 0 || ev->created > STRIPE_MAX_EVENT_TIME)
 		malformed("its created is not a Unix time");
 	ev->api_version = string_field(&f[F_VERSION], &bad);
 	if (bad || (ev->api_version != NULL && !plain(ev->api_version, "-._", 64)))

@@ -680,7 +680,7 @@ stripe_backfill_part_work(Backfill *pb, const char *cursor)
 	MemoryContext old = MemoryContextSwitchTo(pb->cxt);
 
 	stripe_windows_load(&pb->win, cursor, NULL);
-	/* a part of 0.2 names no list: its windows are the object's first list's */
+	/* a part of 0.1 names no list: its windows are the object's first list's */
 	for (int i = 0; pb->win.unlisted && i < pb->win.n; i++)
 		strlcpy(pb->win.w[i].query, linitial(stripe_list_all_queries(pb->lt->def)),
 				sizeof(pb->win.w[i].query));

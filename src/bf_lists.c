@@ -142,7 +142,7 @@ stripe_backfill_lists(Backfill *bf, List *clocks)
 }
 
 /*
- * A cursor of 0.2 names no list: its windows are the first list's, and every
+ * A cursor of 0.1 names no list: its windows are the first list's, and every
  * other list starts with one window of the whole range.
  */
 void

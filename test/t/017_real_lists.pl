@@ -81,7 +81,7 @@ like($err, qr/the test clocks could not be listed; customers and subscriptions o
 is(sql("SELECT count(*) FROM stripe_data.customers WHERE id NOT IN ('" . join("','", @clocked_customers) . "')"),
 	120, '... the customers of no clock all there');
 
-# ---- a backfill cursor of 0.2 (its windows name no list) resumes as the active
+# ---- a backfill cursor of 0.1 (its windows name no list) resumes as the active
 # prices' list, and the archived prices get a list of their own
 sql(q{SELECT stripe_sync.drop_source('main'); DROP SCHEMA stripe_data CASCADE; CREATE SCHEMA stripe_data;
 	BEGIN;
@@ -95,7 +95,7 @@ sql(q{TRUNCATE stripe_data.prices;
 	 WHERE source = 'main' AND object = 'prices'});
 $fake->clear_requests;
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT stripe_sync.sync_now('main')});
-is($rc, 0, 'a 0.2 cursor resumes') or diag($err);
+is($rc, 0, 'a 0.1 cursor resumes') or diag($err);
 is(sql(q{SELECT count(*) FROM stripe_data.prices}), scalar(@{ $fake->objects('prices') }), '... every price');
 is(join(',', sort map { $_->{path} =~ /(active=\w+)/ ? $1 : 'none' } grep { $_->{path} =~ m{^/v1/prices\?} }
 	@{ $fake->requests }), 'active=false,active=true', '... one list each, active and archived');

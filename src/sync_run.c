@@ -191,8 +191,8 @@ run_pending(SyncRun *run, bool *need_account)
 		p->lt = lt;
 		p->cursor = cursor ? MemoryContextStrdup(run->cxt, cursor) : NULL;
 		pending = lappend(pending, p);
-		/* a first round of windows spans the account's life */
-		if (cursor == NULL && !run->src.has_sync_from)
+		/* a first round of windows spans the account's life (a walk of customers has none) */
+		if (cursor == NULL && !run->src.has_sync_from && !stripe_listed_per_parent(object))
 			*need_account = true;
 	}
 	return pending;

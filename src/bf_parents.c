@@ -411,7 +411,7 @@ walk_begin(SyncRun *run, LocalTable *customers, const char *object, const char *
 			"ORDER BY synced_at, id LIMIT $3", customers->qualified));
 	else
 		w->load_sql = MemoryContextStrdup(w->cxt, psprintf(
-			"SELECT id, synced_at FROM %s WHERE id > $1 AND deleted_at IS NULL AND $2 IS NOT NULL "
+			"SELECT id, synced_at FROM %s WHERE id > $1 AND deleted_at IS NULL "
 			"ORDER BY id LIMIT $3", customers->qualified));
 	if (!relist)
 		stripe_state_update(run, object, "state = 'backfilling', last_error = NULL", NULL);

@@ -128,6 +128,14 @@ BEGIN
                                                 FROM stripe_sync.catalog_objects() c WHERE c.syncable) || '.',
               HINT = 'SELECT * FROM stripe_sync.objects shows what each object supports.';
     END IF;
+    -- listed per customer: the walk goes over the source's own customers table
+    IF EXISTS (SELECT 1 FROM stripe_sync.catalog_objects() c WHERE c.object = o AND c.listed_under = 'customer')
+       AND NOT 'customers' = ANY (objects) THEN
+      RAISE EXCEPTION 'object "%" needs "customers" in the same source', o
+        USING ERRCODE = 'invalid_parameter_value',
+              DETAIL = 'Stripe lists ' || o || ' only per customer: a source lists them for each customer of its own customers table.',
+              HINT = 'Add customers to the source''s objects.';
+    END IF;
   END LOOP;
 END $$;
 

@@ -13,7 +13,7 @@ CREATE SERVER m_stripe FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url :'fake_
 CREATE USER MAPPING FOR CURRENT_USER SERVER m_stripe OPTIONS (api_key 'sk_test_fake');
 -- an unknown object: the error lists every object a source can sync
 SELECT stripe_sync.create_source('m', server => 'm_stripe', objects => ARRAY['customers', 'unicorns']);
--- an object Stripe lists only under a parent is not one a source syncs (yet)
+-- an object Stripe lists only per customer needs the source to sync customers too
 SELECT stripe_sync.create_source('m', server => 'm_stripe', objects => ARRAY['payment_methods']);
 
 -- a host that does not resolve is not retried: one attempt, at once

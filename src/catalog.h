@@ -65,6 +65,8 @@ typedef struct StripeObjectDef
 	const char *required_filter;
 	const char *parent_path;
 	const char *required_example;
+	/* the list's segment under the parent when it is not path (balance_transactions) */
+	const char *child_path;
 
 	bool		no_list;		/* Stripe has no list: a scan needs id = */
 

@@ -494,6 +494,36 @@ static const StripeColumn cols_payment_methods[] = {
 	{"customer_account", STRIPE_COL_TEXT, 0},
 };
 
+static const StripeColumn cols_tax_ids[] = {
+	{"id", STRIPE_COL_TEXT, 0},
+	{"country", STRIPE_COL_TEXT, 0},
+	{"created", STRIPE_COL_TIMESTAMPTZ, 0},
+	{"customer", STRIPE_COL_TEXT, STRIPE_FILTER_EQ},
+	{"livemode", STRIPE_COL_BOOL, 0},
+	{"owner", STRIPE_COL_JSONB, 0},
+	{"type", STRIPE_COL_TEXT, 0},
+	{"value", STRIPE_COL_TEXT, 0},
+	{"verification", STRIPE_COL_JSONB, 0},
+	{"customer_account", STRIPE_COL_TEXT, 0},
+};
+
+static const StripeColumn cols_customer_balance_transactions[] = {
+	{"id", STRIPE_COL_TEXT, 0},
+	{"amount", STRIPE_COL_INT8, 0},
+	{"created", STRIPE_COL_TIMESTAMPTZ, 0},
+	{"credit_note", STRIPE_COL_TEXT, 0},
+	{"currency", STRIPE_COL_TEXT, 0},
+	{"customer", STRIPE_COL_TEXT, STRIPE_FILTER_EQ},
+	{"description", STRIPE_COL_TEXT, 0},
+	{"ending_balance", STRIPE_COL_INT8, 0},
+	{"invoice", STRIPE_COL_TEXT, 0},
+	{"livemode", STRIPE_COL_BOOL, 0},
+	{"metadata", STRIPE_COL_JSONB, 0},
+	{"type", STRIPE_COL_TEXT, 0},
+	{"checkout_session", STRIPE_COL_JSONB, 0},
+	{"customer_account", STRIPE_COL_TEXT, 0},
+};
+
 static const StripeColumn cols_setup_intents[] = {
 	{"id", STRIPE_COL_TEXT, 0},
 	{"application", STRIPE_COL_TEXT, 0},
@@ -866,8 +896,21 @@ const StripeObjectDef stripe_objects[] = {
 	{"topups", "topups", "topup", cols_topups, lengthof(cols_topups),
 		.stays_current = "events"},
 	{"payment_methods", "payment_methods", "payment_method", cols_payment_methods, lengthof(cols_payment_methods),
+		.stays_current = "events (listed per customer; detached: deleted)",
 		.required_filter = "customer",
 		.parent_path = "customers",
+		.required_example = "cus_"},
+	{"tax_ids", "tax_ids", "tax_id", cols_tax_ids, lengthof(cols_tax_ids),
+		.stays_current = "events (listed per customer)",
+		.required_filter = "customer",
+		.parent_path = "customers",
+		.required_example = "cus_"},
+	{"customer_balance_transactions", "customer_balance_transactions", "customer_balance_transaction", cols_customer_balance_transactions, lengthof(cols_customer_balance_transactions),
+		.stays_current = "listed per customer, again when a customer changes",
+		.no_retrieve = true,
+		.required_filter = "customer",
+		.parent_path = "customers",
+		.child_path = "balance_transactions",
 		.required_example = "cus_"},
 	{"setup_intents", "setup_intents", "setup_intent", cols_setup_intents, lengthof(cols_setup_intents),
 		.stays_current = "events"},
@@ -903,7 +946,8 @@ const StripeObjectDef stripe_objects[] = {
 		.stays_current = "backfill only (Stripe has no file link events)"},
 	{"mandates", "mandates", "mandate", cols_mandates, lengthof(cols_mandates),
 		.no_list = true},
-	{"billing_meters", "billing/meters", "billing.meter", cols_billing_meters, lengthof(cols_billing_meters)},
+	{"billing_meters", "billing/meters", "billing.meter", cols_billing_meters, lengthof(cols_billing_meters),
+		.stays_current = "events"},
 };
 
 const int stripe_nobjects = lengthof(stripe_objects);

@@ -775,7 +775,8 @@ report_missing_parent(ForeignScanState *node, const StripeObjectDef *def)
 					   def->required_filter,
 					   def->parent_path
 					   ? psprintf("/v1/%s/{%s}/%s", def->parent_path,
-								  def->required_filter, def->path)
+								  def->required_filter,
+								  def->child_path ? def->child_path : def->path)
 					   : psprintf("/v1/%s?%s={%s}", def->path,
 								  def->required_filter, def->required_filter)),
 			 errhint("Add WHERE %s = '%s…', or join on %s.",

@@ -264,7 +264,8 @@ stripe_build_request(const char *path, const StripeObjectDef *def,
 				if (v->known &&
 					(value = stripe_path_segment(datum_param_text(v->value, v->type))) == NULL)
 					return false;	/* no parent has such an id: no rows */
-				rp->base_path = psprintf("/v1/%s/%s/%s", def->parent_path, value, path);
+				rp->base_path = psprintf("/v1/%s/%s/%s", def->parent_path, value,
+										 def->child_path ? def->child_path : path);
 				continue;
 			}
 		}

@@ -440,6 +440,7 @@ static const struct
 	{"customer.subscription.deleted", false},
 	{"invoice.deleted", true},	/* a draft invoice deleted */
 	{"invoiceitem.deleted", true},
+	{"payment_method.detached", true},	/* no longer the customer's: gone from its list */
 	{"plan.deleted", true},
 	{"price.deleted", true},
 	{"product.deleted", true},

@@ -26,6 +26,7 @@
 
 #include "account.h"
 #include "backfill.h"
+#include "bf_parents.h"
 #include "bgw.h"
 #include "events.h"
 #include "run.h"
@@ -190,8 +191,8 @@ run_pending(SyncRun *run, bool *need_account)
 		p->lt = lt;
 		p->cursor = cursor ? MemoryContextStrdup(run->cxt, cursor) : NULL;
 		pending = lappend(pending, p);
-		/* a first round of windows spans the account's life */
-		if (cursor == NULL && !run->src.has_sync_from)
+		/* a first round of windows spans the account's life (a walk of customers has none) */
+		if (cursor == NULL && !run->src.has_sync_from && !stripe_listed_per_parent(object))
 			*need_account = true;
 	}
 	return pending;
@@ -298,6 +299,7 @@ run_source(SyncRun *run)
 {
 	char	   *failed;
 	List	   *pending;
+	List	   *per_parent;
 	bool		need_account;
 	ListCell   *lc;
 
@@ -318,10 +320,20 @@ run_source(SyncRun *run)
 	if (need_account)
 		run_account(run, true);
 
-	stripe_backfill_set(run, pending, true);
+	/* what Stripe lists only per customer follows the customers' backfill */
+	per_parent = NIL;
+	foreach(lc, pending)
+		if (stripe_listed_per_parent(((BfPending *) lfirst(lc))->object))
+		{
+			per_parent = lappend(per_parent, lfirst(lc));
+			pending = foreach_delete_current(pending, lc);
+		}
+	stripe_backfill_set(run, pending, per_parent == NIL);
+	stripe_backfill_parents(run, per_parent);
 	run_retry_rejected(run);
 	stripe_outbox_history(run);
 	stripe_sync_events(run);
+	stripe_parents_relist(run);
 
 	stripe_run_begin(run);
 	foreach(lc, run->src.objects)

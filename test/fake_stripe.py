@@ -187,6 +187,8 @@ def required_permission(method, path):
         return ACCOUNT_PERMISSION
     if parts[0] == "customers" and len(parts) == 3 and parts[2] == "payment_methods":
         parts = ["payment_methods"]
+    elif parts[0] == "customers" and len(parts) == 3:
+        parts = ["customers"]       # a customer's tax ids and balance transactions
     kind = KINDS.get(parts[0])
     resource = PATH_RESOURCE.get(parts[0]) or (kind.obj if kind else None)
     if resource is None:
@@ -286,7 +288,8 @@ def subscription_prices(obj):
 class Kind:
     def __init__(self, path, obj, prefix, filters, writable=False, deletable=False,
                  updatable=None, create_params=None, event_prefix=None, id_width=14,
-                 parent=None, retrievable=True, created=True, seed_events=True):
+                 parent=None, retrievable=True, created=True, seed_events=True,
+                 top_level=True, events=True):
         self.path, self.obj, self.prefix = path, obj, prefix
         self.filters = filters
         self.writable, self.deletable = writable, deletable
@@ -300,6 +303,8 @@ class Kind:
         self.retrievable = retrievable      # False: Stripe has no GET /v1/<path>/<id>
         self.created = created              # the list takes created[...]
         self.seed_events = seed_events      # seeded objects get creation events
+        self.top_level = top_level          # False: listed only under its parent's path
+        self.events = events                # False: Stripe sends no event of it
         self.url = ("/v1/" + path).encode()
 
 
@@ -353,6 +358,22 @@ KINDS = {k.path: k for k in (
         "type": Filter(field("type")),
         "allow_redisplay": Filter(field("allow_redisplay"), choices=PM_REDISPLAY)},
          parent=("customer", "customers", "customer"), created=False, seed_events=False),
+    # Listed per customer only: GET /v1/customers/{customer}/tax_ids (GET /v1/tax_ids lists
+    # the account's own), with customer.tax_id.* events; and
+    # GET /v1/customers/{customer}/balance_transactions, which Stripe sends no event of (a
+    # transaction changes its customer's balance: customer.updated), retrieved only under
+    # its customer.
+    Kind("tax_ids", "tax_id", "txi_", {"customer": Filter(field("customer"))},
+         parent=("customer", "customers", "customer"), created=False, seed_events=False,
+         top_level=False, event_prefix="customer.tax_id"),
+    Kind("customer_balance_transactions", "customer_balance_transaction", "cbtxn_",
+         {"customer": Filter(field("customer"))},
+         parent=("customer", "customers", "customer"), created=False, seed_events=False,
+         top_level=False, retrievable=False, events=False),
+    # GET /v1/billing/meters: no created filter; status active or inactive
+    Kind("billing/meters", "billing.meter", "mtr_", {
+        "status": Filter(field("status"), choices=("active", "inactive"))},
+         created=False, seed_events=False),
     Kind("setup_intents", "setup_intent", "seti_", {
         "customer": Filter(field("customer")),
         "payment_method": Filter(field("payment_method"))}, seed_events=False),
@@ -367,9 +388,13 @@ KINDS = {k.path: k for k in (
     Kind("test_helpers/test_clocks", "test_helpers.test_clock", "clock_", {}, seed_events=False),
 )}
 # /_control/objects/<name> for kinds whose path has a slash
-CONTROL_NAMES = {"test_clocks": "test_helpers/test_clocks"}
+CONTROL_NAMES = {"test_clocks": "test_helpers/test_clocks", "billing_meters": "billing/meters"}
+# a customer's lists: GET /v1/customers/{customer}/<segment>
+CUSTOMER_LISTS = {"payment_methods": "payment_methods", "tax_ids": "tax_ids",
+                  "balance_transactions": "customer_balance_transactions"}
 # the words of Stripe's paths; any other segment is an id (RateLimiter.endpoint)
-PATH_WORDS = {"", "v1", "account", "balance", "subscription_items", "test_helpers"}.union(
+PATH_WORDS = {"", "v1", "account", "balance", "subscription_items", "test_helpers",
+              "balance_transactions"}.union(
     *(k.path.split("/") for k in KINDS.values()))
 
 # Subscription items live inside their subscriptions (items.data); the list and the
@@ -585,6 +610,8 @@ class Store:
 
     @staticmethod
     def created_events(kind, obj):
+        if not kind.events:
+            return []
         if kind.obj == "charge":
             return ["charge." + obj.get("status", "succeeded")]
         types = [kind.event_prefix + ".created"]
@@ -594,6 +621,11 @@ class Store:
 
     @staticmethod
     def updated_events(kind, old_status, new_status):
+        if not kind.events:
+            return []
+        if kind.obj == "billing.meter" and old_status != new_status:
+            # POST /v1/billing/meters/{id}/deactivate and /reactivate
+            return ["billing.meter." + ("deactivated" if new_status == "inactive" else "reactivated")]
         types = [kind.event_prefix + ".updated"]
         if old_status == new_status:
             return types
@@ -852,6 +884,7 @@ class Seeder:
         self.charges_and_refunds()
         self.subscriptions_and_invoices()
         self.payment_methods()
+        self.customer_children()
         self.setup_intents_and_attempts()
         self.events()
 
@@ -1104,6 +1137,27 @@ class Seeder:
                              networks={"available": [brand], "preferred": None})
             o["type"] = "card"
         return o
+
+    def customer_children(self):
+        """Tax ids and balance transactions of the oldest customers, a few each."""
+        for path in ("tax_ids", "customer_balance_transactions"):
+            kind = KINDS[path]
+            owner = few_per_parent(self.n(path), self.n("customers"))
+            seen = collections.Counter()
+            for i, cust in enumerate(owner):
+                k = seen[cust]
+                seen[cust] += 1
+                o = self.base(path, i)
+                o.update(customer=self.ref("customers", cust), customer_account=None,
+                         created=seeded_created(cust) + 300 * (k + 1))
+                if path == "tax_ids":
+                    del o["metadata"]       # a tax id has none
+                    o["owner"].update(customer=o["customer"])
+                    o["value"] = f"DE{100000000 + i}"
+                else:
+                    o.update(amount=-100 * (k + 1), ending_balance=-100 * (k + 1) * (k + 2) // 2,
+                             metadata=None)
+                self.store.put(kind, o)
 
     def setup_intents_and_attempts(self):
         """Setup intents of the oldest customers; attempts a few per intent, the last one
@@ -1930,6 +1984,8 @@ class App:
         parts = path[4:].split("/") if path.startswith("/v1/") else []
         if parts[:2] == ["test_helpers", "test_clocks"]:
             parts = ["test_helpers/test_clocks"] + parts[2:]
+        if parts[:2] == ["billing", "meters"]:
+            parts = ["billing/meters"] + parts[2:]
         kind = KINDS.get(parts[0]) if parts else None
         if parts == ["account"] and method == "GET":
             self.check_retrieve_params(query)
@@ -1942,14 +1998,14 @@ class App:
             with self.store.lock:
                 return 200, dumps(self.store.balance), []
         if (len(parts) == 3 and parts[0] == "customers" and parts[1] and
-                parts[2] == "payment_methods" and method == "GET"):
-            # the current API's list of a customer's payment methods: the customer is
-            # in the path, not a parameter
-            pm = KINDS["payment_methods"]
-            args = self.list_args(pm, query, path_filter=("customer", parts[1]))
+                parts[2] in CUSTOMER_LISTS and method == "GET"):
+            # a customer's list (payment methods in the current API, tax ids, balance
+            # transactions): the customer is in the path, not a parameter
+            child = KINDS[CUSTOMER_LISTS[parts[2]]]
+            args = self.list_args(child, query, path_filter=("customer", parts[1]))
             with self.store.lock:
-                self.store.check_parent(pm, parts[1])
-                return 200, self.store.list_page(pm, *args, url=path.encode()), []
+                self.store.check_parent(child, parts[1])
+                return 200, self.store.list_page(child, *args, url=path.encode()), []
         if parts and parts[0] == "subscription_items" and method == "GET" and len(parts) <= 2:
             return 200, self.subscription_items(parts, query), []
         if len(parts) == 3 and parts[0] == "invoices" and parts[2] == "lines" and method == "GET":
@@ -1958,6 +2014,8 @@ class App:
             raise self.unrecognized(method, path)
         if method == "GET":
             if len(parts) == 1:
+                if not kind.top_level:
+                    raise self.unrecognized(method, path)
                 args = self.list_args(kind, query)
                 with self.store.lock:
                     if kind.parent:
@@ -2216,6 +2274,9 @@ class App:
             return 200, {"counts": sizes}
         if route == ("POST", "events", 1):
             return 200, self.control_event(data)
+        if route in (("POST", "attach", 1), ("POST", "detach", 1)):
+            with store.lock:
+                return 200, RawJSON(self.control_attach(data, parts[0] == "attach"))
         if route == ("POST", "churn", 1):
             return 200, self.control_churn(data)
         if route == ("POST", "webhook", 1):
@@ -2320,7 +2381,40 @@ class App:
         if obj["id"] in coll.records:
             raise ApiError(400, f"{kind.obj} {obj['id']} already exists")
         coll.deleted.discard(obj["id"])
+        if kind.obj == "customer_balance_transaction":
+            self.control_balance_transaction(obj)
         return store.create(kind, obj)
+
+    def control_attach(self, data, attach):
+        """{"payment_method": "pm_…", "customer": "cus_…"}: what POST
+        /v1/payment_methods/{id}/attach (or /detach, without customer) does: the payment
+        method's customer set (or unset), with payment_method.attached (.detached)."""
+        store = self.store
+        kind = KINDS["payment_methods"]
+        pm = store.get(kind, str(data["payment_method"]), "payment_method", 400)
+        customer = None
+        if attach:
+            customer = str(data["customer"])
+            store.get(KINDS["customers"], customer, "customer", 400)
+        elif pm.get("customer") is None:
+            raise ApiError(400, f"The payment method you provided is not attached to a customer "
+                           "so detachment is impossible.", param="payment_method")
+        pm["customer"] = customer
+        store.put(kind, pm)
+        blob = store.colls[kind.path].records[pm["id"]].blob
+        store.emit("payment_method." + ("attached" if attach else "detached"), blob)
+        return blob
+
+    def control_balance_transaction(self, obj):
+        """A customer balance transaction changes its customer's balance (Stripe: "each
+        time a customer's balance changes"): its ending_balance, and customer.updated."""
+        store = self.store
+        ckind = KINDS["customers"]
+        cust = store.get(ckind, str(obj.get("customer")), "customer", 400)
+        old = dict(cust)
+        cust["balance"] = (cust.get("balance") or 0) + int(obj.get("amount") or 0)
+        obj["ending_balance"] = cust["balance"]
+        store.replace(ckind, old, cust, {"balance": old.get("balance")})
 
     def control_update(self, kind, oid, fields):
         store = self.store

@@ -1124,6 +1124,111 @@ class FakeStripeTest(unittest.TestCase):
         self.assertEqual({o["customer"] for o in body["data"]}, {customer})
 
 
+class CustomerListsTest(unittest.TestCase):
+    """A customer's tax ids and balance transactions, payment methods attached and
+    detached, billing meters: as Stripe lists them and the events it sends."""
+    setUpClass = classmethod(FakeStripeTest.setUpClass.__func__)
+    tearDownClass = classmethod(FakeStripeTest.tearDownClass.__func__)
+    all_of = FakeStripeTest.all_of
+    list_ids = FakeStripeTest.list_ids
+    events_since = FakeStripeTest.events_since
+    newest_event_id = FakeStripeTest.newest_event_id
+    assert_error = FakeStripeTest.assert_error
+
+    def setUp(self):
+        FakeStripeTest.setUp(self)
+        self.c.ctl("POST", "reseed", {"seed": 1, "counts": {
+            "customers": 5, "tax_ids": 9, "customer_balance_transactions": 9,
+            "payment_methods": 6}})
+
+    def test_tax_ids_paged_per_customer(self):
+        c = self.c
+        tax = self.all_of("tax_ids")
+        cus = tax[0]["customer"]
+        mine = sorted(t["id"] for t in tax if t["customer"] == cus)
+        self.assertGreaterEqual(len(mine), 1)
+        ids, more, after = [], True, None
+        while more:
+            q = f"/v1/customers/{cus}/tax_ids?limit=1" + (f"&starting_after={after}" if after else "")
+            status, _, body = c.get(q)
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["url"], f"/v1/customers/{cus}/tax_ids")
+            ids += [o["id"] for o in body["data"]]
+            self.assertTrue(all(o["object"] == "tax_id" for o in body["data"]))
+            more, after = body["has_more"], ids[-1] if ids else None
+        self.assertEqual(sorted(ids), mine)
+        # Stripe has no list of every customer's tax ids; a retrieve works without the customer
+        self.assertEqual(c.get("/v1/tax_ids")[0], 404)
+        self.assertEqual(c.get("/v1/tax_ids/" + mine[0])[2]["id"], mine[0])
+        self.assert_error(c.get("/v1/customers/cus_nope/tax_ids"), 404, "resource_missing", "customer")
+        self.assert_error(c.get(f"/v1/customers/{cus}/tax_ids?created[gte]=1"), 400,
+                          "parameter_unknown", "created[gte]")
+
+    def test_tax_id_events(self):
+        c = self.c
+        cus = self.all_of("customers")[0]["id"]
+        last = self.newest_event_id()
+        t = c.ctl("POST", "objects/tax_ids", {"customer": cus, "value": "DE999"})
+        c.ctl("DELETE", "objects/tax_ids/" + t["id"], {})
+        evs = self.events_since(last)
+        self.assertEqual([e["type"] for e in evs], ["customer.tax_id.created", "customer.tax_id.deleted"])
+        self.assertEqual(evs[0]["data"]["object"]["id"], t["id"])
+        ids, _ = self.list_ids(f"/v1/customers/{cus}/tax_ids?limit=100")
+        self.assertNotIn(t["id"], ids)
+
+    def test_balance_transactions_change_the_balance(self):
+        c = self.c
+        cbt = self.all_of("customer_balance_transactions")
+        cus = cbt[0]["customer"]
+        ids, _ = self.list_ids(f"/v1/customers/{cus}/balance_transactions?limit=100")
+        self.assertEqual(sorted(ids), sorted(o["id"] for o in cbt if o["customer"] == cus))
+        self.assertEqual(c.get("/v1/customer_balance_transactions")[0], 404)
+        last = self.newest_event_id()
+        before = c.get("/v1/customers/" + cus)[2]["balance"] or 0
+        t = c.ctl("POST", "objects/customer_balance_transactions", {"customer": cus, "amount": -250})
+        self.assertEqual(t["ending_balance"], before - 250)
+        # no event of its own: its customer's balance changed
+        evs = self.events_since(last)
+        self.assertEqual([e["type"] for e in evs], ["customer.updated"])
+        self.assertEqual(evs[0]["data"]["previous_attributes"], {"balance": before})
+        self.assertEqual(evs[0]["data"]["object"]["balance"], before - 250)
+        ids2, _ = self.list_ids(f"/v1/customers/{cus}/balance_transactions?limit=100")
+        self.assertEqual(ids2[0], t["id"])
+
+    def test_payment_method_attach_detach(self):
+        c = self.c
+        custs = [o["id"] for o in self.all_of("customers")]
+        pm = self.all_of("payment_methods")[0]
+        other = next(x for x in custs if x != pm["customer"])
+        last = self.newest_event_id()
+        c.ctl("POST", "detach", {"payment_method": pm["id"]})
+        ids, _ = self.list_ids(f"/v1/customers/{pm['customer']}/payment_methods?limit=100")
+        self.assertNotIn(pm["id"], ids)
+        c.ctl("POST", "attach", {"payment_method": pm["id"], "customer": other})
+        ids, _ = self.list_ids(f"/v1/customers/{other}/payment_methods?limit=100")
+        self.assertIn(pm["id"], ids)
+        evs = self.events_since(last)
+        self.assertEqual([e["type"] for e in evs], ["payment_method.detached", "payment_method.attached"])
+        self.assertIsNone(evs[0]["data"]["object"]["customer"])
+        self.assertEqual(evs[1]["data"]["object"]["customer"], other)
+
+    def test_billing_meters(self):
+        c = self.c
+        last = self.newest_event_id()
+        m = c.ctl("POST", "objects/billing_meters", {"display_name": "API calls", "status": "active"})
+        c.ctl("POST", "objects/billing_meters/" + m["id"], {"status": "inactive"})
+        c.ctl("POST", "objects/billing_meters/" + m["id"], {"status": "active"})
+        c.ctl("POST", "objects/billing_meters/" + m["id"], {"display_name": "Calls"})
+        self.assertEqual([e["type"] for e in self.events_since(last)],
+                         ["billing.meter.created", "billing.meter.deactivated",
+                          "billing.meter.reactivated", "billing.meter.updated"])
+        ids, _ = self.list_ids("/v1/billing/meters?status=active")
+        self.assertEqual(ids, [m["id"]])
+        self.assertEqual(c.get("/v1/billing/meters/" + m["id"])[2]["display_name"], "Calls")
+        self.assert_error(c.get("/v1/billing/meters?created[gte]=1"), 400,
+                          "parameter_unknown", "created[gte]")
+
+
 class LifecycleTest(unittest.TestCase):
     def test_rate_limits_on_by_default(self):
         # Stripe's test-mode limits unless told otherwise: 25 a second in all and per endpoint

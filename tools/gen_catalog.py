@@ -38,6 +38,10 @@ OBJECTS = [
     ("transfers", "transfer", "transfers", []),
     ("topups", "topup", "topups", []),
     ("payment_methods", "payment_method", "payment_methods", ["allow_redisplay"]),
+    ("tax_ids", "tax_id", "tax_ids", []),
+    # /v1/balance_transactions is the account's: the customer's are a path of their own
+    ("customer_balance_transactions", "customer_balance_transaction",
+     "customer_balance_transactions", []),
     ("setup_intents", "setup_intent", "setup_intents", []),
     # /v1/setup_attempts is newer than the 2020 description
     ("setup_attempts", "setup_attempt", "setup_attempts", ["setup_intent", "created"]),
@@ -65,11 +69,17 @@ OBJECTS = [
 # which is no longer so: hence a table rather than its "required" flags.
 PARENTS = {
     "payment_methods": ("customer", "customers"),
+    "tax_ids": ("customer", "customers"),
+    "customer_balance_transactions": ("customer", "customers"),
     "setup_attempts": ("setup_intent", None),
     "subscription_items": ("subscription", None),
 }
+# The list's last path segment under its parent, where it is not the object's path:
+# GET /v1/customers/{customer}/balance_transactions.
+CHILD_PATH = {"customer_balance_transactions": "balance_transactions"}
 # Stripe has no retrieve (GET /v1/<path>/<id>) for these: an id qual must stay local.
-NO_RETRIEVE = {"balance", "setup_attempts"}
+# (A customer balance transaction is retrieved only under its customer.)
+NO_RETRIEVE = {"balance", "setup_attempts", "customer_balance_transactions"}
 # GET /v1/balance is one object whose top-level arrays (available, pending,
 # connect_reserved, instant_available, ...) hold one amount per currency: the table has
 # a row per element, and "kind" is the name of the array it came from.  livemode is the
@@ -89,6 +99,12 @@ STAYS_CURRENT = {
     "transfers": "events", "topups": "events", "setup_intents": "events",
     "credit_notes": "events", "subscription_schedules": "events", "tax_rates": "events",
     "application_fees": "events", "early_fraud_warnings": "events", "files": "events",
+    "billing_meters": "events",
+    # listed per customer (a walk of the source's customers), then kept by their events
+    "payment_methods": "events (listed per customer; detached: deleted)",
+    "tax_ids": "events (listed per customer)",
+    # Stripe has no events of customer balance transactions: a customer's event lists them again
+    "customer_balance_transactions": "listed per customer, again when a customer changes",
     # Stripe sends events for some of their changes only: later changes wait for a re-list
     "balance_transactions": "events (created only: a later status change waits for a re-list)",
     "checkout_sessions": "events (completed and expired only)",
@@ -213,7 +229,8 @@ def list_operation(spec, table, path):
     """The GET of the object's list, or None when Stripe has no list endpoint."""
     if table in PARENTS and PARENTS[table][1]:
         required, parent = PARENTS[table]
-        op = spec["paths"].get(f"/v1/{parent}/{{{required}}}/{path}", {}).get("get")
+        child = CHILD_PATH.get(table, path)
+        op = spec["paths"].get(f"/v1/{parent}/{{{required}}}/{child}", {}).get("get")
         if op is not None:
             return {"parameters": op["parameters"] + [{"in": "query", "name": required,
                                                       "schema": {"type": "string"}}]}
@@ -284,6 +301,8 @@ def main(data):
             special.append(f'.required_filter = "{required}"')
             if parent_path:
                 special.append(f'.parent_path = "{parent_path}"')
+            if table in CHILD_PATH:
+                special.append(f'.child_path = "{CHILD_PATH[table]}"')
             special.append(f'.required_example = "{prefix}"')
         nested = nested_lists(obj, props) if table not in ARRAY_ROWS else []
         if nested:

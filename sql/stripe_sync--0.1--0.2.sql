@@ -677,7 +677,8 @@ GRANT SELECT ON stripe_sync.objects TO PUBLIC;
 -- ---------------------------------------------------------------------------
 -- The changes Stripe sends no event for: the catalogue says what each sync
 -- lists again (relist: none, recent or full; sync_relist.c), and
--- object_state.relisted_at when a full re-list last began.
+-- object_state.listed_at when the object's last full listing (its backfill's
+-- end, or a full re-list's beginning) was.
 -- ---------------------------------------------------------------------------
 
 DROP VIEW stripe_sync.objects;
@@ -694,4 +695,4 @@ LANGUAGE C STRICT STABLE;
 CREATE VIEW stripe_sync.objects AS SELECT * FROM stripe_sync.catalog_objects();
 GRANT SELECT ON stripe_sync.objects TO PUBLIC;
 
-ALTER TABLE stripe_sync.object_state ADD COLUMN relisted_at timestamptz;
+ALTER TABLE stripe_sync.object_state ADD COLUMN listed_at timestamptz;

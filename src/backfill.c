@@ -742,7 +742,11 @@ stripe_backfill_part_work(Backfill *pb, const char *cursor)
 	PG_END_TRY();
 }
 
-/* every part done: the backfill is; the parts' figures join the object's */
+/*
+ * every part done: the backfill is, and the object was listed in full (when
+ * a full re-list is next due: sync_relist.c); the parts' figures join the
+ * object's
+ */
 static void
 bf_mark_done(Backfill *bf)
 {
@@ -753,7 +757,7 @@ bf_mark_done(Backfill *bf)
 	/* a part of a run that failed wrote its rows too (a rewrite of one counts nothing) */
 	stripe_spi("UPDATE stripe_sync.object_state o SET rows = o.rows + p.rows, "
 			   "requests = o.requests + p.requests, backfill_done = true, backfill_cursor = NULL, "
-			   "state = 'synced' FROM (SELECT coalesce(sum(rows), 0) AS rows, "
+			   "state = 'synced', listed_at = now() FROM (SELECT coalesce(sum(rows), 0) AS rows, "
 			   "coalesce(sum(requests), 0) AS requests FROM stripe_sync.backfill_parts "
 			   "WHERE source = $1 AND object = $2) p "
 			   "WHERE o.source = $1 AND o.object = $2", 2, types, values, NULL, SPI_OK_UPDATE);

@@ -47,12 +47,12 @@ static bool
 recent_from(SyncRun *run, LocalTable *lt, int64 *lo)
 {
 	const StripeObjectDef *def = lt->def;
-	int64		floor = stripe_now_unix() - (int64) def->relist_days * SECS_PER_DAY;
+	int64		oldest = stripe_now_unix() - (int64) def->relist_days * SECS_PER_DAY;
 	bool		found;
 
 	if (def->relist_from == NULL)
 	{
-		*lo = floor;
+		*lo = oldest;
 		return true;
 	}
 	/* the catalogue's own SQL, on the owner's table, with the owner's rights */
@@ -61,12 +61,16 @@ recent_from(SyncRun *run, LocalTable *lt, int64 *lo)
 						"(SELECT (%s)::timestamptz AS f FROM %s WHERE deleted_at IS NULL) s",
 						def->relist_from, lt->qualified), 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	found = SPI_processed == 1 && stripe_spi_int64(0, 1, INT64_MIN) != INT64_MIN;
-	*lo = found ? Max(stripe_spi_int64(0, 1, 0), floor) : 0;
+	*lo = found ? Max(stripe_spi_int64(0, 1, 0), oldest) : 0;
 	stripe_run_as_owner(run, false);
 	return found;
 }
 
-/* whether a full re-list is due (in a transaction); the first after a backfill waits an interval */
+/*
+ * Whether a full re-list is due (in a transaction): an interval after the
+ * object's last full listing, its backfill's or a re-list's.  A backfill of
+ * 0.1, which did not say when, counts from now.
+ */
 static bool
 full_due(SyncRun *run, const char *object)
 {
@@ -74,12 +78,12 @@ full_due(SyncRun *run, const char *object)
 	Datum		values[3] = {CStringGetTextDatum(run->src.name), CStringGetTextDatum(object),
 	Int32GetDatum(stripe_relist_interval)};
 
-	stripe_spi("UPDATE stripe_sync.object_state SET relisted_at = now() "
-			   "WHERE source = $1 AND object = $2 AND relisted_at IS NULL",
+	stripe_spi("UPDATE stripe_sync.object_state SET listed_at = now() "
+			   "WHERE source = $1 AND object = $2 AND listed_at IS NULL",
 			   2, types, values, NULL, SPI_OK_UPDATE);
 	if (SPI_processed > 0)
 		return false;
-	stripe_spi("SELECT relisted_at <= now() - make_interval(secs => $3) FROM stripe_sync.object_state "
+	stripe_spi("SELECT listed_at <= now() - make_interval(secs => $3) FROM stripe_sync.object_state "
 			   "WHERE source = $1 AND object = $2", 3, types, values, NULL, SPI_OK_SELECT);
 	return SPI_processed == 1 && stripe_spi_bool(0, 1);
 }
@@ -100,9 +104,9 @@ relist_object(SyncRun *run, LocalTable *lt)
 	stripe_run_commit(run);
 	if (!due)
 		return;
-	/* a full re-list reaches back as far as the source syncs */
-	if (def->relist == STRIPE_RELIST_FULL && run->src.has_sync_from)
-		lo = run->src.sync_from;
+	/* no re-list reaches back before the source's sync_from */
+	if (run->src.has_sync_from)
+		lo = Max(lo, run->src.sync_from);
 	ereport(run->own ? DEBUG1 : NOTICE,
 			(errmsg("%s: re-list of %s%s", run->src.name, def->table,
 					def->relist == STRIPE_RELIST_FULL ? " (full)" :
@@ -118,7 +122,7 @@ relist_object(SyncRun *run, LocalTable *lt)
 	if (def->relist == STRIPE_RELIST_FULL)
 	{
 		stripe_run_begin(run);
-		stripe_state_update(run, def->table, "relisted_at = $3::timestamptz", timestamptz_to_str(began));
+		stripe_state_update(run, def->table, "listed_at = $3::timestamptz", timestamptz_to_str(began));
 		stripe_run_commit(run);
 	}
 }

@@ -29,6 +29,7 @@ my $txn_later = ctl('balance_transactions', { status => 'pending', available_on 
 my $cs_open = ctl('checkout_sessions', { status => 'open', customer_email => undef, created => $now - 3600 });
 my $cs_ends = ctl('checkout_sessions', { status => 'open', created => $now - 1800 });
 my $ii_pending = ctl('invoiceitems', { invoice => undef, amount => 500, created => $now - 2 * $day });
+my $ii_gone = ctl('invoiceitems', { invoice => undef, amount => 900, created => $now - 4 * $day });
 my $ii_billed = ctl('invoiceitems', { invoice => 'in_billed', amount => 700, created => $now - 10 * $day });
 my $link = ctl('file_links', { expired => JSON::PP::false, created => $now - 5 * $day });
 
@@ -53,17 +54,18 @@ is(sql("SELECT count(*) FROM stripe_data.balance_transactions") . ' '
 	  . sql("SELECT count(*) FROM stripe_data.checkout_sessions") . ' '
 	  . sql("SELECT count(*) FROM stripe_data.invoice_items") . ' '
 	  . sql("SELECT count(*) FROM stripe_data.file_links"),
-	'3 2 2 1', 'the first sync backfills them all');
-my $relisted0 = sql("SELECT relisted_at FROM stripe_sync.object_state WHERE object = 'file_links'");
-isnt($relisted0, '', 'a full re-list is counted from the backfill');
+	'3 2 3 1', 'the first sync backfills them all');
+my $listed0 = sql("SELECT listed_at FROM stripe_sync.object_state WHERE object = 'file_links'");
+isnt($listed0, '', 'a full re-list is counted from the backfill');
 
 # changes Stripe sends no event for
 ctl("balance_transactions/$txn_due->{id}", { status => 'available' });
 ctl("checkout_sessions/$cs_open->{id}", { customer_email => 'late@example.com' });
 ctl("invoiceitems/$ii_pending->{id}", { amount => 550 });
 ctl("file_links/$link->{id}", { expired => JSON::PP::true });
-# and one with its event: a session that ends
+# and with their events: a session that ends, an invoice item deleted
 ctl("checkout_sessions/$cs_ends->{id}", { status => 'expired' });
+$fake->call('DELETE', "/_control/objects/invoiceitems/$ii_gone->{id}");
 my $txn_new = ctl('balance_transactions', { status => 'pending', available_on => $now + 2 * $day });
 
 sub requests_by_path
@@ -102,7 +104,9 @@ my ($from) = $cs =~ /created%5Bgte%5D=(\d+)/;
 ok(defined $from && abs($from - ($now + 0 - $day)) < 600, 'checkout sessions: of the last day');
 my ($ii) = grep { m{^/v1/invoiceitems\?} } @p;
 like($ii, qr/created%5Bgte%5D=$ii_pending->{created}(&|$)/,
-	'invoice items are listed from the oldest not yet on an invoice');
+	'invoice items are listed from the oldest not yet on an invoice, deleted ones aside');
+is(sql("SELECT deleted_at IS NOT NULL FROM stripe_data.invoice_items WHERE id = '$ii_gone->{id}'"),
+	't', 'an invoice item deleted is, by its event');
 
 # the next: nothing due among the balance transactions, from the newest
 ctl("invoiceitems/$ii_pending->{id}", { invoice => 'in_later' });
@@ -125,7 +129,7 @@ sql("SET stripe_sync.relist_interval = '1s'; SELECT stripe_sync.sync_now('main')
 is(sql("SELECT expired FROM stripe_data.file_links"), 't', 'file links are listed again on their interval');
 is(requests_by_path(), 'balance_transactions=1 checkout/sessions=1 events=1 file_links=1',
 	'... at a page for them');
-ok(sql("SELECT relisted_at > '$relisted0' FROM stripe_sync.object_state WHERE object = 'file_links'") eq 't',
+ok(sql("SELECT listed_at > '$listed0' FROM stripe_sync.object_state WHERE object = 'file_links'") eq 't',
 	'... and the next is counted from it');
 $fake->clear_requests;
 sql("SELECT stripe_sync.sync_now('main')");

@@ -681,3 +681,26 @@ LANGUAGE C STRICT STABLE;
 
 CREATE VIEW stripe_sync.objects AS SELECT * FROM stripe_sync.catalog_objects();
 GRANT SELECT ON stripe_sync.objects TO PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- The changes Stripe sends no event for: the catalogue says what each sync
+-- lists again (relist: none, recent or full; sync_relist.c), and
+-- object_state.listed_at when the object's last full listing (its backfill's
+-- end, or a full re-list's beginning) was.
+-- ---------------------------------------------------------------------------
+
+DROP VIEW stripe_sync.objects;
+DROP FUNCTION stripe_sync.catalog_objects();
+CREATE FUNCTION stripe_sync.catalog_objects(
+    OUT object text, OUT path text, OUT stripe_object text, OUT list_filters text[], OUT retrieve boolean,
+    OUT listed_under text, OUT writable text, OUT syncable boolean, OUT stays_current text,
+    OUT nested_lists text[], OUT relist text, OUT relist_from text, OUT relist_filter text,
+    OUT relist_window interval)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stripe_catalog_objects'
+LANGUAGE C STRICT STABLE;
+
+CREATE VIEW stripe_sync.objects AS SELECT * FROM stripe_sync.catalog_objects();
+GRANT SELECT ON stripe_sync.objects TO PUBLIC;
+
+ALTER TABLE stripe_sync.object_state ADD COLUMN listed_at timestamptz;

@@ -8,6 +8,9 @@ SELECT object, path, stripe_object, retrieve, listed_under, writable, syncable, 
 SELECT object, list_filters FROM stripe_sync.objects WHERE object IN ('charges', 'subscriptions', 'prices');
 -- the lists Stripe inlines a first page of, read whole
 SELECT object, nested_lists FROM stripe_sync.objects WHERE nested_lists IS NOT NULL ORDER BY object;
+-- what a sync lists again for the changes Stripe sends no event for
+SELECT object, relist, relist_from, relist_filter, relist_window
+  FROM stripe_sync.objects WHERE relist <> 'none' ORDER BY object;
 
 CREATE SERVER m_stripe FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url :'fake_url');
 CREATE USER MAPPING FOR CURRENT_USER SERVER m_stripe OPTIONS (api_key 'sk_test_fake');

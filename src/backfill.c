@@ -288,6 +288,10 @@ bf_done(void *arg, StripeManyReq *req)
 	lt->pages++;
 	if (bf->part != 0)
 		part_update(bf, changed, stripe_windows_all_done(&bf->win));
+	else if (bf->relist)
+		stripe_state_update(run, bf->object,
+							psprintf("rows = rows + " INT64_FORMAT ", requests = requests + 1", changed),
+							NULL);
 	else
 		/* done only when every dealt part is too: bf_finish says so */
 		stripe_state_update(run, bf->object,
@@ -348,6 +352,40 @@ bf_stream(Backfill *bf)
 
 	stripe_request_stream(bf->run->conn, bf_feed, bf_done, bf, &bf->run->stats);
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Lists the objects created since lo (0: all) again, with the list's own
+ * filter query ("status=open", or ""), as a backfill's window: each page
+ * commits on its own, under the same limits, an older state never over a
+ * newer one.  Nothing resumes it: the next sync lists the range again.
+ * Returns why Stripe refused it, or NULL.
+ */
+char *
+stripe_backfill_range(SyncRun *run, LocalTable *lt, const char *object, int64 lo, const char *query)
+{
+	Backfill	bf;
+	BfWindow   *w;
+
+	stripe_backfill_init(&bf, run, lt, object, 0, run->cxt);
+	bf.relist = true;
+	bf.win.top = stripe_now_unix();
+	if (lo > 0)
+		bf.win.base = lo;
+
+	/*
+	 * One window, page after page, never split: a recent range has its
+	 * objects bunched at its newest end, where a density measured there
+	 * would carve the empty rest into a request each.  So a re-list costs a
+	 * request per 100 objects, and one when there are none.
+	 */
+	bf.win.ranged = false;
+	w = stripe_windows_add(&bf.win, lo, 0);
+	if (query[0])
+		snprintf(w->query, sizeof(w->query), "&%s", query);
+	bf_stream(&bf);
+	MemoryContextDelete(bf.cxt);
+	return bf.failed;
 }
 
 /* ---------- parts dealt to helpers ---------- */
@@ -704,7 +742,11 @@ stripe_backfill_part_work(Backfill *pb, const char *cursor)
 	PG_END_TRY();
 }
 
-/* every part done: the backfill is; the parts' figures join the object's */
+/*
+ * every part done: the backfill is, and the object was listed in full (when
+ * a full re-list is next due: sync_relist.c); the parts' figures join the
+ * object's
+ */
 static void
 bf_mark_done(Backfill *bf)
 {
@@ -715,7 +757,7 @@ bf_mark_done(Backfill *bf)
 	/* a part of a run that failed wrote its rows too (a rewrite of one counts nothing) */
 	stripe_spi("UPDATE stripe_sync.object_state o SET rows = o.rows + p.rows, "
 			   "requests = o.requests + p.requests, backfill_done = true, backfill_cursor = NULL, "
-			   "state = 'synced' FROM (SELECT coalesce(sum(rows), 0) AS rows, "
+			   "state = 'synced', listed_at = now() FROM (SELECT coalesce(sum(rows), 0) AS rows, "
 			   "coalesce(sum(requests), 0) AS requests FROM stripe_sync.backfill_parts "
 			   "WHERE source = $1 AND object = $2) p "
 			   "WHERE o.source = $1 AND o.object = $2", 2, types, values, NULL, SPI_OK_UPDATE);

@@ -42,6 +42,7 @@ typedef struct Backfill
 	int64		pages;
 	char	   *failed;			/* Stripe refused one of its pages: why (see bf_fail) */
 	int			resumed;		/* windows gone on past a cursor Stripe lost */
+	bool		relist;			/* a re-list of a range: no cursor kept (stripe_backfill_range) */
 	TimestampTz t0;
 	TimestampTz t_last;			/* when its last page was written */
 } Backfill;
@@ -58,6 +59,8 @@ extern void stripe_backfill_set(SyncRun *run, List *pending, bool last);
 extern void stripe_backfill_init(Backfill *bf, SyncRun *run, LocalTable *lt,
 								 const char *object, int64 part, MemoryContext parent);
 extern void stripe_backfill_part_work(Backfill *pb, const char *cursor);
+extern char *stripe_backfill_range(SyncRun *run, LocalTable *lt, const char *object, int64 lo,
+								   const char *query);
 
 /* bf_lists.c */
 extern List *stripe_backfill_test_clocks(SyncRun *run, List *pending, MemoryContext cxt);

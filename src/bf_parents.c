@@ -45,17 +45,8 @@
 /* walks in one stream; a request's tag carries its walk's index */
 #define WALKS_MAX		8
 
-/* the objects listed per customer, and which are listed again when their customer changes */
-static const struct
-{
-	const char *object;
-	bool		relist_on_change;
-}			per_parent[] =
-{
-	{"payment_methods", false},
-	{"tax_ids", false},
-	{"customer_balance_transactions", true},
-};
+/* the objects listed per customer (the catalogue's relist says which are listed again when their customer changes) */
+static const char *const per_parent[] = {"payment_methods", "tax_ids", "customer_balance_transactions"};
 
 typedef struct Parent
 {
@@ -108,7 +99,7 @@ bool
 stripe_listed_per_parent(const char *object)
 {
 	for (size_t i = 0; i < lengthof(per_parent); i++)
-		if (strcmp(per_parent[i].object, object) == 0)
+		if (strcmp(per_parent[i], object) == 0)
 			return true;
 	return false;
 }
@@ -389,9 +380,7 @@ walk_begin(SyncRun *run, LocalTable *customers, const char *object, const char *
 	w->object = object;
 	w->lt = stripe_table_find(run, object, true);
 	w->child = w->lt->def->child_path ? w->lt->def->child_path : w->lt->def->path;
-	for (size_t i = 0; i < lengthof(per_parent); i++)
-		if (strcmp(per_parent[i].object, object) == 0)
-			w->relist_on_change = per_parent[i].relist_on_change;
+	w->relist_on_change = w->lt->def->relist == STRIPE_RELIST_PARENT;
 	w->cxt = AllocSetContextCreate(run->cxt, "stripe_sync per-customer walk", ALLOCSET_DEFAULT_SIZES);
 	w->tmp = AllocSetContextCreate(w->cxt, "stripe_sync per-customer read", ALLOCSET_SMALL_SIZES);
 	w->q = MemoryContextAllocZero(w->cxt, sizeof(Parent) * PARENT_QUEUE);
@@ -546,12 +535,10 @@ stripe_parents_relist(SyncRun *run)
 		const char *object = lfirst(lc);
 		Oid			types[2] = {TEXTOID, TEXTOID};
 		Datum		values[2] = {CStringGetTextDatum(run->src.name), CStringGetTextDatum(object)};
+		const StripeObjectDef *def = stripe_object_by_table(object);
 		char	   *cursor;
-		bool		relist = false;
 
-		for (size_t i = 0; i < lengthof(per_parent); i++)
-			relist |= strcmp(per_parent[i].object, object) == 0 && per_parent[i].relist_on_change;
-		if (!relist || customers == NULL || set.n == WALKS_MAX ||
+		if (def == NULL || def->relist != STRIPE_RELIST_PARENT || customers == NULL || set.n == WALKS_MAX ||
 			stripe_run_object_failed(run, object))
 			continue;
 		stripe_spi("SELECT backfill_cursor FROM stripe_sync.object_state "

@@ -12,6 +12,7 @@
 #include "catalog/pg_type.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
 #include "catalog.h"
 
@@ -168,6 +169,31 @@ nested_array(const char *names)
 	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
+/*
+ * How a syncable object's changes without events are listed again
+ * (catalog.h): relist, relist_from, relist_filter, relist_window
+ */
+static void
+relist_columns(const StripeObjectDef *def, Datum *values, bool *nulls)
+{
+	static const char *const names[] = {"none", "recent", "full", "parent"};
+
+	nulls[0] = def->stays_current == NULL;
+	values[0] = nulls[0] ? (Datum) 0 : CStringGetTextDatum(names[def->relist]);
+	nulls[1] = def->relist_from == NULL;
+	values[1] = nulls[1] ? (Datum) 0 : CStringGetTextDatum(def->relist_from);
+	nulls[2] = def->relist_query == NULL;
+	values[2] = nulls[2] ? (Datum) 0 : CStringGetTextDatum(def->relist_query);
+	nulls[3] = def->relist_days == 0;
+	if (!nulls[3])
+	{
+		Interval   *iv = palloc0(sizeof(Interval));
+
+		iv->day = def->relist_days;
+		values[3] = IntervalPGetDatum(iv);
+	}
+}
+
 /* stripe_sync.catalog_objects(): every catalogued object and what it supports */
 Datum
 stripe_catalog_objects(PG_FUNCTION_ARGS)
@@ -178,8 +204,8 @@ stripe_catalog_objects(PG_FUNCTION_ARGS)
 	for (int i = 0; i < stripe_nobjects; i++)
 	{
 		const StripeObjectDef *def = &stripe_objects[i];
-		Datum		values[10];
-		bool		nulls[10] = {0};
+		Datum		values[14];
+		bool		nulls[14] = {0};
 		Datum	   *filters = palloc(sizeof(Datum) * Max(def->ncolumns, 1));
 		int			nfilters = 0;
 
@@ -200,6 +226,7 @@ stripe_catalog_objects(PG_FUNCTION_ARGS)
 		nulls[8] = def->stays_current == NULL;
 		values[9] = def->nested_lists ? nested_array(def->nested_lists) : (Datum) 0;
 		nulls[9] = def->nested_lists == NULL;
+		relist_columns(def, values + 10, nulls + 10);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

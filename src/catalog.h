@@ -42,6 +42,19 @@ typedef enum StripeRowsFrom
 } StripeRowsFrom;
 
 /*
+ * StripeObjectDef.relist: what a sync lists again for the changes Stripe sends
+ * no event for (sync_relist.c)
+ */
+typedef enum StripeRelist
+{
+	STRIPE_RELIST_NONE = 0,		/* events bring every change */
+	STRIPE_RELIST_RECENT,		/* each sync: those created since relist_from */
+	STRIPE_RELIST_FULL,			/* every stripe_sync.relist_interval: all */
+	STRIPE_RELIST_PARENT		/* each sync: those of every parent whose row
+								 * changed since the last listing (bf_parents.c) */
+} StripeRelist;
+
+/*
  * The fields after ncolumns are zero for ordinary objects, so that the
  * generated catalogue names only what is special.
  */
@@ -81,6 +94,16 @@ typedef struct StripeObjectDef
 
 	/* a source can sync it, and how its local table stays current; or NULL */
 	const char *stays_current;
+	/*
+	 * relist_from: an aggregate over the local table's live rows, the oldest
+	 * created a recent re-list reads from (NULL: nothing may have changed);
+	 * without it, the last relist_days.  Never more than relist_days back.
+	 * relist_query: the list's own filter ("status=open"), or NULL.
+	 */
+	StripeRelist relist;
+	const char *relist_from;
+	const char *relist_query;
+	int			relist_days;
 	/* the writes Stripe allows through the foreign table ("insert, update"), or NULL */
 	const char *writable;
 

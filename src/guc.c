@@ -24,6 +24,7 @@ int			stripe_naptime = 1;
 char	   *stripe_database = NULL;
 int			stripe_max_workers = 4;
 int			stripe_backfill_helpers = 1;
+int			stripe_relist_interval = 86400;
 
 /*
  * Defines the parameters.  stripe_sync.database is PGC_POSTMASTER, which
@@ -54,6 +55,11 @@ stripe_define_gucs(bool preloading)
 							"Each takes a slot of max_worker_processes while it runs; 0 backfills in the sync's process alone.",
 							&stripe_backfill_helpers, 1, 0, 16,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("stripe_sync.relist_interval",
+							"Time between a sync's full re-lists of an object Stripe sends no events for (file_links).",
+							"Each full re-list costs a request per 100 objects.",
+							&stripe_relist_interval, 86400, 1, PG_INT32_MAX,
+							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomIntVariable("stripe_sync.http_timeout",
 							"Time allowed for one HTTP request, including the connection.",
 							NULL,

@@ -139,4 +139,7 @@ extern void stripe_outbox_add(SyncRun *run, Datum ids, Datum types, Datum *times
 							  Datum *objects, int n);
 extern void stripe_outbox_history(SyncRun *run);
 
+/* sync_relist.c: the changes without events, listed again after the events */
+extern void stripe_sync_relist(SyncRun *run);
+
 #endif							/* STRIPE_SYNC_H */

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  * sync_run.c
  *		One sync of a source: the account, the events cursor, the backfill of
- *		the objects not yet backfilled, then the events since the cursor; the
+ *		the objects not yet backfilled, the events since the cursor, then the
+ *		changes Stripe sends no event for (sync_relist.c); the
  *		run's row in stripe_sync.runs; stripe_sync.sync_now(); and the life of
  *		a backfill helper, which runs one part of a sync's backfill.
  *-------------------------------------------------------------------------
@@ -334,6 +335,7 @@ run_source(SyncRun *run)
 	stripe_outbox_history(run);
 	stripe_sync_events(run);
 	stripe_parents_relist(run);
+	stripe_sync_relist(run);
 
 	stripe_run_begin(run);
 	foreach(lc, run->src.objects)

@@ -6,7 +6,10 @@ Seeds deterministic objects shaped like Stripe's own fixtures
 bearer/basic auth, list pagination and filters, retrieve, create/update/delete
 with events and idempotency keys.  /_control/* (no auth, JSON) lets tests inject
 faults, read the request log, add latency or a rate limit, reseed, and change
-objects directly (GET /_control/balance shows the balance).
+objects directly (GET /_control/balance shows the balance).  A change made through
+/_control/objects makes the events Stripe sends for it, and no others: a balance
+transaction (pending to available) or a file link changes silently, a checkout session has
+events only for its end (completed, expired), an invoice item for its creation and deletion.
 
 It follows Stripe's documented defaults: rate limits of 25 requests a second in all and
 per endpoint (test mode; 429 with Stripe-Rate-Limited-Reason; --rate-limit and
@@ -289,7 +292,7 @@ class Kind:
     def __init__(self, path, obj, prefix, filters, writable=False, deletable=False,
                  updatable=None, create_params=None, event_prefix=None, id_width=14,
                  parent=None, retrievable=True, created=True, seed_events=True,
-                 top_level=True, events=True):
+                 top_level=True, event_types=None):
         self.path, self.obj, self.prefix = path, obj, prefix
         self.filters = filters
         self.writable, self.deletable = writable, deletable
@@ -304,7 +307,9 @@ class Kind:
         self.created = created              # the list takes created[...]
         self.seed_events = seed_events      # seeded objects get creation events
         self.top_level = top_level          # False: listed only under its parent's path
-        self.events = events                # False: Stripe sends no event of it
+        # None: every event of its kind; else the only ones Stripe sends for it, the
+        # other changes being silent (Store.sent_events)
+        self.event_types = event_types
         self.url = ("/v1/" + path).encode()
 
 
@@ -369,7 +374,7 @@ KINDS = {k.path: k for k in (
     Kind("customer_balance_transactions", "customer_balance_transaction", "cbtxn_",
          {"customer": Filter(field("customer"))},
          parent=("customer", "customers", "customer"), created=False, seed_events=False,
-         top_level=False, retrievable=False, events=False),
+         top_level=False, retrievable=False, event_types=()),
     # GET /v1/billing/meters: no created filter; status active or inactive
     Kind("billing/meters", "billing.meter", "mtr_", {
         "status": Filter(field("status"), choices=("active", "inactive"))},
@@ -386,9 +391,37 @@ KINDS = {k.path: k for k in (
                                            "inclusive": Filter(field("inclusive"), boolean=True)},
          seed_events=False),
     Kind("test_helpers/test_clocks", "test_helpers.test_clock", "clock_", {}, seed_events=False),
+    # Objects Stripe sends events for some changes of only, or none (none seeded).
+    # Balance transactions have no events (balance.available is the balance's): one
+    # turns from pending to available, at its available_on, silently.
+    Kind("balance_transactions", "balance_transaction", "txn_", {
+        "currency": Filter(field("currency")), "payout": Filter(field("payout")),
+        "source": Filter(field("source")), "type": Filter(field("type"))},
+         seed_events=False, event_types=()),
+    # A checkout session has no .created or .updated event: only its end is told
+    # (completed, expired), and its later asynchronous payment.
+    Kind("checkout/sessions", "checkout.session", "cs_test_", {
+        "customer": Filter(field("customer")), "payment_intent": Filter(field("payment_intent")),
+        "payment_link": Filter(field("payment_link")), "subscription": Filter(field("subscription")),
+        "status": Filter(field("status"), choices=("complete", "expired", "open"))},
+         seed_events=False, event_types=("checkout.session.completed", "checkout.session.expired",
+                                         "checkout.session.async_payment_succeeded",
+                                         "checkout.session.async_payment_failed")),
+    # Invoice items: invoiceitem.created and .deleted, nothing when one changes or an
+    # invoice takes it.
+    Kind("invoiceitems", "invoiceitem", "ii_", {
+        "customer": Filter(field("customer")), "invoice": Filter(field("invoice")),
+        "pending": Filter(lambda o: (o.get("invoice") is None,), boolean=True)},
+         seed_events=False, deletable=True,
+         event_types=("invoiceitem.created", "invoiceitem.deleted")),
+    # File links: no events at all.
+    Kind("file_links", "file_link", "link_", {
+        "expired": Filter(field("expired"), boolean=True), "file": Filter(field("file"))},
+         seed_events=False, event_types=()),
 )}
 # /_control/objects/<name> for kinds whose path has a slash
-CONTROL_NAMES = {"test_clocks": "test_helpers/test_clocks", "billing_meters": "billing/meters"}
+CONTROL_NAMES = {"test_clocks": "test_helpers/test_clocks", "billing_meters": "billing/meters",
+                 "checkout_sessions": "checkout/sessions"}
 # a customer's lists: GET /v1/customers/{customer}/<segment>
 CUSTOMER_LISTS = {"payment_methods": "payment_methods", "tax_ids": "tax_ids",
                   "balance_transactions": "customer_balance_transactions"}
@@ -609,20 +642,25 @@ class Store:
         return eid
 
     @staticmethod
+    def sent_events(kind, types):
+        """Of the events a change makes, those Stripe sends for its kind."""
+        return [t for t in types if kind.event_types is None or t in kind.event_types]
+
+    @staticmethod
     def created_events(kind, obj):
-        if not kind.events:
-            return []
         if kind.obj == "charge":
             return ["charge." + obj.get("status", "succeeded")]
         types = [kind.event_prefix + ".created"]
         if kind.obj == "payment_intent" and obj.get("status") == "succeeded":
             types.append("payment_intent.succeeded")
-        return types
+        return Store.sent_events(kind, types)
 
     @staticmethod
     def updated_events(kind, old_status, new_status):
-        if not kind.events:
-            return []
+        return Store.sent_events(kind, Store.all_updated_events(kind, old_status, new_status))
+
+    @staticmethod
+    def all_updated_events(kind, old_status, new_status):
         if kind.obj == "billing.meter" and old_status != new_status:
             # POST /v1/billing/meters/{id}/deactivate and /reactivate
             return ["billing.meter." + ("deactivated" if new_status == "inactive" else "reactivated")]
@@ -638,6 +676,8 @@ class Store:
                                "processing": "payment_intent.processing",
                                "requires_payment_method": "payment_intent.payment_failed"},
             "subscription": {"paused": "customer.subscription.paused"},
+            "checkout.session": {"complete": "checkout.session.completed",
+                                 "expired": "checkout.session.expired"},
         }.get(kind.obj, {})
         if new_status in extra:
             types.append(extra[new_status])
@@ -815,7 +855,8 @@ class Store:
             return blob
         blob = self.colls[kind.path].records[oid].blob
         self.colls[kind.path].remove(oid)
-        self.emit(kind.event_prefix + ".deleted", blob, request=request, created=created)
+        for t in self.sent_events(kind, [kind.event_prefix + ".deleted"]):
+            self.emit(t, blob, request=request, created=created)
         return dumps({"id": oid, "object": kind.obj, "deleted": True})
 
 
@@ -1982,10 +2023,8 @@ class App:
         method = h.command
         path, _, query = raw_path.partition("?")
         parts = path[4:].split("/") if path.startswith("/v1/") else []
-        if parts[:2] == ["test_helpers", "test_clocks"]:
-            parts = ["test_helpers/test_clocks"] + parts[2:]
-        if parts[:2] == ["billing", "meters"]:
-            parts = ["billing/meters"] + parts[2:]
+        if parts[:2] in (["test_helpers", "test_clocks"], ["checkout", "sessions"], ["billing", "meters"]):
+            parts = ["/".join(parts[:2])] + parts[2:]
         kind = KINDS.get(parts[0]) if parts else None
         if parts == ["account"] and method == "GET":
             self.check_retrieve_params(query)
@@ -2377,6 +2416,9 @@ class App:
         deep_merge(obj, fields)
         obj["id"] = fields.get("id") or store.new_id(kind)
         obj["created"] = int(fields.get("created") or time.time())
+        # an invoice item's creation is its date (Stripe's list filters it as created)
+        if "date" in store.template_keys[kind.path] and "created" not in store.template_keys[kind.path]:
+            obj["date"] = int(fields.get("date") or obj["created"])
         coll = store.colls[kind.path]
         if obj["id"] in coll.records:
             raise ApiError(400, f"{kind.obj} {obj['id']} already exists")

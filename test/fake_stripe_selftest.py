@@ -1042,6 +1042,38 @@ class FakeStripeTest(unittest.TestCase):
         self.assertEqual(self.c.raw("GET", "/_control/objects/widgets")[0], 404)
         self.assertEqual(self.c.raw("POST", "/_control/faults", json.dumps({"kind": "boom"}))[0], 400)
 
+    def test_changes_without_events(self):
+        """As on Stripe: a balance transaction turns available, a checkout session
+        changes while open, an invoice item changes or joins an invoice, a file link
+        expires, each with no event; a checkout session's end and an invoice item's
+        creation and deletion have theirs.  Their lists take Stripe's filters."""
+        mark = self.newest_event_id()
+        txn = self.c.ctl("POST", "objects/balance_transactions", {"status": "pending", "amount": 100})
+        self.assertTrue(txn["id"].startswith("txn_"))
+        self.c.ctl("POST", "objects/balance_transactions/" + txn["id"], {"status": "available"})
+        cs = self.c.ctl("POST", "objects/checkout_sessions", {"status": "open", "customer_email": None})
+        self.assertTrue(cs["id"].startswith("cs_test_"))
+        self.c.ctl("POST", "objects/checkout_sessions/" + cs["id"], {"customer_email": "a@example.com"})
+        done = self.c.ctl("POST", "objects/checkout_sessions", {"status": "open"})
+        self.c.ctl("POST", "objects/checkout_sessions/" + done["id"], {"status": "complete"})
+        ii = self.c.ctl("POST", "objects/invoiceitems", {"invoice": None, "amount": 5})
+        self.c.ctl("POST", "objects/invoiceitems/" + ii["id"], {"amount": 7})
+        link = self.c.ctl("POST", "objects/file_links", {"expired": False})
+        self.c.ctl("POST", "objects/file_links/" + link["id"], {"expired": True})
+        self.assertEqual([(e["type"], e["data"]["object"]["id"]) for e in self.events_since(mark)],
+                         [("checkout.session.completed", done["id"]), ("invoiceitem.created", ii["id"])])
+        self.assertEqual(self.c.get("/v1/balance_transactions/" + txn["id"])[2]["status"], "available")
+        open_ = self.c.get("/v1/checkout/sessions?status=open&limit=100")[2]["data"]
+        self.assertEqual([(o["id"], o["customer_email"]) for o in open_], [(cs["id"], "a@example.com")])
+        self.assertEqual(self.c.get("/v1/checkout/sessions/" + done["id"])[2]["status"], "complete")
+        self.assertEqual(self.c.get("/v1/checkout/sessions?status=gone")[0], 400)
+        self.assertEqual([o["id"] for o in self.c.get("/v1/invoiceitems?pending=true")[2]["data"]], [ii["id"]])
+        self.assertEqual([o["id"] for o in self.c.get("/v1/file_links?expired=true")[2]["data"]], [link["id"]])
+        self.c.ctl("POST", "objects/invoiceitems/" + ii["id"], {"invoice": "in_x"})
+        self.assertEqual(self.c.get("/v1/invoiceitems?pending=true")[2]["data"], [])
+        self.assertEqual(self.c.api("DELETE", "/v1/invoiceitems/" + ii["id"])[0], 200)
+        self.assertEqual([e["type"] for e in self.events_since(mark)][-1], "invoiceitem.deleted")
+
     def test_control_webhook(self):
         """A delivery signed as Stripe signs one: HMAC-SHA256 of "t.payload" per secret."""
         import hashlib

@@ -105,11 +105,41 @@ STAYS_CURRENT = {
     "tax_ids": "events (listed per customer)",
     # Stripe has no events of customer balance transactions: a customer's event lists them again
     "customer_balance_transactions": "listed per customer, again when a customer changes",
-    # Stripe sends events for some of their changes only: later changes wait for a re-list
-    "balance_transactions": "events (created only: a later status change waits for a re-list)",
-    "checkout_sessions": "events (completed and expired only)",
-    "invoice_items": "events (created and deleted only)",
-    "file_links": "backfill only (Stripe has no file link events)",
+    # Stripe sends events for some of their changes only, or none: RELIST lists them again
+    "balance_transactions": "a re-list each sync: created since the oldest pending one now due, "
+                            "or since the newest (Stripe has no balance transaction events)",
+    "checkout_sessions": "events (completed and expired) and a re-list of the open ones each sync",
+    "invoice_items": "events (created and deleted) and a re-list each sync from the oldest "
+                     "not yet on an invoice",
+    "file_links": "a full re-list every stripe_sync.relist_interval (Stripe has no file link events)",
+}
+# The changes Stripe sends no event for, listed again by each sync (src/sync_relist.c):
+# table -> (strategy, from, the list's filter, days).  "recent" lists the objects created
+# since `from`, an aggregate over the local table's live rows (NULL: none may have changed;
+# no `from`: the last `days`), never more than `days` back; "full" lists them all every
+# stripe_sync.relist_interval.
+# - balance transactions: Stripe has no events for them (balance.available is the
+#   balance's); a pending one turns available at its available_on, silently, and new ones
+#   come only by listing: from the oldest pending one now due, else the newest.  30 days:
+#   longer than Stripe's payout delays.
+# - checkout sessions: no event while open (the .completed and .expired ones end it); a
+#   session expires at most 24 hours after its creation, so the open ones are the last
+#   day's, status=open.
+# - invoice items: .created and .deleted only; an item changes (amount, its invoice) until
+#   an invoice takes it: from the oldest not yet on an invoice (its date is its creation,
+#   which the list filters as created), within 35 days (a monthly cycle and its retries).
+# - file links: no events at all, nothing to tell which changed (expires_at).
+# - customer balance transactions: no events; each changes its customer's balance, which
+#   Stripe reports as customer.updated: "parent" lists them again for every customer whose
+#   row changed since the last listing (bf_parents.c).
+RELIST = {
+    "balance_transactions": ("RECENT", "coalesce(least(max(created), min(created) FILTER "
+                             "(WHERE status = 'pending' AND available_on <= now())), '-infinity')",
+                             None, 30),
+    "checkout_sessions": ("RECENT", None, "status=open", 1),
+    "invoice_items": ("RECENT", "min(date) FILTER (WHERE invoice IS NULL)", None, 35),
+    "file_links": ("FULL", None, None, 0),
+    "customer_balance_transactions": ("PARENT", None, None, 0),
 }
 # INSERT/UPDATE/DELETE through the foreign table: table -> what Stripe allows
 WRITABLE = {
@@ -280,6 +310,15 @@ def main(data):
         special = []
         if table in STAYS_CURRENT:
             special.append(f'.stays_current = "{STAYS_CURRENT[table]}"')
+        if table in RELIST:
+            strategy, since, query, days = RELIST[table]
+            special.append(f".relist = STRIPE_RELIST_{strategy}")
+            if since:
+                special.append(f'.relist_from = "{since}"')
+            if query:
+                special.append(f'.relist_query = "{query}"')
+            if days:
+                special.append(f".relist_days = {days}")
         if table in WRITABLE:
             special.append(f'.writable = "{WRITABLE[table]}"')
         if table in ARRAY_ROWS:

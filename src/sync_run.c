@@ -27,6 +27,7 @@
 #include "account.h"
 #include "backfill.h"
 #include "bgw.h"
+#include "children.h"
 #include "events.h"
 #include "run.h"
 #include "text.h"
@@ -165,6 +166,7 @@ run_pending(SyncRun *run, bool *need_account)
 	ListCell   *lc;
 
 	*need_account = false;
+	stripe_children_prepare(run);
 	foreach(lc, run->src.objects)
 	{
 		char	   *object = lfirst(lc);
@@ -177,6 +179,9 @@ run_pending(SyncRun *run, bool *need_account)
 		stripe_spi("SELECT EXISTS (SELECT 1 FROM stripe_sync.rejected WHERE source = $1 AND object = $2)",
 				   2, types, values, NULL, SPI_OK_SELECT);
 		lt->has_rejects = stripe_spi_bool(0, 1);
+		/* a child table is written with its parent's objects */
+		if (stripe_is_child(object))
+			continue;
 		stripe_spi("SELECT backfill_done, backfill_cursor "
 				   "FROM stripe_sync.object_state WHERE source = $1 AND object = $2",
 				   2, types, values, NULL, SPI_OK_SELECT);

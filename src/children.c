@@ -298,6 +298,34 @@ stripe_children_write(SyncRun *run, LocalTable *parent, StripeRow *rows, int nro
 }
 
 /*
+ * A parent marked deleted without its state (a deletion event): its
+ * elements are gone with it (in a step).
+ */
+void
+stripe_children_mark_deleted(SyncRun *run, LocalTable *parent, const char *id, TimestampTz at)
+{
+	ListCell   *lc;
+
+	if (parent->def == NULL || parent->def->nested_lists == NULL)
+		return;
+	if (!parent->children_known)
+		open_children(run, parent);
+	foreach(lc, parent->children)
+	{
+		LocalTable *child = lfirst(lc);
+		Oid			types[2] = {TIMESTAMPTZOID, TEXTOID};
+		Datum		values[2] = {TimestampTzGetDatum(at), CStringGetTextDatum(id)};
+
+		stripe_run_as_owner(run, true);
+		stripe_spi(psprintf("UPDATE %s SET deleted_at = $1, observed_at = $1, synced_at = now() "
+							"WHERE %s = $2 AND observed_at <= $1 AND deleted_at IS NULL",
+							child->qualified, quote_identifier(child->def->parent_column)),
+				   2, types, values, NULL, SPI_OK_UPDATE);
+		stripe_run_as_owner(run, false);
+	}
+}
+
+/*
  * A child added to a source whose parent is backfilled already: the parent
  * is backfilled again, which writes the child's rows; a child's own backfill
  * is done at once (in a step).

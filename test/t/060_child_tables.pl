@@ -85,10 +85,14 @@ is(sql("SELECT deleted_at IS NOT NULL FROM stripe_data.invoice_line_items WHERE 
 	'a state older than the stored invoice leaves its lines as they are');
 # and in a newer one (the backfill again): live again
 sql("UPDATE stripe_data.invoices SET observed_at = observed_at - interval '2 hours' WHERE id = '$inv->{id}'");
+# (a second later than the events so far: the times are Stripe's, in whole seconds)
+sleep 2;
 sql(q{SELECT stripe_sync.alter_source('main', sync_from => '2000-01-01')});
-sql(q{SELECT stripe_sync.sync_now('main')});
+my $o = sql(q{SELECT stripe_sync.sync_now('main')});
 is(sql("SELECT count(*) FILTER (WHERE deleted_at IS NULL) FROM stripe_data.invoice_line_items
-	WHERE invoice = '$inv->{id}'"), '25', 'a line that comes back is live again');
+	WHERE invoice = '$inv->{id}'"), '25', 'a line that comes back is live again')
+	or diag($o, sql("SELECT id, observed_at, deleted_at FROM stripe_data.invoice_line_items WHERE id = '$gone'"),
+		sql("SELECT observed_at, jsonb_array_length(attrs->'lines'->'data') FROM stripe_data.invoices WHERE id = '$inv->{id}'"));
 
 # ---- a subscription whose item goes: soft-deleted too
 my $si = $sub->{items}{data}[0]{id};
@@ -97,6 +101,17 @@ sql(q{SELECT stripe_sync.sync_now('main')});
 is(sql("SELECT count(*) FILTER (WHERE deleted_at IS NULL) || ' ' || count(*)
 	FROM stripe_data.subscription_items WHERE subscription = '$sub->{id}'"), '14 15',
 	'a subscription item taken out is soft-deleted');
+
+# ---- a deleted invoice: its lines are gone with it
+my $del = $fake->call('POST', '/_control/nested', { object => 'invoices', count => 3 });
+sql(q{SELECT stripe_sync.sync_now('main')});
+is(sql("SELECT count(*) FROM stripe_data.invoice_line_items WHERE invoice = '$del->{id}' AND deleted_at IS NULL"),
+	'3', 'a new invoice\'s 3 lines');
+$fake->call('DELETE', "/_control/objects/invoices/$del->{id}", {});
+sql(q{SELECT stripe_sync.sync_now('main')});
+is(sql("SELECT count(*) FILTER (WHERE deleted_at IS NULL) || ' ' || count(*)
+	FROM stripe_data.invoice_line_items WHERE invoice = '$del->{id}'"), '0 3',
+	'... soft-deleted when the invoice is deleted');
 
 # ---- livemode on every table: the object's own, or the key's mode
 for my $t (qw(customers charges invoices refunds subscriptions invoice_line_items subscription_items))
@@ -117,7 +132,7 @@ is(sql(q{SELECT to_regclass('stripe_late.invoice_line_items') IS NULL}), 't', 'n
 sql(q{SELECT stripe_sync.alter_source('late', objects => ARRAY['invoices', 'invoice_line_items'])});
 sql(q{SELECT stripe_sync.sync_now('late')});
 is(sql("SELECT count(*) FROM stripe_late.invoice_line_items WHERE deleted_at IS NULL"),
-	sql("SELECT sum(jsonb_array_length(attrs->'lines'->'data')) FROM stripe_late.invoices"),
+	sql("SELECT sum(jsonb_array_length(attrs->'lines'->'data')) FROM stripe_late.invoices WHERE deleted_at IS NULL"),
 	'a child added later is filled by the parent\'s backfill again');
 
 done_testing();

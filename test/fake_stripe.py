@@ -39,12 +39,13 @@ event's api_version (the account's default version, POST /_control/config
 Stripe-Version, for the changes listed in VERSION_CHANGES; and sends invoice.upcoming,
 whose invoice has no id (POST /_control/upcoming_invoice {"subscription": "sub_…"}).
 
-Like Stripe it inlines only the first 10 of an invoice's lines and a subscription's items
-(has_more true, the rest at the list's url: GET /v1/invoices/{invoice}/lines,
-/v1/subscription_items?subscription=…).  POST /_control/nested {"object": "invoices" or
-"subscriptions", "count": N} makes one with N of them; POST /_control/nested_remove
-{"object": "invoices", "id": "in_…", "element": "il_…" (default the last)} takes one out,
-with its invoice.updated event.
+Like Stripe it inlines only the first 10 of an invoice's or a credit note's lines and a
+subscription's items (has_more true, the rest at the list's url: GET
+/v1/invoices/{invoice}/lines, /v1/credit_notes/{credit_note}/lines,
+/v1/subscription_items?subscription=…).  POST /_control/nested {"object": "invoices",
+"credit_notes" or "subscriptions", "count": N} makes one with N of them (credit notes are
+made only so); POST /_control/nested_remove {"object": "invoices", "id": "in_…",
+"element": "il_…" (default the last)} takes one out, with its invoice.updated event.
 
 POST /_control/webhook {"event": "evt_…", "secret": "whsec_…" (or a list, as while a
 secret is rolled), "timestamp": T (default now)} answers what Stripe would deliver to an
@@ -365,6 +366,10 @@ KINDS = {k.path: k for k in (
                                            "inclusive": Filter(field("inclusive"), boolean=True)},
          seed_events=False),
     Kind("test_helpers/test_clocks", "test_helpers.test_clock", "clock_", {}, seed_events=False),
+    # none seeded: tests make them through /_control/nested
+    Kind("credit_notes", "credit_note", "cn_", {"customer": Filter(field("customer")),
+                                                "invoice": Filter(field("invoice"))},
+         seed_events=False),
 )}
 # /_control/objects/<name> for kinds whose path has a slash
 CONTROL_NAMES = {"test_clocks": "test_helpers/test_clocks"}
@@ -381,6 +386,8 @@ SUBSCRIPTION_ITEMS = Kind("subscription_items", "subscription_item", "si_", {
 
 # An invoice's lines: GET /v1/invoices/{invoice}/lines, a list without filters.
 INVOICE_LINES = Kind("invoices/lines", "line_item", "il_", {}, created=False)
+# A credit note's lines: GET /v1/credit_notes/{credit_note}/lines, likewise.
+CREDIT_NOTE_LINES = Kind("credit_notes/lines", "credit_note_line_item", "cnli_", {}, created=False)
 
 
 def few_per_parent(nchildren, nparents):
@@ -406,7 +413,7 @@ def filter_key(value):
 
 # Lists Stripe inlines only the first page of (at most NESTED_INLINE elements, has_more
 # true, the rest at its url): an invoice's lines, a subscription's items.
-NESTED = {"invoices": "lines", "subscriptions": "items"}
+NESTED = {"invoices": "lines", "subscriptions": "items", "credit_notes": "lines"}
 NESTED_INLINE = 10
 
 
@@ -530,6 +537,7 @@ class Store:
         self.template_keys = {k.path: set(res[k.obj]) for k in KINDS.values()}
         self.item_template = json.dumps(res["subscription"]["items"]["data"][0])
         self.line_template = json.dumps(res["invoice"]["lines"]["data"][0])
+        self.cn_line_template = json.dumps(res["credit_note"]["lines"]["data"][0])
         account = res["account"]
         account["id"] = ACCOUNT_ID
         account["business_profile"]["name"] = ACCOUNT_NAME
@@ -1954,6 +1962,8 @@ class App:
             return 200, self.subscription_items(parts, query), []
         if len(parts) == 3 and parts[0] == "invoices" and parts[2] == "lines" and method == "GET":
             return 200, self.invoice_lines(parts[1], query), []
+        if len(parts) == 3 and parts[0] == "credit_notes" and parts[2] == "lines" and method == "GET":
+            return 200, self.credit_note_lines(parts[1], query), []
         if kind is None or len(parts) > 2 or (len(parts) == 2 and not parts[1]):
             raise self.unrecognized(method, path)
         if method == "GET":
@@ -2045,6 +2055,13 @@ class App:
         with self.store.lock:
             lines = self.store.get(KINDS["invoices"], inv_id, "invoice")["lines"]["data"]
         return self.array_page(lines, args, "line_item", f"/v1/invoices/{inv_id}/lines")
+
+    def credit_note_lines(self, cn_id, query):
+        """GET /v1/credit_notes/{credit_note}/lines: every line of the credit note."""
+        args = self.list_args(CREDIT_NOTE_LINES, query)
+        with self.store.lock:
+            lines = self.store.get(KINDS["credit_notes"], cn_id, "credit_note")["lines"]["data"]
+        return self.array_page(lines, args, "credit_note_line_item", f"/v1/credit_notes/{cn_id}/lines")
 
     @staticmethod
     def array_page(items, args, obj_name, url):
@@ -2331,14 +2348,16 @@ class App:
         return store.replace(kind, old, new, prev)
 
     def control_nested(self, data):
-        """{"object": "invoices" or "subscriptions", "count": N, "fields": {...}}: a new
-        invoice with N lines, or subscription with N items, and its .created event.
+        """{"object": "invoices", "subscriptions" or "credit_notes", "count": N, "fields":
+        {...}}: a new invoice or credit note with N lines, or subscription with N items, and
+        its .created event.
         Returns the object as Stripe shows it (its first NESTED_INLINE elements)."""
         store = self.store
         path = data.get("object")
         n = int(data.get("count", 0))
         if path not in NESTED or not 0 <= n <= 100_000:
-            raise ValueError("object must be invoices or subscriptions, count 0 to 100,000")
+            raise ValueError("object must be invoices, subscriptions or credit_notes, "
+                             "count 0 to 100,000")
         kind = KINDS[path]
         obj = store.template(kind)
         obj.update(object=kind.obj, livemode=False)
@@ -2355,6 +2374,15 @@ class App:
                             period={"start": now, "end": now})
                 elems.append(line)
             url = f"/v1/invoices/{obj['id']}/lines"
+        elif path == "credit_notes":
+            elems = []
+            for i in range(n):
+                line = json.loads(store.cn_line_template)
+                line.update(id=hashed_id("cnli_", store.seed_value, obj["id"], i), amount=100 + i,
+                            description=f"Credit line {i}", livemode=False)
+                elems.append(line)
+            obj.update(amount=sum(e["amount"] for e in elems), effective_at=now)
+            url = f"/v1/credit_notes/{obj['id']}/lines"
         else:
             prices = store.live(KINDS["prices"])
             if not prices:
@@ -2374,7 +2402,7 @@ class App:
         store = self.store
         path = data.get("object")
         if path not in NESTED:
-            raise ValueError("object must be invoices or subscriptions")
+            raise ValueError("object must be invoices, subscriptions or credit_notes")
         kind = KINDS[path]
         old = store.get(kind, str(data["id"]))
         field = NESTED[path]

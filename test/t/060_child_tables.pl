@@ -124,6 +124,23 @@ is(sql(q{SELECT count(*) FROM pg_attribute WHERE attrelid = 'stripe_data.invoice
 is(sql(q{SELECT count(*) FROM pg_attribute WHERE attrelid = 'stripe_data.refunds'::regclass AND attname = 'livemode'}),
 	'1', '... and one where it has not (refunds)');
 
+# ---- credit note lines, in a source that asks for them
+my $cn = $fake->call('POST', '/_control/nested', { object => 'credit_notes', count => 12 });
+sql("CREATE SCHEMA stripe_cn");
+disabled_source($node, 'cn', "objects => ARRAY['credit_notes', 'credit_note_lines'], target_schema => 'stripe_cn'");
+$fake->clear_requests;
+sql(q{SELECT stripe_sync.sync_now('cn')});
+is(sql("SELECT count(*) || ' ' || count(*) FILTER (WHERE credit_note = '$cn->{id}' AND deleted_at IS NULL
+	AND livemode IS false AND amount = (attrs->>'amount')::bigint) FROM stripe_cn.credit_note_lines"),
+	'12 12', 'a credit note of 12 lines has 12 rows in credit_note_lines, its id filled in');
+my %cn_paths = map { $_->{path} => 1 } grep { $_->{path} =~ m{lines} } @{ $fake->requests };
+is(join(' ', keys %cn_paths), "/v1/credit_notes/$cn->{id}/lines?limit=100&starting_after=$cn->{lines}{data}[9]{id}",
+	'... for no request but the rest of its lines');
+$fake->call('POST', '/_control/nested_remove', { object => 'credit_notes', id => $cn->{id} });
+sql(q{SELECT stripe_sync.sync_now('cn')});
+is(sql("SELECT count(*) FILTER (WHERE deleted_at IS NULL) || ' ' || count(*) FROM stripe_cn.credit_note_lines"),
+	'11 12', 'after credit_note.updated took a line out: 11 live rows');
+
 # ---- a child added later: its parent is backfilled again, and the rows come
 sql("CREATE SCHEMA stripe_late");
 disabled_source($node, 'late', "objects => ARRAY['invoices'], target_schema => 'stripe_late'");

@@ -529,8 +529,10 @@ def deep_merge(dst, src):
 class Store:
     """All data.  Every method expects the caller to hold `self.lock`."""
 
-    def __init__(self, fixtures):
+    def __init__(self, fixtures, livemode=False):
         self.lock = threading.Lock()
+        # a live key's account holds live mode objects, a test key's test mode ones
+        self.livemode = livemode
         res = fixtures["resources"]
         # Templates are kept as JSON text: json.loads is a faster deep copy than copy.deepcopy.
         self.templates = {k.path: json.dumps(res[k.obj]) for k in KINDS.values()}
@@ -544,7 +546,7 @@ class Store:
         account["settings"]["dashboard"]["display_name"] = ACCOUNT_NAME
         account["external_accounts"]["url"] = f"/v1/accounts/{ACCOUNT_ID}/external_accounts"
         self.account = account
-        self.balance = balance_object(res["balance"])
+        self.balance = balance_object(res["balance"], livemode)
         self.seed_value = 1
         self.counter = itertools.count()
         # the account's default API version, which new events are rendered in
@@ -583,7 +585,7 @@ class Store:
         if previous is not None:
             data["previous_attributes"] = previous
         env = {"id": eid, "object": "event", "api_version": api_version, "created": created,
-               "data": data, "livemode": False, "pending_webhooks": 0,
+               "data": data, "livemode": self.livemode, "pending_webhooks": 0,
                "request": request or {"id": None, "idempotency_key": None}, "type": type_}
         head, tail = dumps(env).split(OBJ_PLACEHOLDER_JSON, 1)
         rec = Record(KINDS["events"], env)
@@ -764,7 +766,7 @@ class Store:
         now = int(time.time())
         total = sum((it["price"].get("unit_amount") or 0) * (it.get("quantity") or 1)
                     for it in sub["items"]["data"])
-        inv.update(object="invoice", livemode=False, metadata={}, created=now,
+        inv.update(object="invoice", livemode=self.livemode, metadata={}, created=now,
                    customer=sub["customer"], subscription=sub_id, status="draft",
                    billing_reason="upcoming", number=None, hosted_invoice_url=None,
                    invoice_pdf=None, currency=sub.get("currency"), total=total, subtotal=total,
@@ -825,7 +827,7 @@ class Seeder:
         kind = KINDS[path]
         obj = self.store.template(kind)
         obj.update(id=self.ids[path][i], object=kind.obj, created=seeded_created(i),
-                   livemode=False, metadata={})
+                   livemode=self.store.livemode, metadata={})
         return obj
 
     # Formulas shared by several types.
@@ -1038,6 +1040,7 @@ class Seeder:
         currency = CURRENCIES[i % 4]
         line = json.loads(self.store.line_template)
         line.update(id=hashed_id("il_", self.seed, o["id"]), invoice=o["id"], amount=total,
+                    livemode=self.store.livemode,
                     currency=currency, subscription=sub_id, subtotal=total, parent=None,
                     description=f"Invoice {i} item", period={"start": created, "end": created})
         o["lines"] = {"object": "list", "has_more": False, "total_count": 1, "data": [line],
@@ -1154,7 +1157,7 @@ class Seeder:
             self.store.put(si_kind, si)
 
 
-def balance_object(template):
+def balance_object(template, livemode=False):
     """The account's balance: a few currencies available and pending (one of them
     negative, as Stripe allows), and the nested prefunding balance, whose arrays are
     not top-level."""
@@ -1165,7 +1168,7 @@ def balance_object(template):
                         card(250000, currency="eur"), card(98000, currency="jpy")],
              connect_reserved=[{"amount": 0, "currency": "usd"}],
              instant_available=[card(1200000, currency="usd")],
-             livemode=False, object="balance",
+             livemode=livemode, object="balance",
              pending=[card(45000, currency="usd"), card(-1500, currency="eur")],
              refund_and_dispute_prefunding={"available": [{"amount": 0, "currency": "usd"}],
                                             "pending": [{"amount": 0, "currency": "usd"}]})
@@ -1180,7 +1183,7 @@ def subscription_item(store, sub_id, price, quantity, created, item_id):
     recurring = price.get("recurring") or {}
     item["plan"].update(id=price["id"], active=price["active"], amount=price["unit_amount"],
                         amount_decimal=price.get("unit_amount_decimal"), created=price["created"],
-                        currency=price["currency"], livemode=False, metadata={},
+                        currency=price["currency"], livemode=store.livemode, metadata={},
                         product=price["product"], billing_scheme="per_unit",
                         interval=recurring.get("interval", "month"),
                         interval_count=recurring.get("interval_count", 1), transform_usage=None)
@@ -1348,7 +1351,7 @@ class Writes:
                 raise ApiError(400, f"{kind.obj.capitalize()} already exists.",
                                code="resource_already_exists", param="id")
         obj.update(id=oid or self.store.new_id(kind), object=kind.obj,
-                   created=int(time.time()), livemode=False, metadata={})
+                   created=int(time.time()), livemode=self.store.livemode, metadata={})
         return obj
 
     def create(self, kind, params, request):
@@ -1733,7 +1736,7 @@ def send(handler, status, body, headers=(), truncate=False):
 
 class App:
     def __init__(self, fixtures, counts, seed, api_key):
-        self.store = Store(fixtures)
+        self.store = Store(fixtures, livemode=api_key.startswith(("sk_live_", "rk_live_")))
         self.writes = Writes(self.store)
         self.store.reseed(counts, seed)
         self.api_keys = {api_key}
@@ -2329,7 +2332,7 @@ class App:
     def control_create(self, kind, fields):
         store = self.store
         obj = store.template(kind)
-        obj.update(object=kind.obj, livemode=False)
+        obj.update(object=kind.obj, livemode=store.livemode)
         deep_merge(obj, fields)
         obj["id"] = fields.get("id") or store.new_id(kind)
         obj["created"] = int(fields.get("created") or time.time())
@@ -2360,7 +2363,7 @@ class App:
                              "count 0 to 100,000")
         kind = KINDS[path]
         obj = store.template(kind)
-        obj.update(object=kind.obj, livemode=False)
+        obj.update(object=kind.obj, livemode=store.livemode)
         deep_merge(obj, data.get("fields") or {})
         obj["id"] = store.new_id(kind)
         obj["created"] = now = int(time.time())
@@ -2370,6 +2373,7 @@ class App:
             for i in range(n):
                 line = json.loads(store.line_template)
                 line.update(id=hashed_id("il_", store.seed_value, obj["id"], i), invoice=obj["id"],
+                            livemode=store.livemode,
                             amount=100 + i, description=f"Line {i}", parent=None,
                             period={"start": now, "end": now})
                 elems.append(line)
@@ -2379,7 +2383,7 @@ class App:
             for i in range(n):
                 line = json.loads(store.cn_line_template)
                 line.update(id=hashed_id("cnli_", store.seed_value, obj["id"], i), amount=100 + i,
-                            description=f"Credit line {i}", livemode=False)
+                            description=f"Credit line {i}", livemode=store.livemode)
                 elems.append(line)
             obj.update(amount=sum(e["amount"] for e in elems), effective_at=now)
             url = f"/v1/credit_notes/{obj['id']}/lines"

@@ -1178,6 +1178,31 @@ class LifecycleTest(unittest.TestCase):
             proc.wait(10)
             os.unlink(port_file)
 
+    def test_live_key_live_objects(self):
+        """A live key's account holds live mode objects (a test key's, test mode ones):
+        seeded, made, nested and their events."""
+        live = "sk_live_selftest"
+        proc, port, port_file = start_server("--api-key", live, "--counts",
+                                             "customers=2,products=1,prices=1,invoices=2,"
+                                             "subscriptions=1,events=5")
+        try:
+            c = Client(port)
+            for path in ("customers", "invoices", "subscriptions", "events"):
+                _, _, body = c.api("GET", f"/v1/{path}", {"limit": 100}, key=live)
+                self.assertEqual({o["livemode"] for o in body["data"]}, {True}, path)
+            _, _, inv = c.api("GET", "/v1/invoices", {"limit": 1}, key=live)
+            self.assertEqual({l["livemode"] for l in inv["data"][0]["lines"]["data"]}, {True})
+            made = c.ctl("POST", "nested", {"object": "invoices", "count": 2})
+            self.assertEqual((made["livemode"], {l["livemode"] for l in made["lines"]["data"]}),
+                             (True, {True}))
+            _, _, ev = c.api("GET", "/v1/events", {"limit": 1}, key=live)
+            self.assertEqual((ev["data"][0]["type"], ev["data"][0]["livemode"]),
+                             ("invoice.created", True))
+        finally:
+            proc.kill()
+            proc.wait(10)
+            os.unlink(port_file)
+
     def test_port_file_and_clean_exit(self):
         proc, port, port_file = start_server("--counts", "customers=2,charges=0", "--seed", "3")
         try:

@@ -124,6 +124,22 @@ is(sql(q{SELECT count(*) FROM pg_attribute WHERE attrelid = 'stripe_data.invoice
 is(sql(q{SELECT count(*) FROM pg_attribute WHERE attrelid = 'stripe_data.refunds'::regclass AND attname = 'livemode'}),
 	'1', '... and one where it has not (refunds)');
 
+# ---- a live key: live mode objects, and the key's mode for those without their own
+my $live = start_fake(api_key => 'sk_live_fake', counts => { customers => 3, charges => 4, refunds => 2,
+	products => 2, prices => 2, invoices => 3, subscriptions => 2 });
+my $live_url = $live->{url};
+sql(qq{CREATE SERVER live FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url '$live_url');
+	CREATE USER MAPPING FOR CURRENT_USER SERVER live OPTIONS (api_key 'sk_live_fake');
+	CREATE SCHEMA stripe_live;
+	BEGIN; SELECT stripe_sync.create_source('live', server => 'live', target_schema => 'stripe_live');
+	SELECT stripe_sync.alter_source('live', enabled => false); COMMIT;});
+sql(q{SELECT stripe_sync.sync_now('live')});
+for my $t (qw(customers refunds invoices subscriptions invoice_line_items subscription_items))
+{
+	my ($yes, $all) = split /\|/, sql("SELECT count(*) FILTER (WHERE livemode), count(*) FROM stripe_live.$t");
+	ok($all > 0 && $yes == $all, "livemode is true in $t (a live key): $yes of $all");
+}
+
 # ---- credit note lines, in a source that asks for them
 my $cn = $fake->call('POST', '/_control/nested', { object => 'credit_notes', count => 12 });
 sql("CREATE SCHEMA stripe_cn");

@@ -168,4 +168,21 @@ is(sql("SELECT count(*) FROM stripe_late.invoice_line_items WHERE deleted_at IS 
 	sql("SELECT sum(jsonb_array_length(attrs->'lines'->'data')) FROM stripe_late.invoices WHERE deleted_at IS NULL"),
 	'a child added later is filled by the parent\'s backfill again');
 
+# ---- a backfill shared with helpers: their pages write the children too
+$fake->reseed(counts => { invoices => 6000, customers => 10 }, only => 1);
+$fake->config(latency_ms => 20);
+sql("CREATE SCHEMA stripe_many; BEGIN; SELECT stripe_sync.create_source('many', server => 'stripe', "
+	. "objects => ARRAY['invoices', 'invoice_line_items'], target_schema => 'stripe_many'); "
+	. "SELECT stripe_sync.alter_source('many', enabled => false); COMMIT;");
+my $many_out;
+$node->psql('postgres', "BEGIN; SELECT stripe_sync.sync_now('many'); SELECT 'own ' || "
+	. "pg_stat_get_xact_tuples_inserted('stripe_many.invoice_line_items'::regclass); COMMIT;", stdout => \$many_out);
+my ($own_lines) = $many_out =~ /^own (\d+)$/m;
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'stripe_sync backfill helper'");
+$fake->config(latency_ms => 0);
+is(sql("SELECT count(*) || ' ' || count(DISTINCT invoice) FROM stripe_many.invoice_line_items WHERE deleted_at IS NULL"),
+	'6000 6000', '6000 invoices backfilled: their 6000 lines');
+cmp_ok($own_lines // 6000, '<', 6000, "... some written by the helpers ($own_lines by the sync itself)");
+
 done_testing();

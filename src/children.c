@@ -145,7 +145,8 @@ parent_elements(LocalTable *parent, LocalTable *child, StripeRow *row, StripeFie
 	const char *why = NULL;
 	char	   *text;
 	StripeSpan *span;
-	int			pslot = child->rc->att_slot[attno_named(child, child->def->parent_column)];
+	int			patt = attno_named(child, child->def->parent_column);
+	int			pslot = patt >= 0 ? child->rc->att_slot[patt] : -1;
 
 	text = pnstrdup(row->object.start, row->object.len);
 	if (!stripe_parse_page(text, row->object.len, false, lfs, &obj, &why))
@@ -154,12 +155,16 @@ parent_elements(LocalTable *parent, LocalTable *child, StripeRow *row, StripeFie
 	if (span->start == NULL || span->start[0] != '{')
 		return true;			/* no list (null, or left out): no elements */
 	text = pnstrdup(span->start, span->len);
+	/* the parent is stored all the same: its children wait for a list of Stripe's shape */
 	if (!stripe_parse_page(text, span->len, true, child->rc->fs, &list, &why))
-		ereport(ERROR,
+	{
+		ereport(WARNING,
 				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("the list \"%s\" of a Stripe %s is not a list of objects",
-						child->def->child_list, parent->def->object),
+				 errmsg("the list \"%s\" of a Stripe %s is not a list of objects: %s keeps its rows",
+						child->def->child_list, parent->def->object, child->def->table),
 				 errdetail_internal("%s", why)));
+		return false;
+	}
 	for (int e = 0; e < list.nrows; e++)
 	{
 		if (*nelems >= *cap)
@@ -227,7 +232,8 @@ write_child(SyncRun *run, LocalTable *parent, LocalTable *child, StripeRow *rows
 	StripeRow  *elems = palloc(sizeof(StripeRow) * cap);
 	TimestampTz *obs;
 	TimestampTz *del;
-	int		   *owner = palloc(sizeof(int) * cap);
+	int			owner_cap = cap;
+	int		   *owner = palloc(sizeof(int) * owner_cap);
 	List	   *whole_ids = NIL,
 			   *whole_obs = NIL,
 			   *kept_parent = NIL,
@@ -246,7 +252,8 @@ write_child(SyncRun *run, LocalTable *parent, LocalTable *child, StripeRow *rows
 		/* a deleted parent's elements are gone with it */
 		whole = rows[r].deleted || deleted_at[r] != 0 ||
 			parent_elements(parent, child, &rows[r], lfs, &elems, &n, &cap);
-		owner = repalloc(owner, sizeof(int) * cap);
+		if (owner_cap < cap)
+			owner = repalloc(owner, sizeof(int) * (owner_cap = cap));
 		for (int e = first; e < n; e++)
 			owner[e] = r;
 		if (!whole)

@@ -5,7 +5,7 @@ OBJS = src/stripe_sync.o src/guc.o src/xact.o src/bgw.o \
        src/text.o src/stripe_api.o src/http.o src/http_post.o src/admin.o \
        src/json_page.o src/nested.o src/jsonb_fast.o src/rowconv.o src/payload.o \
        src/fdw.o src/fdw_import.o src/fdw_quals.o src/fdw_request.o src/fdw_windows.o src/fdw_stats.o src/modify.o \
-       src/sync_state.o src/sync_local.o src/sync_outbox.o src/sync_events.o src/sync_reread.o \
+       src/sync_state.o src/sync_local.o src/children.o src/sync_outbox.o src/sync_events.o src/sync_reread.o \
         src/bf_windows.o src/bf_lists.o src/bf_parents.o src/helpers.o src/backfill.o src/sync_relist.o src/sync_run.o \
        src/manage.o src/launcher.o src/ship_batch.o src/shipper.o src/webhook.o
 EXTENSION = stripe_sync

@@ -119,6 +119,7 @@ CREATE OR REPLACE FUNCTION stripe_sync.check_objects(objects text[]) RETURNS voi
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   o text;
+  ch record;
 BEGIN
   FOREACH o IN ARRAY objects LOOP
     IF NOT EXISTS (SELECT 1 FROM stripe_sync.catalog_objects() c WHERE c.object = o AND c.syncable) THEN
@@ -136,6 +137,14 @@ BEGIN
               DETAIL = 'Stripe lists ' || o || ' only per customer: a source lists them for each customer of its own customers table.',
               HINT = 'Add customers to the source''s objects.';
     END IF;
+  END LOOP;
+  -- a child table is written from its parent's objects: no requests of its own
+  FOR ch IN SELECT * FROM stripe_sync.catalog_children() k
+             WHERE k.object = ANY (objects) AND k.parent <> ALL (objects) LOOP
+    RAISE EXCEPTION 'object "%" is synced with its parent "%"', ch.object, ch.parent
+      USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('The rows of %s are the elements of %s.%s.', ch.object, ch.parent, ch.list_field),
+            HINT = format('Add %s to the objects.', ch.parent);
   END LOOP;
 END $$;
 
@@ -469,13 +478,22 @@ CREATE OR REPLACE FUNCTION stripe_sync.create_local_table(target_schema name, ob
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   cols text;
+  pcol text := (SELECT c.parent_column FROM stripe_sync.catalog_children() c WHERE c.object = create_local_table.object);
 BEGIN
   -- lz4 for every jsonb column: attrs is most of a row, and pglz on the nested
-  -- ones cost a tenth of a backfill's time, more than lz4 on attrs
+  -- ones cost a tenth of a backfill's time, more than lz4 on attrs.  A child's
+  -- element id is unique within its parent: the key is (parent, id).
   SELECT string_agg(format('%I %s%s%s', column_name, column_type,
                            CASE WHEN column_type = 'jsonb' THEN ' COMPRESSION lz4' ELSE '' END,
-                           CASE WHEN column_name = 'id' THEN ' PRIMARY KEY' ELSE '' END), ', ')
+                           CASE WHEN column_name = 'id' AND pcol IS NULL THEN ' PRIMARY KEY' ELSE '' END), ', ')
     INTO cols FROM stripe_sync.catalog_columns(object);
+  -- livemode on every table: the object's own, or the key's mode for objects without it
+  IF NOT EXISTS (SELECT 1 FROM stripe_sync.catalog_columns(object) WHERE column_name = 'livemode') THEN
+    cols := cols || ', livemode boolean';
+  END IF;
+  IF pcol IS NOT NULL THEN
+    cols := cols || format(', PRIMARY KEY (%I, id)', pcol);
+  END IF;
   EXECUTE format('CREATE TABLE IF NOT EXISTS %I.%I (%s, attrs jsonb COMPRESSION lz4 NOT NULL, account_id text, '
                  'synced_at timestamptz NOT NULL, observed_at timestamptz NOT NULL, deleted_at timestamptz)',
                  target_schema, object, cols);
@@ -684,7 +702,8 @@ GRANT SELECT ON stripe_sync.objects TO PUBLIC;
 
 -- ---------------------------------------------------------------------------
 -- The changes Stripe sends no event for: the catalogue says what each sync
--- lists again (relist: none, recent or full; sync_relist.c), and
+-- lists again (relist: none, recent, full or parent; sync_relist.c and
+-- bf_parents.c), and
 -- object_state.listed_at when the object's last full listing (its backfill's
 -- end, or a full re-list's beginning) was.
 -- ---------------------------------------------------------------------------
@@ -704,3 +723,36 @@ CREATE VIEW stripe_sync.objects AS SELECT * FROM stripe_sync.catalog_objects();
 GRANT SELECT ON stripe_sync.objects TO PUBLIC;
 
 ALTER TABLE stripe_sync.object_state ADD COLUMN listed_at timestamptz;
+
+-- ---------------------------------------------------------------------------
+-- Child tables (children.c): one row per element of a parent's nested list
+-- (invoice_line_items of invoices.lines, subscription_items of
+-- subscriptions.items, credit_note_lines of credit_notes.lines), kept with
+-- the parent, keyed by (parent, id).  And a livemode column on every local
+-- table.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION stripe_sync.catalog_children(
+    OUT object text, OUT parent text, OUT list_field text, OUT parent_column text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stripe_catalog_children'
+LANGUAGE C STRICT STABLE;
+GRANT EXECUTE ON FUNCTION stripe_sync.catalog_children() TO PUBLIC;
+
+-- a child comes with its parent: the default set has invoices' and subscriptions'
+CREATE OR REPLACE FUNCTION stripe_sync.default_objects() RETURNS text[]
+LANGUAGE sql IMMUTABLE AS
+$$ SELECT ARRAY['customers', 'charges', 'invoices', 'payment_intents', 'refunds',
+                'subscriptions', 'products', 'prices', 'invoice_line_items', 'subscription_items'] $$;
+
+-- the local tables of 0.1's sources get their livemode column (NULL until synced again)
+DO $$
+DECLARE
+  t record;
+BEGIN
+  FOR t IN SELECT DISTINCT s.target_schema, o
+             FROM stripe_sync.sources s, unnest(s.objects) o
+            WHERE to_regclass(format('%I.%I', s.target_schema, o)) IS NOT NULL LOOP
+    EXECUTE format('ALTER TABLE %I.%I ADD COLUMN IF NOT EXISTS livemode boolean', t.target_schema, t.o);
+  END LOOP;
+END $$;

@@ -22,8 +22,9 @@ PG_FUNCTION_INFO_V1(stripe_catalog_objects);
 const StripeObjectDef *
 stripe_object_by_path(const char *path)
 {
+	/* a local-only table's path is its parent's, for the reader */
 	for (int i = 0; i < stripe_nobjects; i++)
-		if (strcmp(stripe_objects[i].path, path) == 0)
+		if (!stripe_objects[i].local_only && strcmp(stripe_objects[i].path, path) == 0)
 			return &stripe_objects[i];
 	return NULL;
 }
@@ -77,7 +78,8 @@ stripe_object_table_names(void)
 
 	initStringInfo(&buf);
 	for (int i = 0; i < stripe_nobjects; i++)
-		appendStringInfo(&buf, "%s%s", i ? ", " : "", stripe_objects[i].table);
+		if (!stripe_objects[i].local_only)
+			appendStringInfo(&buf, "%s%s", buf.len ? ", " : "", stripe_objects[i].table);
 	return buf.data;
 }
 
@@ -216,9 +218,13 @@ stripe_catalog_objects(PG_FUNCTION_ARGS)
 		values[1] = CStringGetTextDatum(def->path);
 		values[2] = CStringGetTextDatum(def->object);
 		values[3] = PointerGetDatum(construct_array(filters, nfilters, TEXTOID, -1, false, TYPALIGN_INT));
-		values[4] = BoolGetDatum(!def->no_retrieve);
-		values[5] = def->required_filter ? CStringGetTextDatum(def->required_filter) : (Datum) 0;
-		nulls[5] = def->required_filter == NULL;
+		values[4] = BoolGetDatum(!def->no_retrieve && !def->local_only);
+		if (def->local_only)
+			values[5] = CStringGetTextDatum(def->parent_column);
+		else if (def->required_filter)
+			values[5] = CStringGetTextDatum(def->required_filter);
+		else
+			nulls[5] = true;
 		values[6] = def->writable ? CStringGetTextDatum(def->writable) : (Datum) 0;
 		nulls[6] = def->writable == NULL;
 		values[7] = BoolGetDatum(def->stays_current != NULL);

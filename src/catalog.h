@@ -112,6 +112,16 @@ typedef struct StripeObjectDef
 	 * "a|b"), whose rest nested.c fetches; or NULL
 	 */
 	const char *nested_lists;
+
+	/*
+	 * A child table (children.c): one row per element of the list child_list
+	 * of the parent table child_of, with the parent's id in parent_column.
+	 * local_only: no foreign table of its own (its path is the parent's).
+	 */
+	const char *child_of;
+	const char *child_list;
+	const char *parent_column;
+	bool		local_only;
 } StripeObjectDef;
 
 #define STRIPE_PAGE_SIZE			100

@@ -36,7 +36,9 @@ stripe_import_foreign_schema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 	{
 		RangeVar   *rv = lfirst(lc);
 
-		if (stripe_object_by_table(rv->relname) == NULL)
+		const StripeObjectDef *def = stripe_object_by_table(rv->relname);
+
+		if (def == NULL || def->local_only)
 			ereport(ERROR,
 					(errcode(ERRCODE_FDW_TABLE_NOT_FOUND),
 					 errmsg("unknown Stripe object \"%s\"", rv->relname),
@@ -50,6 +52,8 @@ stripe_import_foreign_schema(ImportForeignSchemaStmt *stmt, Oid serverOid)
 		const StripeObjectDef *def = &stripe_objects[i];
 		StringInfoData buf;
 
+		if (def->local_only)
+			continue;
 		if (stmt->list_type == FDW_IMPORT_SCHEMA_LIMIT_TO &&
 			!table_listed(stmt->table_list, def->table))
 			continue;

@@ -61,6 +61,9 @@ typedef struct LocalTable
 				att_synced,
 				att_observed,
 				att_deleted;
+	int			att_livemode;	/* -1: none (a table of 0.1 not yet upgraded) */
+	List	   *children;		/* the source's child tables of this one (children.c) */
+	bool		children_known;
 	int64		rows;
 	int64		pages;
 	bool		locked_here;	/* created or truncated in this transaction */

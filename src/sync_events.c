@@ -29,6 +29,7 @@
 #include "utils/timestamp.h"
 
 #include "bgw.h"
+#include "children.h"
 #include "events.h"
 #include "json_page.h"
 #include "xact.h"
@@ -527,6 +528,7 @@ mark_deleted(SyncRun *run, LocalTable *lt, const char *id, TimestampTz at)
 						"WHERE id = $3 AND observed_at <= $1 AND deleted_at IS NULL",
 						lt->qualified), 3, dt, dv, NULL, SPI_OK_UPDATE);
 	stripe_run_as_owner(run, false);
+	stripe_children_mark_deleted(run, lt, id, at);
 }
 
 /*

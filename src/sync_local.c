@@ -19,8 +19,10 @@
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
+#include "children.h"
 #include "json_page.h"
 #include "nested.h"
+#include "ratelimit.h"
 #include "sync.h"
 #include "text.h"
 #include "xact.h"
@@ -35,12 +37,13 @@ stripe_check_page(StripeResponse *resp, void *arg, const char **why)
 }
 
 static int
-attno_of(TupleDesc td, const char *name)
+attno_of(TupleDesc td, const char *name, bool missing_ok)
 {
 	for (int i = 0; i < td->natts; i++)
 		if (strcmp(NameStr(TupleDescAttr(td, i)->attname), name) == 0)
 			return i;
-	elog(ERROR, "local table has no column \"%s\"", name);
+	if (!missing_ok)
+		elog(ERROR, "local table has no column \"%s\"", name);
 	return -1;
 }
 
@@ -55,6 +58,9 @@ upsert_sql(LocalTable *lt)
 	StringInfoData cols,
 				vals,
 				sets;
+	/* a child table's element ids are unique within their parent (children.c) */
+	char	   *key = lt->def && lt->def->child_of
+		? psprintf("%s, id", quote_identifier(lt->def->parent_column)) : "id";
 
 	initStringInfo(&cols);
 	initStringInfo(&vals);
@@ -80,10 +86,10 @@ upsert_sql(LocalTable *lt)
 		if (strcmp(NameStr(att->attname), "id") != 0)
 			appendStringInfo(&sets, "%s%s = EXCLUDED.%s", sets.len ? ", " : "", c, c);
 	}
-	return psprintf("INSERT INTO %s AS t (%s) SELECT * FROM unnest(%s) ON CONFLICT (id) DO UPDATE SET %s "
+	return psprintf("INSERT INTO %s AS t (%s) SELECT * FROM unnest(%s) ON CONFLICT (%s) DO UPDATE SET %s "
 					"WHERE t.observed_at <= EXCLUDED.observed_at AND "
 					"(t.attrs IS DISTINCT FROM EXCLUDED.attrs OR t.deleted_at IS DISTINCT FROM EXCLUDED.deleted_at)",
-					lt->qualified, cols.data, vals.data, sets.data);
+					lt->qualified, cols.data, vals.data, key, sets.data);
 }
 
 /* Opens the local table of an object for the run and prepares its upsert (in a transaction). */
@@ -122,10 +128,11 @@ stripe_open_local_table(SyncRun *run, const char *object)
 	for (int i = 0; i < lt->tupdesc->natts; i++)
 		if (strcmp(NameStr(TupleDescAttr(lt->tupdesc, i)->attname), "created") == 0)
 			lt->created_slot = lt->rc->att_slot[i];
-	lt->att_account = attno_of(lt->tupdesc, "account_id");
-	lt->att_synced = attno_of(lt->tupdesc, "synced_at");
-	lt->att_observed = attno_of(lt->tupdesc, "observed_at");
-	lt->att_deleted = attno_of(lt->tupdesc, "deleted_at");
+	lt->att_account = attno_of(lt->tupdesc, "account_id", false);
+	lt->att_synced = attno_of(lt->tupdesc, "synced_at", false);
+	lt->att_observed = attno_of(lt->tupdesc, "observed_at", false);
+	lt->att_deleted = attno_of(lt->tupdesc, "deleted_at", false);
+	lt->att_livemode = attno_of(lt->tupdesc, "livemode", true);
 	lt->argtypes = palloc(sizeof(Oid) * lt->tupdesc->natts);
 	lt->typlen = palloc(sizeof(int16) * lt->tupdesc->natts);
 	lt->typbyval = palloc(sizeof(bool) * lt->tupdesc->natts);
@@ -234,6 +241,12 @@ upsert_batch(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 		slot->tts_isnull[lt->att_observed] = false;
 		slot->tts_values[lt->att_deleted] = TimestampTzGetDatum(deleted_at[r]);
 		slot->tts_isnull[lt->att_deleted] = deleted_at[r] == 0;
+		/* an object without livemode of its own (a refund) is in the key's mode */
+		if (lt->att_livemode >= 0 && slot->tts_isnull[lt->att_livemode] && run->conn != NULL)
+		{
+			slot->tts_values[lt->att_livemode] = BoolGetDatum(stripe_key_is_live(run->conn->api_key));
+			slot->tts_isnull[lt->att_livemode] = false;
+		}
 		for (int a = 0; a < natts; a++)
 		{
 			values[a][r] = slot->tts_values[a];
@@ -418,6 +431,7 @@ stripe_upsert_rows_at(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 	{
 		if (lt->has_rejects)
 			forget_rejects(run, lt, rows, nrows);
+		stripe_children_write(run, lt, rows, nrows, observed, deleted_at);
 		return changed;
 	}
 	/* one of them cannot be stored: each alone, and the ones that fail set aside */
@@ -429,6 +443,7 @@ stripe_upsert_rows_at(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 			changed += one;
 			if (lt->has_rejects)
 				forget_rejects(run, lt, &rows[r], 1);
+			stripe_children_write(run, lt, &rows[r], 1, &observed[r], &deleted_at[r]);
 		}
 		else
 			reject(run, lt, &rows[r], edata);

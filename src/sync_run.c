@@ -29,6 +29,7 @@
 #include "backfill.h"
 #include "bf_parents.h"
 #include "bgw.h"
+#include "children.h"
 #include "events.h"
 #include "run.h"
 #include "text.h"
@@ -167,6 +168,7 @@ run_pending(SyncRun *run, bool *need_account)
 	ListCell   *lc;
 
 	*need_account = false;
+	stripe_children_prepare(run);
 	foreach(lc, run->src.objects)
 	{
 		char	   *object = lfirst(lc);
@@ -179,6 +181,9 @@ run_pending(SyncRun *run, bool *need_account)
 		stripe_spi("SELECT EXISTS (SELECT 1 FROM stripe_sync.rejected WHERE source = $1 AND object = $2)",
 				   2, types, values, NULL, SPI_OK_SELECT);
 		lt->has_rejects = stripe_spi_bool(0, 1);
+		/* a child table is written with its parent's objects */
+		if (stripe_is_child(object))
+			continue;
 		stripe_spi("SELECT backfill_done, backfill_cursor "
 				   "FROM stripe_sync.object_state WHERE source = $1 AND object = $2",
 				   2, types, values, NULL, SPI_OK_SELECT);

@@ -42,12 +42,13 @@ event's api_version (the account's default version, POST /_control/config
 Stripe-Version, for the changes listed in VERSION_CHANGES; and sends invoice.upcoming,
 whose invoice has no id (POST /_control/upcoming_invoice {"subscription": "sub_…"}).
 
-Like Stripe it inlines only the first 10 of an invoice's lines and a subscription's items
-(has_more true, the rest at the list's url: GET /v1/invoices/{invoice}/lines,
-/v1/subscription_items?subscription=…).  POST /_control/nested {"object": "invoices" or
-"subscriptions", "count": N} makes one with N of them; POST /_control/nested_remove
-{"object": "invoices", "id": "in_…", "element": "il_…" (default the last)} takes one out,
-with its invoice.updated event.
+Like Stripe it inlines only the first 10 of an invoice's or a credit note's lines and a
+subscription's items (has_more true, the rest at the list's url: GET
+/v1/invoices/{invoice}/lines, /v1/credit_notes/{credit_note}/lines,
+/v1/subscription_items?subscription=…).  POST /_control/nested {"object": "invoices",
+"credit_notes" or "subscriptions", "count": N} makes one with N of them (credit notes are
+made only so); POST /_control/nested_remove {"object": "invoices", "id": "in_…",
+"element": "il_…" (default the last)} takes one out, with its invoice.updated event.
 
 POST /_control/webhook {"event": "evt_…", "secret": "whsec_…" (or a list, as while a
 secret is rolled), "timestamp": T (default now)} answers what Stripe would deliver to an
@@ -418,6 +419,10 @@ KINDS = {k.path: k for k in (
     Kind("file_links", "file_link", "link_", {
         "expired": Filter(field("expired"), boolean=True), "file": Filter(field("file"))},
          seed_events=False, event_types=()),
+    # none seeded: tests make them through /_control/nested
+    Kind("credit_notes", "credit_note", "cn_", {"customer": Filter(field("customer")),
+                                                "invoice": Filter(field("invoice"))},
+         seed_events=False),
 )}
 # /_control/objects/<name> for kinds whose path has a slash
 CONTROL_NAMES = {"test_clocks": "test_helpers/test_clocks", "billing_meters": "billing/meters",
@@ -439,6 +444,8 @@ SUBSCRIPTION_ITEMS = Kind("subscription_items", "subscription_item", "si_", {
 
 # An invoice's lines: GET /v1/invoices/{invoice}/lines, a list without filters.
 INVOICE_LINES = Kind("invoices/lines", "line_item", "il_", {}, created=False)
+# A credit note's lines: GET /v1/credit_notes/{credit_note}/lines, likewise.
+CREDIT_NOTE_LINES = Kind("credit_notes/lines", "credit_note_line_item", "cnli_", {}, created=False)
 
 
 def few_per_parent(nchildren, nparents):
@@ -464,7 +471,7 @@ def filter_key(value):
 
 # Lists Stripe inlines only the first page of (at most NESTED_INLINE elements, has_more
 # true, the rest at its url): an invoice's lines, a subscription's items.
-NESTED = {"invoices": "lines", "subscriptions": "items"}
+NESTED = {"invoices": "lines", "subscriptions": "items", "credit_notes": "lines"}
 NESTED_INLINE = 10
 
 
@@ -580,21 +587,24 @@ def deep_merge(dst, src):
 class Store:
     """All data.  Every method expects the caller to hold `self.lock`."""
 
-    def __init__(self, fixtures):
+    def __init__(self, fixtures, livemode=False):
         self.lock = threading.Lock()
+        # a live key's account holds live mode objects, a test key's test mode ones
+        self.livemode = livemode
         res = fixtures["resources"]
         # Templates are kept as JSON text: json.loads is a faster deep copy than copy.deepcopy.
         self.templates = {k.path: json.dumps(res[k.obj]) for k in KINDS.values()}
         self.template_keys = {k.path: set(res[k.obj]) for k in KINDS.values()}
         self.item_template = json.dumps(res["subscription"]["items"]["data"][0])
         self.line_template = json.dumps(res["invoice"]["lines"]["data"][0])
+        self.cn_line_template = json.dumps(res["credit_note"]["lines"]["data"][0])
         account = res["account"]
         account["id"] = ACCOUNT_ID
         account["business_profile"]["name"] = ACCOUNT_NAME
         account["settings"]["dashboard"]["display_name"] = ACCOUNT_NAME
         account["external_accounts"]["url"] = f"/v1/accounts/{ACCOUNT_ID}/external_accounts"
         self.account = account
-        self.balance = balance_object(res["balance"])
+        self.balance = balance_object(res["balance"], livemode)
         self.seed_value = 1
         self.counter = itertools.count()
         # the account's default API version, which new events are rendered in
@@ -633,7 +643,7 @@ class Store:
         if previous is not None:
             data["previous_attributes"] = previous
         env = {"id": eid, "object": "event", "api_version": api_version, "created": created,
-               "data": data, "livemode": False, "pending_webhooks": 0,
+               "data": data, "livemode": self.livemode, "pending_webhooks": 0,
                "request": request or {"id": None, "idempotency_key": None}, "type": type_}
         head, tail = dumps(env).split(OBJ_PLACEHOLDER_JSON, 1)
         rec = Record(KINDS["events"], env)
@@ -828,7 +838,7 @@ class Store:
         now = int(time.time())
         total = sum((it["price"].get("unit_amount") or 0) * (it.get("quantity") or 1)
                     for it in sub["items"]["data"])
-        inv.update(object="invoice", livemode=False, metadata={}, created=now,
+        inv.update(object="invoice", livemode=self.livemode, metadata={}, created=now,
                    customer=sub["customer"], subscription=sub_id, status="draft",
                    billing_reason="upcoming", number=None, hosted_invoice_url=None,
                    invoice_pdf=None, currency=sub.get("currency"), total=total, subtotal=total,
@@ -890,7 +900,7 @@ class Seeder:
         kind = KINDS[path]
         obj = self.store.template(kind)
         obj.update(id=self.ids[path][i], object=kind.obj, created=seeded_created(i),
-                   livemode=False, metadata={})
+                   livemode=self.store.livemode, metadata={})
         return obj
 
     # Formulas shared by several types.
@@ -1104,6 +1114,7 @@ class Seeder:
         currency = CURRENCIES[i % 4]
         line = json.loads(self.store.line_template)
         line.update(id=hashed_id("il_", self.seed, o["id"]), invoice=o["id"], amount=total,
+                    livemode=self.store.livemode,
                     currency=currency, subscription=sub_id, subtotal=total, parent=None,
                     description=f"Invoice {i} item", period={"start": created, "end": created})
         o["lines"] = {"object": "list", "has_more": False, "total_count": 1, "data": [line],
@@ -1241,7 +1252,7 @@ class Seeder:
             self.store.put(si_kind, si)
 
 
-def balance_object(template):
+def balance_object(template, livemode=False):
     """The account's balance: a few currencies available and pending (one of them
     negative, as Stripe allows), and the nested prefunding balance, whose arrays are
     not top-level."""
@@ -1252,7 +1263,7 @@ def balance_object(template):
                         card(250000, currency="eur"), card(98000, currency="jpy")],
              connect_reserved=[{"amount": 0, "currency": "usd"}],
              instant_available=[card(1200000, currency="usd")],
-             livemode=False, object="balance",
+             livemode=livemode, object="balance",
              pending=[card(45000, currency="usd"), card(-1500, currency="eur")],
              refund_and_dispute_prefunding={"available": [{"amount": 0, "currency": "usd"}],
                                             "pending": [{"amount": 0, "currency": "usd"}]})
@@ -1267,7 +1278,7 @@ def subscription_item(store, sub_id, price, quantity, created, item_id):
     recurring = price.get("recurring") or {}
     item["plan"].update(id=price["id"], active=price["active"], amount=price["unit_amount"],
                         amount_decimal=price.get("unit_amount_decimal"), created=price["created"],
-                        currency=price["currency"], livemode=False, metadata={},
+                        currency=price["currency"], livemode=store.livemode, metadata={},
                         product=price["product"], billing_scheme="per_unit",
                         interval=recurring.get("interval", "month"),
                         interval_count=recurring.get("interval_count", 1), transform_usage=None)
@@ -1435,7 +1446,7 @@ class Writes:
                 raise ApiError(400, f"{kind.obj.capitalize()} already exists.",
                                code="resource_already_exists", param="id")
         obj.update(id=oid or self.store.new_id(kind), object=kind.obj,
-                   created=int(time.time()), livemode=False, metadata={})
+                   created=int(time.time()), livemode=self.store.livemode, metadata={})
         return obj
 
     def create(self, kind, params, request):
@@ -1820,7 +1831,7 @@ def send(handler, status, body, headers=(), truncate=False):
 
 class App:
     def __init__(self, fixtures, counts, seed, api_key):
-        self.store = Store(fixtures)
+        self.store = Store(fixtures, livemode=api_key.startswith(("sk_live_", "rk_live_")))
         self.writes = Writes(self.store)
         self.store.reseed(counts, seed)
         self.api_keys = {api_key}
@@ -2049,6 +2060,8 @@ class App:
             return 200, self.subscription_items(parts, query), []
         if len(parts) == 3 and parts[0] == "invoices" and parts[2] == "lines" and method == "GET":
             return 200, self.invoice_lines(parts[1], query), []
+        if len(parts) == 3 and parts[0] == "credit_notes" and parts[2] == "lines" and method == "GET":
+            return 200, self.credit_note_lines(parts[1], query), []
         if kind is None or len(parts) > 2 or (len(parts) == 2 and not parts[1]):
             raise self.unrecognized(method, path)
         if method == "GET":
@@ -2142,6 +2155,13 @@ class App:
         with self.store.lock:
             lines = self.store.get(KINDS["invoices"], inv_id, "invoice")["lines"]["data"]
         return self.array_page(lines, args, "line_item", f"/v1/invoices/{inv_id}/lines")
+
+    def credit_note_lines(self, cn_id, query):
+        """GET /v1/credit_notes/{credit_note}/lines: every line of the credit note."""
+        args = self.list_args(CREDIT_NOTE_LINES, query)
+        with self.store.lock:
+            lines = self.store.get(KINDS["credit_notes"], cn_id, "credit_note")["lines"]["data"]
+        return self.array_page(lines, args, "credit_note_line_item", f"/v1/credit_notes/{cn_id}/lines")
 
     @staticmethod
     def array_page(items, args, obj_name, url):
@@ -2412,7 +2432,7 @@ class App:
     def control_create(self, kind, fields):
         store = self.store
         obj = store.template(kind)
-        obj.update(object=kind.obj, livemode=False)
+        obj.update(object=kind.obj, livemode=store.livemode)
         deep_merge(obj, fields)
         obj["id"] = fields.get("id") or store.new_id(kind)
         obj["created"] = int(fields.get("created") or time.time())
@@ -2467,17 +2487,19 @@ class App:
         return store.replace(kind, old, new, prev)
 
     def control_nested(self, data):
-        """{"object": "invoices" or "subscriptions", "count": N, "fields": {...}}: a new
-        invoice with N lines, or subscription with N items, and its .created event.
+        """{"object": "invoices", "subscriptions" or "credit_notes", "count": N, "fields":
+        {...}}: a new invoice or credit note with N lines, or subscription with N items, and
+        its .created event.
         Returns the object as Stripe shows it (its first NESTED_INLINE elements)."""
         store = self.store
         path = data.get("object")
         n = int(data.get("count", 0))
         if path not in NESTED or not 0 <= n <= 100_000:
-            raise ValueError("object must be invoices or subscriptions, count 0 to 100,000")
+            raise ValueError("object must be invoices, subscriptions or credit_notes, "
+                             "count 0 to 100,000")
         kind = KINDS[path]
         obj = store.template(kind)
-        obj.update(object=kind.obj, livemode=False)
+        obj.update(object=kind.obj, livemode=store.livemode)
         deep_merge(obj, data.get("fields") or {})
         obj["id"] = store.new_id(kind)
         obj["created"] = now = int(time.time())
@@ -2487,10 +2509,20 @@ class App:
             for i in range(n):
                 line = json.loads(store.line_template)
                 line.update(id=hashed_id("il_", store.seed_value, obj["id"], i), invoice=obj["id"],
+                            livemode=store.livemode,
                             amount=100 + i, description=f"Line {i}", parent=None,
                             period={"start": now, "end": now})
                 elems.append(line)
             url = f"/v1/invoices/{obj['id']}/lines"
+        elif path == "credit_notes":
+            elems = []
+            for i in range(n):
+                line = json.loads(store.cn_line_template)
+                line.update(id=hashed_id("cnli_", store.seed_value, obj["id"], i), amount=100 + i,
+                            description=f"Credit line {i}", livemode=store.livemode)
+                elems.append(line)
+            obj.update(amount=sum(e["amount"] for e in elems), effective_at=now)
+            url = f"/v1/credit_notes/{obj['id']}/lines"
         else:
             prices = store.live(KINDS["prices"])
             if not prices:
@@ -2510,7 +2542,7 @@ class App:
         store = self.store
         path = data.get("object")
         if path not in NESTED:
-            raise ValueError("object must be invoices or subscriptions")
+            raise ValueError("object must be invoices, subscriptions or credit_notes")
         kind = KINDS[path]
         old = store.get(kind, str(data["id"]))
         field = NESTED[path]

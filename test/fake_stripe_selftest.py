@@ -982,6 +982,34 @@ class FakeStripeTest(unittest.TestCase):
         self.assertEqual((len(rest["data"]), rest["has_more"]), (5, False))
         self.assertEqual(len({i["id"] for i in items["data"] + rest["data"]}), 15)
 
+    def test_credit_notes_inline_ten_lines(self):
+        """A credit note, like an invoice, inlines 10 of its lines (has_more, the rest at
+        GET /v1/credit_notes/{credit_note}/lines); it is listed and retrieved, its creation
+        and a line taken out send credit_note.created and credit_note.updated."""
+        c = self.c
+        mark = self.newest_event_id()
+        cn = c.ctl("POST", "nested", {"object": "credit_notes", "count": 12})
+        self.assertTrue(cn["id"].startswith("cn_"))
+        lines = cn["lines"]
+        self.assertEqual((len(lines["data"]), lines["has_more"], lines["total_count"]),
+                         (10, True, 12))
+        self.assertEqual(lines["url"], f"/v1/credit_notes/{cn['id']}/lines")
+        self.assertEqual({l["object"] for l in lines["data"]}, {"credit_note_line_item"})
+        _, _, rest = c.get(f"{lines['url']}?limit=100&starting_after={lines['data'][-1]['id']}")
+        self.assertEqual((len(rest["data"]), rest["has_more"]), (2, False))
+        self.assertEqual(len({l["id"] for l in lines["data"] + rest["data"]}), 12)
+        _, _, listed = c.get("/v1/credit_notes?limit=100")
+        self.assertIn(cn["id"], [n["id"] for n in listed["data"]])
+        _, _, got = c.get(f"/v1/credit_notes/{cn['id']}")
+        self.assertEqual(got["lines"], lines)
+        self.assert_error(c.get("/v1/credit_notes/cn_nope/lines"), 404, "resource_missing",
+                          "credit_note")
+        c.ctl("POST", "nested_remove", {"object": "credit_notes", "id": cn["id"]})
+        self.assertEqual([e["type"] for e in self.events_since(mark)],
+                         ["credit_note.created", "credit_note.updated"])
+        _, _, first = c.get(f"{lines['url']}?limit=100")
+        self.assertEqual(len(first["data"]), 11)
+
     def test_idempotency_replays_errors(self):
         # A write that ran and failed: its failure is saved and replayed, 500s included
         self.fault(kind="500", after=True)
@@ -1282,6 +1310,31 @@ class LifecycleTest(unittest.TestCase):
             self.assertEqual({k: v for k, v in Client(port).ctl("GET", "config").items()
                               if "rate" in k},
                              {"rate_limit": 0, "endpoint_rate_limit": 0, "live_rate_limit": 0})
+        finally:
+            proc.kill()
+            proc.wait(10)
+            os.unlink(port_file)
+
+    def test_live_key_live_objects(self):
+        """A live key's account holds live mode objects (a test key's, test mode ones):
+        seeded, made, nested and their events."""
+        live = "sk_live_selftest"
+        proc, port, port_file = start_server("--api-key", live, "--counts",
+                                             "customers=2,products=1,prices=1,invoices=2,"
+                                             "subscriptions=1,events=5")
+        try:
+            c = Client(port)
+            for path in ("customers", "invoices", "subscriptions", "events"):
+                _, _, body = c.api("GET", f"/v1/{path}", {"limit": 100}, key=live)
+                self.assertEqual({o["livemode"] for o in body["data"]}, {True}, path)
+            _, _, inv = c.api("GET", "/v1/invoices", {"limit": 1}, key=live)
+            self.assertEqual({l["livemode"] for l in inv["data"][0]["lines"]["data"]}, {True})
+            made = c.ctl("POST", "nested", {"object": "invoices", "count": 2})
+            self.assertEqual((made["livemode"], {l["livemode"] for l in made["lines"]["data"]}),
+                             (True, {True}))
+            _, _, ev = c.api("GET", "/v1/events", {"limit": 1}, key=live)
+            self.assertEqual((ev["data"][0]["type"], ev["data"][0]["livemode"]),
+                             ("invoice.created", True))
         finally:
             proc.kill()
             proc.wait(10)

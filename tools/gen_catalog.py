@@ -49,6 +49,9 @@ OBJECTS = [
     ("credit_notes", "credit_note", "credit_notes", []),
     ("invoice_items", "invoiceitem", "invoiceitems", []),
     ("subscription_items", "subscription_item", "subscription_items", []),
+    # the elements of an invoice's lines and a credit note's lines: local tables only
+    ("invoice_line_items", "line_item", "invoices/{invoice}/lines", []),
+    ("credit_note_lines", "credit_note_line_item", "credit_notes/{credit_note}/lines", []),
     ("subscription_schedules", "subscription_schedule", "subscription_schedules", []),
     ("tax_rates", "tax_rate", "tax_rates", []),
     ("application_fees", "application_fee", "application_fees", []),
@@ -77,6 +80,18 @@ PARENTS = {
 # The list's last path segment under its parent, where it is not the object's path:
 # GET /v1/customers/{customer}/balance_transactions.
 CHILD_PATH = {"customer_balance_transactions": "balance_transactions"}
+# Child tables: one row per element of a parent's nested list, kept by a source
+# together with the parent (children.c): table -> (parent table, the parent's list
+# field, the column of the parent's id).  An element's own parent field is not relied
+# upon (a credit note line has none): the column is filled from the parent.  The new
+# ones have no foreign table of their own (LOCAL_ONLY): a scan reads them in their
+# parent's attrs, and their paths are the parent's, for the reader.
+CHILDREN = {
+    "invoice_line_items": ("invoices", "lines", "invoice"),
+    "subscription_items": ("subscriptions", "items", "subscription"),
+    "credit_note_lines": ("credit_notes", "lines", "credit_note"),
+}
+LOCAL_ONLY = {"invoice_line_items", "credit_note_lines"}
 # Stripe has no retrieve (GET /v1/<path>/<id>) for these: an id qual must stay local.
 # (A customer balance transaction is retrieved only under its customer.)
 NO_RETRIEVE = {"balance", "setup_attempts", "customer_balance_transactions"}
@@ -112,6 +127,9 @@ STAYS_CURRENT = {
     "invoice_items": "events (created and deleted) and a re-list each sync from the oldest "
                      "not yet on an invoice",
     "file_links": "a full re-list every stripe_sync.relist_interval (Stripe has no file link events)",
+    "invoice_line_items": "with its invoice",
+    "subscription_items": "with its subscription",
+    "credit_note_lines": "with its credit note",
 }
 # The changes Stripe sends no event for, listed again by each sync (src/sync_relist.c):
 # table -> (strategy, from, the list's filter, days).  "recent" lists the objects created
@@ -287,7 +305,7 @@ def main(data):
     for table, res, path, extra_filters in OBJECTS:
         obj = fixtures[res]
         props = schemas.get(res, {}).get("properties", {})
-        listop = list_operation(spec, table, path)
+        listop = list_operation(spec, table, path) if table not in LOCAL_ONLY else None
         filters = set(extra_filters) - {"created"}   # "created" there means the range
         enums = {}                  # filter -> the values Stripe accepts
         for p in (listop or {}).get("parameters", []):
@@ -307,6 +325,8 @@ def main(data):
                 if name in ("id", "object") or name == "attrs":
                     continue
                 cols.append((name, value_type(name, value, props.get(name), fallback)))
+            if table in CHILDREN and CHILDREN[table][2] not in dict(cols):
+                cols.insert(1, (CHILDREN[table][2], "TEXT"))
         special = []
         if table in STAYS_CURRENT:
             special.append(f'.stays_current = "{STAYS_CURRENT[table]}"')
@@ -321,11 +341,17 @@ def main(data):
                 special.append(f".relist_days = {days}")
         if table in WRITABLE:
             special.append(f'.writable = "{WRITABLE[table]}"')
+        if table in CHILDREN:
+            parent, field, column = CHILDREN[table]
+            special.append(f'.child_of = "{parent}", .child_list = "{field}", '
+                           f'.parent_column = "{column}"')
+        if table in LOCAL_ONLY:
+            special.append(".local_only = true")
         if table in ARRAY_ROWS:
             special.append(".rows_from = STRIPE_ROWS_ARRAYS")
         if table in NO_RETRIEVE:
             special.append(".no_retrieve = true")
-        if not listop and table not in ARRAY_ROWS:
+        if not listop and table not in ARRAY_ROWS and table not in LOCAL_ONLY:
             special.append(".no_list = true")   # mandates: retrieve only
         if table in LIST_ALL:
             special.append(f'.list_all = "{LIST_ALL[table]}"')

@@ -46,8 +46,9 @@ $node->safe_psql('postgres', "BEGIN; SELECT stripe_sync.create_source('main', se
 	SELECT stripe_sync.alter_source('main', enabled => false); COMMIT;");
 is($node->safe_psql('postgres',
 	"SELECT sync_interval, sync_from IS NULL, objects FROM stripe_sync.sources WHERE name = 'main'"),
-	'01:00:00|t|{customers,charges,invoices,payment_intents,refunds,subscriptions,products,prices}',
-	'defaults: hourly, all history, the eight default objects');
+	'01:00:00|t|{customers,charges,invoices,payment_intents,refunds,subscriptions,products,prices,'
+	. 'invoice_line_items,subscription_items}',
+	'defaults: hourly, all history, the eight default objects and the children of two');
 
 $fake->clear_requests;
 my ($rc, $out, $err) = $node->psql('postgres', "SELECT stripe_sync.sync_now('main')");
@@ -63,7 +64,8 @@ is($rc, 0, 'first sync (backfill) ran');
 	cmp_ok($first_charges, '<', $last_customers, 'the objects are listed together, not one after another');
 }
 like($err, qr/backfill of customers: 1050 rows in \d+ pages, \d+ rows\/s \(done\)/, 'NOTICE progress per object');
-like($out, qr/"rows": 4182/, 'summary counts every row');
+# 4182 objects, and the 120 lines of the invoices and 80 items of the subscriptions
+like($out, qr/"rows": 4382/, 'summary counts every row');
 
 for my $type (qw(customers charges invoices payment_intents refunds subscriptions products prices))
 {
@@ -73,7 +75,7 @@ is($node->safe_psql('postgres', "SELECT count(DISTINCT status) FROM stripe_data.
 	'8', 'subscriptions of every status, canceled included');
 is($node->safe_psql('postgres',
 	"SELECT count(*) FROM stripe_sync.status WHERE source = 'main' AND state = 'synced' AND backfill_done"),
-	'8', 'status: every object synced and backfilled');
+	'10', 'status: every object synced and backfilled');
 is($node->safe_psql('postgres',
 	"SELECT count(*) FROM stripe_data.charges WHERE account_id = 'acct_fake000000000'"),
 	'2500', 'account_id is the account behind the key');

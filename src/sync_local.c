@@ -77,10 +77,11 @@ upsert_sql(LocalTable *lt)
 		get_typlenbyvalalign(att->atttypid, &lt->typlen[i], &lt->typbyval[i], &lt->typalign[i]);
 		appendStringInfo(&cols, "%s%s", cols.len ? ", " : "", c);
 		appendStringInfo(&vals, "%s$%d", vals.len ? ", " : "", i + 1);
-		if (strcmp(NameStr(att->attname), "id") != 0)
+		/* the key's columns are equal in a conflict; Citus refuses to set its distribution column */
+		if (strcmp(NameStr(att->attname), "id") != 0 && strcmp(NameStr(att->attname), "account_id") != 0)
 			appendStringInfo(&sets, "%s%s = EXCLUDED.%s", sets.len ? ", " : "", c, c);
 	}
-	return psprintf("INSERT INTO %s AS t (%s) SELECT * FROM unnest(%s) ON CONFLICT (id) DO UPDATE SET %s "
+	return psprintf("INSERT INTO %s AS t (%s) SELECT * FROM unnest(%s) ON CONFLICT (id, account_id) DO UPDATE SET %s "
 					"WHERE t.observed_at <= EXCLUDED.observed_at AND "
 					"(t.attrs IS DISTINCT FROM EXCLUDED.attrs OR t.deleted_at IS DISTINCT FROM EXCLUDED.deleted_at)",
 					lt->qualified, cols.data, vals.data, sets.data);
@@ -214,9 +215,14 @@ upsert_batch(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 	TimestampTz now = GetCurrentTimestamp();
 	int			dims[1] = {nrows};
 	int			lbs[1] = {1};
+	Datum		account;
 
 	if (nrows == 0)
 		return 0;
+	/* learned before any row is written (stripe_run_account) */
+	if (run->src.account_id == NULL)
+		elog(ERROR, "source \"%s\" has no account_id to key its rows by", run->src.name);
+	account = CStringGetTextDatum(run->src.account_id);
 	for (int a = 0; a < natts; a++)
 	{
 		values[a] = palloc(sizeof(Datum) * nrows);
@@ -225,9 +231,8 @@ upsert_batch(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 	for (int r = 0; r < nrows; r++)
 	{
 		stripe_row_to_slot(lt->rc, &rows[r], slot);
-		slot->tts_values[lt->att_account] = run->src.account_id
-			? CStringGetTextDatum(run->src.account_id) : (Datum) 0;
-		slot->tts_isnull[lt->att_account] = run->src.account_id == NULL;
+		slot->tts_values[lt->att_account] = account;
+		slot->tts_isnull[lt->att_account] = false;
 		slot->tts_values[lt->att_synced] = TimestampTzGetDatum(now);
 		slot->tts_isnull[lt->att_synced] = false;
 		slot->tts_values[lt->att_observed] = TimestampTzGetDatum(observed[r]);

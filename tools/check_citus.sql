@@ -5,7 +5,8 @@
 -- Reads the catalog only (Citus need not be installed) and checks every table
 -- of the source's target schema against what create_distributed_table(…,
 -- 'account_id', colocate_with => …) requires of a set of co-located tables:
---   - an account_id column, NOT NULL (Citus refuses a NULL distribution value);
+--   - an account_id column of type text, NOT NULL (Citus refuses a NULL
+--     distribution value, and co-locates tables whose columns share a type);
 --   - a primary key (the shard rebalancer moves shards by logical replication);
 --   - every unique index, primary key and unique constraint includes account_id
 --     (uniqueness is enforced shard by shard);
@@ -22,7 +23,9 @@ SELECT c.oid::regclass AS rel, c.oid AS relid,
        (SELECT a.attnum FROM pg_attribute a
          WHERE a.attrelid = c.oid AND a.attname = 'account_id' AND NOT a.attisdropped) AS acct,
        (SELECT a.attnotnull FROM pg_attribute a
-         WHERE a.attrelid = c.oid AND a.attname = 'account_id' AND NOT a.attisdropped) AS acct_not_null
+         WHERE a.attrelid = c.oid AND a.attname = 'account_id' AND NOT a.attisdropped) AS acct_not_null,
+       (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+         WHERE a.attrelid = c.oid AND a.attname = 'account_id' AND NOT a.attisdropped) AS acct_type
   FROM stripe_sync.sources s
   JOIN pg_namespace n ON n.nspname = s.target_schema
   JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'p') AND NOT c.relispartition
@@ -34,6 +37,9 @@ SELECT t.rel::text AS "table", 'no account_id column' AS problem
 UNION ALL
 SELECT t.rel::text, 'account_id may be NULL'
   FROM citus_tables t WHERE t.acct IS NOT NULL AND NOT t.acct_not_null
+UNION ALL
+SELECT t.rel::text, format('account_id is %s, not text (co-located tables share one type)', t.acct_type)
+  FROM citus_tables t WHERE t.acct_type <> 'text'
 UNION ALL
 SELECT t.rel::text, 'no primary key'
   FROM citus_tables t

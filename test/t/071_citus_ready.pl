@@ -101,6 +101,10 @@ refused('a table keyed by id alone',
 	q{CREATE TABLE stripe_data.notes (id text PRIMARY KEY, account_id text, note text)},
 	q{DROP TABLE stripe_data.notes},
 	qr/^stripe_data\.notes \| account_id may be NULL\nstripe_data\.notes \| unique index stripe_data\.notes_pkey does not include account_id$/m);
+refused('a table whose account_id is of another type',
+	q{CREATE TABLE stripe_data.tallies (id text, account_id varchar(40) NOT NULL, PRIMARY KEY (id, account_id))},
+	q{DROP TABLE stripe_data.tallies},
+	qr/^stripe_data\.tallies \| account_id is character varying\(40\), not text/m);
 refused('a table without account_id',
 	q{CREATE TABLE stripe_data.tags (tag text)},
 	q{DROP TABLE stripe_data.tags},

@@ -19,12 +19,16 @@ CREATE USER MAPPING FOR CURRENT_USER SERVER ob_stripe OPTIONS (api_key 'sk_test_
 CREATE SCHEMA ob;
 SELECT stripe_sync.create_source('ob', server => 'ob_stripe', target_schema => 'ob', objects => ARRAY['customers', 'charges']);
 SELECT stripe_sync.alter_source('ob', enabled => false);
-INSERT INTO ob.customers (id, attrs, synced_at, observed_at) VALUES
-  ('cus_A', '{"id": "cus_A", "object": "customer", "email": "ada@example.com"}', now(), now()),
-  ('cus_B', '{"id": "cus_B", "object": "customer", "email": null}', now(), now());
-INSERT INTO ob.charges (id, attrs, synced_at, observed_at) VALUES
-  ('ch_1', '{"id": "ch_1", "object": "charge", "customer": "cus_A"}', now(), now()),
-  ('ch_3', '{"id": "ch_3", "object": "charge", "customer": null, "billing_details": {"email": "guest3@example.com"}}', now(), now());
+-- the account its rows are keyed by, as its first sync learns it
+UPDATE stripe_sync.sources SET account_id = 'acct_fake000000000' WHERE name = 'ob';
+INSERT INTO ob.customers (id, attrs, account_id, synced_at, observed_at) VALUES
+  ('cus_A', '{"id": "cus_A", "object": "customer", "email": "ada@example.com"}', 'acct_fake000000000', now(), now()),
+  ('cus_B', '{"id": "cus_B", "object": "customer", "email": null}', 'acct_fake000000000', now(), now()),
+  -- another account's row of the same id: never this source's
+  ('cus_A', '{"id": "cus_A", "object": "customer", "email": "other@example.com"}', 'acct_other', now(), now());
+INSERT INTO ob.charges (id, attrs, account_id, synced_at, observed_at) VALUES
+  ('ch_1', '{"id": "ch_1", "object": "charge", "customer": "cus_A"}', 'acct_fake000000000', now(), now()),
+  ('ch_3', '{"id": "ch_3", "object": "charge", "customer": null, "billing_details": {"email": "guest3@example.com"}}', 'acct_fake000000000', now(), now());
 
 -- a destination must be an intempt server
 SELECT stripe_sync.alter_source('ob', destination => 'ob_stripe');

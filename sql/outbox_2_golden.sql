@@ -12,12 +12,14 @@ CREATE USER MAPPING FOR CURRENT_USER SERVER g_stripe OPTIONS (api_key 'sk_test_f
 CREATE SCHEMA g;
 SELECT stripe_sync.create_source('g', server => 'g_stripe', target_schema => 'g', objects => ARRAY['customers', 'charges']);
 SELECT stripe_sync.alter_source('g', enabled => false);
+-- the account its rows are keyed by, as its first sync learns it
+UPDATE stripe_sync.sources SET account_id = 'acct_fake000000000' WHERE name = 'g';
 -- the customers and the charge the events point at, as synced
-INSERT INTO g.customers (id, attrs, synced_at, observed_at) VALUES
-  ('cus_G1', '{"id": "cus_G1", "object": "customer", "email": "grace@example.com"}', now(), now()),
-  ('cus_G2', '{"id": "cus_G2", "object": "customer", "email": "kim@example.com"}', now(), now());
-INSERT INTO g.charges (id, attrs, synced_at, observed_at) VALUES
-  ('ch_3G1', '{"id": "ch_3G1", "object": "charge", "customer": "cus_G1"}', now(), now());
+INSERT INTO g.customers (id, attrs, account_id, synced_at, observed_at) VALUES
+  ('cus_G1', '{"id": "cus_G1", "object": "customer", "email": "grace@example.com"}', 'acct_fake000000000', now(), now()),
+  ('cus_G2', '{"id": "cus_G2", "object": "customer", "email": "kim@example.com"}', 'acct_fake000000000', now(), now());
+INSERT INTO g.charges (id, attrs, account_id, synced_at, observed_at) VALUES
+  ('ch_3G1', '{"id": "ch_3G1", "object": "charge", "customer": "cus_G1"}', 'acct_fake000000000', now(), now());
 
 CREATE TEMP TABLE golden (id text, type text, created bigint, obj jsonb, want jsonb);
 INSERT INTO golden VALUES

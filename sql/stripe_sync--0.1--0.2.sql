@@ -481,22 +481,22 @@ DECLARE
   pcol text := (SELECT c.parent_column FROM stripe_sync.catalog_children() c WHERE c.object = create_local_table.object);
 BEGIN
   -- lz4 for every jsonb column: attrs is most of a row, and pglz on the nested
-  -- ones cost a tenth of a backfill's time, more than lz4 on attrs.  A child's
-  -- element id is unique within its parent: the key is (parent, id).
-  SELECT string_agg(format('%I %s%s%s', column_name, column_type,
-                           CASE WHEN column_type = 'jsonb' THEN ' COMPRESSION lz4' ELSE '' END,
-                           CASE WHEN column_name = 'id' AND pcol IS NULL THEN ' PRIMARY KEY' ELSE '' END), ', ')
+  -- ones cost a tenth of a backfill's time, more than lz4 on attrs.  Keyed by
+  -- account too, never NULL: Citus can distribute the tables by account_id,
+  -- co-located (its keys must hold the distribution column).  A child's element
+  -- id is unique within its parent: its key is (parent, id, account_id).
+  SELECT string_agg(format('%I %s%s', column_name, column_type,
+                           CASE WHEN column_type = 'jsonb' THEN ' COMPRESSION lz4' ELSE '' END), ', ')
     INTO cols FROM stripe_sync.catalog_columns(object);
   -- livemode on every table: the object's own, or the key's mode for objects without it
   IF NOT EXISTS (SELECT 1 FROM stripe_sync.catalog_columns(object) WHERE column_name = 'livemode') THEN
     cols := cols || ', livemode boolean';
   END IF;
-  IF pcol IS NOT NULL THEN
-    cols := cols || format(', PRIMARY KEY (%I, id)', pcol);
-  END IF;
-  EXECUTE format('CREATE TABLE IF NOT EXISTS %I.%I (%s, attrs jsonb COMPRESSION lz4 NOT NULL, account_id text, '
-                 'synced_at timestamptz NOT NULL, observed_at timestamptz NOT NULL, deleted_at timestamptz)',
-                 target_schema, object, cols);
+  EXECUTE format('CREATE TABLE IF NOT EXISTS %I.%I (%s, attrs jsonb COMPRESSION lz4 NOT NULL, account_id text NOT NULL, '
+                 'synced_at timestamptz NOT NULL, observed_at timestamptz NOT NULL, deleted_at timestamptz, '
+                 'PRIMARY KEY (%s))',
+                 target_schema, object, cols,
+                 CASE WHEN pcol IS NULL THEN 'id, account_id' ELSE format('%I, id, account_id', pcol) END);
   IF EXISTS (SELECT 1 FROM stripe_sync.catalog_columns(object) WHERE column_name = 'customer') THEN
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I.%I (customer)', object || '_customer_idx', target_schema, object);
   END IF;
@@ -534,18 +534,23 @@ CREATE FUNCTION stripe_sync.outbox_rows(source text, event_ids text[], event_typ
 RETURNS SETOF record LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   sch name;
-  customer_email text := 'NULL::text';
-  charge_customer text := 'NULL::text';
-  charge_email text := 'NULL::text';
+  acct text;
+  customers_known text := 'SELECT NULL::text AS id, NULL::text AS email WHERE false';
+  charges_known text := 'SELECT NULL::text AS id, NULL::text AS cust, NULL::text AS email WHERE false';
 BEGIN
-  SELECT s.target_schema INTO sch FROM stripe_sync.sources s WHERE s.name = outbox_rows.source;
-  -- the source's own tables answer who an object belongs to, when it syncs them
-  IF to_regclass(format('%I.customers', sch)) IS NOT NULL THEN
-    customer_email := format('(SELECT c.attrs->>''email'' FROM %I.customers c WHERE c.id = x.cust)', sch);
-  END IF;
+  SELECT s.target_schema, s.account_id INTO sch, acct FROM stripe_sync.sources s WHERE s.name = outbox_rows.source;
+  -- the source's own tables answer who an object belongs to, when it syncs them:
+  -- its own rows, by the whole key, in queries of their own (not correlated
+  -- subqueries), so that Citus runs each on the account's shard
   IF to_regclass(format('%I.charges', sch)) IS NOT NULL THEN
-    charge_customer := format('(SELECT ch.attrs->>''customer'' FROM %I.charges ch WHERE ch.id = x0.charge)', sch);
-    charge_email := format('(SELECT nullif(ch.attrs->''billing_details''->>''email'', '''') FROM %I.charges ch WHERE ch.id = x.charge)', sch);
+    charges_known := format('SELECT ch.id, ch.attrs->>''customer'' AS cust, '
+                            'nullif(ch.attrs->''billing_details''->>''email'', '''') AS email FROM %I.charges ch '
+                            'WHERE ch.account_id = $6 AND ch.id IN (SELECT r.charge FROM refs r)', sch);
+  END IF;
+  IF to_regclass(format('%I.customers', sch)) IS NOT NULL THEN
+    customers_known := format('SELECT c.id, nullif(c.attrs->>''email'', '''') AS email FROM %I.customers c '
+                              'WHERE c.account_id = $6 AND c.id IN (SELECT r.cust FROM refs r WHERE NOT r.own_email '
+                              'UNION SELECT k.cust FROM charges_known k)', sch);
   END IF;
   -- every lookup is a hash join or an index probe: a batch costs in proportion to its size
   RETURN QUERY EXECUTE format($q$
@@ -556,7 +561,19 @@ BEGIN
     batch_customers AS MATERIALIZED (
       SELECT DISTINCT ON (o.obj->>'id') o.obj->>'id' AS id, nullif(o.obj->>'email', '') AS email
         FROM objs o WHERE o.obj->>'object' = 'customer' ORDER BY o.obj->>'id', o.ord DESC),
-    hist AS MATERIALIZED (SELECT * FROM stripe_sync.history_map())
+    hist AS MATERIALIZED (SELECT * FROM stripe_sync.history_map()),
+    -- the customer and the charge each object names itself
+    refs AS MATERIALIZED (
+      SELECT o.ord,
+             CASE WHEN o.obj->>'object' = 'customer' THEN o.obj->>'id'
+                  WHEN jsonb_typeof(o.obj->'customer') = 'object' THEN o.obj->'customer'->>'id'
+                  ELSE o.obj->>'customer' END AS cust,
+             CASE WHEN jsonb_typeof(o.obj->'charge') = 'object' THEN o.obj->'charge'->>'id'
+                  ELSE coalesce(o.obj->>'charge', o.obj->>'latest_charge') END AS charge,
+             o.obj->>'object' = 'customer' AND nullif(o.obj->>'email', '') IS NOT NULL AS own_email
+        FROM objs o),
+    charges_known AS MATERIALIZED (%2$s),
+    customers_known AS MATERIALIZED (%1$s)
     SELECT e.event_id, m.intempt_event, e.event_type, e.obj->>'id', to_timestamp(e.t),
            jsonb_build_object('eventId', e.event_id, 'timestamp', e.t * 1000,
                               'userId', u.user_id,
@@ -569,26 +586,23 @@ BEGIN
              WHERE i.type IS NOT NULL
                 OR (h.event_type IS NOT NULL AND (i.obj->>'created')::bigint < $5)) e
       JOIN stripe_sync.event_map m ON m.stripe_event = e.event_type AND m.enabled
-      CROSS JOIN LATERAL (
-        SELECT CASE WHEN e.obj->>'object' = 'customer' THEN e.obj->>'id'
-                    WHEN jsonb_typeof(e.obj->'customer') = 'object' THEN e.obj->'customer'->>'id'
-                    ELSE e.obj->>'customer' END AS cust,
-               CASE WHEN jsonb_typeof(e.obj->'charge') = 'object' THEN e.obj->'charge'->>'id'
-                    ELSE coalesce(e.obj->>'charge', e.obj->>'latest_charge') END AS charge) x0
-      CROSS JOIN LATERAL (SELECT coalesce(x0.cust, %2$s) AS cust, x0.charge) x
+      JOIN refs x0 ON x0.ord = e.ord
+      LEFT JOIN charges_known ch ON ch.id = x0.charge
+      CROSS JOIN LATERAL (SELECT coalesce(x0.cust, ch.cust) AS cust) x
       LEFT JOIN batch_customers b ON b.id = x.cust
+      LEFT JOIN customers_known c ON c.id = x.cust
       CROSS JOIN LATERAL (
         -- a customer is one identity: its email, from the batch or the local table,
         -- else its id; the customer's own events use the same rule
         SELECT x.cust,
                coalesce(CASE WHEN x.cust IS NOT NULL THEN
                           coalesce(CASE WHEN e.obj->>'object' = 'customer' THEN nullif(e.obj->>'email', '') END,
-                                   b.email, nullif(%1$s, ''), x.cust) END,
+                                   b.email, c.email, x.cust) END,
                         nullif(e.obj->'billing_details'->>'email', ''), nullif(e.obj->>'customer_email', ''),
-                        nullif(e.obj->>'receipt_email', ''), %3$s,
+                        nullif(e.obj->>'receipt_email', ''), ch.email,
                         e.obj->>'id') AS user_id) u
-     ORDER BY e.ord, e.event_type $q$, customer_email, charge_customer, charge_email)
-    USING event_ids, event_types, times, objects, coalesce(history_until, 0);
+     ORDER BY e.ord, e.event_type $q$, customers_known, charges_known)
+    USING event_ids, event_types, times, objects, coalesce(history_until, 0), acct;
 END $$;
 GRANT EXECUTE ON FUNCTION stripe_sync.outbox_rows(text, text[], text[], bigint[], jsonb[], bigint) TO PUBLIC;
 
@@ -754,5 +768,39 @@ BEGIN
              FROM stripe_sync.sources s, unnest(s.objects) o
             WHERE to_regclass(format('%I.%I', s.target_schema, o)) IS NOT NULL LOOP
     EXECUTE format('ALTER TABLE %I.%I ADD COLUMN IF NOT EXISTS livemode boolean', t.target_schema, t.o);
+  END LOOP;
+END $$;
+
+-- ---------------------------------------------------------------------------
+-- Keys Citus can distribute: a local table's key is (id, account_id), and
+-- account_id is never NULL.  A source whose key could not read the account
+-- writes the placeholder 'unknown:<source>' (sync_run.c), fixed for its life:
+-- a row's distribution column never changes.  0.1's tables (id PRIMARY KEY,
+-- account_id NULL for such a source) are brought to it here.
+-- ---------------------------------------------------------------------------
+
+DO $$
+DECLARE
+  src record;
+  o text;
+  rel regclass;
+  pk name;
+BEGIN
+  -- a source that has synced keeps what it wrote under; one that has not learns its account
+  UPDATE stripe_sync.sources SET account_id = 'unknown:' || name
+   WHERE account_id IS NULL AND events_cursor IS NOT NULL;
+  FOR src IN SELECT name, target_schema, objects, account_id FROM stripe_sync.sources ORDER BY name LOOP
+    FOREACH o IN ARRAY src.objects LOOP
+      rel := to_regclass(format('%I.%I', src.target_schema, o));
+      CONTINUE WHEN rel IS NULL;
+      EXECUTE format('UPDATE %s SET account_id = $1 WHERE account_id IS NULL', rel)
+        USING coalesce(src.account_id, 'unknown:' || src.name);
+      SELECT c.conname INTO pk FROM pg_constraint c
+       WHERE c.conrelid = rel AND c.contype = 'p'
+         AND c.conkey = ARRAY[(SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = 'id')];
+      CONTINUE WHEN pk IS NULL;
+      EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I, ALTER COLUMN account_id SET NOT NULL, '
+                     'ADD PRIMARY KEY (id, account_id)', rel, pk);
+    END LOOP;
   END LOOP;
 END $$;

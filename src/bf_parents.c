@@ -146,16 +146,17 @@ walk_load(Walk *w)
 {
 	SyncRun    *run = w->run;
 	MemoryContext old = MemoryContextSwitchTo(w->tmp);
-	Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, INT4OID};
-	Datum		values[3];
+	Oid			types[4] = {TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID};
+	Datum		values[4];
 	int			want = Min(PARENT_BATCH, PARENT_QUEUE - w->n);
 
 	values[0] = CStringGetTextDatum(w->loaded);
 	values[1] = TimestampTzGetDatum(w->loaded_synced);
 	values[2] = Int32GetDatum(want);
+	values[3] = CStringGetTextDatum(run->src.account_id);
 	stripe_run_begin(run);
 	stripe_run_as_owner(run, true);
-	stripe_spi(w->load_sql, 3, types, values, NULL, SPI_OK_SELECT);
+	stripe_spi(w->load_sql, 4, types, values, NULL, SPI_OK_SELECT);
 	stripe_run_as_owner(run, false);
 	w->exhausted = SPI_processed < (uint64) want;
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -394,13 +395,14 @@ walk_begin(SyncRun *run, LocalTable *customers, const char *object, const char *
 	}
 	strlcpy(w->loaded, w->cursor, sizeof(w->loaded));
 	w->loaded_synced = w->cursor_synced;
+	/* the source's account's customers only: the tables may hold other accounts' (Connect) */
 	if (w->relist)
 		w->load_sql = MemoryContextStrdup(w->cxt, psprintf(
-			"SELECT id, synced_at FROM %s WHERE (synced_at, id) > ($2, $1) AND deleted_at IS NULL "
-			"ORDER BY synced_at, id LIMIT $3", customers->qualified));
+			"SELECT id, synced_at FROM %s WHERE (synced_at, id) > ($2, $1) AND account_id = $4 "
+			"AND deleted_at IS NULL ORDER BY synced_at, id LIMIT $3", customers->qualified));
 	else
 		w->load_sql = MemoryContextStrdup(w->cxt, psprintf(
-			"SELECT id, synced_at FROM %s WHERE id > $1 AND deleted_at IS NULL "
+			"SELECT id, synced_at FROM %s WHERE id > $1 AND account_id = $4 AND deleted_at IS NULL "
 			"ORDER BY id LIMIT $3", customers->qualified));
 	if (!relist)
 		stripe_state_update(run, object, "state = 'backfilling', last_error = NULL", NULL);

@@ -189,8 +189,8 @@ parent_elements(LocalTable *parent, LocalTable *child, StripeRow *row, StripeFie
 static void
 delete_left(SyncRun *run, LocalTable *child, List *ids, List *obs, List *kept_parent, List *kept_id)
 {
-	Oid			types[4] = {TEXTARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
-	Datum		values[4];
+	Oid			types[5] = {TEXTARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID};
+	Datum		values[5];
 	Datum	   *a = palloc(sizeof(Datum) * (list_length(ids) + 1));
 	Datum	   *b = palloc(sizeof(Datum) * (list_length(kept_id) + 1));
 	ListCell   *lc;
@@ -209,14 +209,15 @@ delete_left(SyncRun *run, LocalTable *child, List *ids, List *obs, List *kept_pa
 	foreach(lc, kept_id)
 		b[foreach_current_index(lc)] = CStringGetTextDatum(lfirst(lc));
 	values[3] = PointerGetDatum(construct_array(b, list_length(kept_id), TEXTOID, -1, false, TYPALIGN_INT));
-	/* NOT IN of an uncorrelated set: one hash of the kept elements */
+	values[4] = CStringGetTextDatum(run->src.account_id);
+	/* NOT IN of an uncorrelated set: one hash of the kept elements; by account: one shard (Citus) */
 	stripe_run_as_owner(run, true);
 	stripe_spi(psprintf("UPDATE %s t SET deleted_at = p.obs, observed_at = p.obs, synced_at = now() "
-						"FROM unnest($1, $2) p(parent, obs) WHERE t.%s = p.parent "
+						"FROM unnest($1, $2) p(parent, obs) WHERE t.%s = p.parent AND t.account_id = $5 "
 						"AND t.deleted_at IS NULL AND t.observed_at <= p.obs "
 						"AND (t.%s, t.id) NOT IN (SELECT * FROM unnest($3, $4))",
 						child->qualified, pc, pc),
-			   4, types, values, NULL, SPI_OK_UPDATE);
+			   5, types, values, NULL, SPI_OK_UPDATE);
 	stripe_run_as_owner(run, false);
 	child->rows += SPI_processed;
 }
@@ -320,14 +321,16 @@ stripe_children_mark_deleted(SyncRun *run, LocalTable *parent, const char *id, T
 	foreach(lc, parent->children)
 	{
 		LocalTable *child = lfirst(lc);
-		Oid			types[2] = {TIMESTAMPTZOID, TEXTOID};
-		Datum		values[2] = {TimestampTzGetDatum(at), CStringGetTextDatum(id)};
+		Oid			types[3] = {TIMESTAMPTZOID, TEXTOID, TEXTOID};
+		Datum		values[3] = {TimestampTzGetDatum(at), CStringGetTextDatum(id),
+		CStringGetTextDatum(run->src.account_id)};
 
+		/* by account too: one shard when the tables are distributed (Citus) */
 		stripe_run_as_owner(run, true);
 		stripe_spi(psprintf("UPDATE %s SET deleted_at = $1, observed_at = $1, synced_at = now() "
-							"WHERE %s = $2 AND observed_at <= $1 AND deleted_at IS NULL",
+							"WHERE %s = $2 AND account_id = $3 AND observed_at <= $1 AND deleted_at IS NULL",
 							child->qualified, quote_identifier(child->def->parent_column)),
-				   2, types, values, NULL, SPI_OK_UPDATE);
+				   3, types, values, NULL, SPI_OK_UPDATE);
 		stripe_run_as_owner(run, false);
 	}
 }

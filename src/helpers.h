@@ -31,7 +31,7 @@ typedef struct HelperShared
 	char		source[STRIPE_SOURCE_MAXLEN];
 	char		object[NAMEDATALEN];
 	char		target_schema[NAMEDATALEN];
-	char		account_id[NAMEDATALEN];
+	char		account_id[STRIPE_SOURCE_MAXLEN + 8];	/* acct_…, or "unknown:<source>" */
 	volatile bool abandoned;	/* the sync stopped waiting: stop feeding pages */
 	/* from the helper */
 	pg_atomic_uint64 rows;

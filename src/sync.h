@@ -127,6 +127,9 @@ extern void stripe_set_cursor(SyncRun *run, int64 cursor);
 extern void stripe_source_update(SyncRun *run, const char *set_clause, Oid argtype, Datum arg);
 extern int64 stripe_now_unix(void);
 
+/* sync_run.c: the account the local rows are keyed by, learned before the first is written */
+extern void stripe_run_account(SyncRun *run, bool need_created);
+
 /* sync_local.c */
 extern LocalTable *stripe_open_local_table(SyncRun *run, const char *object);
 extern LocalTable *stripe_table_find(SyncRun *run, const char *name, bool by_name);

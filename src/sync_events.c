@@ -519,14 +519,15 @@ other_version(Applier *ap, EventRef *e)
 static void
 mark_deleted(SyncRun *run, LocalTable *lt, const char *id, TimestampTz at)
 {
-	Oid			dt[3] = {TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID};
-	Datum		dv[3] = {TimestampTzGetDatum(at), TimestampTzGetDatum(GetCurrentTimestamp()),
-	CStringGetTextDatum(id)};
+	Oid			dt[4] = {TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID};
+	Datum		dv[4] = {TimestampTzGetDatum(at), TimestampTzGetDatum(GetCurrentTimestamp()),
+	CStringGetTextDatum(id), CStringGetTextDatum(run->src.account_id)};
 
+	/* by the whole key: one shard's row under Citus */
 	stripe_run_as_owner(run, true);
 	stripe_spi(psprintf("UPDATE %s SET deleted_at = $1, observed_at = $1, synced_at = $2 "
-						"WHERE id = $3 AND observed_at <= $1 AND deleted_at IS NULL",
-						lt->qualified), 3, dt, dv, NULL, SPI_OK_UPDATE);
+						"WHERE id = $3 AND account_id = $4 AND observed_at <= $1 AND deleted_at IS NULL",
+						lt->qualified), 4, dt, dv, NULL, SPI_OK_UPDATE);
 	stripe_run_as_owner(run, false);
 	stripe_children_mark_deleted(run, lt, id, at);
 }

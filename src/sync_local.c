@@ -58,9 +58,13 @@ upsert_sql(LocalTable *lt)
 	StringInfoData cols,
 				vals,
 				sets;
-	/* a child table's element ids are unique within their parent (children.c) */
+	/*
+	 * The table's key: (id, account_id), and (parent, id, account_id) for a
+	 * child table, whose element ids are unique within their parent
+	 * (children.c)
+	 */
 	char	   *key = lt->def && lt->def->child_of
-		? psprintf("%s, id", quote_identifier(lt->def->parent_column)) : "id";
+		? psprintf("%s, id, account_id", quote_identifier(lt->def->parent_column)) : "id, account_id";
 
 	initStringInfo(&cols);
 	initStringInfo(&vals);
@@ -83,7 +87,8 @@ upsert_sql(LocalTable *lt)
 		get_typlenbyvalalign(att->atttypid, &lt->typlen[i], &lt->typbyval[i], &lt->typalign[i]);
 		appendStringInfo(&cols, "%s%s", cols.len ? ", " : "", c);
 		appendStringInfo(&vals, "%s$%d", vals.len ? ", " : "", i + 1);
-		if (strcmp(NameStr(att->attname), "id") != 0)
+		/* the key's columns are equal in a conflict; Citus refuses to set its distribution column */
+		if (strcmp(NameStr(att->attname), "id") != 0 && strcmp(NameStr(att->attname), "account_id") != 0)
 			appendStringInfo(&sets, "%s%s = EXCLUDED.%s", sets.len ? ", " : "", c, c);
 	}
 	return psprintf("INSERT INTO %s AS t (%s) SELECT * FROM unnest(%s) ON CONFLICT (%s) DO UPDATE SET %s "
@@ -221,9 +226,14 @@ upsert_batch(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 	TimestampTz now = GetCurrentTimestamp();
 	int			dims[1] = {nrows};
 	int			lbs[1] = {1};
+	Datum		account;
 
 	if (nrows == 0)
 		return 0;
+	/* learned before any row is written (stripe_run_account) */
+	if (run->src.account_id == NULL)
+		elog(ERROR, "source \"%s\" has no account_id to key its rows by", run->src.name);
+	account = CStringGetTextDatum(run->src.account_id);
 	for (int a = 0; a < natts; a++)
 	{
 		values[a] = palloc(sizeof(Datum) * nrows);
@@ -232,9 +242,8 @@ upsert_batch(SyncRun *run, LocalTable *lt, StripeRow *rows, int nrows,
 	for (int r = 0; r < nrows; r++)
 	{
 		stripe_row_to_slot(lt->rc, &rows[r], slot);
-		slot->tts_values[lt->att_account] = run->src.account_id
-			? CStringGetTextDatum(run->src.account_id) : (Datum) 0;
-		slot->tts_isnull[lt->att_account] = run->src.account_id == NULL;
+		slot->tts_values[lt->att_account] = account;
+		slot->tts_isnull[lt->att_account] = false;
 		slot->tts_values[lt->att_synced] = TimestampTzGetDatum(now);
 		slot->tts_isnull[lt->att_synced] = false;
 		slot->tts_values[lt->att_observed] = TimestampTzGetDatum(observed[r]);

@@ -137,8 +137,9 @@ stripe_outbox_add(SyncRun *run, Datum ids, Datum types, Datum *times, Datum *obj
 static char *
 history_batch(SyncRun *run, LocalTable *lt, const char *object, const char *after)
 {
-	Oid			types[2] = {TEXTOID, INT8OID};
-	Datum		values[2] = {CStringGetTextDatum(after ? after : ""), Int64GetDatum(run->src.history_until)};
+	Oid			types[3] = {TEXTOID, INT8OID, TEXTOID};
+	Datum		values[3] = {CStringGetTextDatum(after ? after : ""), Int64GetDatum(run->src.history_until),
+	CStringGetTextDatum(run->src.account_id)};
 	Datum	   *times;
 	Datum	   *objects;
 	char	   *last;
@@ -147,9 +148,9 @@ history_batch(SyncRun *run, LocalTable *lt, const char *object, const char *afte
 	stripe_run_as_owner(run, true);
 	/* the typed created column: attrs, toasted, is read once per object */
 	stripe_spi(psprintf("SELECT id, extract(epoch FROM created)::bigint, attrs FROM %s "
-						"WHERE deleted_at IS NULL AND id > $1 AND created < to_timestamp($2) "
+						"WHERE account_id = $3 AND deleted_at IS NULL AND id > $1 AND created < to_timestamp($2) "
 						"ORDER BY id LIMIT %d", lt->qualified, HISTORY_BATCH),
-			   2, types, values, NULL, SPI_OK_SELECT);
+			   3, types, values, NULL, SPI_OK_SELECT);
 	stripe_run_as_owner(run, false);
 	n = (int) SPI_processed;
 	if (n == 0)

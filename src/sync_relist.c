@@ -57,9 +57,12 @@ recent_from(SyncRun *run, LocalTable *lt, int64 *lo)
 	}
 	/* the catalogue's own SQL, on the owner's table, with the owner's rights */
 	stripe_run_as_owner(run, true);
-	stripe_spi(psprintf("SELECT floor(extract(epoch FROM f))::int8 FROM "
-						"(SELECT (%s)::timestamptz AS f FROM %s WHERE deleted_at IS NULL) s",
-						def->relist_from, lt->qualified), 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	/* the source's account's rows only: the tables may hold other accounts' (Connect) */
+	/* -infinity (no row to start from: as far back as the window goes) is 0 */
+	stripe_spi(psprintf("SELECT CASE WHEN f = '-infinity' THEN 0 ELSE floor(extract(epoch FROM f))::int8 END FROM "
+						"(SELECT (%s)::timestamptz AS f FROM %s WHERE deleted_at IS NULL AND account_id = $1) s",
+						def->relist_from, lt->qualified), 1, (Oid[]) {TEXTOID},
+			   (Datum[]) {CStringGetTextDatum(run->src.account_id)}, NULL, SPI_OK_SELECT);
 	found = SPI_processed == 1 && stripe_spi_int64(0, 1, INT64_MIN) != INT64_MIN;
 	*lo = found ? Max(stripe_spi_int64(0, 1, 0), oldest) : 0;
 	stripe_run_as_owner(run, false);

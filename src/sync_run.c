@@ -206,12 +206,16 @@ run_pending(SyncRun *run, bool *need_account)
 
 /*
  * The account behind the key, asked for at most once a run (no transaction
- * open while waiting).  A key Stripe refuses the account (a restricted key)
- * syncs without it: account_id stays NULL, and a backfill reaches back to
- * Stripe's beginning instead of the account's (see stripe_backfill_init).
+ * open while waiting).  The source's account_id is the local tables' key
+ * (their distribution column under Citus), decided once, before its first
+ * row is written, and never changed: a row's key must not move.  A key
+ * Stripe refuses the account (a restricted key) syncs under the placeholder
+ * "unknown:<source>", kept even if the key may read the account later; its
+ * backfill reaches back to Stripe's beginning instead of the account's (see
+ * stripe_backfill_init).
  */
-static void
-run_account(SyncRun *run, bool need_created)
+void
+stripe_run_account(SyncRun *run, bool need_created)
 {
 	char	   *acct;
 	char	   *refused;
@@ -221,15 +225,15 @@ run_account(SyncRun *run, bool need_created)
 		return;
 	run->account_asked = true;
 	acct = stripe_fetch_account_id(run->conn, &run->stats, &run->account_created, &refused);
-	if (acct == NULL)
+	if (acct == NULL && run->src.account_id == NULL)
 	{
+		acct = psprintf("unknown:%s", run->src.name);
 		ereport(run->own ? LOG : NOTICE,
 				(errmsg("stripe_sync: source \"%s\": the API key cannot read the account; syncing without it",
 						run->src.name),
 				 errdetail("%s", refused),
-				 errhint("account_id stays NULL in the local tables, and a backfill lists from %s.",
-						 "2010-01-01")));
-		return;
+				 errhint("account_id is \"%s\" in the local tables, and a backfill lists from %s.",
+						 acct, "2010-01-01")));
 	}
 	if (run->src.account_id == NULL)
 	{
@@ -315,16 +319,16 @@ run_source(SyncRun *run)
 	stripe_check_usage(run);
 	run->conn = stripe_conn_for_server(run->src.serverid, run->src.owner);
 	stripe_run_commit(run);
-	/* the source's first run learns its account; later ones when a backfill needs it */
-	if (!run->src.has_cursor)
-		run_account(run, false);
+	/* the first run learns the account; later ones when a backfill needs its creation */
+	if (run->src.account_id == NULL)
+		stripe_run_account(run, false);
 
 	stripe_run_begin(run);
 	run_cursor(run);
 	pending = run_pending(run, &need_account);
 	stripe_run_commit(run);
 	if (need_account)
-		run_account(run, true);
+		stripe_run_account(run, true);
 
 	/* what Stripe lists only per customer follows the customers' backfill */
 	per_parent = NIL;

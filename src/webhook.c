@@ -461,6 +461,9 @@ ingest(SyncRun *run, WebhookEvent *ev)
 
 	if ((why = other_account(run, ev)) != NULL)
 		return result(run, ev, false, why, false);
+	/* before the first sync: the account its rows are keyed by */
+	if (run->src.account_id == NULL)
+		stripe_run_account(run, false);
 	stripe_run_begin(run);
 	synced = open_tables(run, ev->object_type);
 	if (!claim(run, ev))

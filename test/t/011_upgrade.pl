@@ -62,6 +62,17 @@ ok($node->poll_query_until('postgres',
 my $history = sql(q{SELECT count(*) FROM stripe_sync.outbox});
 sql(q{UPDATE stripe_sync.event_map SET intempt_event = 'Payment received' WHERE stripe_event = 'charge.succeeded'});
 
+# a source of a key that could not read the account: 0.1 left its account_id NULL
+sql(q{CREATE SCHEMA rk_data;
+	BEGIN;
+	SELECT stripe_sync.create_source('rk', server => 'stripe', objects => ARRAY['customers'], target_schema => 'rk_data');
+	SELECT stripe_sync.alter_source('rk', enabled => false);
+	COMMIT;
+	SELECT stripe_sync.sync_now('rk');
+	UPDATE stripe_sync.sources SET account_id = NULL WHERE name = 'rk';
+	UPDATE rk_data.customers SET account_id = NULL;});
+is(sql(q{SELECT count(*) FROM rk_data.customers WHERE account_id IS NULL}), '200', '0.1: a source without its account');
+
 # Intempt goes down; new events wait in the outbox
 $it->call('POST', '/_control/faults', { kind => 'down', seconds => 3600 });
 $fake->call('POST', '/_control/objects/customers', { email => 'before_upgrade@example.com' });
@@ -71,6 +82,7 @@ ok($node->poll_query_until('postgres',
 	'0.1: a new event waits for Intempt');
 my @waiting = split /\n/, sql(q{SELECT event_id FROM stripe_sync.outbox WHERE state <> 'delivered' ORDER BY id});
 my $runs = sql(q{SELECT count(*) FROM stripe_sync.runs});
+my $main_runs = sql(q{SELECT count(*) FROM stripe_sync.runs WHERE source = 'main'});
 
 # one of them in flight when 0.1's shipper stops (its state 'sending'): the new
 # shipper sends it again, once the extension is updated
@@ -101,17 +113,34 @@ is(sql(q{SELECT count(*) FROM stripe_sync.runs}), $runs, '... and starts no work
 # ---- the update
 sql(q{ALTER EXTENSION stripe_sync UPDATE});
 is(sql(q{SELECT extversion FROM pg_extension WHERE extname = 'stripe_sync'}), '0.2', 'updated to 0.2');
-is(sql(q{SELECT string_agg(object || ':' || history, ',' ORDER BY object) FROM stripe_sync.object_state}),
+is(sql(q{SELECT string_agg(object || ':' || history, ',' ORDER BY object) FROM stripe_sync.object_state WHERE source = 'main'}),
 	'charges:sent,customers:sent', 'objects that sent their history under 0.1 are not owed it again');
 is(sql(q{SELECT intempt_event FROM stripe_sync.event_map WHERE stripe_event = 'charge.succeeded'}),
 	'Payment received', 'the map edit is kept');
+
+# the local tables are keyed by (id, account_id), account_id never NULL: a source
+# without its account keys its rows by its placeholder
+is(sql(q{SELECT string_agg(c.oid::regclass || ':' || pg_get_constraintdef(k.oid) || ':' || a.attnotnull, ' ' ORDER BY c.oid::regclass::text)
+           FROM pg_class c JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'p'
+           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'account_id'
+          WHERE c.relnamespace IN ('stripe_data'::regnamespace, 'rk_data'::regnamespace)}),
+	'rk_data.customers:PRIMARY KEY (id, account_id):true stripe_data.charges:PRIMARY KEY (id, account_id):true '
+	  . 'stripe_data.customers:PRIMARY KEY (id, account_id):true', "0.1's tables are keyed by (id, account_id)");
+is(sql(q{SELECT account_id || ' ' || (SELECT string_agg(DISTINCT account_id, ',') FROM rk_data.customers)
+           FROM stripe_sync.sources WHERE name = 'rk'}), 'unknown:rk unknown:rk',
+	'a source without its account gets the placeholder, in its rows too');
+is(sql(q{SELECT string_agg(DISTINCT account_id, ',') FROM stripe_data.customers}), 'acct_fake000000000',
+	'... and a source with its account keeps it');
+sql(q{SELECT stripe_sync.sync_now('rk')});
+is(sql(q{SELECT count(*) || ' ' || count(DISTINCT id) FROM rk_data.customers}), '201 201',
+	'... and syncs on under it, no object twice');
 
 # syncing goes on: incrementally, as the worker
 $fake->call('POST', '/_control/objects/customers', { email => 'after_upgrade@example.com' });
 $fake->clear_requests;
 sql(q{UPDATE stripe_sync.sources SET next_sync_at = now() WHERE name = 'main'});
 ok($node->poll_query_until('postgres',
-		"SELECT count(*) > $runs FROM stripe_sync.runs WHERE source = 'main' AND status = 'ok'"),
+		"SELECT count(*) > $main_runs FROM stripe_sync.runs WHERE source = 'main' AND status = 'ok'"),
 	'after the update the worker syncs again');
 is(scalar(grep { $_->{path} =~ m{^/v1/(customers|charges)\?} } @{ $fake->requests }), 0,
 	'... incrementally: no object is listed again');

@@ -1,7 +1,8 @@
 # A restricted key (rk_…) syncs what it may read.  Stripe refuses such a key
-# GET /v1/account, so the sync starts without the account: account_id stays
-# NULL and the backfill reaches back to a fixed floor instead of the account's
-# creation.  An object it may not read fails alone, with the permission Stripe
+# GET /v1/account, so the sync starts without the account: the local rows are
+# keyed by the placeholder account_id 'unknown:<source>', kept for the source's
+# life (a distribution column under Citus never changes), and the backfill
+# reaches back to a fixed floor instead of the account's creation.  An object it may not read fails alone, with the permission Stripe
 # names; test_connection says what the key can do; no message shows the key.
 use strict;
 use warnings;
@@ -34,10 +35,11 @@ $fake->clear_requests;
 is($rc, 0, 'a sync with a restricted key runs') or diag($err);
 is(sql(q{SELECT count(*) FROM stripe_data.customers}) . '/' . sql(q{SELECT count(*) FROM stripe_data.charges}),
 	'250/120', '... and syncs what the key may read');
-is(sql(q{SELECT count(*) FROM stripe_data.customers WHERE account_id IS NULL}), '250',
-	'... with account_id unknown (NULL)');
-is(sql(q{SELECT account_id IS NULL FROM stripe_sync.sources WHERE name = 'main'}), 't',
-	'the source has no account id');
+is(sql(q{SELECT count(*) FROM stripe_data.customers WHERE account_id = 'unknown:main'}), '250',
+	'... with account_id the placeholder of an unknown account');
+is(sql(q{SELECT account_id FROM stripe_sync.sources WHERE name = 'main'}), 'unknown:main',
+	'the source keys its rows by it');
+like($err, qr/HINT:  account_id is "unknown:main" in the local tables/, '... and a NOTICE says so');
 like(sql(q{SELECT last_error FROM stripe_sync.status WHERE source = 'main' AND object = 'invoices'}),
 	qr/rak_invoice_read/, 'invoices fail with the permission Stripe names');
 is(sql(q{SELECT string_agg(object || ':' || state || ':' || backfill_done, ',' ORDER BY object)
@@ -69,9 +71,21 @@ sql("ALTER USER MAPPING FOR CURRENT_USER SERVER stripe OPTIONS (SET api_key 'sk_
 my $full_lists = lists_of_sync('full', 'full_data');
 cmp_ok($restricted_lists, '<=', int($full_lists * 1.25) + 1,
 	"the backfill from the floor: $restricted_lists list requests, from the account's creation: $full_lists");
-is(sql(q{SELECT count(*) FROM floor_data.customers WHERE account_id IS NULL}) . '/'
+is(sql(q{SELECT count(*) FROM floor_data.customers WHERE account_id = 'unknown:floor'}) . '/'
 	  . sql(q{SELECT count(*) FROM full_data.customers WHERE account_id = 'acct_fake000000000'}), '250/250',
 	'... both whole, and only the full key learns the account');
+
+# a key that may read the account later changes no key: the source's rows stay
+# under its placeholder, one row per object, changes and new objects included
+my $first = sql(q{SELECT id FROM floor_data.customers ORDER BY id LIMIT 1});
+sql(qq{UPDATE stripe.customers SET email = 'later\@example.com' WHERE id = '$first'});
+$fake->call('POST', '/_control/objects/customers', { email => 'new@example.com' });
+sql(q{SELECT stripe_sync.sync_now('floor')});
+is(sql(q{SELECT count(*) || ' ' || count(DISTINCT id) || ' ' || string_agg(DISTINCT account_id, ',')
+           FROM floor_data.customers}) . ' ' . sql(q{SELECT account_id FROM stripe_sync.sources WHERE name = 'floor'}),
+	'251 251 unknown:floor unknown:floor', 'a full key later keeps the placeholder: no object twice');
+is(sql(qq{SELECT email FROM floor_data.customers WHERE id = '$first'}), 'later@example.com',
+	'... and the change is applied to the row');
 sql("ALTER USER MAPPING FOR CURRENT_USER SERVER stripe OPTIONS (SET api_key '$rk')");
 
 # an idle sync asks nothing it asked before but the events (and the account, whose

@@ -42,6 +42,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "account.h"
 #include "backfill.h"
 #include "bgw.h"
 #include "events.h"
@@ -66,6 +67,8 @@ struct BfSet
 	int64		busy;			/* microseconds spent on pages since t0 */
 	TimestampTz t0;
 	List	   *clocks;			/* the account's test clocks (ids), in test mode */
+	bool		account_pending;	/* GET /v1/account rides the stream, unanswered */
+	bool		account_sent;
 };
 
 /*
@@ -79,6 +82,8 @@ struct BfSet
 
 /* tag of the events request a backfill's tail carries */
 #define EVENTS_TAG	(-1)
+/* tag of the account's request a first sync's stream starts with */
+#define ACCOUNT_TAG	(-2)
 
 /* fewer pages than this left: not worth a helper */
 #define DEAL_MIN_PAGES	16
@@ -489,7 +494,7 @@ bf_wants_deal(Backfill *bf)
 	int64		elapsed = GetCurrentTimestamp() - set->t0;
 	int64		quarters = 0;
 
-	if (!bf->dealing || set->running >= stripe_backfill_helpers || bf->dealt >= 999 ||
+	if (!bf->dealing || set->account_pending || set->running >= stripe_backfill_helpers || bf->dealt >= 999 ||
 		elapsed < DEAL_AFTER_USECS || set->busy * 2 < elapsed)
 		return false;
 	for (int i = 0; i < bf->win.n; i++)
@@ -798,6 +803,17 @@ set_feed(void *arg, StripeManyReq *req)
 							  (waits ? helper_slots(set) : 0), 1))
 		return false;
 
+	/* a first sync's account, beside the first pages rather than before them */
+	if (set->account_pending && !set->account_sent)
+	{
+		stripe_account_request(set->run->conn, req, set->cxt);
+		req->tag = ACCOUNT_TAG;
+		set->account_sent = true;
+		set->run->account_asked = true;
+		set->in_flight++;
+		return true;
+	}
+
 	/*
 	 * An object that has not asked for anything yet goes first: its first
 	 * page tells whether it has more (most do not) and how dense it is.
@@ -828,6 +844,49 @@ set_feed(void *arg, StripeManyReq *req)
 	return true;
 }
 
+/*
+ * The account came: the source's account_id, and the rows written without
+ * it (this stream's first pages, or a run's that ended before the answer),
+ * in one transaction: a crash leaves neither half, and the next run asks
+ * again while the source has no account_id.
+ */
+static void
+set_account_done(BfSet *set, StripeManyReq *req)
+{
+	SyncRun    *run = set->run;
+	int64		created;
+	char	   *refused;
+	char	   *acct = stripe_account_answer(req, &created, &refused);
+	ListCell   *lc;
+
+	set->account_pending = false;
+	run->account_created = created;
+	if (acct != NULL && run->src.account_id == NULL)
+	{
+		Oid			t[1] = {TEXTOID};
+		Datum		v[1] = {CStringGetTextDatum(acct)};
+
+		stripe_run_begin(run);
+		stripe_run_as_owner(run, true);
+		/* every table: an earlier run may have ended before its answer */
+		foreach(lc, run->tables)
+		{
+			LocalTable *lt = lfirst(lc);
+
+			if (lt->att_account >= 0)
+				stripe_spi(psprintf("UPDATE %s SET account_id = $1 WHERE account_id IS NULL",
+									lt->qualified), 1, t, v, NULL, SPI_OK_UPDATE);
+		}
+		stripe_run_as_owner(run, false);
+		stripe_source_update(run, "account_id = $2", TEXTOID, v[0]);
+		stripe_run_commit(run);
+		run->src.account_id = MemoryContextStrdup(run->cxt, acct);
+	}
+	else
+		stripe_run_account(run, acct, refused);
+	MemoryContextDelete(req->cxt);
+}
+
 static void
 set_done(void *arg, StripeManyReq *req)
 {
@@ -836,6 +895,11 @@ set_done(void *arg, StripeManyReq *req)
 	Backfill   *bf;
 
 	set->in_flight--;
+	if (req->tag == ACCOUNT_TAG)
+	{
+		set_account_done(set, req);
+		return;
+	}
 	if (req->tag == EVENTS_TAG)
 	{
 		stripe_events_first_done(set->run, req);
@@ -861,6 +925,7 @@ backfill_one_set(SyncRun *run, List *pending, bool last)
 	set.cxt = cxt;
 	set.last = last;
 	set.t0 = GetCurrentTimestamp();
+	set.account_pending = run->account_in_stream && !run->account_asked;
 	set.bf = MemoryContextAllocZero(cxt, sizeof(Backfill *) * Max(list_length(pending), 1));
 	PG_TRY();
 	{

@@ -214,23 +214,7 @@ run_account(SyncRun *run, bool need_created)
 		return;
 	run->account_asked = true;
 	acct = stripe_fetch_account_id(run->conn, &run->stats, &run->account_created, &refused);
-	if (acct == NULL)
-	{
-		ereport(run->own ? LOG : NOTICE,
-				(errmsg("stripe_sync: source \"%s\": the API key cannot read the account; syncing without it",
-						run->src.name),
-				 errdetail("%s", refused),
-				 errhint("account_id stays NULL in the local tables, and a backfill lists from %s.",
-						 "2010-01-01")));
-		return;
-	}
-	if (run->src.account_id == NULL)
-	{
-		stripe_run_begin(run);
-		stripe_source_update(run, "account_id = $2", TEXTOID, CStringGetTextDatum(acct));
-		stripe_run_commit(run);
-		run->src.account_id = MemoryContextStrdup(run->cxt, acct);
-	}
+	stripe_run_account(run, acct, refused);
 }
 
 static char *
@@ -299,6 +283,7 @@ run_source(SyncRun *run)
 	char	   *failed;
 	List	   *pending;
 	bool		need_account;
+	bool		first;
 	ListCell   *lc;
 
 	/* what lives across the run's transactions goes in run->cxt */
@@ -307,16 +292,32 @@ run_source(SyncRun *run)
 	stripe_check_usage(run);
 	run->conn = stripe_conn_for_server(run->src.serverid, run->src.owner);
 	stripe_run_commit(run);
-	/* the source's first run learns its account; later ones when a backfill needs it */
-	if (!run->src.has_cursor)
-		run_account(run, false);
+	first = !run->src.has_cursor;
 
+	/*
+	 * A sync_now's first run asks for its account before run_cursor writes
+	 * the source's row: its steps are its caller's transaction, which holds
+	 * that row's lock until it ends, and a request waits in between.
+	 */
+	if (first && !run->own)
+		run_account(run, false);
 	stripe_run_begin(run);
 	run_cursor(run);
 	pending = run_pending(run, &need_account);
 	stripe_run_commit(run);
-	if (need_account)
-		run_account(run, true);
+
+	/*
+	 * The source's first run learns its account, later ones when a backfill
+	 * would span the account's life.  A worker with objects to backfill and
+	 * no account yet (a first run, or one resuming a backfill whose run
+	 * ended before the account came) asks for it beside their first pages
+	 * (backfill.c), which then start from Stripe's floor: no round trip of
+	 * its own before them.
+	 */
+	if (run->own && pending != NIL && run->src.account_id == NULL && !run->account_asked)
+		run->account_in_stream = true;
+	else if (first || need_account)
+		run_account(run, need_account);
 
 	stripe_backfill_set(run, pending, true);
 	run_retry_rejected(run);

@@ -337,6 +337,7 @@ stripe_backfill_init(Backfill *bf, SyncRun *run, LocalTable *lt, const char *obj
 	 * measured can be carved again one round trip later.
 	 */
 	bf->win.maxdepth = Min(bf->slots, 4);
+	bf->win.deep_quarters = 4 * 4;
 	/* nothing created after the events cursor is missed: the events bring it */
 	bf->win.top = run->src.events_cursor;
 	/* the oldest an object can be; Stripe's beginning when the account cannot be read */

@@ -10,5 +10,7 @@
 
 extern char *stripe_fetch_account_id(StripeConn *conn, StripeStats *stats,
 									 int64 *created, char **refused);
+extern void stripe_account_request(StripeConn *conn, StripeManyReq *req, MemoryContext parent);
+extern char *stripe_account_answer(StripeManyReq *req, int64 *created, char **refused);
 
 #endif							/* STRIPE_ACCOUNT_H */

@@ -13,6 +13,7 @@
 /* PostgreSQL's SQL function json_object() and json-c's type share a name */
 #define json_object pg_sql_json_object
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #undef json_object
 #include "utils/tuplestore.h"
 
@@ -159,6 +160,50 @@ static char *
 refusal_text(ErrorData *edata)
 {
 	return edata->detail ? edata->detail : edata->message;
+}
+
+/*
+ * GET /v1/account as one request of a stream (a first sync's backfill asks
+ * for it beside its first pages, instead of a round trip before them): req
+ * is filled in a context of its own under parent.
+ */
+void
+stripe_account_request(StripeConn *conn, StripeManyReq *req, MemoryContext parent)
+{
+	AccountInfo *info;
+
+	req->cxt = AllocSetContextCreate(parent, "stripe_sync account", ALLOCSET_SMALL_SIZES);
+	info = MemoryContextAllocZero(req->cxt, sizeof(AccountInfo));
+	info->key = conn->api_key;
+	req->path = "/v1/account";
+	req->check = check_account;
+	req->check_arg = info;
+	/* a refusal (a restricted key) comes back here, not as the stream's ERROR */
+	req->soft = true;
+}
+
+/*
+ * The answer to stripe_account_request, as stripe_fetch_account_id gives it
+ * (allocated in the current context); any failure but a refusal is an ERROR.
+ */
+char *
+stripe_account_answer(StripeManyReq *req, int64 *created, char **refused)
+{
+	AccountInfo *info = req->check_arg;
+
+	*created = 0;
+	*refused = NULL;
+	if (req->error != NULL)
+	{
+		if (req->error->sqlerrcode != ERRCODE_INSUFFICIENT_PRIVILEGE)
+			ReThrowError(req->error);
+		*refused = pstrdup(refusal_text(req->error));
+		return NULL;
+	}
+	if (info->id == NULL)
+		return NULL;
+	*created = info->created;
+	return pstrdup(info->id);
 }
 
 /*

@@ -42,6 +42,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "account.h"
 #include "backfill.h"
 #include "bgw.h"
 #include "events.h"
@@ -66,6 +67,9 @@ struct BfSet
 	int64		busy;			/* microseconds spent on pages since t0 */
 	TimestampTz t0;
 	List	   *clocks;			/* the account's test clocks (ids), in test mode */
+	bool		account_pending;	/* GET /v1/account rides the stream, unanswered */
+	bool		account_sent;
+	List	   *deferred;		/* pages answered before it (copies, in cxt) */
 };
 
 /*
@@ -79,6 +83,8 @@ struct BfSet
 
 /* tag of the events request a backfill's tail carries */
 #define EVENTS_TAG	(-1)
+/* tag of the account's request a first sync's stream starts with */
+#define ACCOUNT_TAG	(-2)
 
 /* fewer pages than this left: not worth a helper */
 #define DEAL_MIN_PAGES	16
@@ -336,6 +342,7 @@ stripe_backfill_init(Backfill *bf, SyncRun *run, LocalTable *lt, const char *obj
 	 * measured can be carved again one round trip later.
 	 */
 	bf->win.maxdepth = Min(bf->slots, 4);
+	bf->win.deep_quarters = 4 * 4;
 	/* nothing created after the events cursor is missed: the events bring it */
 	bf->win.top = run->src.events_cursor;
 	/* the oldest an object can be; Stripe's beginning when the account cannot be read */
@@ -527,7 +534,7 @@ bf_wants_deal(Backfill *bf)
 	int64		elapsed = GetCurrentTimestamp() - set->t0;
 	int64		quarters = 0;
 
-	if (!bf->dealing || set->running >= stripe_backfill_helpers || bf->dealt >= 999 ||
+	if (!bf->dealing || set->account_pending || set->running >= stripe_backfill_helpers || bf->dealt >= 999 ||
 		elapsed < DEAL_AFTER_USECS || set->busy * 2 < elapsed)
 		return false;
 	for (int i = 0; i < bf->win.n; i++)
@@ -840,6 +847,17 @@ set_feed(void *arg, StripeManyReq *req)
 							  (waits ? helper_slots(set) : 0), 1))
 		return false;
 
+	/* a first sync's account, beside the first pages rather than before them */
+	if (set->account_pending && !set->account_sent)
+	{
+		stripe_account_request(set->run->conn, req, set->cxt);
+		req->tag = ACCOUNT_TAG;
+		set->account_sent = true;
+		set->run->account_asked = true;
+		set->in_flight++;
+		return true;
+	}
+
 	/*
 	 * An object that has not asked for anything yet goes first: its first
 	 * page tells whether it has more (most do not) and how dense it is.
@@ -870,23 +888,72 @@ set_feed(void *arg, StripeManyReq *req)
 	return true;
 }
 
+static void set_page_done(BfSet *set, StripeManyReq *req);
+
+/*
+ * The account came: the source's account_id (the placeholder for a key
+ * refused it), then the pages that came before it, which waited because a
+ * row's account_id is its key (and Citus's distribution column): none is
+ * written without it, nor changed after.  A run that ends before the answer
+ * has written nothing, and the next asks again.
+ */
+static void
+set_account_done(BfSet *set, StripeManyReq *req)
+{
+	SyncRun    *run = set->run;
+	int64		created;
+	char	   *refused;
+	char	   *acct = stripe_account_answer(req, &created, &refused);
+	List	   *deferred = set->deferred;
+	ListCell   *lc;
+
+	set->account_pending = false;
+	set->deferred = NIL;
+	run->account_created = created;
+	stripe_run_account_answer(run, acct, refused);
+	MemoryContextDelete(req->cxt);
+	foreach(lc, deferred)
+	{
+		set_page_done(set, lfirst(lc));
+		pfree(lfirst(lc));
+	}
+	list_free(deferred);
+}
+
+/* a backfill's page came: its object's */
+static void
+set_page_done(BfSet *set, StripeManyReq *req)
+{
+	TimestampTz began = GetCurrentTimestamp();
+	Backfill   *bf = set->bf[req->tag % BFSET_MAX];
+
+	req->tag /= BFSET_MAX;
+	bf_done(bf, req);
+	set->busy += GetCurrentTimestamp() - began;
+}
+
 static void
 set_done(void *arg, StripeManyReq *req)
 {
 	BfSet	   *set = arg;
-	TimestampTz began = GetCurrentTimestamp();
-	Backfill   *bf;
 
 	set->in_flight--;
-	if (req->tag == EVENTS_TAG)
-	{
+	if (req->tag == ACCOUNT_TAG)
+		set_account_done(set, req);
+	else if (req->tag == EVENTS_TAG)
 		stripe_events_first_done(set->run, req);
-		return;
+	else if (set->account_pending)
+	{
+		/* the stream frees req after this: a copy waits, its body in its own cxt */
+		MemoryContext old = MemoryContextSwitchTo(set->cxt);
+		StripeManyReq *copy = palloc(sizeof(StripeManyReq));
+
+		memcpy(copy, req, sizeof(StripeManyReq));
+		set->deferred = lappend(set->deferred, copy);
+		MemoryContextSwitchTo(old);
 	}
-	bf = set->bf[req->tag % BFSET_MAX];
-	req->tag /= BFSET_MAX;
-	bf_done(bf, req);
-	set->busy += GetCurrentTimestamp() - began;
+	else
+		set_page_done(set, req);
 }
 
 /* Backfills the objects of pending (BfPending) in one stream; BFSET_MAX at most. */
@@ -903,6 +970,7 @@ backfill_one_set(SyncRun *run, List *pending, bool last)
 	set.cxt = cxt;
 	set.last = last;
 	set.t0 = GetCurrentTimestamp();
+	set.account_pending = run->account_in_stream && !run->account_asked;
 	set.bf = MemoryContextAllocZero(cxt, sizeof(Backfill *) * Max(list_length(pending), 1));
 	PG_TRY();
 	{

@@ -256,7 +256,10 @@ stripe_windows_all_done(BfWindows *ws)
  * Time alone would not do: objects are often bunched in a small part of the
  * account's life, and halving empty years costs a request per half.  depth
  * bounds how far an unmeasured chain can run past the data (to
- * ws->maxdepth), since the chunks past its end come back empty.
+ * ws->maxdepth), since the chunks past its end come back empty; a window
+ * bounded below and of ws->deep_quarters or less is carved past it all the
+ * same (a few empty pages at most), so that the last windows of a backfill
+ * do not end it with a chain of round trips of their own.
  *
  * A page of the carved window already in flight may bring rows of the range
  * given away; the backfill drops them.  Returns the new window, or NULL if
@@ -279,10 +282,10 @@ stripe_windows_split(BfWindows *ws)
 		BfWindow   *c = &ws->w[i];
 		int64		pages;
 
-		if (c->depth >= Max(ws->maxdepth, 1))
-			continue;
 		/* in quarters: a window of 1.5 pages is two round trips, worth sharing */
 		pages = stripe_window_quarters(ws, c);
+		if (c->depth >= Max(ws->maxdepth, 1) && !(c->lo != 0 && pages <= ws->deep_quarters))
+			continue;
 		if (pages > best_pages)
 		{
 			best = i;

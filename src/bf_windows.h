@@ -53,6 +53,8 @@ typedef struct BfWindows
 	int64		top;			/* the backfill's start, for splitting */
 	bool		ranged;			/* the list takes created[gte] and created[lt] */
 	int			maxdepth;		/* carvings of an unmeasured chain at most */
+	int			deep_quarters;	/* past maxdepth, a window bounded below and this
+								 * small is still carved; 0: none */
 	bool		unlisted;		/* a loaded cursor's windows name no list (0.2's) */
 	int			chunk_quarters; /* pages a split carves off, in quarters; 0: CHUNK_PAGES */
 } BfWindows;

@@ -91,6 +91,7 @@ typedef struct SyncRun
 	TimestampTz started;
 	int64		account_created;	/* unix seconds; 0 = not known */
 	bool		account_asked;	/* GET /v1/account was sent in this run */
+	bool		account_in_stream;	/* the backfill's stream asks for it */
 	bool		events_early;	/* the events' first page was asked for */
 	char	   *events_page;	/* its body, in cxt, when it came */
 	size_t		events_len;
@@ -125,6 +126,7 @@ extern void stripe_state_update(SyncRun *run, const char *object, const char *se
 								const char *text_arg);
 extern void stripe_set_cursor(SyncRun *run, int64 cursor);
 extern void stripe_source_update(SyncRun *run, const char *set_clause, Oid argtype, Datum arg);
+extern void stripe_run_account_answer(SyncRun *run, const char *acct, const char *refused);
 extern int64 stripe_now_unix(void);
 
 /* sync_run.c: the account the local rows are keyed by, learned before the first is written */

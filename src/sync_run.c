@@ -225,23 +225,7 @@ stripe_run_account(SyncRun *run, bool need_created)
 		return;
 	run->account_asked = true;
 	acct = stripe_fetch_account_id(run->conn, &run->stats, &run->account_created, &refused);
-	if (acct == NULL && run->src.account_id == NULL)
-	{
-		acct = psprintf("unknown:%s", run->src.name);
-		ereport(run->own ? LOG : NOTICE,
-				(errmsg("stripe_sync: source \"%s\": the API key cannot read the account; syncing without it",
-						run->src.name),
-				 errdetail("%s", refused),
-				 errhint("account_id is \"%s\" in the local tables, and a backfill lists from %s.",
-						 acct, "2010-01-01")));
-	}
-	if (run->src.account_id == NULL)
-	{
-		stripe_run_begin(run);
-		stripe_source_update(run, "account_id = $2", TEXTOID, CStringGetTextDatum(acct));
-		stripe_run_commit(run);
-		run->src.account_id = MemoryContextStrdup(run->cxt, acct);
-	}
+	stripe_run_account_answer(run, acct, refused);
 }
 
 static char *
@@ -311,6 +295,7 @@ run_source(SyncRun *run)
 	List	   *pending;
 	List	   *per_parent;
 	bool		need_account;
+	bool		first;
 	ListCell   *lc;
 
 	/* what lives across the run's transactions goes in run->cxt */
@@ -319,16 +304,19 @@ run_source(SyncRun *run)
 	stripe_check_usage(run);
 	run->conn = stripe_conn_for_server(run->src.serverid, run->src.owner);
 	stripe_run_commit(run);
-	/* the first run learns the account; later ones when a backfill needs its creation */
-	if (run->src.account_id == NULL)
-		stripe_run_account(run, false);
+	first = run->src.account_id == NULL;
 
+	/*
+	 * A sync_now's first run asks for its account before run_cursor writes
+	 * the source's row: its steps are its caller's transaction, which holds
+	 * that row's lock until it ends, and a request waits in between.
+	 */
+	if (first && !run->own)
+		stripe_run_account(run, false);
 	stripe_run_begin(run);
 	run_cursor(run);
 	pending = run_pending(run, &need_account);
 	stripe_run_commit(run);
-	if (need_account)
-		stripe_run_account(run, true);
 
 	/* what Stripe lists only per customer follows the customers' backfill */
 	per_parent = NIL;
@@ -338,7 +326,26 @@ run_source(SyncRun *run)
 			per_parent = lappend(per_parent, lfirst(lc));
 			pending = foreach_delete_current(pending, lc);
 		}
+
+	/*
+	 * The source's first run learns its account, later ones when a backfill
+	 * would span the account's life.  A worker with objects to backfill and
+	 * no account yet (a first run, or one whose run ended before the account
+	 * came) asks for it beside its first pages (backfill.c), which then start
+	 * from Stripe's floor and wait for the answer before they are written:
+	 * no round trip of its own before them.
+	 */
+	if (run->own && pending != NIL && first && !run->account_asked)
+		run->account_in_stream = true;
+	else if (first || need_account)
+		stripe_run_account(run, need_account);
 	stripe_backfill_set(run, pending, per_parent == NIL);
+	/* never a row without its account: a stream that could not ask, asks now */
+	if (run->src.account_id == NULL)
+	{
+		run->account_asked = false;
+		stripe_run_account(run, false);
+	}
 	stripe_backfill_parents(run, per_parent);
 	run_retry_rejected(run);
 	stripe_outbox_history(run);

@@ -232,3 +232,32 @@ stripe_set_cursor(SyncRun *run, int64 cursor)
 	run->src.events_cursor = cursor;
 	run->src.has_cursor = true;
 }
+
+/*
+ * What GET /v1/account said (acct, or NULL and Stripe's refusal), asked
+ * before the run's requests or beside a backfill's (stripe_account_request):
+ * the source's account_id, set once, before its first row (sync_run.c,
+ * stripe_run_account).  A key refused the account syncs under the
+ * placeholder "unknown:<source>".
+ */
+void
+stripe_run_account_answer(SyncRun *run, const char *acct, const char *refused)
+{
+	if (acct == NULL && run->src.account_id == NULL)
+	{
+		acct = psprintf("unknown:%s", run->src.name);
+		ereport(run->own ? LOG : NOTICE,
+				(errmsg("stripe_sync: source \"%s\": the API key cannot read the account; syncing without it",
+						run->src.name),
+				 errdetail("%s", refused),
+				 errhint("account_id is \"%s\" in the local tables, and a backfill lists from %s.",
+						 acct, "2010-01-01")));
+	}
+	if (run->src.account_id == NULL)
+	{
+		stripe_run_begin(run);
+		stripe_source_update(run, "account_id = $2", TEXTOID, CStringGetTextDatum(acct));
+		stripe_run_commit(run);
+		run->src.account_id = MemoryContextStrdup(run->cxt, acct);
+	}
+}

@@ -409,6 +409,7 @@ helper_spec(Backfill *bf, HelperShared *hs, int slots)
 	strlcpy(hs->object, bf->object, sizeof(hs->object));
 	strlcpy(hs->target_schema, run->src.target_schema, sizeof(hs->target_schema));
 	strlcpy(hs->account_id, run->src.account_id ? run->src.account_id : "", sizeof(hs->account_id));
+	hs->on_behalf = run->conn->on_behalf != NULL;
 }
 
 /* Starts a helper on part p from cursor; false if none could be had. */

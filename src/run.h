@@ -14,4 +14,11 @@
  */
 extern bool stripe_sync_run(const char *source);
 
+/*
+ * One sync of a platform's connected account (its source's name), inside the
+ * platform's run (connect.c): a worker's records its own failure and returns;
+ * sync_now's (own false) throws it.  False when another sync holds it.
+ */
+extern bool stripe_sync_account(const char *source, bool own);
+
 #endif							/* STRIPE_RUN_H */

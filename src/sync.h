@@ -34,6 +34,8 @@ typedef struct SourceInfo
 	bool		has_cursor;
 	int64		events_cursor;
 	char	   *account_id;
+	char	   *platform;		/* a connected account's source: its platform's; else NULL */
+	bool		connected_accounts;	/* a platform: its connected accounts synced too */
 	Oid			owner;			/* the role the source syncs as */
 	int			failures;		/* runs in a row that failed, this one included */
 	char	   *last_error;		/* the last failure's, logged only when it changes */
@@ -91,6 +93,12 @@ typedef struct SyncRun
 	bool		events_early;	/* the events' first page was asked for */
 	char	   *events_page;	/* its body, in cxt, when it came */
 	size_t		events_len;
+	struct ConnectTally
+	{
+		int			listed;		/* connected accounts Stripe listed */
+		int			synced;		/* their syncs that ran */
+		int			deauthorized;	/* accounts found gone in this run */
+	}			connect;		/* a platform's fan-out (connect.c) */
 } SyncRun;
 
 /* a page's objects, parsed by a StripeBodyCheck as the page arrives */

@@ -27,6 +27,7 @@
 #include "account.h"
 #include "backfill.h"
 #include "bgw.h"
+#include "connect.h"
 #include "events.h"
 #include "run.h"
 #include "text.h"
@@ -110,6 +111,13 @@ run_summary(SyncRun *run)
 					 ", \"retries\": " INT64_FORMAT ", \"seconds\": %.3f}",
 					 run_rows(run), run->events_applied, run->events_skipped, run->rejected, run->stats.requests,
 					 run->stats.retries, (double) (GetCurrentTimestamp() - run->started) / USECS_PER_SEC);
+	if (run->src.connected_accounts)
+	{
+		buf.len--;				/* the closing brace */
+		appendStringInfo(&buf, ", \"connected_accounts\": {\"listed\": %d, \"synced\": %d, "
+						 "\"deauthorized\": %d}}", run->connect.listed, run->connect.synced,
+						 run->connect.deauthorized);
+	}
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
@@ -307,6 +315,9 @@ run_source(SyncRun *run)
 	stripe_check_usage(run);
 	run->conn = stripe_conn_for_server(run->src.serverid, run->src.owner);
 	stripe_run_commit(run);
+	/* a connected account's source reads its account with the platform's key */
+	if (run->src.platform != NULL)
+		run->conn->on_behalf = run->src.account_id;
 	/* the source's first run learns its account; later ones when a backfill needs it */
 	if (!run->src.has_cursor)
 		run_account(run, false);
@@ -322,6 +333,9 @@ run_source(SyncRun *run)
 	run_retry_rejected(run);
 	stripe_outbox_history(run);
 	stripe_sync_events(run);
+	/* a platform's connected accounts, each its own sync; a failed listing fails the run */
+	if (run->src.connected_accounts && run->src.platform == NULL)
+		stripe_connect_fanout(run, &run->connect);
 
 	stripe_run_begin(run);
 	foreach(lc, run->src.objects)
@@ -492,6 +506,21 @@ stripe_sync_run(const char *source)
 	return true;
 }
 
+/* a run in this session's transaction: an error goes on up, the lock released */
+static void
+run_here(SyncRun *run, const char *name)
+{
+	PG_TRY();
+	{
+		run_source(run);
+	}
+	PG_FINALLY();
+	{
+		lock_source(name, false, false);
+	}
+	PG_END_TRY();
+}
+
 /* stripe_sync.sync_now(name): one sync in this session, with NOTICE progress */
 Datum
 stripe_sync_now(PG_FUNCTION_ARGS)
@@ -503,19 +532,28 @@ stripe_sync_now(PG_FUNCTION_ARGS)
 
 	if (run == NULL)
 		PG_RETURN_JSONB_P(summary);
-	PG_TRY();
-	{
-		run_source(run);
-	}
-	PG_FINALLY();
-	{
-		lock_source(name, false, false);
-	}
-	PG_END_TRY();
+	run_here(run, name);
 	MemoryContextSwitchTo(caller);
 	summary = run_summary(run);
 	run_end(run);
 	PG_RETURN_JSONB_P(summary);
+}
+
+bool
+stripe_sync_account(const char *source, bool own)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	SyncRun    *run;
+
+	if (own)
+		return stripe_sync_run(source);
+	run = run_start(source, false, caller, NULL);
+	if (run == NULL)
+		return false;
+	run_here(run, source);
+	MemoryContextSwitchTo(caller);
+	run_end(run);
+	return true;
 }
 
 /* ---------- a backfill helper ---------- */
@@ -560,6 +598,8 @@ helper_work(void *arg)
 
 	stripe_run_begin(run);
 	run->conn = stripe_conn_for_server(run->src.serverid, run->src.owner);
+	if (hs->on_behalf)
+		run->conn->on_behalf = run->src.account_id;
 	lt = stripe_open_local_table(run, hs->object);
 	stripe_run_commit(run);
 	stripe_backfill_init(&bf, run, lt, MemoryContextStrdup(hw->cxt, hs->object), hs->part, hw->cxt);

@@ -1,0 +1,151 @@
+# Connect fan-out: a platform source with connected_accounts syncs its own
+# account and each connected account (Stripe-Account), exactly, into the same
+# tables by account_id; an account connected later is synced by the next run;
+# a deauthorized one stops, its rows stay, marked; each account's events are
+# applied; the outbox names the account.
+use strict;
+use warnings;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use StripeTest qw(start_fake start_intempt add_intempt new_node disabled_source);
+use HTTP::Tiny;
+use JSON::PP;
+
+my $fake = start_fake(counts => { customers => 20, charges => 30, events => 10 });
+my $it = start_intempt(api_key => 'pk7Xq.s3cr3tIntemptKey');
+my $node = new_node('connect', $fake);
+add_intempt($node, $it);
+my $http = HTTP::Tiny->new(timeout => 120);
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+# a control request of the fake, as one connected account (undef: the platform)
+sub ctl
+{
+	my ($method, $path, $acct, $body) = @_;
+	my %h = (headers => { 'Content-Type' => 'application/json' });
+	$h{headers}{'Stripe-Account'} = $acct if $acct;
+	$h{content} = encode_json($body) if $body;
+	my $r = $http->request($method, $fake->url . "/_control/$path", \%h);
+	die "control $method $path: $r->{status} $r->{content}" unless $r->{success};
+	return decode_json($r->{content});
+}
+
+sub connect_account
+{
+	my ($id, %counts) = @_;
+	return ctl('POST', 'accounts', undef, { id => $id, counts => \%counts, only => JSON::PP::true })->{id};
+}
+
+# per account: "account customers charges" as the fake has them, and as the local tables do
+sub fake_counts
+{
+	my (@accts) = @_;
+	return join("\n", map {
+		my $a = $_;
+		join(' ', $a, map { scalar @{ ctl('GET', "objects/$_", $a eq 'acct_fake000000000' ? undef : $a)->{data} } }
+			  qw(customers charges))
+	} sort @accts);
+}
+
+sub local_counts
+{
+	my (@accts) = @_;
+	my $list = join(',', map { "'$_'" } @accts);
+	return sql(qq{
+		SELECT a, (SELECT count(*) FROM stripe_data.customers c WHERE c.account_id = a AND c.deleted_at IS NULL),
+		          (SELECT count(*) FROM stripe_data.charges c WHERE c.account_id = a AND c.deleted_at IS NULL)
+		  FROM unnest(ARRAY[$list]) a ORDER BY a COLLATE "C"});
+}
+
+my @accts = (connect_account('acct_1One', customers => 5, charges => 7, events => 3),
+	connect_account('acct_1Two', customers => 150, charges => 3, events => 0),
+	connect_account('acct_1Three', customers => 2, charges => 0, events => 2));
+
+sql('CREATE SCHEMA stripe_data');
+disabled_source($node, 'plat',
+	"objects => ARRAY['customers', 'charges'], destination => 'intempt', connected_accounts => true");
+is(sql("SELECT connected_accounts FROM stripe_sync.sources WHERE name = 'plat'"), 't',
+	'create_source(connected_accounts => true)');
+
+$fake->clear_requests;
+my $out = sql("SELECT stripe_sync.sync_now('plat')");
+like($out, qr/"connected_accounts": \{"listed": 3, "synced": 3, "deauthorized": 0\}/,
+	'the first sync lists three connected accounts and syncs them');
+my @all = ('acct_fake000000000', @accts);
+(my $want = fake_counts(@all)) =~ s/ /|/g;
+is(local_counts(@all), $want, 'each account\'s customers and charges, exactly, by account_id');
+is(sql("SELECT count(*) FROM stripe_data.customers WHERE account_id IS NULL"), '0', 'every row names its account');
+{
+	my @reqs = @{ $fake->requests };
+	my %by;
+	$by{ $_->{stripe_account} // '' }++ for @reqs;
+	is(join(',', map { $by{$_} ? 1 : 0 } '', @accts), '1,1,1,1', 'requests as the platform and as each account');
+	is(scalar(grep { $_->{path} =~ m{^/v1/accounts\b} && $_->{stripe_account} } @reqs), 0,
+		'the accounts are listed as the platform');
+	is(scalar(grep { ($_->{status} // 0) != 200 } @reqs), 0, 'no request refused');
+}
+is(sql("SELECT string_agg(account_id || ':' || state || ':' || objects_backfilled, ',' ORDER BY account_id COLLATE \"C\") "
+	  . "FROM stripe_sync.account_status WHERE source = 'plat'"),
+	'acct_1One:synced:2,acct_1Three:synced:2,acct_1Two:synced:2,acct_fake000000000:synced:2',
+	'account_status: a row per account, each synced');
+is(sql("SELECT count(*) FROM stripe_sync.status WHERE source LIKE 'plat/%'"), '0',
+	'status keeps to the sources themselves');
+
+# ---- the outbox names the account
+is(sql("SELECT count(*) > 0 AND count(*) FILTER (WHERE payload->'data'->>'stripeAccount' IS DISTINCT FROM 'acct_1One') = 0 "
+	  . "FROM stripe_sync.outbox WHERE source = 'plat/acct_1One'"), 't',
+	'an account\'s history events name it in the payload');
+is(sql("SELECT count(*) > 0 AND count(*) FILTER (WHERE payload->'data'->>'stripeAccount' IS DISTINCT FROM 'acct_fake000000000') = 0 "
+	  . "FROM stripe_sync.outbox WHERE source = 'plat'"), 't',
+	'the platform\'s own events name the platform');
+
+# ---- incremental: each account's events are applied
+my $cus = ctl('POST', 'objects/customers', 'acct_1Two', { email => 'two@example.com' });
+my $gone = ctl('GET', 'objects/customers', 'acct_1One')->{data}[0];
+ctl('DELETE', "objects/customers/$gone->{id}", 'acct_1One', {});
+ctl('POST', 'objects/customers', undef, { email => 'platform@example.com' });
+$out = sql("SELECT stripe_sync.sync_now('plat')");
+is(local_counts(@all), do { (my $w = fake_counts(@all)) =~ s/ /|/g; $w },
+	'after events in two accounts and the platform: each account exact again');
+is(sql("SELECT account_id FROM stripe_data.customers WHERE id = '$cus->{id}'"), 'acct_1Two',
+	'a new customer of an account, from its event, under its account');
+is(sql("SELECT deleted_at IS NOT NULL FROM stripe_data.customers WHERE id = '$gone->{id}' AND account_id = 'acct_1One'"),
+	't', 'a deleted customer of an account, from its event');
+is(sql("SELECT payload->'data'->>'stripeAccount' FROM stripe_sync.outbox "
+	  . "WHERE source = 'plat/acct_1Two' AND object_id = '$cus->{id}' AND event_id LIKE 'evt\\_%'"),
+	'acct_1Two', 'a live event\'s payload names its account');
+
+# ---- an account connected later is synced by the next run
+push @all, connect_account('acct_1Four', customers => 4, charges => 2, events => 1);
+$out = sql("SELECT stripe_sync.sync_now('plat')");
+like($out, qr/"listed": 4, "synced": 4/, 'the next run lists and syncs the new account');
+is(local_counts(@all), do { (my $w = fake_counts(@all)) =~ s/ /|/g; $w }, 'the new account\'s objects, exactly');
+
+# ---- a deauthorized account stops syncing; its rows stay, marked
+ctl('POST', 'accounts/acct_1Three/deauthorize', undef, {});
+$fake->clear_requests;
+$out = sql("SELECT stripe_sync.sync_now('plat')");
+like($out, qr/"listed": 3, "synced": 3, "deauthorized": 1/, 'the deauthorized account is found gone');
+is(scalar(grep { ($_->{stripe_account} // '') eq 'acct_1Three' } @{ $fake->requests }), 0,
+	'no request as the deauthorized account');
+is(sql("SELECT state || ':' || (deauthorized_at IS NOT NULL)::text FROM stripe_sync.account_status "
+	  . "WHERE account_id = 'acct_1Three'"), 'deauthorized:true', 'account_status marks it deauthorized');
+is(sql("SELECT count(*) FROM stripe_data.customers WHERE account_id = 'acct_1Three'"), '2', 'its rows stay');
+is(sql("SELECT state, count(*) FROM stripe_sync.account_status WHERE source = 'plat' GROUP BY state ORDER BY state"),
+	"deauthorized|1\nsynced|4", 'counts by state at a glance');
+$out = sql("SELECT stripe_sync.sync_now('plat')");
+like($out, qr/"listed": 3, "synced": 3, "deauthorized": 0/, 'a later run leaves it be');
+
+# ---- alter_source: the platform's settings are its accounts'; off stops them
+sql("SELECT stripe_sync.alter_source('plat', objects => ARRAY['customers'])");
+is(sql("SELECT count(*) FROM stripe_sync.object_state o JOIN stripe_sync.sources s ON s.name = o.source "
+	  . "WHERE s.platform = 'plat' AND o.object = 'charges'"), '0', 'objects changed for every account');
+sql("SELECT stripe_sync.alter_source('plat', connected_accounts => false)");
+$fake->clear_requests;
+$out = sql("SELECT stripe_sync.sync_now('plat')");
+unlike($out, qr/connected_accounts/, 'connected_accounts off: the platform alone');
+is(scalar(grep { $_->{stripe_account} || $_->{path} =~ m{^/v1/accounts} } @{ $fake->requests }), 0,
+	'no request for the accounts');
+
+done_testing();

@@ -549,9 +549,12 @@ BEGIN
     SELECT e.event_id, m.intempt_event, e.event_type, e.obj->>'id', to_timestamp(e.t),
            jsonb_build_object('eventId', e.event_id, 'timestamp', e.t * 1000,
                               'userId', u.user_id,
-                              -- the Stripe account the event is of (Connect: which connected account)
+                              -- the Stripe account the event is of, when known (Connect: which
+                              -- connected account)
                               'data', stripe_sync.intempt_data(e.obj, e.event_id, e.event_type, u.cust)
-                                      || jsonb_build_object('stripeAccount', $6::text))
+                                      || CASE WHEN $6::text IS NOT NULL
+                                              THEN jsonb_build_object('stripeAccount', $6::text)
+                                              ELSE '{}' END)
       FROM (SELECT coalesce(i.id, 'hist_' || h.event_type || '_' || (i.obj->>'id')) AS event_id,
                    coalesce(i.type, h.event_type) AS event_type, i.t, i.obj, i.ord
               FROM objs i

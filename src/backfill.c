@@ -105,6 +105,17 @@ bf_feed(void *arg, StripeManyReq *req)
 		return false;
 	if (bf->failed)
 		return false;
+	/*
+	 * A connected account's turn is over: the pages in flight land, the
+	 * cursor keeps the rest.  Each object gets a page a turn at least, so
+	 * that turns always move on.
+	 */
+	if (bf->run->turn_end != 0 && (bf->pages > 0 || bf->in_flight > 0) &&
+		GetCurrentTimestamp() >= bf->run->turn_end)
+	{
+		bf->run->turn_over = true;
+		return false;
+	}
 	if (bf->dealing)
 		bf_deal(bf);
 	/* a set shares its requests in flight out itself */
@@ -652,8 +663,9 @@ bf_begin(BfSet *set, BfPending *pend)
 	}
 	MemoryContextSwitchTo(old);
 	/* a table this transaction created or truncated would keep helpers waiting */
+	/* nor in a connected account's turn, which helpers would outlast */
 	bf->dealing = bf->win.ranged && stripe_backfill_helpers > 0 && stripe_max_concurrent_requests > 1 &&
-		!pend->lt->locked_here;
+		!pend->lt->locked_here && run->turn_end == 0;
 	foreach(lc, bf->parts)
 	{
 		BfPart	   *p = lfirst(lc);
@@ -733,6 +745,13 @@ bf_finish(Backfill *bf)
 	ListCell   *lc;
 
 	helpers_wait(bf);
+	/* the account's turn ended first: its next turn resumes from the cursor */
+	if (run->turn_over && !bf->failed && !stripe_windows_all_done(&bf->win))
+	{
+		bf_progress(bf, false);
+		MemoryContextDelete(bf->cxt);
+		return;
+	}
 	/* the parts no helper finished */
 	foreach(lc, bf->parts)
 	{

@@ -11,9 +11,12 @@
  * One the list no longer has (deauthorized, or gone) stops syncing; its rows
  * and state stay, with deauthorized_at set; listed again, it syncs again.
  *
- * The accounts are synced least recently synced first (new ones first), so
- * a run cut short, or a large platform's first sync spread over runs, does
- * not keep starving the same accounts.
+ * The accounts take turns (stripe_sync.connect_turn each), least recently
+ * synced first (new ones first), round after round until no backfill is
+ * left: a large platform's first sync backfills every account a little at a
+ * time, and no big account keeps the others waiting for its whole history.
+ * An account whose turn ends keeps its cursor, as after a crash, and resumes
+ * in its next turn; one without a backfill to do is synced once (its events).
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -27,10 +30,12 @@
 #include "utils/builtins.h"
 #undef json_object
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include <json-c/json.h>
 
 #include "account.h"
+#include "guc.h"
 #include "connect.h"
 #include "run.h"
 #include "xact.h"
@@ -189,12 +194,25 @@ stripe_connect_fanout(SyncRun *run, struct ConnectTally *tally)
 	stripe_run_begin(run);
 	names = reconcile(run, ids, tally);
 	stripe_run_commit(run);
-	foreach(lc, names)
+	for (int round = 0; names != NIL; round++)
 	{
-		CHECK_FOR_INTERRUPTS();
-		if (stripe_sync_account(lfirst(lc), run->own))
-			tally->synced++;
-		/* a worker's account sync ends in its own context */
-		MemoryContextSwitchTo(cxt);
+		List	   *again = NIL;
+
+		foreach(lc, names)
+		{
+			bool		turn_over;
+			TimestampTz turn_end = stripe_connect_turn > 0
+				? TimestampTzPlusMilliseconds(GetCurrentTimestamp(), stripe_connect_turn) : 0;
+
+			CHECK_FOR_INTERRUPTS();
+			if (stripe_sync_account(lfirst(lc), run->own, turn_end, &turn_over) && round == 0)
+				tally->synced++;
+			/* a worker's account sync ends in its own context */
+			MemoryContextSwitchTo(cxt);
+			if (turn_over)
+				again = lappend(again, lfirst(lc));
+		}
+		names = again;
+		tally->rounds = round + 1;
 	}
 }

@@ -24,6 +24,7 @@ int			stripe_naptime = 1;
 char	   *stripe_database = NULL;
 int			stripe_max_workers = 4;
 int			stripe_backfill_helpers = 1;
+int			stripe_connect_turn = 10000;
 
 /*
  * Defines the parameters.  stripe_sync.database is PGC_POSTMASTER, which
@@ -54,6 +55,11 @@ stripe_define_gucs(bool preloading)
 							"Each takes a slot of max_worker_processes while it runs; 0 backfills in the sync's process alone.",
 							&stripe_backfill_helpers, 1, 0, 16,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("stripe_sync.connect_turn",
+							"Time a platform's sync gives one connected account's backfill before the next account's turn.",
+							"The accounts' backfills take turns, round after round, until every one is done; 0 backfills each account in full in one turn.",
+							&stripe_connect_turn, 10000, 0, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("stripe_sync.http_timeout",
 							"Time allowed for one HTTP request, including the connection.",
 							NULL,

@@ -98,7 +98,11 @@ typedef struct SyncRun
 		int			listed;		/* connected accounts Stripe listed */
 		int			synced;		/* their syncs that ran */
 		int			deauthorized;	/* accounts found gone in this run */
+		int			rounds;		/* of turns (see connect.c) */
 	}			connect;		/* a platform's fan-out (connect.c) */
+	/* a connected account's turn (connect.c): its backfill stops feeding at turn_end */
+	TimestampTz turn_end;		/* 0: no turn, the backfill goes to its end */
+	bool		turn_over;		/* the turn ended with a backfill unfinished */
 } SyncRun;
 
 /* a page's objects, parsed by a StripeBodyCheck as the page arrives */

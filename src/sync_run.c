@@ -115,8 +115,8 @@ run_summary(SyncRun *run)
 	{
 		buf.len--;				/* the closing brace */
 		appendStringInfo(&buf, ", \"connected_accounts\": {\"listed\": %d, \"synced\": %d, "
-						 "\"deauthorized\": %d}}", run->connect.listed, run->connect.synced,
-						 run->connect.deauthorized);
+						 "\"deauthorized\": %d, \"rounds\": %d}}", run->connect.listed, run->connect.synced,
+						 run->connect.deauthorized, run->connect.rounds);
 	}
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
@@ -477,8 +477,9 @@ run_start(const char *source, bool own, MemoryContext parent, Jsonb **joined)
 	return run;
 }
 
-bool
-stripe_sync_run(const char *source)
+/* a worker's run; turn_end, turn_over: see stripe_sync_account */
+static bool
+run_own(const char *source, TimestampTz turn_end, bool *turn_over)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "stripe_sync worker run",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -493,7 +494,9 @@ stripe_sync_run(const char *source)
 		MemoryContextDelete(cxt);
 		return false;
 	}
+	run->turn_end = turn_end;
 	edata = stripe_try(run_source_fn, run, cxt, run_report);
+	*turn_over = edata == NULL && run->turn_over;
 	if (edata != NULL)
 	{
 		MemoryContextSwitchTo(cxt);
@@ -504,6 +507,14 @@ stripe_sync_run(const char *source)
 	run_end(run);
 	MemoryContextDelete(cxt);
 	return true;
+}
+
+bool
+stripe_sync_run(const char *source)
+{
+	bool		turn_over;
+
+	return run_own(source, 0, &turn_over);
 }
 
 /* a run in this session's transaction: an error goes on up, the lock released */
@@ -540,17 +551,20 @@ stripe_sync_now(PG_FUNCTION_ARGS)
 }
 
 bool
-stripe_sync_account(const char *source, bool own)
+stripe_sync_account(const char *source, bool own, TimestampTz turn_end, bool *turn_over)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	SyncRun    *run;
 
+	*turn_over = false;
 	if (own)
-		return stripe_sync_run(source);
+		return run_own(source, turn_end, turn_over);
 	run = run_start(source, false, caller, NULL);
 	if (run == NULL)
 		return false;
+	run->turn_end = turn_end;
 	run_here(run, source);
+	*turn_over = run->turn_over;
 	MemoryContextSwitchTo(caller);
 	run_end(run);
 	return true;

@@ -31,6 +31,13 @@ sub ctl
 	return decode_json($r->{content});
 }
 
+# a platform run's fan-out: listed/synced/deauthorized/rounds
+sub tally
+{
+	my $c = decode_json($_[0])->{connected_accounts};
+	return join('/', map { $c->{$_} // '?' } qw(listed synced deauthorized rounds));
+}
+
 sub connect_account
 {
 	my ($id, %counts) = @_;
@@ -70,8 +77,7 @@ is(sql("SELECT connected_accounts FROM stripe_sync.sources WHERE name = 'plat'")
 
 $fake->clear_requests;
 my $out = sql("SELECT stripe_sync.sync_now('plat')");
-like($out, qr/"connected_accounts": \{"listed": 3, "synced": 3, "deauthorized": 0\}/,
-	'the first sync lists three connected accounts and syncs them');
+is(tally($out), '3/3/0/1', 'the first sync lists three connected accounts and syncs them, in one round');
 my @all = ('acct_fake000000000', @accts);
 (my $want = fake_counts(@all)) =~ s/ /|/g;
 is(local_counts(@all), $want, 'each account\'s customers and charges, exactly, by account_id');
@@ -119,14 +125,14 @@ is(sql("SELECT payload->'data'->>'stripeAccount' FROM stripe_sync.outbox "
 # ---- an account connected later is synced by the next run
 push @all, connect_account('acct_1Four', customers => 4, charges => 2, events => 1);
 $out = sql("SELECT stripe_sync.sync_now('plat')");
-like($out, qr/"listed": 4, "synced": 4/, 'the next run lists and syncs the new account');
+is(tally($out), '4/4/0/1', 'the next run lists and syncs the new account');
 is(local_counts(@all), do { (my $w = fake_counts(@all)) =~ s/ /|/g; $w }, 'the new account\'s objects, exactly');
 
 # ---- a deauthorized account stops syncing; its rows stay, marked
 ctl('POST', 'accounts/acct_1Three/deauthorize', undef, {});
 $fake->clear_requests;
 $out = sql("SELECT stripe_sync.sync_now('plat')");
-like($out, qr/"listed": 3, "synced": 3, "deauthorized": 1/, 'the deauthorized account is found gone');
+is(tally($out), '3/3/1/1', 'the deauthorized account is found gone');
 is(scalar(grep { ($_->{stripe_account} // '') eq 'acct_1Three' } @{ $fake->requests }), 0,
 	'no request as the deauthorized account');
 is(sql("SELECT state || ':' || (deauthorized_at IS NOT NULL)::text FROM stripe_sync.account_status "
@@ -135,7 +141,7 @@ is(sql("SELECT count(*) FROM stripe_data.customers WHERE account_id = 'acct_1Thr
 is(sql("SELECT state, count(*) FROM stripe_sync.account_status WHERE source = 'plat' GROUP BY state ORDER BY state"),
 	"deauthorized|1\nsynced|4", 'counts by state at a glance');
 $out = sql("SELECT stripe_sync.sync_now('plat')");
-like($out, qr/"listed": 3, "synced": 3, "deauthorized": 0/, 'a later run leaves it be');
+is(tally($out), '3/3/0/1', 'a later run leaves it be');
 
 # ---- alter_source: the platform's settings are its accounts'; off stops them
 sql("SELECT stripe_sync.alter_source('plat', objects => ARRAY['customers'])");
@@ -147,5 +153,42 @@ $out = sql("SELECT stripe_sync.sync_now('plat')");
 unlike($out, qr/connected_accounts/, 'connected_accounts off: the platform alone');
 is(scalar(grep { $_->{stripe_account} || $_->{path} =~ m{^/v1/accounts} } @{ $fake->requests }), 0,
 	'no request for the accounts');
+
+# ---- a large platform's first sync: the accounts' backfills take turns
+my $big = start_fake(counts => { customers => 3, charges => 0, events => 0 });
+{
+	my $burl = $big->url;
+	sql(qq{
+		CREATE SERVER big FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url '$burl');
+		CREATE USER MAPPING FOR CURRENT_USER SERVER big OPTIONS (api_key 'sk_test_fake');
+		CREATE SCHEMA big_data;
+		ALTER SYSTEM SET stripe_sync.connect_turn = 100;
+		SELECT pg_reload_conf();
+	});
+}
+for my $a (qw(acct_1BigA acct_1BigB))
+{
+	$big->call('POST', '/_control/accounts',
+		{ id => $a, counts => { customers => 1500, events => 0 }, only => JSON::PP::true });
+}
+$big->config(latency_ms => 40);
+$big->clear_requests;
+sql("BEGIN; SELECT stripe_sync.create_source('big', server => 'big', objects => ARRAY['customers'], "
+	  . "target_schema => 'big_data', connected_accounts => true); "
+	  . "SELECT stripe_sync.alter_source('big', enabled => false); COMMIT;");
+$out = sql("SELECT stripe_sync.sync_now('big')");
+my $rounds = decode_json($out)->{connected_accounts}{rounds};
+cmp_ok($rounds // 0, '>', 1, 'the accounts\' backfills took turns, in more than one round');
+{
+	my @seq = map { $_->{stripe_account} } grep { $_->{path} =~ m{^/v1/customers\?} && $_->{stripe_account} }
+	  @{ $big->requests };
+	my $switches = grep { $seq[$_] ne $seq[ $_ - 1 ] } 1 .. $#seq;
+	cmp_ok($switches, '>=', 2, "the accounts' pages interleave ($switches switches between accounts)");
+}
+is(sql("SELECT string_agg(account_id || ':' || n, ',' ORDER BY account_id) FROM "
+	  . "(SELECT account_id, count(*) n FROM big_data.customers GROUP BY 1) c"),
+	'acct_1BigA:1500,acct_1BigB:1500,acct_fake000000000:3', 'every account whole after its turns');
+is(sql("SELECT string_agg(state, ',') FROM stripe_sync.account_status WHERE source = 'big'"),
+	'synced,synced,synced', 'every account synced');
 
 done_testing();

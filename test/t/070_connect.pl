@@ -13,7 +13,9 @@ use JSON::PP;
 
 my $fake = start_fake(counts => { customers => 20, charges => 30, events => 10 });
 my $it = start_intempt(api_key => 'pk7Xq.s3cr3tIntemptKey');
-my $node = new_node('connect', $fake);
+# the launcher runs: the last part has a worker sync the platform (its sources are
+# otherwise disabled, synced in the session)
+my $node = new_node('connect', $fake, "stripe_sync.naptime = 1\nstripe_sync.database = 'postgres'\n");
 add_intempt($node, $it);
 my $http = HTTP::Tiny->new(timeout => 120);
 
@@ -190,5 +192,24 @@ is(sql("SELECT string_agg(account_id || ':' || n, ',' ORDER BY account_id) FROM 
 	'acct_1BigA:1500,acct_1BigB:1500,acct_fake000000000:3', 'every account whole after its turns');
 is(sql("SELECT string_agg(state, ',') FROM stripe_sync.account_status WHERE source = 'big'"),
 	'synced,synced,synced', 'every account synced');
+
+# ---- a worker's run: the platform, then each account, as the launcher schedules it
+my $late = $big->call('POST', '/_control/objects/customers', { email => 'late@example.com' });
+my $late_b = do {
+	my $r = $http->request('POST', $big->url . '/_control/objects/customers',
+		{ headers => { 'Content-Type' => 'application/json', 'Stripe-Account' => 'acct_1BigB' },
+		  content => encode_json({ email => 'late-b@example.com' }) });
+	decode_json($r->{content});
+};
+$big->config(latency_ms => 0);
+sql("SELECT stripe_sync.alter_source('big', enabled => true, sync_interval => '1 second')");
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 2 FROM big_data.customers WHERE (id, account_id) IN "
+	  . "(('$late->{id}', 'acct_fake000000000'), ('$late_b->{id}', 'acct_1BigB'))"),
+	'a worker syncs the platform and its accounts: each one\'s new customer, under its account');
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 3 FROM stripe_sync.account_status WHERE source = 'big' AND state = 'synced'"),
+	'every account synced by the worker');
+sql("SELECT stripe_sync.alter_source('big', enabled => false)");
 
 done_testing();

@@ -718,7 +718,8 @@ BEGIN
                                    enabled, destination, emit_history, account_id, platform)
   VALUES (child, p.server, p.owner, p.sync_interval, p.sync_from, p.objects, p.target_schema,
           true, p.destination, p.emit_history, account, p.name)
-  ON CONFLICT (name) DO UPDATE SET enabled = true, deauthorized_at = NULL;
+  ON CONFLICT (name) DO UPDATE SET enabled = true, deauthorized_at = NULL
+    WHERE stripe_sync.sources.deauthorized_at IS NOT NULL OR NOT stripe_sync.sources.enabled;
   INSERT INTO stripe_sync.object_state (source, object, history)
   SELECT child, o, CASE WHEN p.emit_history THEN 'owed' ELSE 'none' END FROM unnest(p.objects) o
   ON CONFLICT DO NOTHING;

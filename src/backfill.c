@@ -663,9 +663,12 @@ bf_begin(BfSet *set, BfPending *pend)
 	}
 	MemoryContextSwitchTo(old);
 	/* a table this transaction created or truncated would keep helpers waiting */
-	/* nor in a connected account's turn, which helpers would outlast */
+	/*
+	 * Nor in a connected account's turn, which helpers would outlast, nor
+	 * for a source a helper cannot see yet
+	 */
 	bf->dealing = bf->win.ranged && stripe_backfill_helpers > 0 && stripe_max_concurrent_requests > 1 &&
-		!pend->lt->locked_here && run->turn_end == 0;
+		!pend->lt->locked_here && run->turn_end == 0 && !run->src.created_here;
 	foreach(lc, bf->parts)
 	{
 		BfPart	   *p = lfirst(lc);

@@ -36,6 +36,7 @@ typedef struct SourceInfo
 	char	   *account_id;
 	char	   *platform;		/* a connected account's source: its platform's; else NULL */
 	bool		connected_accounts;	/* a platform: its connected accounts synced too */
+	bool		created_here;	/* its row is this transaction's (a connected account's) */
 	Oid			owner;			/* the role the source syncs as */
 	int			failures;		/* runs in a row that failed, this one included */
 	char	   *last_error;		/* the last failure's, logged only when it changes */

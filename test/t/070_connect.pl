@@ -212,4 +212,46 @@ ok($node->poll_query_until('postgres',
 	'every account synced by the worker');
 sql("SELECT stripe_sync.alter_source('big', enabled => false)");
 
+# ---- without turns (connect_turn = 0) a big account's backfill is shared with
+# helpers, which read as the account too
+my $huge = start_fake(counts => { customers => 3, charges => 0, events => 0 });
+$huge->call('POST', '/_control/accounts',
+	{ id => 'acct_1Huge', counts => { customers => 5000, events => 0 }, only => JSON::PP::true });
+{
+	my $hurl = $huge->url;
+	sql(qq{
+		CREATE SERVER huge FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url '$hurl');
+		CREATE USER MAPPING FOR CURRENT_USER SERVER huge OPTIONS (api_key 'sk_test_fake');
+		CREATE SCHEMA huge_data;
+		ALTER SYSTEM SET stripe_sync.connect_turn = 0;
+		SELECT pg_reload_conf();
+		BEGIN;
+		SELECT stripe_sync.create_source('huge', server => 'huge', objects => ARRAY['customers'],
+		                                 target_schema => 'huge_data', connected_accounts => true);
+		SELECT stripe_sync.alter_source('huge', enabled => false);
+		COMMIT;
+	});
+}
+# a worker's run: the account's source is made in a step of its own, which the
+# helpers see.  A slow trigger keeps the sync busy writing, which is when it deals.
+sql(q{CREATE FUNCTION huge_data.slow() RETURNS trigger LANGUAGE plpgsql AS
+	  $$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$;
+	CREATE TRIGGER slow BEFORE INSERT ON huge_data.customers FOR EACH ROW EXECUTE FUNCTION huge_data.slow();});
+sql("SELECT stripe_sync.alter_source('huge', enabled => true)");
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'stripe_sync backfill helper' "
+	  . "AND application_name = 'stripe_sync huge/acct_1Huge helper'"),
+	'a helper shares the account\'s backfill');
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM stripe_sync.account_status WHERE source = 'huge' AND account_id = 'acct_1Huge' "
+	  . "AND state = 'synced'"), 'the account\'s backfill is done');
+sql("SELECT stripe_sync.alter_source('huge', enabled => false)");
+is(sql("SELECT string_agg(account_id || ':' || n || ':' || d, ',' ORDER BY account_id) FROM "
+	  . "(SELECT account_id, count(*) n, count(DISTINCT id) d FROM huge_data.customers GROUP BY 1) c"),
+	'acct_1Huge:5000:5000,acct_fake000000000:3:3', '... every row once, under its account, as the fake has it');
+{
+	my @plain = grep { $_->{path} =~ m{^/v1/customers\?} && !$_->{stripe_account} } @{ $huge->requests };
+	is(scalar(@plain), 1, 'the platform\'s one page of customers is the only one read without Stripe-Account');
+}
+
 done_testing();

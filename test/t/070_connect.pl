@@ -156,28 +156,36 @@ unlike($out, qr/connected_accounts/, 'connected_accounts off: the platform alone
 is(scalar(grep { $_->{stripe_account} || $_->{path} =~ m{^/v1/accounts} } @{ $fake->requests }), 0,
 	'no request for the accounts');
 
-# ---- a large platform's first sync: the accounts' backfills take turns
-my $big = start_fake(counts => { customers => 3, charges => 0, events => 0 });
+# a platform of its own: a fake with 3 customers and the accounts given
+# (id => customers), its server and mapping, schema <name>_data, connect_turn
+# set, and the source <name> (customers), disabled
+sub new_platform
 {
-	my $burl = $big->url;
+	my ($name, $turn, %accounts) = @_;
+	my $f = start_fake(counts => { customers => 3, charges => 0, events => 0 });
+	$f->call('POST', '/_control/accounts',
+		{ id => $_, counts => { customers => $accounts{$_}, events => 0 }, only => JSON::PP::true })
+	  for sort keys %accounts;
+	my $furl = $f->url;
 	sql(qq{
-		CREATE SERVER big FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url '$burl');
-		CREATE USER MAPPING FOR CURRENT_USER SERVER big OPTIONS (api_key 'sk_test_fake');
-		CREATE SCHEMA big_data;
-		ALTER SYSTEM SET stripe_sync.connect_turn = 100;
+		CREATE SERVER $name FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url '$furl');
+		CREATE USER MAPPING FOR CURRENT_USER SERVER $name OPTIONS (api_key 'sk_test_fake');
+		CREATE SCHEMA ${name}_data;
+		ALTER SYSTEM SET stripe_sync.connect_turn = $turn;
 		SELECT pg_reload_conf();
+		BEGIN;
+		SELECT stripe_sync.create_source('$name', server => '$name', objects => ARRAY['customers'],
+		                                 target_schema => '${name}_data', connected_accounts => true);
+		SELECT stripe_sync.alter_source('$name', enabled => false);
+		COMMIT;
 	});
+	return $f;
 }
-for my $a (qw(acct_1BigA acct_1BigB))
-{
-	$big->call('POST', '/_control/accounts',
-		{ id => $a, counts => { customers => 1500, events => 0 }, only => JSON::PP::true });
-}
+
+# ---- a large platform's first sync: the accounts' backfills take turns
+my $big = new_platform('big', 100, acct_1BigA => 1500, acct_1BigB => 1500);
 $big->config(latency_ms => 40);
 $big->clear_requests;
-sql("BEGIN; SELECT stripe_sync.create_source('big', server => 'big', objects => ARRAY['customers'], "
-	  . "target_schema => 'big_data', connected_accounts => true); "
-	  . "SELECT stripe_sync.alter_source('big', enabled => false); COMMIT;");
 $out = sql("SELECT stripe_sync.sync_now('big')");
 my $rounds = decode_json($out)->{connected_accounts}{rounds};
 cmp_ok($rounds // 0, '>', 1, 'the accounts\' backfills took turns, in more than one round');
@@ -214,24 +222,8 @@ sql("SELECT stripe_sync.alter_source('big', enabled => false)");
 
 # ---- without turns (connect_turn = 0) a big account's backfill is shared with
 # helpers, which read as the account too
-my $huge = start_fake(counts => { customers => 3, charges => 0, events => 0 });
-$huge->call('POST', '/_control/accounts',
-	{ id => 'acct_1Huge', counts => { customers => 5000, events => 0 }, only => JSON::PP::true });
-{
-	my $hurl = $huge->url;
-	sql(qq{
-		CREATE SERVER huge FOREIGN DATA WRAPPER stripe_sync OPTIONS (api_url '$hurl');
-		CREATE USER MAPPING FOR CURRENT_USER SERVER huge OPTIONS (api_key 'sk_test_fake');
-		CREATE SCHEMA huge_data;
-		ALTER SYSTEM SET stripe_sync.connect_turn = 0;
-		SELECT pg_reload_conf();
-		BEGIN;
-		SELECT stripe_sync.create_source('huge', server => 'huge', objects => ARRAY['customers'],
-		                                 target_schema => 'huge_data', connected_accounts => true);
-		SELECT stripe_sync.alter_source('huge', enabled => false);
-		COMMIT;
-	});
-}
+my $huge = new_platform('huge', 0, acct_1Huge => 5000);
+
 # a worker's run: the account's source is made in a step of its own, which the
 # helpers see.  A slow trigger keeps the sync busy writing, which is when it deals.
 sql(q{CREATE FUNCTION huge_data.slow() RETURNS trigger LANGUAGE plpgsql AS

@@ -16,7 +16,7 @@ subscriptions and objects on test clocks unless asked for them; list filters che
 against their enums; an Idempotency-Key's first answer replayed, errors included.
 
 A fault takes the requests whose path starts with its "path" and has its "contains"
-anywhere (both optional).  A "hold" fault ({"kind": "hold", "path": "/v1/customers",
+anywhere, made as its "account" (Stripe-Account) (all optional).  A "hold" fault ({"kind": "hold", "path": "/v1/customers",
 "count": 1, "timeout": 300})
 keeps the requests it takes waiting, before they are carried out, until POST
 /_control/release (or DELETE /_control/faults, or its timeout); GET /_control/held lists
@@ -1545,7 +1545,7 @@ class Faults:
         if kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}")
         fault = {"kind": kind, "count": int(spec.get("count", 1)), "path": spec.get("path"),
-                 "contains": spec.get("contains")}
+                 "contains": spec.get("contains"), "account": spec.get("account")}
         if fault["count"] < 1:
             raise ValueError("count must be >= 1")
         if kind == "status":
@@ -1587,15 +1587,17 @@ class Faults:
         """A fault as the control API shows it (a body's bytes are not JSON)."""
         return {k: v for k, v in fault.items() if k != "body"}
 
-    def take(self, raw_path):
+    def take(self, raw_path, account=None):
         """The first pending fault matching this request (its count is used up)."""
         if not self.queue:
             return None
         with self.lock:
             for i, fault in enumerate(self.queue):
-                # a path prefix, and text anywhere in the path and query ("starting_after=")
+                # a path prefix, text anywhere in the path and query ("starting_after="),
+                # and the request's Stripe-Account
                 if ((not fault["path"] or raw_path.startswith(fault["path"])) and
-                        (not fault["contains"] or fault["contains"] in raw_path)):
+                        (not fault["contains"] or fault["contains"] in raw_path) and
+                        (not fault["account"] or fault["account"] == account)):
                     fault["count"] -= 1
                     if fault["count"] == 0:
                         del self.queue[i]
@@ -1849,7 +1851,7 @@ class App:
         raw_path = h.path
         rid = f"{self.req_prefix}{b62(next(self.req_counter), 8)}"
         version = hdrs.get("Stripe-Version")
-        fault = self.faults.take(raw_path)
+        fault = self.faults.take(raw_path, hdrs.get("Stripe-Account"))
         kind = fault["kind"] if fault else None
         if kind == "hold":
             self.holds.wait(h.command, raw_path, fault["timeout"])

@@ -1171,6 +1171,11 @@ class ConnectTest(ServedTest):
         self.assertEqual(([x["id"] for x in page["data"]], page["has_more"]), ([b], True))
         _, _, page = c.get("/v1/accounts?limit=1&starting_after=" + b)
         self.assertEqual(([x["id"] for x in page["data"]], page["has_more"]), (["acct_1Alpha"], False))
+        # a fault can take one account's requests alone
+        c.ctl("POST", "faults", {"kind": "500", "path": "/v1/customers", "account": b, "count": 1})
+        self.assertEqual(self.as_account("acct_1Alpha", "/v1/customers")[0], 200)
+        self.assertEqual(self.as_account(b, "/v1/customers")[0], 500)
+        self.assertEqual(self.as_account(b, "/v1/customers")[0], 200)
         # an account never connected, or deauthorized: Stripe's 403
         status, body = self.as_account("acct_nobody", "/v1/customers")
         self.assertEqual((status, body["error"]["code"]), (403, "account_invalid"))

@@ -210,14 +210,23 @@ my $late_b = do {
 	decode_json($r->{content});
 };
 $big->config(latency_ms => 0);
+# one account's requests fail (Stripe's 500s, past the retries)
+$big->fault(kind => '500', path => '/v1/', account => 'acct_1BigA', count => 1000000);
 sql("SELECT stripe_sync.alter_source('big', enabled => true, sync_interval => '1 second')");
 ok($node->poll_query_until('postgres',
 	"SELECT count(*) = 2 FROM big_data.customers WHERE (id, account_id) IN "
 	  . "(('$late->{id}', 'acct_fake000000000'), ('$late_b->{id}', 'acct_1BigB'))"),
 	'a worker syncs the platform and its accounts: each one\'s new customer, under its account');
 ok($node->poll_query_until('postgres',
+	"SELECT state = 'error' AND last_error LIKE '%500%' FROM stripe_sync.account_status WHERE account_id = 'acct_1BigA'"),
+	'an account whose sync fails shows in account_status, with its error');
+is(sql("SELECT string_agg(state || ':' || n, ',' ORDER BY state) FROM "
+	  . "(SELECT state, count(*) n FROM stripe_sync.account_status WHERE source = 'big' GROUP BY 1) c"),
+	'error:1,synced:2', '... and the others sync on');
+$big->clear_faults;
+ok($node->poll_query_until('postgres',
 	"SELECT count(*) = 3 FROM stripe_sync.account_status WHERE source = 'big' AND state = 'synced'"),
-	'every account synced by the worker');
+	'once Stripe answers again, every account synced by the worker');
 sql("SELECT stripe_sync.alter_source('big', enabled => false)");
 
 # ---- without turns (connect_turn = 0) a big account's backfill is shared with

@@ -6,7 +6,7 @@ OBJS = src/stripe_sync.o src/guc.o src/xact.o src/bgw.o \
        src/json_page.o src/nested.o src/jsonb_fast.o src/rowconv.o src/payload.o \
        src/fdw.o src/fdw_import.o src/fdw_quals.o src/fdw_request.o src/fdw_windows.o src/fdw_stats.o src/modify.o \
        src/sync_state.o src/sync_local.o src/children.o src/sync_outbox.o src/sync_events.o src/sync_reread.o \
-        src/bf_windows.o src/bf_lists.o src/bf_parents.o src/helpers.o src/backfill.o src/sync_relist.o src/sync_run.o \
+        src/bf_windows.o src/bf_lists.o src/bf_parents.o src/helpers.o src/backfill.o src/bf_deal.o src/sync_relist.o src/sync_run.o src/connect.o \
        src/manage.o src/launcher.o src/ship_batch.o src/shipper.o src/webhook.o
 EXTENSION = stripe_sync
 DATA = sql/stripe_sync--0.1.sql sql/stripe_sync--0.1--0.2.sql

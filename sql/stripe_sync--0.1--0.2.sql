@@ -12,6 +12,18 @@ ALTER TABLE stripe_sync.sources
   ADD COLUMN failures integer NOT NULL DEFAULT 0,
   ADD COLUMN last_error text;
 
+-- Connect (see the Connect section below): a platform's source syncs its
+-- connected accounts too; each is a source of its own, its platform set, named
+-- '<platform>/<acct_…>'; one no longer listed is deauthorized since deauthorized_at
+ALTER TABLE stripe_sync.sources
+  ADD COLUMN connected_accounts boolean NOT NULL DEFAULT false,
+  ADD COLUMN platform text REFERENCES stripe_sync.sources ON DELETE CASCADE ON UPDATE CASCADE,
+  ADD COLUMN deauthorized_at timestamptz,
+  DROP CONSTRAINT sources_name_check,
+  ADD CONSTRAINT sources_name_check
+    CHECK (name ~ '^[a-z_][a-z0-9_]*$' OR (platform IS NOT NULL AND name = platform || '/' || account_id));
+CREATE INDEX sources_platform_idx ON stripe_sync.sources (platform) WHERE platform IS NOT NULL;
+
 -- a run's events: applied to the local tables, and skipped, changing none (a
 -- preview such as invoice.upcoming, a type the source does not sync, an object
 -- Stripe no longer has, one created before sync_from)
@@ -97,7 +109,9 @@ SELECT s.name AS source, o.object, o.state, o.rows + coalesce(p.rows, 0) AS rows
       FROM stripe_sync.outbox ob WHERE ob.source = s.name AND ob.state IN ('pending', 'sending')) d
   LEFT JOIN (SELECT source, object, sum(rows)::bigint AS rows, sum(requests)::bigint AS requests
                FROM stripe_sync.backfill_parts GROUP BY source, object) p
-         ON p.source = o.source AND p.object = o.object;
+         ON p.source = o.source AND p.object = o.object
+ -- a platform's connected accounts: stripe_sync.account_status
+ WHERE s.platform IS NULL;
 GRANT SELECT ON stripe_sync.status TO PUBLIC;
 
 -- ---------------------------------------------------------------------------
@@ -577,7 +591,12 @@ BEGIN
     SELECT e.event_id, m.intempt_event, e.event_type, e.obj->>'id', to_timestamp(e.t),
            jsonb_build_object('eventId', e.event_id, 'timestamp', e.t * 1000,
                               'userId', u.user_id,
-                              'data', stripe_sync.intempt_data(e.obj, e.event_id, e.event_type, u.cust))
+                              -- the Stripe account the event is of, when known (Connect: which
+                              -- connected account; not a restricted key's placeholder)
+                              'data', stripe_sync.intempt_data(e.obj, e.event_id, e.event_type, u.cust)
+                                      || CASE WHEN $6::text LIKE 'acct\_%%'
+                                              THEN jsonb_build_object('stripeAccount', $6::text)
+                                              ELSE '{}' END)
       FROM (SELECT coalesce(i.id, 'hist_' || h.event_type || '_' || (i.obj->>'id')) AS event_id,
                    coalesce(i.type, h.event_type) AS event_type, i.t, i.obj, i.ord
               FROM objs i
@@ -804,3 +823,154 @@ BEGIN
     END LOOP;
   END LOOP;
 END $$;
+
+-- ---------------------------------------------------------------------------
+-- Connect: a source with connected_accounts syncs the platform's own account
+-- and every connected account its key can list (GET /v1/accounts), into the
+-- same local tables, told apart by account_id.  Each connected account is a
+-- source of its own, named '<platform>/<acct_…>' (platform set): its own
+-- backfill state, events cursor, runs and outbox rows.  The platform's run
+-- syncs them (the launcher never schedules one); they take the platform's
+-- settings; one the platform can no longer list, or that Stripe refuses, is
+-- deauthorized: it stops syncing, its rows stay (deauthorized_at says since when).
+-- ---------------------------------------------------------------------------
+
+
+-- a connected account's source, made or authorized again by the platform's run
+CREATE FUNCTION stripe_sync._connect_account(platform text, account text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  p stripe_sync.sources;
+  child text := platform || '/' || account;
+BEGIN
+  SELECT * INTO p FROM stripe_sync.sources s WHERE s.name = _connect_account.platform;
+  INSERT INTO stripe_sync.sources (name, server, owner, sync_interval, sync_from, objects, target_schema,
+                                   enabled, destination, emit_history, account_id, platform)
+  VALUES (child, p.server, p.owner, p.sync_interval, p.sync_from, p.objects, p.target_schema,
+          true, p.destination, p.emit_history, account, p.name)
+  ON CONFLICT (name) DO UPDATE SET enabled = true, deauthorized_at = NULL
+    WHERE stripe_sync.sources.deauthorized_at IS NOT NULL OR NOT stripe_sync.sources.enabled;
+  INSERT INTO stripe_sync.object_state (source, object, history)
+  SELECT child, o, CASE WHEN p.emit_history THEN 'owed' ELSE 'none' END FROM unnest(p.objects) o
+  ON CONFLICT DO NOTHING;
+END $$;
+
+-- the platform's settings, as alter_source changes them, are its accounts' too
+CREATE FUNCTION stripe_sync._connect_settings() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  UPDATE stripe_sync.sources c
+     SET server = NEW.server, owner = NEW.owner, sync_interval = NEW.sync_interval,
+         sync_from = NEW.sync_from, objects = NEW.objects, target_schema = NEW.target_schema,
+         destination = NEW.destination, emit_history = NEW.emit_history
+   WHERE c.platform = NEW.name;
+  IF OLD.sync_from IS DISTINCT FROM NEW.sync_from THEN
+    UPDATE stripe_sync.object_state os SET backfill_done = false, backfill_cursor = NULL, state = 'pending'
+      FROM stripe_sync.sources c WHERE c.platform = NEW.name AND os.source = c.name;
+  END IF;
+  IF OLD.objects IS DISTINCT FROM NEW.objects THEN
+    INSERT INTO stripe_sync.object_state (source, object, history)
+    SELECT c.name, o, CASE WHEN NEW.emit_history THEN 'owed' ELSE 'none' END
+      FROM stripe_sync.sources c CROSS JOIN unnest(NEW.objects) o WHERE c.platform = NEW.name
+    ON CONFLICT DO NOTHING;
+    DELETE FROM stripe_sync.object_state os USING stripe_sync.sources c
+     WHERE c.platform = NEW.name AND os.source = c.name AND os.object <> ALL (NEW.objects);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER connect_settings AFTER UPDATE ON stripe_sync.sources FOR EACH ROW
+  WHEN (NEW.platform IS NULL AND (OLD.server, OLD.owner, OLD.sync_interval, OLD.sync_from, OLD.objects,
+        OLD.target_schema, OLD.destination, OLD.emit_history) IS DISTINCT FROM
+       (NEW.server, NEW.owner, NEW.sync_interval, NEW.sync_from, NEW.objects,
+        NEW.target_schema, NEW.destination, NEW.emit_history))
+  EXECUTE FUNCTION stripe_sync._connect_settings();
+
+REVOKE ALL ON FUNCTION stripe_sync._connect_account(text, text),
+                       stripe_sync._connect_settings() FROM PUBLIC;
+
+-- create_source and alter_source take connected_accounts
+DROP FUNCTION stripe_sync.create_source(text, name, interval, timestamptz, text[], name, boolean, name);
+DROP FUNCTION stripe_sync.alter_source(text, interval, timestamptz, text[], boolean, name);
+-- (the functions before them do the work; these add connected_accounts)
+
+CREATE FUNCTION stripe_sync._create_source(caller regrole, name text, server name,
+    sync_interval interval, sync_from timestamptz, objects text[], target_schema name,
+    emit_history boolean, destination name, connected_accounts boolean)
+RETURNS regrole LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  r regrole := stripe_sync._create_source(caller, name, server, sync_interval, sync_from, objects,
+                                            target_schema, emit_history, destination);
+BEGIN
+  UPDATE stripe_sync.sources s SET connected_accounts = coalesce(_create_source.connected_accounts, false)
+   WHERE s.name = _create_source.name;
+  RETURN r;
+END $$;
+
+CREATE FUNCTION stripe_sync._alter_source(caller regrole, name text, sync_interval interval,
+    sync_from timestamptz, objects text[], enabled boolean, destination name, connected_accounts boolean)
+RETURNS regrole LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  r regrole := stripe_sync._alter_source(caller, name, sync_interval, sync_from, objects, enabled, destination);
+BEGIN
+  IF connected_accounts IS NOT NULL THEN
+    UPDATE stripe_sync.sources s SET connected_accounts = _alter_source.connected_accounts, next_sync_at = now()
+     WHERE s.name = _alter_source.name AND s.connected_accounts IS DISTINCT FROM _alter_source.connected_accounts;
+    -- turned off: the accounts stop syncing, their rows and state stay
+    IF NOT connected_accounts THEN
+      UPDATE stripe_sync.sources c SET enabled = false WHERE c.platform = _alter_source.name;
+    END IF;
+  END IF;
+  RETURN r;
+END $$;
+
+REVOKE ALL ON FUNCTION stripe_sync._create_source(regrole, text, name, interval, timestamptz, text[], name, boolean, name, boolean),
+                       stripe_sync._alter_source(regrole, text, interval, timestamptz, text[], boolean, name, boolean)
+  FROM PUBLIC;
+
+CREATE FUNCTION stripe_sync.create_source(name text, server name,
+    sync_interval interval DEFAULT '1 hour',
+    sync_from timestamptz DEFAULT NULL,
+    objects text[] DEFAULT NULL,
+    target_schema name DEFAULT 'stripe_data',
+    emit_history boolean DEFAULT true,
+    destination name DEFAULT NULL,
+    connected_accounts boolean DEFAULT false)
+RETURNS void AS 'MODULE_PATHNAME', 'stripe_manage'
+LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION stripe_sync.alter_source(name text,
+    sync_interval interval DEFAULT NULL,
+    sync_from timestamptz DEFAULT NULL,
+    objects text[] DEFAULT NULL,
+    enabled boolean DEFAULT NULL,
+    destination name DEFAULT NULL,
+    connected_accounts boolean DEFAULT NULL)
+RETURNS void AS 'MODULE_PATHNAME', 'stripe_manage'
+LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+
+GRANT EXECUTE ON FUNCTION stripe_sync.create_source(text, name, interval, timestamptz, text[], name, boolean, name, boolean),
+                          stripe_sync.alter_source(text, interval, timestamptz, text[], boolean, name, boolean)
+  TO PUBLIC;
+
+-- one row per account of a source: its own (the source itself) and each
+-- connected account.  state: deauthorized, error (its last run failed, or an
+-- object did), backfilling (an object not yet listed in full), synced.  At a
+-- glance: SELECT state, count(*) FROM stripe_sync.account_status GROUP BY 1.
+CREATE VIEW stripe_sync.account_status WITH (security_invoker = true) AS
+SELECT coalesce(s.platform, s.name) AS source, s.account_id, s.platform IS NULL AS is_platform,
+       CASE WHEN s.deauthorized_at IS NOT NULL THEN 'deauthorized'
+            WHEN s.last_error IS NOT NULL OR o.errors > 0 THEN 'error'
+            WHEN o.pending > 0 THEN 'backfilling'
+            ELSE 'synced' END AS state,
+       o.objects, o.objects - o.pending AS objects_backfilled, o.rows, o.last_success_at,
+       to_timestamp(s.events_cursor) AS events_cursor, s.deauthorized_at,
+       coalesce(s.last_error, o.last_error) AS last_error
+  FROM stripe_sync.sources s
+  CROSS JOIN LATERAL (
+    SELECT count(*) AS objects, count(*) FILTER (WHERE NOT os.backfill_done) AS pending,
+           count(*) FILTER (WHERE os.state = 'error') AS errors,
+           coalesce(sum(os.rows), 0)::bigint AS rows, min(os.last_success_at) AS last_success_at,
+           min(os.last_error) AS last_error
+      FROM stripe_sync.object_state os WHERE os.source = s.name) o
+ WHERE s.platform IS NOT NULL OR s.connected_accounts;
+GRANT SELECT ON stripe_sync.account_status TO PUBLIC;

@@ -8,6 +8,7 @@
 
 #include "http.h"
 
+extern bool stripe_is_account_id(const char *id);
 extern char *stripe_fetch_account_id(StripeConn *conn, StripeStats *stats,
 									 int64 *created, char **refused);
 extern void stripe_account_request(StripeConn *conn, StripeManyReq *req, MemoryContext parent);

@@ -70,8 +70,8 @@ json_path_string(json_object *root, const char *a, const char *b, const char *c,
 }
 
 /* Stripe's account ids are acct_ and letters and digits */
-static bool
-is_account_id(const char *id)
+bool
+stripe_is_account_id(const char *id)
 {
 	if (strncmp(id, "acct_", 5) != 0 || id[5] == '\0' || strlen(id) > 255)
 		return false;
@@ -112,7 +112,7 @@ check_account(StripeResponse *resp, void *arg, const char **why)
 			*why = bad;
 		else if (id == NULL)
 			*why = "Stripe's account object has no id";
-		else if (!is_account_id(id))
+		else if (!stripe_is_account_id(id))
 			*why = "Stripe's account id is not acct_ followed by letters and digits";
 		else
 		{

@@ -13,7 +13,7 @@
  *
  * Parsing and writing pages takes a core, so when the sync spends half its
  * time or more on its pages (at zero latency; waiting on the network another
- * core gains nothing), it deals parts to helper processes: once the first
+ * core gains nothing), it deals parts to helper processes (bf_deal.c): once the first
  * pages have shown how dense each window is, and whenever a helper is idle,
  * a new part takes the older quarter of every window with two pages or more
  * left, carved off the sync's own (a quarter of what is left each time, so
@@ -54,23 +54,6 @@
 /* objects in one stream; a request's tag carries its object's index */
 #define BFSET_MAX	64
 
-struct BfSet
-{
-	SyncRun    *run;
-	Backfill  **bf;
-	int			n;
-	bool		last;			/* the events' first page rides the tail */
-	int			in_flight;
-	int			running;		/* helpers at work, as of the last feed */
-	int			helper_slots;	/* their requests in flight at most */
-	MemoryContext cxt;			/* the stream's, and the events page's */
-	int64		busy;			/* microseconds spent on pages since t0 */
-	TimestampTz t0;
-	List	   *clocks;			/* the account's test clocks (ids), in test mode */
-	bool		account_pending;	/* GET /v1/account rides the stream, unanswered */
-	bool		account_sent;
-	List	   *deferred;		/* pages answered before it (copies, in cxt) */
-};
 
 /*
  * 2010-01-01, before Stripe's first account: the oldest a backfill looks when
@@ -86,16 +69,8 @@ struct BfSet
 /* tag of the account's request a first sync's stream starts with */
 #define ACCOUNT_TAG	(-2)
 
-/* fewer pages than this left: not worth a helper */
-#define DEAL_MIN_PAGES	16
-/* a part takes this fraction of each window: 1/4, then 1/4 of what is left... */
-#define DEAL_SHARE		4
-/* how long the sync watches its own pace before it deals */
-#define DEAL_AFTER_USECS	100000
 
 /* ---------- pages ---------- */
-
-static void bf_deal(Backfill *bf);
 
 static bool
 bf_feed(void *arg, StripeManyReq *req)
@@ -111,8 +86,19 @@ bf_feed(void *arg, StripeManyReq *req)
 		return false;
 	if (bf->failed)
 		return false;
+	/*
+	 * A connected account's turn is over: the pages in flight land, the
+	 * cursor keeps the rest.  Each object gets a page a turn at least, so
+	 * that turns always move on.
+	 */
+	if (bf->run->turn_end != 0 && (bf->pages > 0 || bf->in_flight > 0) &&
+		GetCurrentTimestamp() >= bf->run->turn_end)
+	{
+		bf->run->turn_over = true;
+		return false;
+	}
 	if (bf->dealing)
-		bf_deal(bf);
+		stripe_bf_deal(bf);
 	/* a set shares its requests in flight out itself */
 	if (bf->set == NULL && bf->in_flight >= bf->slots)
 		return false;
@@ -201,8 +187,8 @@ bf_resume_gone_cursor(Backfill *bf, BfWindow *w, ErrorData *edata)
 }
 
 /* progress of the object's backfill here and in the helpers */
-static void
-bf_progress(Backfill *bf, bool done)
+void
+stripe_bf_progress(Backfill *bf, bool done)
 {
 	int64		rows = bf->lt->rows;
 	int64		pages = bf->lt->pages;
@@ -317,7 +303,7 @@ bf_done(void *arg, StripeManyReq *req)
 	CHECK_FOR_INTERRUPTS();
 	stripe_bgw_reload_config();
 	if (bf->mine == NULL && bf->pages % 20 == 0)
-		bf_progress(bf, false);
+		stripe_bf_progress(bf, false);
 	bf->t_last = GetCurrentTimestamp();
 }
 
@@ -395,257 +381,6 @@ stripe_backfill_range(SyncRun *run, LocalTable *lt, const char *object, int64 lo
 	return bf.failed;
 }
 
-/* ---------- parts dealt to helpers ---------- */
-
-/* Where a dealt part goes on: its committed progress, else its first windows; NULL when done. */
-static char *
-part_cursor(Backfill *bf, BfPart *p)
-{
-	Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
-	Datum		values[3];
-	char	   *cursor;
-
-	values[0] = CStringGetTextDatum(bf->run->src.name);
-	values[1] = CStringGetTextDatum(bf->object);
-	values[2] = Int64GetDatum(p->ref.id);
-	stripe_spi("SELECT cursor FROM stripe_sync.backfill_parts WHERE source = $1 AND object = $2 AND part = $3",
-			   3, types, values, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 0)
-		return p->ref.first;
-	cursor = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	return cursor ? MemoryContextStrdup(bf->cxt, cursor) : NULL;
-}
-
-/* one process at a time works a part: a helper of a sync that died may linger a page */
-static void
-part_lock(Backfill *bf, bool lock)
-{
-	const char *s = bf->run->src.name;
-	LOCKTAG		tag;
-
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
-						 DatumGetUInt32(hash_any((const unsigned char *) s, strlen(s))),
-						 DatumGetUInt32(hash_any((const unsigned char *) bf->object, strlen(bf->object)) ^
-										hash_bytes_uint32((uint32) bf->part ^ (uint32) (bf->part >> 32))),
-						 3);
-	if (lock)
-		(void) LockAcquire(&tag, ExclusiveLock, true, false);
-	else
-		LockRelease(&tag, ExclusiveLock, true);
-}
-
-/* what a helper of this backfill is told of the run */
-static void
-helper_spec(Backfill *bf, HelperShared *hs, int slots)
-{
-	SyncRun    *run = bf->run;
-
-	memset(hs, 0, offsetof(HelperShared, cursor));
-	hs->dbid = MyDatabaseId;
-	hs->userid = run->src.owner;
-	hs->serverid = run->src.serverid;
-	hs->run_id = run->src.run_id;
-	hs->slots = slots;
-	hs->top = bf->win.top;
-	hs->base = bf->win.base;
-	hs->has_sync_from = run->src.has_sync_from;
-	hs->sync_from = run->src.sync_from;
-	strlcpy(hs->source, run->src.name, sizeof(hs->source));
-	strlcpy(hs->object, bf->object, sizeof(hs->object));
-	strlcpy(hs->target_schema, run->src.target_schema, sizeof(hs->target_schema));
-	strlcpy(hs->account_id, run->src.account_id ? run->src.account_id : "", sizeof(hs->account_id));
-}
-
-/* Starts a helper on part p from cursor; false if none could be had. */
-static bool
-helper_start(Backfill *bf, BfPart *p, const char *cursor, int slots)
-{
-	HelperShared spec;
-	SyncRun    *run = bf->run;
-
-	if (strlen(run->src.name) >= sizeof(spec.source) ||
-		(run->src.account_id && strlen(run->src.account_id) >= sizeof(spec.account_id)))
-		return false;
-	helper_spec(bf, &spec, slots);
-	return stripe_helper_start(&p->proc, p->ref.id, &spec, cursor, bf->cxt);
-}
-
-/* A helper stopped: what it did joins the run's figures; returns whether its part is done. */
-static bool
-helper_account(Backfill *bf, BfPart *p)
-{
-	HelperTally t;
-
-	if (p->proc.hs == NULL)
-		return false;
-	(void) stripe_helper_release(&p->proc, false, &t);
-	bf->lt->rows += t.rows;
-	bf->lt->pages += t.pages;
-	bf->run->stats.requests += t.requests;
-	if (!t.done)
-		ereport(bf->run->own ? LOG : NOTICE,
-				(errmsg("stripe_sync: a backfill helper of source \"%s\" stopped short on %s: %s",
-						bf->run->src.name, bf->object, t.error),
-				 errdetail("The sync finishes its part.")));
-	return t.done;
-}
-
-/* helpers at work for any of the set's objects; *slots gets their requests in flight at most */
-static int
-set_running(BfSet *set, int *slots)
-{
-	int			n = 0;
-
-	*slots = 0;
-	for (int i = 0; i < set->n; i++)
-	{
-		ListCell   *lc;
-
-		foreach(lc, set->bf[i]->parts)
-		{
-			BfPart	   *p = lfirst(lc);
-
-			if (stripe_helper_running(&p->proc))
-			{
-				n++;
-				*slots += p->proc.hs->slots;
-			}
-		}
-	}
-	return n;
-}
-
-/* requests a new helper may keep in flight: a share of the whole */
-static int
-helper_slots(BfSet *set)
-{
-	return Max(stripe_max_concurrent_requests / (set->running + 2), 1);
-}
-
-/*
- * Whether the sync should deal a part (see the header comment): a helper adds
- * a core, which helps a sync busy with its pages, not one waiting on the
- * network.
- */
-static bool
-bf_wants_deal(Backfill *bf)
-{
-	BfSet	   *set = bf->set;
-	int64		elapsed = GetCurrentTimestamp() - set->t0;
-	int64		quarters = 0;
-
-	if (!bf->dealing || set->account_pending || set->running >= stripe_backfill_helpers || bf->dealt >= 999 ||
-		elapsed < DEAL_AFTER_USECS || set->busy * 2 < elapsed)
-		return false;
-	for (int i = 0; i < bf->win.n; i++)
-		quarters += stripe_window_quarters(&bf->win, &bf->win.w[i]);
-	return quarters >= DEAL_MIN_PAGES * 4;
-}
-
-/*
- * The sync's own feed calls this: its helpers that stopped are accounted
- * for, and while fewer than stripe_sync.backfill_helpers run (for all the
- * set's objects) and enough is left, a new part gets the older quarter of
- * each window that has two pages or more.
- */
-static void
-bf_deal(Backfill *bf)
-{
-	Backfill	t;
-	BfPart	   *p;
-	int64	   *cut;
-	ListCell   *lc;
-	MemoryContext old = MemoryContextSwitchTo(bf->cxt);
-
-	foreach(lc, bf->parts)
-	{
-		BfPart	   *q = lfirst(lc);
-
-		if (q->proc.hs != NULL && !stripe_helper_running(&q->proc))
-		{
-			if (helper_account(bf, q))
-				bf->parts = foreach_delete_current(bf->parts, lc);
-			else
-				bf->dealing = false;	/* one failed: the next would too, likely */
-		}
-	}
-	/*
-	 * The sync's requests in flight, its helpers' and the new one's stay
-	 * within the bound: until they would, the sync sends fewer (set_feed).
-	 */
-	if (!bf_wants_deal(bf) ||
-		bf->set->in_flight + bf->set->helper_slots + helper_slots(bf->set) > stripe_max_concurrent_requests)
-	{
-		MemoryContextSwitchTo(old);
-		return;
-	}
-
-	memset(&t, 0, sizeof(t));
-	t.cxt = bf->cxt;
-	t.win = bf->win;
-	t.win.w = NULL;
-	t.win.n = t.win.cap = 0;
-	/* new in this run, so no row left over from an earlier one has its id */
-	t.part = bf->run->src.run_id * 1000 + bf->dealt + 1;
-	cut = palloc(sizeof(int64) * bf->win.n);
-	for (int i = 0; i < bf->win.n; i++)
-	{
-		BfWindow   *w = &bf->win.w[i];
-		int64		lo = stripe_window_lo(&bf->win, w);
-		BfWindow   *nw;
-
-		cut[i] = 0;
-		if (stripe_window_quarters(&bf->win, w) < 8)
-			continue;
-		cut[i] = lo + (stripe_window_top(&bf->win, w) - lo) / DEAL_SHARE;
-		nw = stripe_windows_add(&t.win, w->lo, cut[i]);
-		memcpy(nw->query, w->query, sizeof(nw->query));
-		nw->span = w->span;
-		nw->depth = w->depth + 1;
-	}
-	p = palloc0(sizeof(BfPart));
-	p->ref.id = t.part;
-	p->ref.first = stripe_windows_json(&t.win, t.part, NIL);
-	if (t.win.n == 0 ||
-		!helper_start(bf, p, p->ref.first, helper_slots(bf->set)))
-	{
-		/* no helper to be had: the sync keeps its windows, and stops dealing */
-		bf->dealing = t.win.n == 0;
-		MemoryContextSwitchTo(old);
-		return;
-	}
-	/* a page of ours in flight may bring rows below a cut: bf_done drops them */
-	for (int i = 0; i < bf->win.n; i++)
-		if (cut[i] != 0)
-			bf->win.w[i].lo = cut[i];
-	bf->parts = lappend(bf->parts, p);
-	bf->dealt++;
-	bf->set->helper_slots += p->proc.hs->slots;
-	bf->set->running++;
-	MemoryContextSwitchTo(old);
-}
-
-/* Waits for the helpers to stop, with progress every second. */
-static void
-helpers_wait(Backfill *bf)
-{
-	for (;;)
-	{
-		bool		running = false;
-		ListCell   *lc;
-
-		foreach(lc, bf->parts)
-			if (stripe_helper_running(&((BfPart *) lfirst(lc))->proc))
-				running = true;
-		if (!running)
-			break;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000L,
-						 PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-		bf_progress(bf, false);
-	}
-}
 
 /* ---------- an object's backfill, and the set ---------- */
 
@@ -696,17 +431,21 @@ bf_begin(BfSet *set, BfPending *pend)
 	}
 	MemoryContextSwitchTo(old);
 	/* a table this transaction created or truncated would keep helpers waiting */
+	/*
+	 * Nor in a connected account's turn, which helpers would outlast, nor
+	 * for a source a helper cannot see yet
+	 */
 	bf->dealing = bf->win.ranged && stripe_backfill_helpers > 0 && stripe_max_concurrent_requests > 1 &&
-		!pend->lt->locked_here;
+		!pend->lt->locked_here && run->turn_end == 0 && !run->src.created_here;
 	foreach(lc, bf->parts)
 	{
 		BfPart	   *p = lfirst(lc);
-		char	   *pc = part_cursor(bf, p);
+		char	   *pc = stripe_bf_part_cursor(bf, p);
 
 		if (pc == NULL)
 			bf->parts = foreach_delete_current(bf->parts, lc);
 		else if (bf->dealing && set->running < stripe_backfill_helpers &&
-				 helper_start(bf, p, pc, helper_slots(set)))
+				 stripe_bf_helper_start(bf, p, pc, stripe_bf_helper_slots(set)))
 		{
 			set->helper_slots += p->proc.hs->slots;
 			set->running++;
@@ -730,7 +469,7 @@ stripe_backfill_part_work(Backfill *pb, const char *cursor)
 		strlcpy(pb->win.w[i].query, linitial(stripe_list_all_queries(pb->lt->def)),
 				sizeof(pb->win.w[i].query));
 	MemoryContextSwitchTo(old);
-	part_lock(pb, true);
+	stripe_bf_part_lock(pb, true);
 	PG_TRY();
 	{
 		bf_stream(pb);
@@ -744,7 +483,7 @@ stripe_backfill_part_work(Backfill *pb, const char *cursor)
 	}
 	PG_FINALLY();
 	{
-		part_lock(pb, false);
+		stripe_bf_part_lock(pb, false);
 	}
 	PG_END_TRY();
 }
@@ -780,7 +519,14 @@ bf_finish(Backfill *bf)
 	SyncRun    *run = bf->run;
 	ListCell   *lc;
 
-	helpers_wait(bf);
+	stripe_bf_helpers_wait(bf);
+	/* the account's turn ended first: its next turn resumes from the cursor */
+	if (run->turn_over && !bf->failed && !stripe_windows_all_done(&bf->win))
+	{
+		stripe_bf_progress(bf, false);
+		MemoryContextDelete(bf->cxt);
+		return;
+	}
 	/* the parts no helper finished */
 	foreach(lc, bf->parts)
 	{
@@ -788,9 +534,9 @@ bf_finish(Backfill *bf)
 		char	   *pc;
 		Backfill	pb;
 
-		(void) helper_account(bf, p);
+		(void) stripe_bf_helper_account(bf, p);
 		stripe_run_begin(run);
-		pc = part_cursor(bf, p);
+		pc = stripe_bf_part_cursor(bf, p);
 		stripe_run_commit(run);
 		if (pc == NULL)
 			continue;
@@ -811,7 +557,7 @@ bf_finish(Backfill *bf)
 		run->failed = lappend(run->failed, psprintf("%s: %s", bf->object, bf->failed));
 	else
 		bf_mark_done(bf);
-	bf_progress(bf, true);
+	stripe_bf_progress(bf, true);
 	MemoryContextDelete(bf->cxt);
 }
 
@@ -838,13 +584,13 @@ set_feed(void *arg, StripeManyReq *req)
 	BfSet	   *set = arg;
 	bool		waits = false;
 
-	set->running = set_running(set, &set->helper_slots);
+	set->running = stripe_bf_set_running(set, &set->helper_slots);
 	/* a part to deal waits for the sync's requests to drain to what leaves room for it */
 	for (int i = 0; i < set->n && !waits; i++)
-		waits = bf_wants_deal(set->bf[i]);
+		waits = stripe_bf_wants_deal(set->bf[i]);
 	/* the requests in flight are shared out with the helpers, not multiplied */
 	if (set->in_flight >= Max(stripe_max_concurrent_requests - set->helper_slots -
-							  (waits ? helper_slots(set) : 0), 1))
+							  (waits ? stripe_bf_helper_slots(set) : 0), 1))
 		return false;
 
 	/* a first sync's account, beside the first pages rather than before them */

@@ -47,6 +47,26 @@ typedef struct Backfill
 	TimestampTz t_last;			/* when its last page was written */
 } Backfill;
 
+/* the objects of a sync streamed together (backfill.c), and dealt from (bf_deal.c) */
+struct BfSet
+{
+	SyncRun    *run;
+	Backfill  **bf;
+	int			n;
+	bool		last;			/* the events' first page rides the tail */
+	int			in_flight;
+	int			running;		/* helpers at work, as of the last feed */
+	int			helper_slots;	/* their requests in flight at most */
+	MemoryContext cxt;			/* the stream's, and the events page's */
+	int64		busy;			/* microseconds spent on pages since t0 */
+	TimestampTz t0;
+	List	   *clocks;			/* the account's test clocks (ids), in test mode */
+	bool		account_pending;	/* GET /v1/account rides the stream, unanswered */
+	bool		account_sent;
+	List	   *deferred;		/* pages answered before it (copies, in cxt) */
+};
+
+
 /* one object's backfill to run: its table and its stored cursor (or NULL) */
 typedef struct BfPending
 {
@@ -61,6 +81,20 @@ extern void stripe_backfill_init(Backfill *bf, SyncRun *run, LocalTable *lt,
 extern void stripe_backfill_part_work(Backfill *pb, const char *cursor);
 extern char *stripe_backfill_range(SyncRun *run, LocalTable *lt, const char *object, int64 lo,
 								   const char *query);
+
+/* backfill.c */
+extern void stripe_bf_progress(Backfill *bf, bool done);
+
+/* bf_deal.c */
+extern char *stripe_bf_part_cursor(Backfill *bf, BfPart *p);
+extern void stripe_bf_part_lock(Backfill *bf, bool lock);
+extern bool stripe_bf_helper_start(Backfill *bf, BfPart *p, const char *cursor, int slots);
+extern bool stripe_bf_helper_account(Backfill *bf, BfPart *p);
+extern int	stripe_bf_set_running(BfSet *set, int *slots);
+extern int	stripe_bf_helper_slots(BfSet *set);
+extern bool stripe_bf_wants_deal(Backfill *bf);
+extern void stripe_bf_deal(Backfill *bf);
+extern void stripe_bf_helpers_wait(Backfill *bf);
 
 /* bf_lists.c */
 extern List *stripe_backfill_test_clocks(SyncRun *run, List *pending, MemoryContext cxt);

@@ -25,6 +25,7 @@ char	   *stripe_database = NULL;
 int			stripe_max_workers = 4;
 int			stripe_backfill_helpers = 1;
 int			stripe_relist_interval = 86400;
+int			stripe_connect_turn = 10000;
 
 /*
  * Defines the parameters.  stripe_sync.database is PGC_POSTMASTER, which
@@ -60,6 +61,12 @@ stripe_define_gucs(bool preloading)
 							"Each full re-list costs a request per 100 objects.",
 							&stripe_relist_interval, 86400, 1, PG_INT32_MAX,
 							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_sync.connect_turn",
+							"Time a platform's sync gives one connected account's backfill before the next account's turn.",
+							"The accounts' backfills take turns, round after round, until every one is done; 0 backfills each account in full in one turn.",
+							&stripe_connect_turn, 10000, 0, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("stripe_sync.http_timeout",
 							"Time allowed for one HTTP request, including the connection.",
 							NULL,

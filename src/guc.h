@@ -20,6 +20,7 @@ extern char *stripe_database;
 extern int	stripe_max_workers;
 extern int	stripe_backfill_helpers;
 extern int	stripe_relist_interval;		/* seconds */
+extern int	stripe_connect_turn;		/* milliseconds */
 
 /* sync workers the shared table tracks at most; bounds stripe_sync.max_workers */
 #define STRIPE_WORKER_SLOTS		64

@@ -32,6 +32,7 @@ typedef struct HelperShared
 	char		object[NAMEDATALEN];
 	char		target_schema[NAMEDATALEN];
 	char		account_id[STRIPE_SOURCE_MAXLEN + 8];	/* acct_…, or "unknown:<source>" */
+	bool		on_behalf;		/* a connected account's: account_id is Stripe-Account */
 	volatile bool abandoned;	/* the sync stopped waiting: stop feeding pages */
 	/* from the helper */
 	pg_atomic_uint64 rows;

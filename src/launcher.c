@@ -522,7 +522,7 @@ read_enabled(void)
 			   "       s.owner::text "
 			   "  FROM stripe_sync.sources s "
 			   "  LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.owner "
-			   " WHERE s.enabled "
+			   " WHERE s.enabled AND s.platform IS NULL "
 			   " ORDER BY s.next_sync_at, s.name", 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{

@@ -15,6 +15,9 @@ typedef struct StripeConn
 	char	   *api_url;		/* without trailing slash */
 	char	   *api_version;
 	char	   *account;		/* Stripe-Account header, or NULL */
+	char	   *on_behalf;		/* Connect fan-out: the connected account a sync
+								 * reads (Stripe-Account), under the platform's
+								 * rate limit; else NULL */
 	char	   *api_key;		/* secret: never printed */
 	char	   *server_name;
 } StripeConn;

@@ -203,8 +203,8 @@ stripe_api_headers(StripeConn *conn, const char *idempotency_key, int *n)
 	*n = 0;
 	h[(*n)++] = psprintf("Authorization: Bearer %s", conn->api_key);
 	h[(*n)++] = psprintf("Stripe-Version: %s", conn->api_version);
-	if (conn->account)
-		h[(*n)++] = psprintf("Stripe-Account: %s", conn->account);
+	if (conn->on_behalf || conn->account)
+		h[(*n)++] = psprintf("Stripe-Account: %s", conn->on_behalf ? conn->on_behalf : conn->account);
 	if (idempotency_key)
 		h[(*n)++] = psprintf("Idempotency-Key: %s", idempotency_key);
 	/* no "Expect: 100-continue" round trip before a POST body */

@@ -34,6 +34,9 @@ typedef struct SourceInfo
 	bool		has_cursor;
 	int64		events_cursor;
 	char	   *account_id;
+	char	   *platform;		/* a connected account's source: its platform's; else NULL */
+	bool		connected_accounts;	/* a platform: its connected accounts synced too */
+	bool		created_here;	/* its row is this transaction's (a connected account's) */
 	Oid			owner;			/* the role the source syncs as */
 	int			failures;		/* runs in a row that failed, this one included */
 	char	   *last_error;		/* the last failure's, logged only when it changes */
@@ -95,6 +98,16 @@ typedef struct SyncRun
 	bool		events_early;	/* the events' first page was asked for */
 	char	   *events_page;	/* its body, in cxt, when it came */
 	size_t		events_len;
+	struct ConnectTally
+	{
+		int			listed;		/* connected accounts Stripe listed */
+		int			synced;		/* their syncs that ran */
+		int			deauthorized;	/* accounts found gone in this run */
+		int			rounds;		/* of turns (see connect.c) */
+	}			connect;		/* a platform's fan-out (connect.c) */
+	/* a connected account's turn (connect.c): its backfill stops feeding at turn_end */
+	TimestampTz turn_end;		/* 0: no turn, the backfill goes to its end */
+	bool		turn_over;		/* the turn ended with a backfill unfinished */
 } SyncRun;
 
 /* a page's objects, parsed by a StripeBodyCheck as the page arrives */

@@ -30,6 +30,7 @@
 #include "bf_parents.h"
 #include "bgw.h"
 #include "children.h"
+#include "connect.h"
 #include "events.h"
 #include "run.h"
 #include "text.h"
@@ -113,6 +114,13 @@ run_summary(SyncRun *run)
 					 ", \"retries\": " INT64_FORMAT ", \"seconds\": %.3f}",
 					 run_rows(run), run->events_applied, run->events_skipped, run->rejected, run->stats.requests,
 					 run->stats.retries, (double) (GetCurrentTimestamp() - run->started) / USECS_PER_SEC);
+	if (run->src.connected_accounts)
+	{
+		buf.len--;				/* the closing brace */
+		appendStringInfo(&buf, ", \"connected_accounts\": {\"listed\": %d, \"synced\": %d, "
+						 "\"deauthorized\": %d, \"rounds\": %d}}", run->connect.listed, run->connect.synced,
+						 run->connect.deauthorized, run->connect.rounds);
+	}
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
@@ -304,6 +312,9 @@ run_source(SyncRun *run)
 	stripe_check_usage(run);
 	run->conn = stripe_conn_for_server(run->src.serverid, run->src.owner);
 	stripe_run_commit(run);
+	/* a connected account's source reads its account with the platform's key */
+	if (run->src.platform != NULL)
+		run->conn->on_behalf = run->src.account_id;
 	first = run->src.account_id == NULL;
 
 	/*
@@ -352,6 +363,9 @@ run_source(SyncRun *run)
 	stripe_sync_events(run);
 	stripe_parents_relist(run);
 	stripe_sync_relist(run);
+	/* a platform's connected accounts, each its own sync; a failed listing fails the run */
+	if (run->src.connected_accounts && run->src.platform == NULL)
+		stripe_connect_fanout(run, &run->connect);
 
 	stripe_run_begin(run);
 	foreach(lc, run->src.objects)
@@ -493,8 +507,9 @@ run_start(const char *source, bool own, MemoryContext parent, Jsonb **joined)
 	return run;
 }
 
-bool
-stripe_sync_run(const char *source)
+/* a worker's run; turn_end, turn_over: see stripe_sync_account */
+static bool
+run_own(const char *source, TimestampTz turn_end, bool *turn_over)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "stripe_sync worker run",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -509,7 +524,9 @@ stripe_sync_run(const char *source)
 		MemoryContextDelete(cxt);
 		return false;
 	}
+	run->turn_end = turn_end;
 	edata = stripe_try(run_source_fn, run, cxt, run_report);
+	*turn_over = edata == NULL && run->turn_over;
 	if (edata != NULL)
 	{
 		MemoryContextSwitchTo(cxt);
@@ -520,6 +537,29 @@ stripe_sync_run(const char *source)
 	run_end(run);
 	MemoryContextDelete(cxt);
 	return true;
+}
+
+bool
+stripe_sync_run(const char *source)
+{
+	bool		turn_over;
+
+	return run_own(source, 0, &turn_over);
+}
+
+/* a run in this session's transaction: an error goes on up, the lock released */
+static void
+run_here(SyncRun *run, const char *name)
+{
+	PG_TRY();
+	{
+		run_source(run);
+	}
+	PG_FINALLY();
+	{
+		lock_source(name, false, false);
+	}
+	PG_END_TRY();
 }
 
 /* stripe_sync.sync_now(name): one sync in this session, with NOTICE progress */
@@ -533,19 +573,31 @@ stripe_sync_now(PG_FUNCTION_ARGS)
 
 	if (run == NULL)
 		PG_RETURN_JSONB_P(summary);
-	PG_TRY();
-	{
-		run_source(run);
-	}
-	PG_FINALLY();
-	{
-		lock_source(name, false, false);
-	}
-	PG_END_TRY();
+	run_here(run, name);
 	MemoryContextSwitchTo(caller);
 	summary = run_summary(run);
 	run_end(run);
 	PG_RETURN_JSONB_P(summary);
+}
+
+bool
+stripe_sync_account(const char *source, bool own, TimestampTz turn_end, bool *turn_over)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	SyncRun    *run;
+
+	*turn_over = false;
+	if (own)
+		return run_own(source, turn_end, turn_over);
+	run = run_start(source, false, caller, NULL);
+	if (run == NULL)
+		return false;
+	run->turn_end = turn_end;
+	run_here(run, source);
+	*turn_over = run->turn_over;
+	MemoryContextSwitchTo(caller);
+	run_end(run);
+	return true;
 }
 
 /* ---------- a backfill helper ---------- */
@@ -590,6 +642,8 @@ helper_work(void *arg)
 
 	stripe_run_begin(run);
 	run->conn = stripe_conn_for_server(run->src.serverid, run->src.owner);
+	if (hs->on_behalf)
+		run->conn->on_behalf = run->src.account_id;
 	lt = stripe_open_local_table(run, hs->object);
 	stripe_run_commit(run);
 	stripe_backfill_init(&bf, run, lt, MemoryContextStrdup(hw->cxt, hs->object), hs->part, hw->cxt);

@@ -136,7 +136,9 @@ stripe_load_source(SyncRun *run, const char *name)
 	stripe_spi("SELECT s.server::text, s.target_schema::text, s.objects, "
 			   "extract(epoch FROM s.sync_from)::bigint, s.events_cursor, s.account_id, "
 			   "NULL, s.destination::text, s.emit_history, s.history_until, s.owner::text, s.owner::oid, "
-			   "s.failures, s.last_error "
+			   "s.failures, s.last_error, s.platform, s.connected_accounts, "
+			   /* a connected account's source this transaction made (sync_now): no helper sees it */
+			   "CASE WHEN s.platform IS NOT NULL THEN s.xmin::text::bigint = txid_current() & 4294967295 END "
 			   "FROM stripe_sync.sources s WHERE s.name = $1 AND pg_has_role($2, s.owner, 'USAGE')",
 			   2, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
@@ -169,6 +171,9 @@ stripe_load_source(SyncRun *run, const char *name)
 	run->src.owner = DatumGetObjectId(SPI_getbinval(tup, td, 12, &isnull));
 	run->src.failures = DatumGetInt32(SPI_getbinval(tup, td, 13, &isnull));
 	run->src.last_error = SPI_getvalue(tup, td, 14);
+	run->src.platform = SPI_getvalue(tup, td, 15);
+	run->src.connected_accounts = stripe_spi_bool(0, 16);
+	run->src.created_here = stripe_spi_bool(0, 17);
 	MemoryContextSwitchTo(old);
 	return true;
 }

@@ -19,7 +19,7 @@ subscriptions and objects on test clocks unless asked for them; list filters che
 against their enums; an Idempotency-Key's first answer replayed, errors included.
 
 A fault takes the requests whose path starts with its "path" and has its "contains"
-anywhere (both optional).  A "hold" fault ({"kind": "hold", "path": "/v1/customers",
+anywhere, made as its "account" (Stripe-Account) (all optional).  A "hold" fault ({"kind": "hold", "path": "/v1/customers",
 "count": 1, "timeout": 300})
 keeps the requests it takes waiting, before they are carried out, until POST
 /_control/release (or DELETE /_control/faults, or its timeout); GET /_control/held lists
@@ -609,6 +609,8 @@ class Store:
         self.counter = itertools.count()
         # the account's default API version, which new events are rendered in
         self.event_api_version = API_VERSION
+        # a connected account's id: its events name it (Event.account), as Stripe's do
+        self.connected_id = None
 
     def template(self, kind):
         return json.loads(self.templates[kind.path])
@@ -645,6 +647,8 @@ class Store:
         env = {"id": eid, "object": "event", "api_version": api_version, "created": created,
                "data": data, "livemode": self.livemode, "pending_webhooks": 0,
                "request": request or {"id": None, "idempotency_key": None}, "type": type_}
+        if self.connected_id:
+            env["account"] = self.connected_id
         head, tail = dumps(env).split(OBJ_PLACEHOLDER_JSON, 1)
         rec = Record(KINDS["events"], env)
         rec.blob = head + obj_blob + tail
@@ -1647,7 +1651,7 @@ class Faults:
         if kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}")
         fault = {"kind": kind, "count": int(spec.get("count", 1)), "path": spec.get("path"),
-                 "contains": spec.get("contains")}
+                 "contains": spec.get("contains"), "account": spec.get("account")}
         if fault["count"] < 1:
             raise ValueError("count must be >= 1")
         if kind == "status":
@@ -1689,15 +1693,17 @@ class Faults:
         """A fault as the control API shows it (a body's bytes are not JSON)."""
         return {k: v for k, v in fault.items() if k != "body"}
 
-    def take(self, raw_path):
+    def take(self, raw_path, account=None):
         """The first pending fault matching this request (its count is used up)."""
         if not self.queue:
             return None
         with self.lock:
             for i, fault in enumerate(self.queue):
-                # a path prefix, and text anywhere in the path and query ("starting_after=")
+                # a path prefix, text anywhere in the path and query ("starting_after="),
+                # and the request's Stripe-Account
                 if ((not fault["path"] or raw_path.startswith(fault["path"])) and
-                        (not fault["contains"] or fault["contains"] in raw_path)):
+                        (not fault["contains"] or fault["contains"] in raw_path) and
+                        (not fault["account"] or fault["account"] == account)):
                     fault["count"] -= 1
                     if fault["count"] == 0:
                         del self.queue[i]
@@ -1831,9 +1837,17 @@ def send(handler, status, body, headers=(), truncate=False):
 
 class App:
     def __init__(self, fixtures, counts, seed, api_key):
-        self.store = Store(fixtures, livemode=api_key.startswith(("sk_live_", "rk_live_")))
-        self.writes = Writes(self.store)
-        self.store.reseed(counts, seed)
+        self.fixtures = fixtures
+        # a live key's account holds live-mode objects
+        self.livemode = api_key.startswith(("sk_live_", "rk_live_"))
+        self.platform = Store(fixtures, livemode=self.livemode)
+        self.platform.reseed(counts, seed)
+        # Connect: the platform's connected accounts (acct_… -> Store, oldest first), the
+        # ones deauthorized, and the store the current request reads (Stripe-Account)
+        self.connected = {}
+        self.deauthorized = {}
+        self.writers = {id(self.platform): Writes(self.platform)}
+        self.current = threading.local()
         self.api_keys = {api_key}
         self.restricted_keys = {}  # rk_… -> the permissions it has (customer_read, …)
         self.latency_ms = 0.0
@@ -1846,6 +1860,38 @@ class App:
         self.flight_lock = threading.Lock()
         self.in_flight = 0
         self.in_flight_peak = 0  # reset with the request log
+
+    @property
+    def store(self):
+        return getattr(self.current, "store", None) or self.platform
+
+    @property
+    def writes(self):
+        return self.writers[id(self.store)]
+
+    def account_store(self, hdrs, control=False):
+        """The store a request's Stripe-Account selects (none: the platform's).  Like
+        Stripe, a connected account the platform may not reach (deauthorized, or never
+        connected) is a 403 naming it; while no account is connected, any header reads
+        the platform's objects, as the tests of a server's "account" option expect."""
+        acct = hdrs.get("Stripe-Account")
+        if not acct or acct == ACCOUNT_ID:
+            return self.platform
+        with self.platform.lock:
+            store = self.connected.get(acct)
+            known = bool(self.connected or self.deauthorized)
+        if store is not None:
+            return store
+        if not known:
+            return self.platform
+        if control:
+            raise ApiError(404, f"no connected account {acct}")
+        key = self.request_key(hdrs) or ""
+        m = KEY_PREFIX_RE.match(key)
+        masked = (m.group(0) if m else "") + "*" * 4 + key[-4:]
+        raise ApiError(403, f"The provided key '{masked}' does not have access to account '{acct}' "
+                       "(or that account does not exist). Application access may have been revoked.",
+                       code="account_invalid")
 
     def handle(self, h):
         length = h.headers.get("Content-Length")
@@ -1913,7 +1959,7 @@ class App:
         raw_path = h.path
         rid = f"{self.req_prefix}{b62(next(self.req_counter), 8)}"
         version = hdrs.get("Stripe-Version")
-        fault = self.faults.take(raw_path)
+        fault = self.faults.take(raw_path, hdrs.get("Stripe-Account"))
         kind = fault["kind"] if fault else None
         if kind == "hold":
             self.holds.wait(h.command, raw_path, fault["timeout"])
@@ -1967,6 +2013,7 @@ class App:
             if auth is not None:
                 raise auth
             self.check_permission(hdrs, h.command, raw_path.partition("?")[0])
+            self.current.store = self.account_store(hdrs)
             status, out, extra = self.route(h, raw_path, body, rid)
             if failing:
                 err = self.fault_error(kind, fault, hdrs)
@@ -1980,6 +2027,8 @@ class App:
         except Exception:  # a bug here: say so like Stripe would, and show it on stderr
             traceback.print_exc()
             status, out = 500, ApiError(500, "An unknown error occurred", "api_error").body(rid)
+        finally:
+            self.current.store = None
         if kind == "delay":
             time.sleep(fault["delay"])
         if self.latency_ms:
@@ -2043,6 +2092,8 @@ class App:
                 account = dict(self.store.account)
             account["id"] = h.headers.get("Stripe-Account") or ACCOUNT_ID
             return 200, dumps(account), []
+        if parts == ["accounts"] and method == "GET":
+            return 200, self.list_accounts(h.headers, query), []
         if parts == ["balance"] and method == "GET":
             self.check_retrieve_params(query)
             with self.store.lock:
@@ -2275,6 +2326,7 @@ class App:
     def control(self, h, method, path, body):
         try:
             data = json.loads(body) if body.strip() else {}
+            self.current.store = self.account_store(h.headers, control=True)
             status, out = self.control_route(method, path.split("/")[2:], data)
         except ApiError as e:
             status, out = e.status, {"error": e.message}
@@ -2284,6 +2336,8 @@ class App:
         except Exception as e:  # a bug: answer anyway, and show it on stderr
             traceback.print_exc()
             status, out = 500, {"error": repr(e)}
+        finally:
+            self.current.store = None
         send(h, status, out if isinstance(out, RawJSON) else dumps(out))
 
     def control_route(self, method, parts, data):
@@ -2336,6 +2390,8 @@ class App:
         if route in (("POST", "attach", 1), ("POST", "detach", 1)):
             with store.lock:
                 return 200, RawJSON(self.control_attach(data, parts[0] == "attach"))
+        if route[1] == "accounts":
+            return self.control_accounts(method, parts, data)
         if route == ("POST", "churn", 1):
             return 200, self.control_churn(data)
         if route == ("POST", "webhook", 1):
@@ -2571,6 +2627,81 @@ class App:
                 new = dict(old, metadata=dict(old.get("metadata") or {}, churn=str(i)))
                 store.replace(kind, old, new, {"metadata": old.get("metadata")})
         return {"events": n, "objects": len(ids)}
+
+    def list_accounts(self, hdrs, query):
+        """GET /v1/accounts: the platform's connected accounts, newest first, paged
+        like any list (limit, starting_after); a deauthorized one is not listed."""
+        params = dict(parse_qsl(query))
+        for name in params:
+            if name not in ("limit", "starting_after", "ending_before"):
+                raise unknown_param(name)
+        limit = parse_int(params.get("limit", "10"), "limit")
+        if not 1 <= limit <= 100:
+            raise ApiError(400, "Invalid limit: must be between 1 and 100", param="limit")
+        if hdrs.get("Stripe-Account") not in (None, "", ACCOUNT_ID):
+            # a connected account has no connected accounts of its own
+            accounts = []
+        else:
+            with self.platform.lock:
+                accounts = [dict(st.account) for st in reversed(list(self.connected.values()))]
+        ids = [a["id"] for a in accounts]
+        after = params.get("starting_after")
+        start = 0
+        if after is not None:
+            if after not in ids:
+                raise no_such("account", after, "starting_after", 400)
+            start = ids.index(after) + 1
+        page = accounts[start:start + limit]
+        return dumps({"object": "list", "data": page, "has_more": start + limit < len(accounts),
+                      "url": "/v1/accounts"})
+
+    def control_accounts(self, method, parts, data):
+        """POST /_control/accounts {"id": "acct_…" (default made up), "counts": {…},
+        "only": bool, "seed": N}: connects an account with its own seeded objects and
+        events; GET lists them; POST /_control/accounts/<id>/deauthorize takes its
+        authorization away (Stripe then refuses its requests: 403) and sends the
+        platform account.application.deauthorized (with "account")."""
+        if method == "GET" and len(parts) == 1:
+            with self.platform.lock:
+                return 200, {"accounts": [{"id": a, "state": "connected"} for a in self.connected]
+                             + [{"id": a, "state": "deauthorized"} for a in self.deauthorized]}
+        if method == "POST" and len(parts) == 1:
+            counts = self.parse_counts(data.get("counts", {}), only=bool(data.get("only")))
+            with self.platform.lock:
+                n = len(self.connected) + len(self.deauthorized) + 1
+            acct = str(data.get("id") or "acct_" + b62(62 ** 9 + n, 10) + "C0nn")
+            if not re.fullmatch(r"acct_[A-Za-z0-9]+", acct) or acct == ACCOUNT_ID:
+                raise ValueError(f"bad account id {acct!r}")
+            store = Store(self.fixtures, livemode=self.livemode)
+            store.account = json.loads(json.dumps(self.platform.account))
+            store.account.update(id=acct, type="standard",
+                                 created=int(data.get("created", BASE_CREATED + n)))
+            store.connected_id = acct
+            store.reseed(counts, int(data.get("seed", 1000 + n)))
+            with self.platform.lock:
+                if acct in self.connected:
+                    raise ValueError(f"account {acct} is already connected")
+                self.deauthorized.pop(acct, None)
+                self.connected[acct] = store
+                self.writers[id(store)] = Writes(store)
+            with store.lock:
+                sizes = {p: len(c.records) for p, c in store.colls.items()}
+            return 200, {"id": acct, "counts": sizes}
+        if method == "POST" and len(parts) == 3 and parts[2] == "deauthorize":
+            with self.platform.lock:
+                store = self.connected.pop(parts[1], None)
+                if store is None:
+                    return 404, {"error": f"no connected account {parts[1]}"}
+                self.deauthorized[parts[1]] = store
+                app = {"id": "ca_" + b62(len(self.deauthorized), 8), "object": "application",
+                       "name": "stripe_sync tests"}
+                eid = self.platform.emit("account.application.deauthorized", dumps(app))
+                rec = self.platform.colls["events"].records[eid]
+                env = json.loads(rec.blob)
+                env["account"] = parts[1]
+                rec.blob = dumps(env)
+            return 200, {"id": parts[1], "state": "deauthorized", "event": eid}
+        return 404, {"error": f"unknown control endpoint {method} /_control/{'/'.join(parts)}"}
 
     def control_webhook(self, data):
         """A signed delivery of an event, as Stripe makes it (see the module's doc)."""

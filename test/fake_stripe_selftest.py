@@ -77,10 +77,13 @@ class Client:
         return out
 
 
-class FakeStripeTest(unittest.TestCase):
+class ServedTest(unittest.TestCase):
+    """Tests against a fake of their own, started with server_args."""
+    server_args = ()
+
     @classmethod
     def setUpClass(cls):
-        cls.proc, port, cls.port_file = start_server()
+        cls.proc, port, cls.port_file = start_server(*cls.server_args)
         cls.c = Client(port)
 
     @classmethod
@@ -89,6 +92,8 @@ class FakeStripeTest(unittest.TestCase):
         cls.proc.wait(10)
         os.unlink(cls.port_file)
 
+
+class FakeStripeTest(ServedTest):
     def setUp(self):
         c = self.c
         c.ctl("DELETE", "faults")
@@ -1184,11 +1189,9 @@ class FakeStripeTest(unittest.TestCase):
         self.assertEqual({o["customer"] for o in body["data"]}, {customer})
 
 
-class CustomerListsTest(unittest.TestCase):
+class CustomerListsTest(ServedTest):
     """A customer's tax ids and balance transactions, payment methods attached and
     detached, billing meters: as Stripe lists them and the events it sends."""
-    setUpClass = classmethod(FakeStripeTest.setUpClass.__func__)
-    tearDownClass = classmethod(FakeStripeTest.tearDownClass.__func__)
     all_of = FakeStripeTest.all_of
     list_ids = FakeStripeTest.list_ids
     events_since = FakeStripeTest.events_since
@@ -1287,6 +1290,69 @@ class CustomerListsTest(unittest.TestCase):
         self.assertEqual(c.get("/v1/billing/meters/" + m["id"])[2]["display_name"], "Calls")
         self.assert_error(c.get("/v1/billing/meters?created[gte]=1"), 400,
                           "parameter_unknown", "created[gte]")
+
+
+class ConnectTest(ServedTest):
+    """Connected accounts: a server of their own, since connecting one makes the fake
+    refuse the Stripe-Account headers the other tests send freely."""
+    server_args = ("--counts", "customers=3,charges=2,events=0", "--rate-limit", "0",
+                   "--endpoint-rate-limit", "0")
+
+    def as_account(self, acct, path):
+        status, _, body = self.c.get(path, headers={"Stripe-Account": acct})
+        return status, body
+
+    def test_connected_accounts(self):
+        c = self.c
+        # no account connected: any header reads the platform (a server's "account" option)
+        self.assertEqual(self.as_account("acct_nobody", "/v1/customers")[0], 200)
+        a = c.ctl("POST", "accounts", {"id": "acct_1Alpha", "counts": {"customers": 4, "charges": 1, "events": 5},
+                                       "only": True})
+        self.assertEqual((a["id"], a["counts"]["customers"]), ("acct_1Alpha", 4))
+        b = c.ctl("POST", "accounts", {"counts": {"customers": 2}, "only": True})["id"]
+        self.assertTrue(b.startswith("acct_"))
+        # each account its own objects; ids apart from the platform's
+        status, body = self.as_account("acct_1Alpha", "/v1/customers?limit=100")
+        alpha = [o["id"] for o in body["data"]]
+        self.assertEqual((status, len(alpha)), (200, 4))
+        _, _, plat = c.get("/v1/customers?limit=100")
+        self.assertEqual(len(plat["data"]), 3)
+        self.assertFalse(set(alpha) & {o["id"] for o in plat["data"]})
+        self.assertEqual(len(self.as_account(b, "/v1/customers")[1]["data"]), 2)
+        self.assertEqual(self.as_account(b, "/v1/account")[1]["id"], b)
+        # its events name it
+        _, events = self.as_account("acct_1Alpha", "/v1/events?limit=100")
+        self.assertEqual(len(events["data"]), 5)
+        self.assertTrue(all(e["account"] == "acct_1Alpha" for e in events["data"]))
+        # control requests take the header too
+        status, _, out = c.raw("POST", "/_control/objects/customers", json.dumps({"email": "x@example.com"}),
+                               {"Stripe-Account": b})
+        self.assertEqual(status, 200, out)
+        self.assertEqual(len(self.as_account(b, "/v1/customers")[1]["data"]), 3)
+        # GET /v1/accounts: newest first, paged
+        _, _, page = c.get("/v1/accounts?limit=1")
+        self.assertEqual(([x["id"] for x in page["data"]], page["has_more"]), ([b], True))
+        _, _, page = c.get("/v1/accounts?limit=1&starting_after=" + b)
+        self.assertEqual(([x["id"] for x in page["data"]], page["has_more"]), (["acct_1Alpha"], False))
+        # a fault can take one account's requests alone
+        c.ctl("POST", "faults", {"kind": "500", "path": "/v1/customers", "account": b, "count": 1})
+        self.assertEqual(self.as_account("acct_1Alpha", "/v1/customers")[0], 200)
+        self.assertEqual(self.as_account(b, "/v1/customers")[0], 500)
+        self.assertEqual(self.as_account(b, "/v1/customers")[0], 200)
+        # an account never connected, or deauthorized: Stripe's 403
+        status, body = self.as_account("acct_nobody", "/v1/customers")
+        self.assertEqual((status, body["error"]["code"]), (403, "account_invalid"))
+        out = c.ctl("POST", f"accounts/{b}/deauthorize")
+        self.assertEqual(out["state"], "deauthorized")
+        status, body = self.as_account(b, "/v1/customers")
+        self.assertEqual(status, 403)
+        self.assertIn(f"does not have access to account '{b}'", body["error"]["message"])
+        _, _, page = c.get("/v1/accounts")
+        self.assertEqual([x["id"] for x in page["data"]], ["acct_1Alpha"])
+        # the platform hears of it
+        _, _, ev = c.get("/v1/events?limit=1")
+        self.assertEqual((ev["data"][0]["type"], ev["data"][0]["account"]),
+                         ("account.application.deauthorized", b))
 
 
 class LifecycleTest(unittest.TestCase):

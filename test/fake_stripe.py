@@ -2623,6 +2623,9 @@ class App:
         # an invoice item's creation is its date (Stripe's list filters it as created)
         if "date" in store.template_keys[kind.path] and "created" not in store.template_keys[kind.path]:
             obj["date"] = int(fields.get("date") or obj["created"])
+        if kind.obj == "transfer":
+            # the template's reversals are at its own transfer's url
+            obj["reversals"]["url"] = f"/v1/transfers/{obj['id']}/reversals"
         coll = store.colls[kind.path]
         if obj["id"] in coll.records:
             raise ApiError(400, f"{kind.obj} {obj['id']} already exists")

@@ -1424,6 +1424,15 @@ class MoneyMovementsTest(SeededTest):
         self.assertEqual(evs, [("transfer.reversed", tid)])
         self.assertEqual(tr["reversals"]["total_count"], 1)
         self.assertEqual(c.get(f"/v1/transfers/{tid}/reversals")[2]["data"], [rev])
+        self.assertEqual(tr["reversals"]["url"], f"/v1/transfers/{tid}/reversals")
+        # reversed in 12 parts: the first 10 inline, newest first, the rest at the url
+        parts = [dict(rev, id=f"trr_p{i:02d}", created=100 + i) for i in range(12)]
+        big = c.ctl("POST", "objects/transfers", {"reversals": {"data": parts}})
+        self.assertEqual([r["id"] for r in big["reversals"]["data"]],
+                         [f"trr_p{i:02d}" for i in range(11, 1, -1)])
+        self.assertTrue(big["reversals"]["has_more"])
+        self.assertEqual(self.paged(big["reversals"]["url"], limit=5),
+                         [f"trr_p{i:02d}" for i in range(11, -1, -1)])
         self.assertTrue(c.get("/v1/transfers/" + tid)[2]["reversed"])
         self.assertEqual(c.get(f"/v1/payouts?status=paid&limit=100")[2]["data"][0]["id"], oid)
 

@@ -108,6 +108,12 @@ DEFAULT_COUNTS = {"customers": 30, "charges": 60, "invoices": 30, "payment_inten
                   # a few per customer (and attempts per setup intent), oldest parents first
                   "payment_methods": 60, "setup_intents": 12, "setup_attempts": 20}
 PM_REDISPLAY = ("always", "limited", "unspecified")
+# a payout's statuses; its list filters by four of them (not in_transit)
+PAYOUT_STATUSES = ("pending", "in_transit", "paid", "failed", "canceled")
+PAYOUT_STATUS_FILTER = ("pending", "paid", "failed", "canceled")
+DISPUTE_STATUSES = ("warning_needs_response", "warning_under_review", "needs_response",
+                    "under_review", "won", "lost")
+DISPUTE_CLOSED = ("won", "lost", "warning_closed")
 # Stripe's limits in test mode (docs.stripe.com/rate-limits): 25 requests a second in all,
 # and 25 a second to any one endpoint unless documented otherwise.  0 switches one off.
 GLOBAL_RATE, ENDPOINT_RATE, LIVE_RATE = 25, 25, 100
@@ -257,6 +263,15 @@ def unknown_param(name):
                     param=name)
 
 
+def interval_bounds(key, sub, value):
+    """created=x, created[gte]=x, ... (and the like of other timestamps) -> (low, high),
+    either None when open."""
+    if sub not in (None, "gt", "gte", "lt", "lte"):
+        raise unknown_param(key)
+    t = parse_int(value, key)
+    return {None: t, "gte": t, "gt": t + 1}.get(sub), {None: t, "lte": t, "lt": t - 1}.get(sub)
+
+
 def parse_int(text, param):
     try:
         return int(text)
@@ -270,9 +285,12 @@ def parse_int(text, param):
 class Filter:
     """A list filter: `extract(obj)` gives the values an object is indexed under."""
 
-    def __init__(self, extract, array=False, boolean=False, choices=None, wildcard=False):
+    def __init__(self, extract, array=False, boolean=False, choices=None, wildcard=False,
+                 fold=False, interval=False):
         self.extract, self.array, self.boolean = extract, array, boolean
         self.choices, self.wildcard = choices, wildcard
+        self.fold = fold            # matched case-insensitively (extract gives lower case)
+        self.interval = interval    # a timestamp taken like created: x, x[gte], x[lt], ...
 
 
 def field(name):
@@ -423,6 +441,23 @@ KINDS = {k.path: k for k in (
     Kind("credit_notes", "credit_note", "cn_", {"customer": Filter(field("customer")),
                                                 "invoice": Filter(field("invoice"))},
          seed_events=False),
+    # Money movements and promotion codes (none seeded unless counted).  A dispute's
+    # events are charge.dispute.*; a promotion code's coupon is promotion.coupon now.
+    Kind("promotion_codes", "promotion_code", "promo_", {
+        "active": Filter(field("active"), boolean=True),
+        "code": Filter(lambda o: ((o.get("code") or "").lower(),), fold=True),
+        "coupon": Filter(lambda o: ((o.get("promotion") or {}).get("coupon"),)),
+        "customer": Filter(field("customer")),
+        "customer_account": Filter(field("customer_account"))}),
+    Kind("disputes", "dispute", "dp_", {"charge": Filter(field("charge")),
+                                        "payment_intent": Filter(field("payment_intent"))},
+         event_prefix="charge.dispute"),
+    Kind("payouts", "payout", "po_", {
+        "arrival_date": Filter(field("arrival_date"), interval=True),
+        "destination": Filter(field("destination")),
+        "status": Filter(field("status"), choices=PAYOUT_STATUS_FILTER)}),
+    Kind("transfers", "transfer", "tr_", {"destination": Filter(field("destination")),
+                                          "transfer_group": Filter(field("transfer_group"))}),
 )}
 # /_control/objects/<name> for kinds whose path has a slash
 CONTROL_NAMES = {"test_clocks": "test_helpers/test_clocks", "billing_meters": "billing/meters",
@@ -446,6 +481,8 @@ SUBSCRIPTION_ITEMS = Kind("subscription_items", "subscription_item", "si_", {
 INVOICE_LINES = Kind("invoices/lines", "line_item", "il_", {}, created=False)
 # A credit note's lines: GET /v1/credit_notes/{credit_note}/lines, likewise.
 CREDIT_NOTE_LINES = Kind("credit_notes/lines", "credit_note_line_item", "cnli_", {}, created=False)
+# A transfer's reversals: GET /v1/transfers/{id}/reversals, a list without filters.
+TRANSFER_REVERSALS = Kind("transfers/reversals", "transfer_reversal", "trr_", {}, created=False)
 
 
 def few_per_parent(nchildren, nparents):
@@ -471,14 +508,15 @@ def filter_key(value):
 
 # Lists Stripe inlines only the first page of (at most NESTED_INLINE elements, has_more
 # true, the rest at its url): an invoice's lines, a subscription's items.
-NESTED = {"invoices": "lines", "subscriptions": "items", "credit_notes": "lines"}
+NESTED = {"invoices": "lines", "subscriptions": "items", "credit_notes": "lines",
+          "transfers": "reversals"}
 NESTED_INLINE = 10
 
 
 def nested_order(field, data):
     """The elements in their list's order: items newest first, like their list
     (Store.subscription_items); lines as the invoice has them."""
-    if field == "items":
+    if field in ("items", "reversals"):
         return sorted(data, key=lambda it: (it["created"], it["id"]), reverse=True)
     return data
 
@@ -667,7 +705,16 @@ class Store:
         types = [kind.event_prefix + ".created"]
         if kind.obj == "payment_intent" and obj.get("status") == "succeeded":
             types.append("payment_intent.succeeded")
+        if kind.obj == "dispute" and obj.get("balance_transactions"):
+            # the disputed amount taken from the balance as the dispute opens
+            types.append("charge.dispute.funds_withdrawn")
         return Store.sent_events(kind, types)
+
+    @staticmethod
+    def event_state(kind, obj):
+        """What a change's events depend on: the status, or how much of a transfer is
+        reversed (a transfer has no status)."""
+        return obj.get("amount_reversed" if kind.obj == "transfer" else "status")
 
     @staticmethod
     def updated_events(kind, old_status, new_status):
@@ -678,6 +725,14 @@ class Store:
         if kind.obj == "billing.meter" and old_status != new_status:
             # POST /v1/billing/meters/{id}/deactivate and /reactivate
             return ["billing.meter." + ("deactivated" if new_status == "inactive" else "reactivated")]
+        if kind.obj == "transfer" and old_status != new_status:
+            # "transfer.reversed: whenever a transfer is reversed, including partial
+            # reversals"; .updated is for its description or metadata
+            return ["transfer.reversed"]
+        if kind.obj == "dispute" and old_status != new_status and new_status in DISPUTE_CLOSED:
+            # a dispute won gives the funds back
+            return ["charge.dispute.closed"] + (["charge.dispute.funds_reinstated"]
+                                                if new_status == "won" else [])
         types = [kind.event_prefix + ".updated"]
         if old_status == new_status:
             return types
@@ -690,6 +745,8 @@ class Store:
                                "processing": "payment_intent.processing",
                                "requires_payment_method": "payment_intent.payment_failed"},
             "subscription": {"paused": "customer.subscription.paused"},
+            "payout": {"paid": "payout.paid", "failed": "payout.failed",
+                       "canceled": "payout.canceled"},
             "checkout.session": {"complete": "checkout.session.completed",
                                  "expired": "checkout.session.expired"},
         }.get(kind.obj, {})
@@ -828,7 +885,8 @@ class Store:
         self.put(kind, new)
         blob = self.colls[kind.path].records[new["id"]].blob
         if previous:
-            for t in self.updated_events(kind, old.get("status"), new.get("status")):
+            for t in self.updated_events(kind, self.event_state(kind, old),
+                                         self.event_state(kind, new)):
                 self.emit(t, blob, previous=previous, request=request)
         return blob
 
@@ -941,6 +999,10 @@ class Seeder:
         self.payment_methods()
         self.customer_children()
         self.setup_intents_and_attempts()
+        for path, build in (("promotion_codes", self.promotion_code), ("disputes", self.dispute),
+                            ("payouts", self.payout), ("transfers", self.transfer)):
+            for i in range(self.n(path)):
+                put(KINDS[path], build(i))
         self.events()
 
     def product(self, i):
@@ -1192,6 +1254,53 @@ class Seeder:
                              fingerprint=hashed_id("", self.seed, o["id"], width=16), wallet=None,
                              networks={"available": [brand], "preferred": None})
             o["type"] = "card"
+        return o
+
+    def promotion_code(self, i):
+        """Codes of the seeded coupons (none if there are none), every third for one
+        customer only, every fourth inactive."""
+        o = self.base("promotion_codes", i)
+        ncoup, ncust = self.n("coupons"), self.n("customers")
+        o.update(code=f"CODE{i:03d}", active=i % 4 != 3, times_redeemed=i % 5,
+                 customer=self.ref("customers", i % ncust) if ncust and i % 3 == 2 else None,
+                 expires_at=None, customer_account=None,
+                 promotion={"type": "coupon",
+                            "coupon": self.ref("coupons", i % ncoup) if ncoup else None})
+        return o
+
+    def dispute(self, i):
+        """A dispute of charge i (and its payment intent), in every status."""
+        o = self.base("disputes", i)
+        nch, npi = self.n("charges"), self.n("payment_intents")
+        status = DISPUTE_STATUSES[i % len(DISPUTE_STATUSES)]
+        o.update(charge=self.ref("charges", i % nch) if nch else None,
+                 payment_intent=self.ref("payment_intents", i % nch) if nch and i % nch < npi else None,
+                 amount=self.charge_amount(i), currency=CURRENCIES[i % 4], status=status,
+                 reason=("fraudulent", "general", "duplicate")[i % 3],
+                 is_charge_refundable=status.startswith("warning"), balance_transactions=[])
+        return o
+
+    def payout(self, i):
+        """Payouts to two bank accounts, arriving two days after they are made."""
+        o = self.base("payouts", i)
+        status = PAYOUT_STATUSES[i % len(PAYOUT_STATUSES)]
+        o.update(amount=1000 + 10 * i, currency=CURRENCIES[i % 4], status=status,
+                 arrival_date=o["created"] + 2 * 86400, automatic=i % 2 == 0,
+                 destination=("ba_fake_one", "ba_fake_two")[i % 2],
+                 balance_transaction=None, failure_balance_transaction=None,
+                 failure_code="account_closed" if status == "failed" else None,
+                 failure_message="The bank account has been closed." if status == "failed" else None,
+                 description=f"Payout {i}", reconciliation_status="not_applicable")
+        return o
+
+    def transfer(self, i):
+        """Transfers to three connected accounts, in three groups; none reversed."""
+        o = self.base("transfers", i)
+        o.update(amount=500 + 5 * i, amount_reversed=0, reversed=False, currency=CURRENCIES[i % 4],
+                 destination=f"acct_fake{i % 3}", transfer_group=f"group_{i % 3}",
+                 balance_transaction=None, destination_payment=None, description=f"Transfer {i}",
+                 reversals={"object": "list", "data": [], "has_more": False, "total_count": 0,
+                            "url": f"/v1/transfers/{o['id']}/reversals"})
         return o
 
     def customer_children(self):
@@ -2113,6 +2222,8 @@ class App:
             return 200, self.invoice_lines(parts[1], query), []
         if len(parts) == 3 and parts[0] == "credit_notes" and parts[2] == "lines" and method == "GET":
             return 200, self.credit_note_lines(parts[1], query), []
+        if len(parts) == 3 and parts[0] == "transfers" and parts[2] == "reversals" and method == "GET":
+            return 200, self.transfer_reversals(parts[1], query), []
         if kind is None or len(parts) > 2 or (len(parts) == 2 and not parts[1]):
             raise self.unrecognized(method, path)
         if method == "GET":
@@ -2214,6 +2325,13 @@ class App:
             lines = self.store.get(KINDS["credit_notes"], cn_id, "credit_note")["lines"]["data"]
         return self.array_page(lines, args, "credit_note_line_item", f"/v1/credit_notes/{cn_id}/lines")
 
+    def transfer_reversals(self, tr_id, query):
+        """GET /v1/transfers/{id}/reversals: every reversal of the transfer, newest first."""
+        args = self.list_args(TRANSFER_REVERSALS, query)
+        with self.store.lock:
+            revs = self.store.get(KINDS["transfers"], tr_id, "transfer")["reversals"]["data"]
+        return self.array_page(revs, args, "transfer_reversal", f"/v1/transfers/{tr_id}/reversals")
+
     @staticmethod
     def array_page(items, args, obj_name, url):
         """A list page over a list held in memory (items, lines)."""
@@ -2256,7 +2374,8 @@ class App:
                 f = None
             known = (name in ("limit", "starting_after", "ending_before") or f is not None or
                      (name == "created" and kind.created))
-            if not known or (sub is not None and name != "created" and not (f and f.array)):
+            if not known or (sub is not None and name != "created" and
+                             not (f and (f.array or f.interval))):
                 raise unknown_param(key)
             if value == "":
                 raise ApiError(400, f"You passed an empty string for '{key}'. We assume empty "
@@ -2275,15 +2394,18 @@ class App:
             elif name in cursors:
                 cursors[name] = value
             elif name == "created":
-                if sub not in (None, "gt", "gte", "lt", "lte"):
-                    raise unknown_param(key)
-                t = parse_int(value, key)
-                low = {None: t, "gte": t, "gt": t + 1}.get(sub)
-                high = {None: t, "lte": t, "lt": t - 1}.get(sub)
+                low, high = interval_bounds(key, sub, value)
                 if low is not None:
                     gte = low if gte is None else max(gte, low)
                 if high is not None:
                     lte = high if lte is None else min(lte, high)
+            elif f.interval:
+                low, high = interval_bounds(key, sub, value)
+                _, plow, phigh = wanted.get(name, ("interval", None, None))
+                lows = [x for x in (low, plow) if x is not None]
+                highs = [x for x in (high, phigh) if x is not None]
+                wanted[name] = ("interval", max(lows) if lows else None,
+                                min(highs) if highs else None)
             elif f.array:
                 if sub is None:
                     raise ApiError(400, "Invalid array", code="parameter_invalid_array",
@@ -2297,6 +2419,8 @@ class App:
                     raise ApiError(400, f"Invalid {name}: must be one of "
                                    f"{', '.join(f.choices)}", code="parameter_invalid_string",
                                    param=name)
+                if f.fold:
+                    value = value.lower()
                 wanted[name] = (("prefix", value[:-1]) if f.wildcard and value.endswith("*")
                                 else {value})
         if path_filter:
@@ -2316,9 +2440,13 @@ class App:
         """-> function(index) giving the index keys a filter accepts."""
         if isinstance(sel, set):
             return lambda idx: sel
-        how, arg = sel
+        how, arg = sel[0], sel[1]
         if how == "prefix":
             return lambda idx: [k for k in idx if k.startswith(arg)]
+        if how == "interval":
+            lo, hi = sel[1], sel[2]
+            return lambda idx: [k for k in idx if k.lstrip("-").isdigit() and
+                                (lo is None or int(k) >= lo) and (hi is None or int(k) <= hi)]
         return lambda idx: [k for k in idx if k not in arg]
 
     # ---- /_control
@@ -2495,6 +2623,9 @@ class App:
         # an invoice item's creation is its date (Stripe's list filters it as created)
         if "date" in store.template_keys[kind.path] and "created" not in store.template_keys[kind.path]:
             obj["date"] = int(fields.get("date") or obj["created"])
+        if kind.obj == "transfer":
+            # the template's reversals are at its own transfer's url
+            obj["reversals"]["url"] = f"/v1/transfers/{obj['id']}/reversals"
         coll = store.colls[kind.path]
         if obj["id"] in coll.records:
             raise ApiError(400, f"{kind.obj} {obj['id']} already exists")

@@ -1189,14 +1189,18 @@ class FakeStripeTest(ServedTest):
         self.assertEqual({o["customer"] for o in body["data"]}, {customer})
 
 
-class CustomerListsTest(ServedTest):
-    """A customer's tax ids and balance transactions, payment methods attached and
-    detached, billing meters: as Stripe lists them and the events it sends."""
+class SeededTest(ServedTest):
+    """A fake of its own, which each test reseeds (setUp), with FakeStripeTest's helpers."""
     all_of = FakeStripeTest.all_of
     list_ids = FakeStripeTest.list_ids
     events_since = FakeStripeTest.events_since
     newest_event_id = FakeStripeTest.newest_event_id
     assert_error = FakeStripeTest.assert_error
+
+
+class CustomerListsTest(SeededTest):
+    """A customer's tax ids and balance transactions, payment methods attached and
+    detached, billing meters: as Stripe lists them and the events it sends."""
 
     def setUp(self):
         FakeStripeTest.setUp(self)
@@ -1290,6 +1294,147 @@ class CustomerListsTest(ServedTest):
         self.assertEqual(c.get("/v1/billing/meters/" + m["id"])[2]["display_name"], "Calls")
         self.assert_error(c.get("/v1/billing/meters?created[gte]=1"), 400,
                           "parameter_unknown", "created[gte]")
+
+
+class MoneyMovementsTest(SeededTest):
+    """Promotion codes, disputes, payouts and transfers: their lists (paged, newest
+    first, Stripe's filters), retrieve, and the events Stripe sends as they change."""
+
+    def setUp(self):
+        FakeStripeTest.setUp(self)
+        self.c.ctl("POST", "reseed", {"seed": 1, "counts": {
+            "coupons": 3, "promotion_codes": 9, "disputes": 8, "payouts": 11, "transfers": 7}})
+
+    def paged(self, path, limit=2):
+        """Every id of a list read a page of `limit` at a time, and its pages' urls."""
+        c, ids, after, more = self.c, [], None, True
+        sep = "&" if "?" in path else "?"
+        while more:
+            status, _, body = c.get(f"{path}{sep}limit={limit}" + (f"&starting_after={after}" if after else ""))
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["url"], path.split("?")[0])
+            ids += [o["id"] for o in body["data"]]
+            more, after = body["has_more"], ids[-1] if ids else None
+        return ids
+
+    def test_lists_paged_newest_first(self):
+        for path, obj in (("promotion_codes", "promotion_code"), ("disputes", "dispute"),
+                          ("payouts", "payout"), ("transfers", "transfer")):
+            every = self.all_of(path)
+            self.assertGreater(len(every), 5, path)
+            self.assertEqual(self.paged("/v1/" + path), [o["id"] for o in every], path)
+            created = [o["created"] for o in every]
+            self.assertEqual(created, sorted(created, reverse=True), path)
+            self.assertTrue(all(o["object"] == obj for o in every), path)
+            one = every[len(every) // 2]
+            self.assertEqual(self.c.get(f"/v1/{path}/{one['id']}")[2], one)
+            self.assert_error(self.c.get(f"/v1/{path}/{one['id']}x"), 404, "resource_missing", "id")
+            # created[] as Stripe takes it
+            mid = one["created"]
+            ids, _ = self.list_ids(f"/v1/{path}?limit=100&created[gte]={mid}")
+            self.assertEqual(ids, [o["id"] for o in every if o["created"] >= mid])
+            ids, _ = self.list_ids(f"/v1/{path}?limit=100&created[lt]={mid}")
+            self.assertEqual(ids, [o["id"] for o in every if o["created"] < mid])
+            self.assertEqual(self.c.get(f"/v1/{path}?bogus=1")[0], 400)
+
+    def filtered(self, path, query, keep):
+        ids, _ = self.list_ids(f"/v1/{path}?limit=100&{query}")
+        want = [o["id"] for o in self.all_of(path) if keep(o)]
+        self.assertTrue(want, query)
+        self.assertEqual(ids, want, query)
+
+    def test_filters(self):
+        pc = self.all_of("promotion_codes")
+        self.filtered("promotion_codes", "active=false", lambda o: not o["active"])
+        self.filtered("promotion_codes", "code=" + pc[0]["code"].lower(),
+                      lambda o: o["code"] == pc[0]["code"])    # case-insensitive
+        coupon = pc[0]["promotion"]["coupon"]
+        self.filtered("promotion_codes", "coupon=" + coupon,
+                      lambda o: o["promotion"]["coupon"] == coupon)
+        cus = next(o["customer"] for o in pc if o["customer"])
+        self.filtered("promotion_codes", "customer=" + cus, lambda o: o["customer"] == cus)
+        dp = self.all_of("disputes")
+        self.filtered("disputes", "charge=" + dp[0]["charge"], lambda o: o["charge"] == dp[0]["charge"])
+        pi = next(o["payment_intent"] for o in dp if o["payment_intent"])
+        self.filtered("disputes", "payment_intent=" + pi, lambda o: o["payment_intent"] == pi)
+        po = self.all_of("payouts")
+        self.filtered("payouts", "status=paid", lambda o: o["status"] == "paid")
+        self.filtered("payouts", "destination=ba_fake_two", lambda o: o["destination"] == "ba_fake_two")
+        arrive = po[3]["arrival_date"]
+        self.filtered("payouts", f"arrival_date[gt]={arrive}", lambda o: o["arrival_date"] > arrive)
+        self.filtered("payouts", f"arrival_date={arrive}", lambda o: o["arrival_date"] == arrive)
+        self.filtered("payouts", f"arrival_date[gte]={arrive - 3600}&arrival_date[lte]={arrive}",
+                      lambda o: arrive - 3600 <= o["arrival_date"] <= arrive)
+        self.assert_error(self.c.get("/v1/payouts?status=in_transit"), 400,
+                          "parameter_invalid_string", "status")
+        self.assert_error(self.c.get("/v1/payouts?arrival_date[after]=1"), 400,
+                          "parameter_unknown", "arrival_date[after]")
+        tr = self.all_of("transfers")
+        self.filtered("transfers", "destination=acct_fake1", lambda o: o["destination"] == "acct_fake1")
+        self.filtered("transfers", "transfer_group=group_2", lambda o: o["transfer_group"] == "group_2")
+        self.assertEqual(self.c.get("/v1/transfers?status=paid")[0], 400)
+        self.assertEqual(self.paged(f"/v1/transfers/{tr[0]['id']}/reversals"), [])
+
+    def change(self, path, oid, fields):
+        last = self.newest_event_id()
+        obj = self.c.ctl("POST", f"objects/{path}/{oid}", fields)
+        return obj, [(e["type"], e["data"]["object"]["id"]) for e in self.events_since(last)]
+
+    def test_events(self):
+        c = self.c
+        last = self.newest_event_id()
+        made = {p: c.ctl("POST", "objects/" + p, f) for p, f in (
+            ("promotion_codes", {"code": "NEW10", "active": True, "promotion": {"type": "coupon", "coupon": None}}),
+            ("disputes", {"status": "needs_response", "balance_transactions": [{"id": "txn_x"}]}),
+            ("payouts", {"status": "pending"}), ("transfers", {"amount": 700}))}
+        self.assertEqual([(e["type"], e["data"]["object"]["id"]) for e in self.events_since(last)], [
+            ("promotion_code.created", made["promotion_codes"]["id"]),
+            ("charge.dispute.created", made["disputes"]["id"]),
+            ("charge.dispute.funds_withdrawn", made["disputes"]["id"]),
+            ("payout.created", made["payouts"]["id"]), ("transfer.created", made["transfers"]["id"])])
+        self.assertEqual(c.get("/v1/promotion_codes?code=new10")[2]["data"][0]["id"],
+                         made["promotion_codes"]["id"])
+        pid = made["promotion_codes"]["id"]
+        self.assertEqual(self.change("promotion_codes", pid, {"active": False})[1],
+                         [("promotion_code.updated", pid)])
+        did = made["disputes"]["id"]
+        self.assertEqual(self.change("disputes", did, {"evidence": {"uncategorized_text": "x"}})[1],
+                         [("charge.dispute.updated", did)])
+        self.assertEqual(self.change("disputes", did, {"status": "won"})[1],
+                         [("charge.dispute.closed", did), ("charge.dispute.funds_reinstated", did)])
+        other = self.all_of("disputes")[-1]["id"]
+        self.assertEqual(self.change("disputes", other, {"status": "lost"})[1],
+                         [("charge.dispute.closed", other)])
+        oid = made["payouts"]["id"]
+        self.assertEqual(self.change("payouts", oid, {"status": "in_transit"})[1],
+                         [("payout.updated", oid)])
+        self.assertEqual(self.change("payouts", oid, {"status": "paid"})[1],
+                         [("payout.updated", oid), ("payout.paid", oid)])
+        for status in ("failed", "canceled"):
+            p = self.c.ctl("POST", "objects/payouts", {"status": "pending"})["id"]
+            self.assertEqual(self.change("payouts", p, {"status": status})[1],
+                             [("payout.updated", p), ("payout." + status, p)])
+        tid = made["transfers"]["id"]
+        self.assertEqual(self.change("transfers", tid, {"metadata": {"a": "b"}})[1],
+                         [("transfer.updated", tid)])
+        rev = {"id": "trr_one", "object": "transfer_reversal", "amount": 700, "created": 1,
+               "transfer": tid}
+        tr, evs = self.change("transfers", tid, {"amount_reversed": 700, "reversed": True,
+                                                 "reversals": {"data": [rev]}})
+        self.assertEqual(evs, [("transfer.reversed", tid)])
+        self.assertEqual(tr["reversals"]["total_count"], 1)
+        self.assertEqual(c.get(f"/v1/transfers/{tid}/reversals")[2]["data"], [rev])
+        self.assertEqual(tr["reversals"]["url"], f"/v1/transfers/{tid}/reversals")
+        # reversed in 12 parts: the first 10 inline, newest first, the rest at the url
+        parts = [dict(rev, id=f"trr_p{i:02d}", created=100 + i) for i in range(12)]
+        big = c.ctl("POST", "objects/transfers", {"reversals": {"data": parts}})
+        self.assertEqual([r["id"] for r in big["reversals"]["data"]],
+                         [f"trr_p{i:02d}" for i in range(11, 1, -1)])
+        self.assertTrue(big["reversals"]["has_more"])
+        self.assertEqual(self.paged(big["reversals"]["url"], limit=5),
+                         [f"trr_p{i:02d}" for i in range(11, -1, -1)])
+        self.assertTrue(c.get("/v1/transfers/" + tid)[2]["reversed"])
+        self.assertEqual(c.get(f"/v1/payouts?status=paid&limit=100")[2]["data"][0]["id"], oid)
 
 
 class ConnectTest(ServedTest):

@@ -16,20 +16,7 @@ my $url = $fake->url;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
-sub differences
-{
-	my ($type) = @_;
-	return sql(qq{
-		DROP TABLE IF EXISTS fake_raw, fake_objs;
-		CREATE TABLE fake_raw (line text);
-		COPY fake_raw FROM PROGRAM 'curl -s $url/_control/objects/$type'
-		  WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02');
-		CREATE TABLE fake_objs AS SELECT jsonb_array_elements(string_agg(line, '')::jsonb->'data') AS obj FROM fake_raw;
-		SELECT count(*) FROM fake_objs f
-		  FULL JOIN (SELECT * FROM stripe_data.$type WHERE deleted_at IS NULL) l ON l.id = f.obj->>'id'
-		 WHERE l.id IS NULL OR f.obj IS NULL OR l.attrs <> f.obj;
-	});
-}
+sub differences { return StripeTest::differences($node, $fake, "stripe_data.$_[0]"); }
 
 # ---- kill -9 mid-backfill: 40 pages at a second each, at most 8 in flight, so
 # the backfill takes at least 5 s and the kill lands in its middle

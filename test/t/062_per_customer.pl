@@ -16,25 +16,11 @@ my $fake = start_fake(counts => { customers => $ncust, payment_methods => 1500, 
 	payment_intents => 0, refunds => 0, setup_intents => 0, setup_attempts => 0 });
 my $node = new_node('per_customer', $fake,
 	"stripe_sync.naptime = 1\nstripe_sync.database = 'postgres'\nrestart_after_crash = on\n");
-my $url = $fake->url;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 # rows that differ between a local table and the fake's objects of that type
-sub differences
-{
-	my ($schema, $type) = @_;
-	return sql(qq{
-		DROP TABLE IF EXISTS fake_raw, fake_objs;
-		CREATE TABLE fake_raw (line text);
-		COPY fake_raw FROM PROGRAM 'curl -s $url/_control/objects/$type'
-		  WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02');
-		CREATE TABLE fake_objs AS SELECT jsonb_array_elements(string_agg(line, '')::jsonb->'data') AS obj FROM fake_raw;
-		SELECT count(*) FROM fake_objs f
-		  FULL JOIN (SELECT * FROM $schema.$type WHERE deleted_at IS NULL) l ON l.id = f.obj->>'id'
-		 WHERE l.id IS NULL OR f.obj IS NULL OR l.attrs <> f.obj;
-	});
-}
+sub differences { return StripeTest::differences($node, $fake, "$_[0].$_[1]"); }
 
 # the customers whose list of $child was asked for, in the requests given
 sub listed

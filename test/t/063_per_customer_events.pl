@@ -13,26 +13,11 @@ my $fake = start_fake(counts => { customers => 40, payment_methods => 50, tax_id
 	customer_balance_transactions => 30, charges => 0, invoices => 0, subscriptions => 0,
 	payment_intents => 0, refunds => 0, setup_intents => 0, setup_attempts => 0 });
 my $node = new_node('per_customer_events', $fake);
-my $url = $fake->url;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 # rows that differ between a local table and the fake's objects of that type ($where on obj)
-sub differences
-{
-	my ($type, $where) = @_;
-	$where //= 'true';
-	return sql(qq{
-		DROP TABLE IF EXISTS fake_raw, fake_objs;
-		CREATE TABLE fake_raw (line text);
-		COPY fake_raw FROM PROGRAM 'curl -s $url/_control/objects/$type'
-		  WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02');
-		CREATE TABLE fake_objs AS SELECT jsonb_array_elements(string_agg(line, '')::jsonb->'data') AS obj FROM fake_raw;
-		SELECT count(*) FROM (SELECT * FROM fake_objs WHERE $where) f
-		  FULL JOIN (SELECT * FROM stripe_data.$type WHERE deleted_at IS NULL) l ON l.id = f.obj->>'id'
-		 WHERE l.id IS NULL OR f.obj IS NULL OR l.attrs <> f.obj;
-	});
-}
+sub differences { return StripeTest::differences($node, $fake, "stripe_data.$_[0]", $_[1]); }
 
 sub requests_to
 {

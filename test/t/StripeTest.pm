@@ -14,7 +14,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
 our @EXPORT_OK = qw(start_fake start_intempt new_node crash_and_restart server_ms logged_at
-  add_intempt expected_history disabled_source);
+  add_intempt expected_history disabled_source differences);
 
 my @fakes;
 
@@ -210,6 +210,27 @@ sub disabled_source
 		"BEGIN; SELECT stripe_sync.create_source('$name', server => 'stripe'" . ($args ? ", $args" : '')
 		  . "); SELECT stripe_sync.alter_source('$name', enabled => false); COMMIT;");
 	return;
+}
+
+# differences(node, fake, "stripe_data.payouts"[, where]) -> how many live rows of the
+# local table differ from the fake's objects of its type (the table's name), by id and
+# attrs; where (on obj) takes only some of the fake's objects
+sub differences
+{
+	my ($node, $fake, $table, $where) = @_;
+	my ($type) = $table =~ /([^.]+)$/;
+	$where //= 'true';
+	my $url = $fake->url;
+	return $node->safe_psql('postgres', qq{
+		DROP TABLE IF EXISTS fake_raw, fake_objs;
+		CREATE TABLE fake_raw (line text);
+		COPY fake_raw FROM PROGRAM 'curl -s $url/_control/objects/$type'
+		  WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02');
+		CREATE TABLE fake_objs AS SELECT jsonb_array_elements(string_agg(line, '')::jsonb->'data') AS obj FROM fake_raw;
+		SELECT count(*) FROM (SELECT * FROM fake_objs WHERE $where) f
+		  FULL JOIN (SELECT * FROM $table WHERE deleted_at IS NULL) l ON l.id = f.obj->>'id'
+		 WHERE l.id IS NULL OR f.obj IS NULL OR l.attrs <> f.obj;
+	});
 }
 
 END

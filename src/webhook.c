@@ -13,6 +13,12 @@
  * refused: a captured one cannot be replayed later, and within the 5 minutes
  * its event id is already applied.
  *
+ * A Connect platform's endpoint also receives its connected accounts'
+ * events, each naming its account at the top level: verified with the
+ * platform's secret, such an event is applied as that account's source
+ * ('<platform>/<acct_…>'), so that its dedup, account_id and outbox rows are
+ * the ones its poll uses.  An account the platform does not sync is skipped.
+ *
  * Who may call it, and as whom it writes, is sync_now's: the source's owner,
  * a member of its role, or a superuser (another role's source does not
  * exist for the caller); the management tables as the extension's owner,
@@ -379,9 +385,11 @@ static const char *
 other_account(SyncRun *run, WebhookEvent *ev)
 {
 	int			mode = key_livemode(run->conn->api_key);
+	/* a connected account's source (routed here by its platform): its account */
+	const char *mine = run->conn->on_behalf ? run->conn->on_behalf : run->conn->account;
 
-	if (ev->account != NULL ? run->conn->account == NULL || strcmp(ev->account, run->conn->account) != 0
-		: run->conn->account != NULL)
+	if (ev->account != NULL ? mine == NULL || strcmp(ev->account, mine) != 0
+		: mine != NULL)
 		return "another account";
 	if (mode >= 0 && ev->livemode >= 0 && mode != ev->livemode)
 		return ev->livemode ? "a live mode event for a test mode key" : "a test mode event for a live mode key";
@@ -484,6 +492,57 @@ ingest(SyncRun *run, WebhookEvent *ev)
 				  : "it changes no local table", outbox);
 }
 
+/*
+ * A platform's delivery of a connected account's event (in a step): the name
+ * of the account's source, when the platform syncs it, else NULL and why not.
+ */
+static char *
+connected_source(SyncRun *run, WebhookEvent *ev, const char **why)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(run->src.name), CStringGetTextDatum(ev->account)};
+
+	stripe_spi("SELECT name, enabled AND deauthorized_at IS NULL FROM stripe_sync.sources "
+			   "WHERE platform = $1 AND account_id = $2", 2, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		*why = "an account that is not one of the platform's connected accounts";
+	else if (!stripe_spi_bool(0, 2))
+		*why = "a connected account the platform no longer syncs (deauthorized or stopped)";
+	else
+		return MemoryContextStrdup(run->cxt, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	return NULL;
+}
+
+/*
+ * The run that applies the event: the source's own, or, for a Connect
+ * platform's delivery of a connected account's event, that account's source
+ * (its account_id, dedup and outbox rows, as its poll), verified already with
+ * the platform's secret.  NULL with *why when the platform does not sync it.
+ */
+static SyncRun *
+route(SyncRun *run, WebhookEvent *ev, MemoryContext caller, const char **why)
+{
+	char	   *name;
+	SyncRun    *acct;
+
+	*why = NULL;
+	if (ev->account == NULL || !run->src.connected_accounts || run->src.platform != NULL ||
+		(run->conn->account != NULL && strcmp(ev->account, run->conn->account) == 0))
+		return run;
+	stripe_run_begin(run);
+	name = connected_source(run, ev, why);
+	stripe_run_commit(run);
+	if (name == NULL)
+		return NULL;
+	acct = stripe_run_open(name, false, caller);
+	MemoryContextSwitchTo(acct->cxt);
+	stripe_check_usage(acct);
+	acct->conn = stripe_conn_for_server(acct->src.serverid, acct->src.owner);
+	acct->conn->on_behalf = acct->src.account_id;
+	stripe_run_commit(acct);
+	return acct;
+}
+
 static char *
 text_arg(FunctionCallInfo fcinfo, int n, const char *what)
 {
@@ -511,6 +570,8 @@ stripe_ingest_webhook(PG_FUNCTION_ARGS)
 	char	   *body;
 	size_t		len;
 	WebhookEvent ev;
+	SyncRun    *volatile applier;
+	const char *why;
 	Jsonb	   *volatile res = NULL;
 
 	header = text_arg(fcinfo, 2, "signature");
@@ -534,19 +595,23 @@ stripe_ingest_webhook(PG_FUNCTION_ARGS)
 	verify(source, secret, VARDATA_ANY(payload), len, header);
 	body = text_to_cstring(payload);
 	parse_event(body, len, &ev);
+	applier = route(run, &ev, caller, &why);
 	PG_TRY();
 	{
-		Jsonb	   *r = ingest(run, &ev);
+		Jsonb	   *r = applier ? ingest(applier, &ev) : result(run, &ev, false, why, false);
 
 		MemoryContextSwitchTo(caller);
 		res = DatumGetJsonbPCopy(PointerGetDatum(r));
 	}
 	PG_FINALLY();
 	{
-		stripe_close_local_tables(run);
+		if (applier != NULL)
+			stripe_close_local_tables(applier);
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(caller);
+	if (applier != NULL && applier != run)
+		MemoryContextDelete(applier->cxt);
 	MemoryContextDelete(cxt);
 	PG_RETURN_JSONB_P(res);
 }

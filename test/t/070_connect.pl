@@ -25,12 +25,7 @@ sub sql { return $node->safe_psql('postgres', $_[0]); }
 sub ctl
 {
 	my ($method, $path, $acct, $body) = @_;
-	my %h = (headers => { 'Content-Type' => 'application/json' });
-	$h{headers}{'Stripe-Account'} = $acct if $acct;
-	$h{content} = encode_json($body) if $body;
-	my $r = $http->request($method, $fake->url . "/_control/$path", \%h);
-	die "control $method $path: $r->{status} $r->{content}" unless $r->{success};
-	return decode_json($r->{content});
+	return $fake->call_as($acct, $method, "/_control/$path", $body);
 }
 
 # a platform run's fan-out: listed/synced/deauthorized/rounds

@@ -248,14 +248,18 @@ use JSON::PP;
 
 sub url { return $_[0]{url}; }
 
-sub call
+sub call { my ($self, @req) = @_; return $self->call_as(undef, @req); }
+
+# a request as one connected account (Stripe-Account; undef: the platform)
+sub call_as
 {
-	my ($self, $method, $path, $body) = @_;
-	my %opt;
+	my ($self, $acct, $method, $path, $body) = @_;
+	my %opt = (headers => {});
+	$opt{headers}{'Stripe-Account'} = $acct if $acct;
 	if (defined $body)
 	{
 		$opt{content} = encode_json($body);
-		$opt{headers} = { 'Content-Type' => 'application/json' };
+		$opt{headers}{'Content-Type'} = 'application/json';
 	}
 	my $r = $self->{http}->request($method, $self->{url} . $path, \%opt);
 	die "fake control $method $path: $r->{status} $r->{content}"

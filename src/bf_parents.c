@@ -45,8 +45,6 @@
 /* walks in one stream; a request's tag carries its walk's index */
 #define WALKS_MAX		8
 
-/* the objects listed per customer (the catalogue's relist says which are listed again when their customer changes) */
-static const char *const per_parent[] = {"payment_methods", "tax_ids", "customer_balance_transactions"};
 
 typedef struct Parent
 {
@@ -98,10 +96,10 @@ typedef struct WalkSet
 bool
 stripe_listed_per_parent(const char *object)
 {
-	for (size_t i = 0; i < lengthof(per_parent); i++)
-		if (strcmp(per_parent[i], object) == 0)
-			return true;
-	return false;
+	const StripeObjectDef *def = stripe_object_by_table(object);
+
+	/* the catalogue's objects listed under /v1/customers/{id}/ */
+	return def != NULL && def->parent_path != NULL && strcmp(def->parent_path, "customers") == 0;
 }
 
 /* ---------- the cursor: "walk:<since>:<synced>:<id>" or "since:<since>:<synced>:<id>" ---------- */
@@ -527,7 +525,17 @@ stripe_parents_relist(SyncRun *run)
 	WalkSet		set;
 	LocalTable *customers;
 	ListCell   *lc;
+	bool		any = false;
 
+	/* most sources have none: not a query more for them, every sync */
+	foreach(lc, run->src.objects)
+	{
+		const StripeObjectDef *def = stripe_object_by_table(lfirst(lc));
+
+		any |= def != NULL && def->relist == STRIPE_RELIST_PARENT;
+	}
+	if (!any)
+		return;
 	memset(&set, 0, sizeof(set));
 	set.run = run;
 	stripe_run_begin(run);

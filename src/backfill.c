@@ -594,11 +594,10 @@ set_feed(void *arg, StripeManyReq *req)
 		return false;
 
 	/* a first sync's account, beside the first pages rather than before them */
-	if (set->account_pending && !set->account_sent)
+	if (set->account_pending && !set->run->account_asked)
 	{
 		stripe_account_request(set->run->conn, req, set->cxt);
 		req->tag = ACCOUNT_TAG;
-		set->account_sent = true;
 		set->run->account_asked = true;
 		set->in_flight++;
 		return true;

@@ -62,7 +62,6 @@ struct BfSet
 	TimestampTz t0;
 	List	   *clocks;			/* the account's test clocks (ids), in test mode */
 	bool		account_pending;	/* GET /v1/account rides the stream, unanswered */
-	bool		account_sent;
 	List	   *deferred;		/* pages answered before it (copies, in cxt) */
 };
 

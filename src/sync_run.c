@@ -351,12 +351,6 @@ run_source(SyncRun *run)
 	else if (first || need_account)
 		stripe_run_account(run, need_account);
 	stripe_backfill_set(run, pending, per_parent == NIL);
-	/* never a row without its account: a stream that could not ask, asks now */
-	if (run->src.account_id == NULL)
-	{
-		run->account_asked = false;
-		stripe_run_account(run, false);
-	}
 	stripe_backfill_parents(run, per_parent);
 	run_retry_rejected(run);
 	stripe_outbox_history(run);

@@ -18,6 +18,7 @@
 
 PG_FUNCTION_INFO_V1(stripe_catalog_columns);
 PG_FUNCTION_INFO_V1(stripe_catalog_objects);
+PG_FUNCTION_INFO_V1(stripe_catalog_children);
 
 const StripeObjectDef *
 stripe_object_by_path(const char *path)
@@ -233,6 +234,30 @@ stripe_catalog_objects(PG_FUNCTION_ARGS)
 		values[9] = def->nested_lists ? nested_array(def->nested_lists) : (Datum) 0;
 		nulls[9] = def->nested_lists == NULL;
 		relist_columns(def, values + 10, nulls + 10);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* stripe_sync.catalog_children(): each child table, its parent, list and parent column */
+Datum
+stripe_catalog_children(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	for (int i = 0; i < stripe_nobjects; i++)
+	{
+		const StripeObjectDef *def = &stripe_objects[i];
+		Datum		values[4];
+		bool		nulls[4] = {0};
+
+		if (def->child_of == NULL)
+			continue;
+		values[0] = CStringGetTextDatum(def->table);
+		values[1] = CStringGetTextDatum(def->child_of);
+		values[2] = CStringGetTextDatum(def->child_list);
+		values[3] = CStringGetTextDatum(def->parent_column);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

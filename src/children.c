@@ -18,7 +18,6 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -26,8 +25,6 @@
 
 #include "children.h"
 #include "xact.h"
-
-PG_FUNCTION_INFO_V1(stripe_catalog_children);
 
 /* Whether a table is a child table (written with its parent, never listed). */
 bool
@@ -355,28 +352,4 @@ stripe_children_prepare(SyncRun *run)
 			   "FROM stripe_sync.catalog_children() ch "
 			   "WHERE c.source = $1 AND c.object = ch.object AND NOT c.backfill_done",
 			   1, types, values, NULL, SPI_OK_UPDATE);
-}
-
-/* stripe_sync.catalog_children(): each child table, its parent, list and parent column */
-Datum
-stripe_catalog_children(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-
-	InitMaterializedSRF(fcinfo, 0);
-	for (int i = 0; i < stripe_nobjects; i++)
-	{
-		const StripeObjectDef *def = &stripe_objects[i];
-		Datum		values[4];
-		bool		nulls[4] = {0};
-
-		if (def->child_of == NULL)
-			continue;
-		values[0] = CStringGetTextDatum(def->table);
-		values[1] = CStringGetTextDatum(def->child_of);
-		values[2] = CStringGetTextDatum(def->child_list);
-		values[3] = CStringGetTextDatum(def->parent_column);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	return (Datum) 0;
 }
